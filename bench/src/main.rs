@@ -1,0 +1,365 @@
+//! `bench`: load benchmarks of the running system, each next to a raw baseline measured in
+//! the same run on the same broker and database (see the README's Benchmarks section).
+//!
+//! `bench submit`: N concurrent clients submit workflows for T seconds; reports accepted
+//! commands/s, latency p50/p99 and submit→visible-in-query p50/p99, next to N clients doing
+//! raw rdkafka produces (idempotent, acks=all) of a record of the same size.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use flowline_domain::{EventEnvelope, EventMetadata, SubmitWorkflow, WorkflowEvent};
+use flowline_event_log::{KafkaSettings, LogProducer, OutgoingRecord, partition_for};
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use system_tests::TestSystem;
+use uuid::Uuid;
+
+#[derive(Parser)]
+#[command(
+    name = "bench",
+    about = "Benchmarks against raw baselines measured in the same run"
+)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Submit workflows concurrently; compare with raw produce of same-size records.
+    Submit {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds each phase runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Partitions of the topics.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+        /// Every Nth submission, the client waits until the query service shows it.
+        #[arg(long, default_value_t = 10)]
+        visibility_every: u64,
+        /// Measure the write path alone (no projectors, no visibility samples).
+        #[arg(long)]
+        write_only: bool,
+    },
+}
+
+/// What a phase measured.
+struct Measured {
+    count: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    visible: Histogram<u64>,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+/// Runs `clients` loops of `operation` for `duration`; each returns its own latency and,
+/// optionally, a submit→visible latency.
+async fn run_clients<F, Fut>(
+    clients: usize,
+    duration: Duration,
+    operation: F,
+) -> anyhow::Result<Measured>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Option<Duration>>> + Send,
+{
+    let operation = Arc::new(operation);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client in 0..clients {
+        let operation = Arc::clone(&operation);
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut latency = histogram();
+            let mut visible = histogram();
+            let mut count = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let begun = Instant::now();
+                let seen = operation(client as u64 * 1_000_000 + count).await?;
+                latency.record(begun.elapsed().as_micros().max(1) as u64)?;
+                if let Some(seen) = seen {
+                    visible.record(seen.as_micros().max(1) as u64)?;
+                }
+                count += 1;
+            }
+            anyhow::Ok((count, latency, visible))
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = Measured {
+        count: 0,
+        elapsed: Duration::ZERO,
+        latency: histogram(),
+        visible: histogram(),
+    };
+    for task in tasks {
+        let (count, latency, visible) = task.await??;
+        total.count += count;
+        total.latency.add(latency)?;
+        total.visible.add(visible)?;
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+fn workflow_body() -> Value {
+    json!({
+        "name": "bench",
+        "input": {"topic": "throughput"},
+        "steps": [
+            {"id": "fetch", "kind": "http", "depends_on": []},
+            {"id": "summarize", "kind": "llm", "depends_on": ["fetch"]}
+        ]
+    })
+}
+
+/// The Avro record a submission puts on the log, for a same-size raw baseline.
+fn sample_record() -> anyhow::Result<Vec<u8>> {
+    let command: SubmitWorkflow = serde_json::from_value(workflow_body())?;
+    let submitted = command.validate()?;
+    let id = Uuid::now_v7();
+    let envelope = EventEnvelope {
+        metadata: EventMetadata {
+            event_id: id,
+            tenant: "default".into(),
+            stream_id: id,
+            stream_version: 1,
+            occurred_at: chrono::Utc::now(),
+            command_id: id,
+            correlation_id: id,
+            causation_id: id,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: None,
+        },
+        event: WorkflowEvent::Submitted(submitted),
+    };
+    Ok(flowline_schemas::EventCodec::default()
+        .encode(&envelope)?
+        .payload)
+}
+
+fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
+    histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+/// N clients each producing one durable record at a time, awaiting its acknowledgement.
+async fn raw_produce(
+    clients: usize,
+    duration: Duration,
+    partitions: i32,
+    producer: &Arc<LogProducer>,
+    payload: &Arc<Vec<u8>>,
+) -> anyhow::Result<Measured> {
+    let producer = Arc::clone(producer);
+    let payload = Arc::clone(payload);
+    run_clients(clients, duration, move |n| {
+        let producer = Arc::clone(&producer);
+        let payload = Arc::clone(&payload);
+        async move {
+            let key = Uuid::now_v7().to_string().into_bytes();
+            let record = OutgoingRecord {
+                partition: partition_for(&key, partitions),
+                key,
+                payload: payload.to_vec(),
+                headers: vec![("n".into(), n.to_string().into_bytes())],
+            };
+            producer.publish(&[record]).await?;
+            Ok(None)
+        }
+    })
+    .await
+}
+
+async fn submit(
+    clients: usize,
+    seconds: u64,
+    partitions: i32,
+    visibility_every: u64,
+    write_only: bool,
+) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(seconds);
+    let system = TestSystem::new(partitions).await;
+
+    // Baseline: the same clients doing raw, durable produces of a same-size record.
+    let payload = Arc::new(sample_record()?);
+    let raw_settings = KafkaSettings {
+        topic: format!("bench-raw-{}", Uuid::new_v4().simple()),
+        ..system.kafka.clone()
+    };
+    flowline_event_log::ensure_topic(&raw_settings).await?;
+    let producer = Arc::new(LogProducer::new(&raw_settings)?);
+    let raw = raw_produce(clients, duration, partitions, &producer, &payload).await?;
+    // The same, while a consumer tails the topic as the projectors do: on tansu a tailing
+    // fetch slows produces down, so this is the fair baseline for the whole system.
+    let tailing = Arc::new(AtomicBool::new(true));
+    let tail = {
+        let tailing = Arc::clone(&tailing);
+        let mut config = flowline_event_log::consumer_config(
+            &raw_settings.brokers,
+            &format!("bench-tail-{}", Uuid::new_v4()),
+        );
+        config.set("auto.offset.reset", "latest");
+        let topic = raw_settings.topic.clone();
+        std::thread::spawn(move || -> anyhow::Result<u64> {
+            let consumer: rdkafka::consumer::BaseConsumer = config.create()?;
+            rdkafka::consumer::Consumer::subscribe(&consumer, &[&topic])?;
+            let mut seen = 0;
+            while tailing.load(Ordering::Relaxed) {
+                if let Some(Ok(_)) = consumer.poll(Duration::from_millis(50)) {
+                    seen += 1;
+                }
+            }
+            Ok(seen)
+        })
+    };
+    let raw_tailed = raw_produce(clients, duration, partitions, &producer, &payload).await?;
+    tailing.store(false, Ordering::Relaxed);
+    let _ = tail.join();
+
+    let commands = system.command_service().await;
+    let queries = system.query_service().await;
+    let projectors = if write_only {
+        None
+    } else {
+        Some(system.projectors().await)
+    };
+    let visibility_every = if write_only {
+        u64::MAX
+    } else {
+        visibility_every
+    };
+    let http = reqwest::Client::new();
+    let submit_url = format!("{}/v1/workflows", commands.url);
+    let query_url = queries.url.clone();
+    // Warm-up: connections, leader election, consumer group join.
+    http.post(&submit_url)
+        .json(&workflow_body())
+        .send()
+        .await?
+        .error_for_status()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let system_run = run_clients(clients, duration, move |n| {
+        let http = http.clone();
+        let submit_url = submit_url.clone();
+        let query_url = query_url.clone();
+        async move {
+            let reply: Value = http
+                .post(&submit_url)
+                .json(&workflow_body())
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if n % visibility_every != 0 || visibility_every == u64::MAX {
+                return Ok(None);
+            }
+            let accepted = Instant::now();
+            let id = reply["workflow_id"].as_str().context("workflow_id")?;
+            loop {
+                let status = http
+                    .get(format!("{query_url}/v1/workflows/{id}"))
+                    .send()
+                    .await?
+                    .status();
+                if status.is_success() {
+                    return Ok(Some(accepted.elapsed()));
+                }
+                if accepted.elapsed() > Duration::from_secs(30) {
+                    anyhow::bail!("workflow {id} not visible after 30 s");
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    })
+    .await?;
+
+    if let Some(projectors) = projectors {
+        projectors.stop().await;
+    }
+    commands.stop().await;
+    queries.stop().await;
+    let raw_rate = raw.count as f64 / raw.elapsed.as_secs_f64();
+    let rate = system_run.count as f64 / system_run.elapsed.as_secs_f64();
+    println!(
+        "bench submit: {clients} clients, {seconds} s per phase, {partitions} partitions, record {} bytes",
+        sample_record()?.len()
+    );
+    println!("{:<34} {:>10} {:>9} {:>9}", "", "ops/s", "p50 ms", "p99 ms");
+    println!(
+        "{:<34} {:>10.0} {:>9.2} {:>9.2}",
+        "raw rdkafka produce (baseline)",
+        raw_rate,
+        ms(&raw.latency, 0.5),
+        ms(&raw.latency, 0.99)
+    );
+    let tailed_rate = raw_tailed.count as f64 / raw_tailed.elapsed.as_secs_f64();
+    println!(
+        "{:<34} {:>10.0} {:>9.2} {:>9.2}",
+        "raw produce, consumer tailing",
+        tailed_rate,
+        ms(&raw_tailed.latency, 0.5),
+        ms(&raw_tailed.latency, 0.99)
+    );
+    println!(
+        "{:<34} {:>10.0} {:>9.2} {:>9.2}",
+        "POST /v1/workflows (201 on log)",
+        rate,
+        ms(&system_run.latency, 0.5),
+        ms(&system_run.latency, 0.99)
+    );
+    println!(
+        "{:<34} {:>10} {:>9.2} {:>9.2}   ({} samples)",
+        "submit → visible in query-service",
+        "",
+        ms(&system_run.visible, 0.5),
+        ms(&system_run.visible, 0.99),
+        system_run.visible.len()
+    );
+    println!(
+        "accepted commands/s ÷ raw produce/s = {:.2}",
+        rate / raw_rate
+    );
+    if !write_only {
+        println!(
+            "accepted commands/s ÷ raw produce/s with a tailing consumer = {:.2}",
+            rate / tailed_rate
+        );
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    flowline_service_kit::telemetry::init("bench");
+    match Args::parse().command {
+        Command::Submit {
+            clients,
+            seconds,
+            partitions,
+            visibility_every,
+            write_only,
+        } => {
+            submit(
+                clients,
+                seconds,
+                partitions,
+                visibility_every.max(1),
+                write_only,
+            )
+            .await
+        }
+    }
+}

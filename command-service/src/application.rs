@@ -1,0 +1,84 @@
+//! Wiring: database, log, relay, routes, listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use flowline_event_store::{EventStore, OutboxRelay, Publications, RelayConfig};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::commands::CommandHandler;
+use crate::config::Config;
+use crate::{Error, Result, routes};
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) handler: Arc<CommandHandler>,
+}
+
+/// A built, bound command service.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    background: CancellationToken,
+}
+
+impl Application {
+    /// Prepares the database and topic, starts the outbox relay and binds the listener.
+    pub async fn build(config: Config) -> Result<Self> {
+        let pool = config.database.prepare().await?;
+        flowline_event_log::ensure_topic(&config.kafka).await?;
+        let background = CancellationToken::new();
+        let publications = Publications::start(pool.clone(), background.clone()).await?;
+        let relay = OutboxRelay::new(pool.clone(), config.kafka.clone(), RelayConfig::default());
+        let store = EventStore::with_waker(pool, relay.waker());
+        tokio::spawn(relay.run(background.clone()));
+
+        let handler = CommandHandler::new(store, publications, config.publish_timeout());
+        let state = AppState {
+            handler: Arc::new(handler),
+        };
+        let router = Router::new()
+            .route("/v1/workflows", post(routes::submit))
+            .route("/v1/workflows/{id}/cancel", post(routes::cancel))
+            .route("/v1/workflows/{id}/signals/{name}", post(routes::signal))
+            .route("/health", get(routes::health))
+            .fallback(routes::not_found)
+            .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .layer(TraceLayer::new_for_http())
+            .with_state(state);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                address: config.listen,
+                source,
+            })?;
+        Ok(Self {
+            listener,
+            router,
+            background,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves, then stops the relay.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), std::io::Error> {
+        let _stop_on_drop = self.background.clone().drop_guard();
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.background.cancel();
+        served
+    }
+}

@@ -1,0 +1,251 @@
+//! Commands: what callers ask of a workflow, as they asked it (unvalidated).
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Deserialize;
+
+use crate::event::{StepDefinition, StepKind, WorkflowSubmitted};
+use crate::validation::ValidationErrors;
+
+/// Longest accepted workflow name, in characters.
+pub const MAX_NAME_CHARS: usize = 200;
+/// Most steps one workflow may have.
+pub const MAX_STEPS: usize = 1_000;
+/// Longest accepted step id or signal name, in characters.
+pub const MAX_ID_CHARS: usize = 128;
+
+/// A step as the caller wrote it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct StepSpec {
+    /// Unique within the workflow.
+    #[serde(default)]
+    pub id: String,
+    /// One of `llm`, `mcp_tool`, `template`, `http`.
+    #[serde(default)]
+    pub kind: String,
+    /// Ids of steps that must finish first.
+    #[serde(default)]
+    pub depends_on: Vec<String>,
+    /// Kind-specific settings; must be an object when present.
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+}
+
+/// Submit a new workflow run.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct SubmitWorkflow {
+    /// Human-readable name; required.
+    #[serde(default)]
+    pub name: String,
+    /// The run's input document; an object when present.
+    #[serde(default)]
+    pub input: Option<serde_json::Value>,
+    /// The step graph; at least one step, acyclic.
+    #[serde(default)]
+    pub steps: Vec<StepSpec>,
+}
+
+/// Cancel a workflow run.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct CancelWorkflow {
+    /// Why, for the audit trail.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Deliver a named signal to a workflow run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendSignal {
+    /// The signal's name.
+    pub name: String,
+    /// Any JSON value.
+    pub payload: serde_json::Value,
+}
+
+/// Everything the `Workflow` aggregate accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkflowCommand {
+    /// See [`SubmitWorkflow`].
+    Submit(SubmitWorkflow),
+    /// See [`CancelWorkflow`].
+    Cancel(CancelWorkflow),
+    /// See [`SendSignal`].
+    Signal(SendSignal),
+}
+
+fn object_or_empty(
+    value: &Option<serde_json::Value>,
+    field: &str,
+    errors: &mut ValidationErrors,
+) -> serde_json::Value {
+    match value {
+        None | Some(serde_json::Value::Null) => serde_json::json!({}),
+        Some(object @ serde_json::Value::Object(_)) => object.clone(),
+        Some(_) => {
+            errors.push(field, "must be a JSON object");
+            serde_json::Value::Null
+        }
+    }
+}
+
+fn check_identifier(value: &str, field: &str, errors: &mut ValidationErrors) {
+    if value.trim().is_empty() {
+        errors.push(field, "must not be empty");
+    } else if value.chars().count() > MAX_ID_CHARS {
+        errors.push(field, format!("must be at most {MAX_ID_CHARS} characters"));
+    } else if !value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    {
+        errors.push(
+            field,
+            "may contain only ASCII letters, digits, '_', '-' and '.'",
+        );
+    }
+}
+
+impl SubmitWorkflow {
+    /// Checks every rule and returns the event payload, or every refused field at once.
+    pub fn validate(&self) -> Result<WorkflowSubmitted, ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        let name = self.name.trim();
+        if name.is_empty() {
+            errors.push("name", "is required and must not be empty");
+        } else if name.chars().count() > MAX_NAME_CHARS {
+            errors.push(
+                "name",
+                format!("must be at most {MAX_NAME_CHARS} characters"),
+            );
+        }
+        let input = object_or_empty(&self.input, "input", &mut errors);
+        if self.steps.is_empty() {
+            errors.push("steps", "must contain at least one step");
+        } else if self.steps.len() > MAX_STEPS {
+            errors.push("steps", format!("must contain at most {MAX_STEPS} steps"));
+        }
+
+        let mut first_index: HashMap<&str, usize> = HashMap::new();
+        let mut steps = Vec::with_capacity(self.steps.len());
+        for (index, spec) in self.steps.iter().enumerate() {
+            let at = format!("steps[{index}]");
+            check_identifier(&spec.id, &format!("{at}.id"), &mut errors);
+            if let Some(first) = first_index.insert(spec.id.as_str(), index) {
+                first_index.insert(spec.id.as_str(), first);
+                errors.push(
+                    format!("{at}.id"),
+                    format!("duplicate step id '{}' (also steps[{first}].id)", spec.id),
+                );
+            }
+            let kind = StepKind::parse(&spec.kind);
+            if kind.is_none() {
+                let known: Vec<_> = StepKind::ALL.iter().map(|k| k.as_str()).collect();
+                errors.push(
+                    format!("{at}.kind"),
+                    format!(
+                        "unknown step kind '{}'; expected one of {}",
+                        spec.kind,
+                        known.join(", ")
+                    ),
+                );
+            }
+            let config = object_or_empty(&spec.config, &format!("{at}.config"), &mut errors);
+            steps.push((kind, config));
+        }
+        for (index, spec) in self.steps.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for (dep_index, dependency) in spec.depends_on.iter().enumerate() {
+                let field = format!("steps[{index}].depends_on[{dep_index}]");
+                if !first_index.contains_key(dependency.as_str()) {
+                    errors.push(field, format!("names a missing step '{dependency}'"));
+                } else if dependency == &spec.id {
+                    errors.push(field, "a step cannot depend on itself");
+                } else if !seen.insert(dependency) {
+                    errors.push(field, format!("repeats dependency '{dependency}'"));
+                }
+            }
+        }
+        if errors.0.is_empty()
+            && let Some(cycle) = find_cycle(&self.steps)
+        {
+            errors.push("steps", format!("dependency cycle: {}", cycle.join(" -> ")));
+        }
+        errors.into_result()?;
+
+        Ok(WorkflowSubmitted {
+            name: name.to_owned(),
+            input,
+            steps: self
+                .steps
+                .iter()
+                .zip(steps)
+                .map(|(spec, (kind, config))| StepDefinition {
+                    id: spec.id.clone(),
+                    kind: kind.expect("validated above"),
+                    depends_on: spec.depends_on.clone(),
+                    config,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// Returns one dependency cycle (first step repeated at the end), if the graph has any.
+/// Assumes ids are unique and every dependency names an existing step.
+fn find_cycle(steps: &[StepSpec]) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        Unvisited,
+        OnPath,
+        Done,
+    }
+    let index: HashMap<&str, usize> = steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.id.as_str(), i))
+        .collect();
+    let mut marks = vec![Mark::Unvisited; steps.len()];
+    // Iterative depth-first search, so a long chain cannot overflow the stack.
+    for start in 0..steps.len() {
+        if marks[start] != Mark::Unvisited {
+            continue;
+        }
+        let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+        marks[start] = Mark::OnPath;
+        while let Some((node, next_edge)) = path.last_mut() {
+            let node = *node;
+            if let Some(dependency) = steps[node].depends_on.get(*next_edge) {
+                *next_edge += 1;
+                let target = index[dependency.as_str()];
+                match marks[target] {
+                    Mark::Unvisited => {
+                        marks[target] = Mark::OnPath;
+                        path.push((target, 0));
+                    }
+                    Mark::OnPath => {
+                        let from = path.iter().position(|(n, _)| *n == target)?;
+                        let mut cycle: Vec<String> = path[from..]
+                            .iter()
+                            .map(|(n, _)| steps[*n].id.clone())
+                            .collect();
+                        cycle.push(steps[target].id.clone());
+                        return Some(cycle);
+                    }
+                    Mark::Done => {}
+                }
+            } else {
+                marks[node] = Mark::Done;
+                path.pop();
+            }
+        }
+    }
+    None
+}
+
+impl SendSignal {
+    /// Checks the signal's name.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = ValidationErrors::default();
+        check_identifier(&self.name, "name", &mut errors);
+        errors.into_result()
+    }
+}

@@ -1,0 +1,84 @@
+//! Topic creation and metadata.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::{Error, KafkaSettings, Result};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many partitions `topic` has, from the broker's metadata.
+pub fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
+    let partitions = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len() as i32)
+        .unwrap_or(0);
+    if partitions == 0 {
+        return Err(Error::UnknownTopic(topic.to_owned()));
+    }
+    Ok(partitions)
+}
+
+/// Creates the topic if it is missing (brokers such as tansu do not auto-create), then
+/// waits until metadata shows its partitions: producing before that was seen to put
+/// every record of a new topic on one partition.
+pub async fn ensure_topic(settings: &KafkaSettings) -> Result<i32> {
+    if let Ok(partitions) = topic_partitions(&settings.brokers, &settings.topic) {
+        return Ok(partitions);
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .create()?;
+    let topic = NewTopic::new(
+        &settings.topic,
+        settings.partitions,
+        TopicReplication::Fixed(1),
+    );
+    let results = admin.create_topics([&topic], &AdminOptions::new()).await?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => return Err(rdkafka::error::KafkaError::AdminOp(code).into()),
+        }
+    }
+    let started = Instant::now();
+    let waited = Duration::from_secs(30);
+    loop {
+        match topic_partitions(&settings.brokers, &settings.topic) {
+            Ok(n) if n >= settings.partitions => return Ok(n),
+            _ if started.elapsed() > waited => {
+                return Err(Error::TopicNotReady {
+                    topic: settings.topic.clone(),
+                    expected: settings.partitions,
+                    waited,
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// The high watermark (next offset to be written) of every partition of `topic`. Blocking.
+pub fn high_watermarks(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let partitions = topic_partitions(brokers, topic)?;
+    (0..partitions)
+        .map(|partition| {
+            let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            Ok((partition, high))
+        })
+        .collect()
+}

@@ -1,0 +1,46 @@
+//! The write side's event store: PostgreSQL holds every stream (the serialization point for
+//! expected versions and command ids) and doubles as the outbox that a single elected
+//! relay publishes to Kafka. A command is acknowledged only once its event is on the log.
+//!
+//! Why not Kafka alone: Kafka has no per-key compare-and-set and the broker used here has no
+//! transactions; see `docs/adr/0001-append-path.md` for the design and its failure analysis.
+
+pub mod headers;
+mod publications;
+mod relay;
+mod store;
+
+pub use publications::{LogPosition, Publications};
+pub use relay::{OutboxRelay, RelayConfig};
+pub use store::{EventStore, RelayWaker, StoredEvent};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another command appended this stream version first.
+    #[error("stream {stream_id} already has version {version}")]
+    VersionConflict {
+        /// The stream.
+        stream_id: uuid::Uuid,
+        /// The version both tried to write.
+        version: u64,
+    },
+    /// This command was already appended (its id is in the store).
+    #[error("command {0} was already appended")]
+    DuplicateCommand(uuid::Uuid),
+    /// The event was stored but not confirmed on the log within the wait.
+    #[error("event at store position {0} not yet confirmed on the log")]
+    PublicationPending(i64),
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// An event failed to encode or decode.
+    #[error("codec: {0}")]
+    Codec(#[from] flowline_schemas::Error),
+    /// The log failed.
+    #[error("log: {0}")]
+    Log(#[from] flowline_event_log::Error),
+}
+
+/// Result of this crate's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

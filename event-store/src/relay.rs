@@ -1,0 +1,356 @@
+//! The outbox relay: one elected instance publishes stored events to Kafka and marks them
+//! published, so that a command is acknowledged only once its event is on the log.
+//!
+//! Election is a PostgreSQL advisory lock held on a dedicated connection: if the leader's
+//! process dies, its session ends and another instance takes over. A new leader first
+//! recovers the previous leader's in-doubt batch by reading the tail of every partition
+//! and marking the events it finds there (by their `event-id` header) as published; all
+//! others are published again. Duplicates remain possible only for a leader that lost its
+//! lock while its records were in flight; consumers drop them by stream version.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use flowline_event_log::{KafkaSettings, LogProducer, OutgoingRecord, partition_for};
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+use uuid::Uuid;
+
+use crate::Result;
+use crate::headers;
+use crate::publications::{LogPosition, PUBLISHED_CHANNEL, encode_payload};
+use crate::store::{APPENDED_CHANNEL, RelayWaker, notify};
+
+/// Advisory-lock key of the relay leadership (per database).
+const LEADER_LOCK: i64 = 0x666c_6f77_6c69_6e65; // "flowline"
+/// How often a leader confirms that its lock connection is alive.
+const LOCK_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Tuning of the relay.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Most events per produce round (bounded so the NOTIFY payload stays under 8000 bytes).
+    pub batch_size: i64,
+    /// Longest wait between looks at the outbox when no notification arrives.
+    pub poll_interval: Duration,
+    /// How long a new leader lets a dead leader's in-flight records land before reading
+    /// the tails.
+    pub takeover_settle: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 200,
+            poll_interval: Duration::from_millis(250),
+            takeover_settle: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Publishes the event store to the log. Run one per writer instance; one leads.
+#[derive(Debug, Clone)]
+pub struct OutboxRelay {
+    pool: PgPool,
+    kafka: KafkaSettings,
+    config: RelayConfig,
+    waker: Arc<RelayWaker>,
+}
+
+#[derive(sqlx::FromRow)]
+struct OutboxRow {
+    position: i64,
+    tenant: String,
+    stream_id: Uuid,
+    stream_version: i64,
+    event_id: Uuid,
+    command_id: Uuid,
+    event_type: String,
+    schema_version: i32,
+    correlation_id: Uuid,
+    causation_id: Uuid,
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    payload: Vec<u8>,
+}
+
+impl OutboxRow {
+    fn into_record(self, partitions: i32) -> OutgoingRecord {
+        let key = self.stream_id.to_string().into_bytes();
+        let text = |name: &str, value: String| (name.to_owned(), value.into_bytes());
+        let mut record_headers = vec![
+            text(headers::EVENT_TYPE, self.event_type),
+            text(headers::SCHEMA_VERSION, self.schema_version.to_string()),
+            text(headers::EVENT_ID, self.event_id.to_string()),
+            text(headers::TENANT, self.tenant),
+            text(headers::STREAM_ID, self.stream_id.to_string()),
+            text(headers::STREAM_VERSION, self.stream_version.to_string()),
+            text(headers::COMMAND_ID, self.command_id.to_string()),
+            text(headers::CORRELATION_ID, self.correlation_id.to_string()),
+            text(headers::CAUSATION_ID, self.causation_id.to_string()),
+            text(headers::CONTENT_TYPE, headers::AVRO_CONTENT_TYPE.to_owned()),
+        ];
+        if let Some(traceparent) = self.traceparent {
+            record_headers.push(text(headers::TRACEPARENT, traceparent));
+        }
+        if let Some(tracestate) = self.tracestate {
+            record_headers.push(text(headers::TRACESTATE, tracestate));
+        }
+        OutgoingRecord {
+            partition: partition_for(&key, partitions),
+            key,
+            payload: self.payload,
+            headers: record_headers,
+        }
+    }
+}
+
+enum Leadership {
+    Lost,
+    Shutdown,
+}
+
+impl OutboxRelay {
+    /// A relay for the store in `pool`, publishing to `kafka.topic`.
+    pub fn new(pool: PgPool, kafka: KafkaSettings, config: RelayConfig) -> Self {
+        Self {
+            pool,
+            kafka,
+            config,
+            waker: Arc::default(),
+        }
+    }
+
+    /// The waker to give this process's [`crate::EventStore`], so its appends wake this
+    /// relay without a round trip through PostgreSQL while it leads.
+    pub fn waker(&self) -> Arc<RelayWaker> {
+        Arc::clone(&self.waker)
+    }
+
+    /// Campaigns for leadership and publishes while leading, until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            match self.lead_once(&shutdown).await {
+                Ok(Leadership::Shutdown) => return,
+                Ok(Leadership::Lost) => {}
+                Err(error) => warn!(%error, "outbox relay failed; retrying"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn lead_once(&self, shutdown: &CancellationToken) -> Result<Leadership> {
+        // A connection of its own, outside the pool: the lock lives exactly as long as it.
+        let mut lock = self.pool.acquire().await?.detach();
+        let leading: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut lock)
+            .await?;
+        if !leading {
+            let _ = lock.close().await;
+            return Ok(Leadership::Lost);
+        }
+        info!(topic = %self.kafka.topic, "outbox relay leading");
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(APPENDED_CHANNEL).await?;
+        let partitions = flowline_event_log::ensure_topic(&self.kafka).await?;
+        self.waker.leading.store(true, Ordering::Relaxed);
+        let outcome = self
+            .lead(partitions, &mut lock, &mut listener, shutdown)
+            .await;
+        self.waker.leading.store(false, Ordering::Relaxed);
+        outcome
+    }
+
+    async fn lead(
+        &self,
+        partitions: i32,
+        lock: &mut PgConnection,
+        listener: &mut PgListener,
+        shutdown: &CancellationToken,
+    ) -> Result<Leadership> {
+        loop {
+            let producer = LogProducer::new(&self.kafka)?;
+            self.recover().await?;
+            match self
+                .publish_until_failure(&producer, partitions, lock, listener, shutdown)
+                .await
+            {
+                Ok(outcome) => {
+                    let _ = producer.flush(Duration::from_secs(5));
+                    return Ok(outcome);
+                }
+                Err(crate::Error::Log(error)) => {
+                    // The producer's state is unknown: start a fresh one and recover from
+                    // what the log actually holds.
+                    warn!(%error, "publish failed; recovering from the log");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    async fn publish_until_failure(
+        &self,
+        producer: &LogProducer,
+        partitions: i32,
+        lock: &mut PgConnection,
+        listener: &mut PgListener,
+        shutdown: &CancellationToken,
+    ) -> Result<Leadership> {
+        let mut lock_checked = Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(Leadership::Shutdown);
+            }
+            // Still leading? A broken lock connection means another instance may lead now.
+            // Checked once per interval rather than per batch: a stale leader can only
+            // cause duplicates, which consumers drop by stream version.
+            if lock_checked.elapsed() > LOCK_CHECK_INTERVAL {
+                if sqlx::query("SELECT 1").execute(&mut *lock).await.is_err() {
+                    warn!("lost the relay lock connection; stepping down");
+                    return Ok(Leadership::Lost);
+                }
+                lock_checked = Instant::now();
+            }
+            let rows: Vec<OutboxRow> = sqlx::query_as(
+                "SELECT position, tenant, stream_id, stream_version, event_id, command_id, \
+                 event_type, schema_version, correlation_id, causation_id, traceparent, \
+                 tracestate, payload FROM event_store WHERE published_at IS NULL \
+                 ORDER BY position LIMIT $1",
+            )
+            .bind(self.config.batch_size)
+            .fetch_all(&self.pool)
+            .await?;
+            if rows.is_empty() {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(Leadership::Shutdown),
+                    () = self.waker.local.notified() => {}
+                    _ = listener.recv() => {}
+                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                }
+                continue;
+            }
+            let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+            let records: Vec<OutgoingRecord> = rows
+                .into_iter()
+                .map(|r| r.into_record(partitions))
+                .collect();
+            let deliveries = producer.publish(&records).await?;
+            let published: Vec<(i64, LogPosition)> = positions
+                .into_iter()
+                .zip(deliveries)
+                .map(|(position, d)| {
+                    (
+                        position,
+                        LogPosition {
+                            partition: d.partition,
+                            offset: d.offset,
+                        },
+                    )
+                })
+                .collect();
+            debug!(events = published.len(), "published");
+            self.mark_published(&published).await?;
+        }
+    }
+
+    async fn mark_published(&self, published: &[(i64, LogPosition)]) -> Result<()> {
+        let positions: Vec<i64> = published.iter().map(|(p, _)| *p).collect();
+        let partitions: Vec<i32> = published.iter().map(|(_, l)| l.partition).collect();
+        let offsets: Vec<i64> = published.iter().map(|(_, l)| l.offset).collect();
+        sqlx::query(
+            "UPDATE event_store SET published_at = now(), log_partition = batch.partition, \
+             log_offset = batch.log_offset \
+             FROM unnest($1::bigint[], $2::int[], $3::bigint[]) \
+               AS batch(position, partition, log_offset) \
+             WHERE event_store.position = batch.position",
+        )
+        .bind(&positions)
+        .bind(&partitions)
+        .bind(&offsets)
+        .execute(&self.pool)
+        .await?;
+        notify(&self.pool, PUBLISHED_CHANNEL, &encode_payload(published)).await
+    }
+
+    /// Marks as published every unpublished event that is already on the log: at most the
+    /// previous leader's last batch, which is within the tail window of each partition.
+    async fn recover(&self) -> Result<()> {
+        let unpublished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM event_store WHERE published_at IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        if unpublished == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(self.config.takeover_settle).await;
+        let brokers = self.kafka.brokers.clone();
+        let topic = self.kafka.topic.clone();
+        let window = self.config.batch_size * 2 + 64;
+        let tails = tokio::task::spawn_blocking(move || {
+            flowline_event_log::read_partition_tails(&brokers, &topic, window)
+        })
+        .await
+        .map_err(|e| crate::Error::Log(flowline_event_log::Error::NotDelivered(e.to_string())))??;
+        let mut on_log: HashMap<Uuid, LogPosition> = HashMap::new();
+        for (partition, records) in tails {
+            for record in records {
+                let event_id = record.headers().and_then(|h| {
+                    h.iter()
+                        .find(|header| header.key == headers::EVENT_ID)
+                        .and_then(|header| header.value)
+                        .and_then(|value| std::str::from_utf8(value).ok())
+                        .and_then(|text| Uuid::parse_str(text).ok())
+                });
+                if let Some(event_id) = event_id {
+                    on_log.insert(
+                        event_id,
+                        LogPosition {
+                            partition,
+                            offset: record.offset(),
+                        },
+                    );
+                }
+            }
+        }
+        let ids: Vec<Uuid> = on_log.keys().copied().collect();
+        let partitions: Vec<i32> = ids.iter().map(|id| on_log[id].partition).collect();
+        let offsets: Vec<i64> = ids.iter().map(|id| on_log[id].offset).collect();
+        let recovered: Vec<(i64, i32, i64)> = sqlx::query_as(
+            "UPDATE event_store SET published_at = now(), log_partition = tail.partition, \
+             log_offset = tail.log_offset \
+             FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS tail(event_id, partition, log_offset) \
+             WHERE event_store.event_id = tail.event_id AND event_store.published_at IS NULL \
+             RETURNING event_store.position, tail.partition, tail.log_offset",
+        )
+        .bind(&ids)
+        .bind(&partitions)
+        .bind(&offsets)
+        .fetch_all(&self.pool)
+        .await?;
+        let recovered: Vec<(i64, LogPosition)> = recovered
+            .into_iter()
+            .map(|(position, partition, offset)| (position, LogPosition { partition, offset }))
+            .collect();
+        for chunk in recovered.chunks(self.config.batch_size as usize) {
+            notify(&self.pool, PUBLISHED_CHANNEL, &encode_payload(chunk)).await?;
+        }
+        info!(
+            unpublished,
+            recovered = recovered.len(),
+            "outbox recovery: events found on the log marked published"
+        );
+        Ok(())
+    }
+}

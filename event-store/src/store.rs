@@ -1,0 +1,201 @@
+//! Streams in PostgreSQL: load in version order, append one event with its expected version.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use flowline_domain::EventEnvelope;
+use flowline_schemas::EventCodec;
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::publications::LogPosition;
+use crate::{Error, Result};
+
+/// Channel the relay listens on for new events.
+pub(crate) const APPENDED_CHANNEL: &str = "event_store_appended";
+
+/// An event as stored, with where it landed on the log once published.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Store-wide sequence number (commit order is not guaranteed to follow it).
+    pub position: i64,
+    /// The decoded event.
+    pub envelope: EventEnvelope,
+    /// Its place on the log, once the relay published it.
+    pub log: Option<LogPosition>,
+}
+
+/// Wakes the outbox relay after an append: in-process when this process leads the relay,
+/// through PostgreSQL `NOTIFY` when another instance does.
+#[derive(Debug, Default)]
+pub struct RelayWaker {
+    pub(crate) local: Notify,
+    pub(crate) leading: AtomicBool,
+}
+
+/// The PostgreSQL event store.
+#[derive(Debug, Clone)]
+pub struct EventStore {
+    pool: PgPool,
+    codec: EventCodec,
+    waker: Arc<RelayWaker>,
+}
+
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    position: i64,
+    payload: Vec<u8>,
+    log_partition: Option<i32>,
+    log_offset: Option<i64>,
+}
+
+impl EventStore {
+    /// A store on `pool` (migrated with `service-kit`'s migrator).
+    pub fn new(pool: PgPool) -> Self {
+        Self::with_waker(pool, Arc::default())
+    }
+
+    /// A store whose appends wake the relay sharing `waker`.
+    pub fn with_waker(pool: PgPool, waker: Arc<RelayWaker>) -> Self {
+        Self {
+            pool,
+            codec: EventCodec::default(),
+            waker,
+        }
+    }
+
+    /// The stream's events in version order; empty when the stream does not exist for this
+    /// tenant.
+    pub async fn load(&self, tenant: &str, stream_id: Uuid) -> Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT position, payload, log_partition, log_offset FROM event_store \
+             WHERE stream_id = $1 AND tenant = $2 ORDER BY stream_version",
+        )
+        .bind(stream_id)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredEvent {
+                    position: row.position,
+                    envelope: self.codec.decode(&row.payload)?,
+                    log: row
+                        .log_partition
+                        .zip(row.log_offset)
+                        .map(|(partition, offset)| LogPosition { partition, offset }),
+                })
+            })
+            .collect()
+    }
+
+    /// Appends one event at `envelope.metadata.stream_version`, which must be the stream's
+    /// next version, and returns its store position. The unique constraints decide races:
+    /// a taken version is [`Error::VersionConflict`], a known command id is
+    /// [`Error::DuplicateCommand`].
+    pub async fn append(&self, envelope: &EventEnvelope) -> Result<i64> {
+        let encoded = self.codec.encode(envelope)?;
+        let metadata = &envelope.metadata;
+        let inserted = sqlx::query_scalar::<_, i64>(
+            "INSERT INTO event_store (tenant, stream_id, stream_version, event_id, command_id, \
+             event_type, schema_version, occurred_at, correlation_id, causation_id, \
+             traceparent, tracestate, payload) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING position",
+        )
+        .bind(&metadata.tenant)
+        .bind(metadata.stream_id)
+        .bind(metadata.stream_version as i64)
+        .bind(metadata.event_id)
+        .bind(metadata.command_id)
+        .bind(encoded.event_type)
+        .bind(encoded.schema_version as i32)
+        .bind(metadata.occurred_at)
+        .bind(metadata.correlation_id)
+        .bind(metadata.causation_id)
+        .bind(&metadata.traceparent)
+        .bind(&metadata.tracestate)
+        .bind(&encoded.payload)
+        .fetch_one(&self.pool)
+        .await;
+        let position = inserted.map_err(|error| classify_insert_error(error, envelope))?;
+        self.waker.local.notify_one();
+        if !self.waker.leading.load(Ordering::Relaxed) {
+            notify(&self.pool, APPENDED_CHANNEL, "").await?;
+        }
+        Ok(position)
+    }
+
+    /// Where a command's event is, if the command was appended before.
+    pub async fn find_command(
+        &self,
+        tenant: &str,
+        command_id: Uuid,
+    ) -> Result<Option<(Uuid, u64, i64)>> {
+        let row: Option<(Uuid, i64, i64)> = sqlx::query_as(
+            "SELECT stream_id, stream_version, position FROM event_store \
+             WHERE tenant = $1 AND command_id = $2",
+        )
+        .bind(tenant)
+        .bind(command_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(stream, version, position)| (stream, version as u64, position)))
+    }
+
+    /// When the event at `position` was published, and where.
+    pub async fn publication(&self, position: i64) -> Result<Option<LogPosition>> {
+        let row: Option<(Option<i32>, Option<i64>)> = sqlx::query_as(
+            "SELECT log_partition, log_offset FROM event_store \
+             WHERE position = $1 AND published_at IS NOT NULL",
+        )
+        .bind(position)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(partition, offset)| {
+            Some(LogPosition {
+                partition: partition?,
+                offset: offset?,
+            })
+        }))
+    }
+}
+
+fn classify_insert_error(error: sqlx::Error, envelope: &EventEnvelope) -> Error {
+    let constraint = error
+        .as_database_error()
+        .filter(|e| e.code().as_deref() == Some("23505"))
+        .and_then(|e| e.constraint().map(str::to_owned));
+    match constraint.as_deref() {
+        Some("event_store_stream_id_stream_version_key") => Error::VersionConflict {
+            stream_id: envelope.metadata.stream_id,
+            version: envelope.metadata.stream_version,
+        },
+        Some("event_store_tenant_command_id_key") => {
+            Error::DuplicateCommand(envelope.metadata.command_id)
+        }
+        _ => Error::Database(error),
+    }
+}
+
+/// Sends `payload` (digits and punctuation only) on `channel`, in one round trip and a
+/// transaction of its own.
+///
+/// Never inside a data transaction: a transaction that NOTIFYs holds a database-wide lock
+/// through its commit's WAL flush, which would serialize every append (about one per
+/// fsync). A notification is a wake-up that needs no durability, so it commits
+/// asynchronously and the lock is brief; a lost one only costs a poll interval.
+pub(crate) async fn notify(pool: &PgPool, channel: &'static str, payload: &str) -> Result<()> {
+    debug_assert!(
+        payload
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b':' || b == b',' || b == b'-')
+    );
+    let statement = format!(
+        "BEGIN; SET LOCAL synchronous_commit TO OFF; NOTIFY {channel}, '{payload}'; COMMIT;"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(statement))
+        .execute(pool)
+        .await?;
+    Ok(())
+}

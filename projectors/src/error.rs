@@ -1,0 +1,26 @@
+//! The projectors' errors.
+
+/// Why projecting failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// PostgreSQL failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The log failed.
+    #[error("log: {0}")]
+    Log(#[from] flowline_event_log::Error),
+    /// The database could not be prepared at start.
+    #[error(transparent)]
+    Startup(#[from] flowline_service_kit::Error),
+    /// The admin address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Result of this crate's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

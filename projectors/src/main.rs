@@ -1,0 +1,15 @@
+//! `projectors`: run `projectors --help` for its settings.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = projectors::Config::parse();
+    flowline_service_kit::telemetry::init("projectors");
+    let app = projectors::Application::build(config).await?;
+    tracing::info!(port = app.port(), "projectors admin listening");
+    app.run_until(flowline_service_kit::shutdown::signal())
+        .await?;
+    flowline_service_kit::telemetry::shutdown();
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! Wiring: database, routes, listener.
+
+use std::future::Future;
+
+use async_graphql::http::GraphiQLSource;
+use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use flowline_service_kit::Problem;
+use flowline_service_kit::request::tenant;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::graphql::{QuerySchema, Tenant, schema};
+use crate::read_model::ReadModel;
+use crate::{Error, Result, rest};
+
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) read_model: ReadModel,
+    pub(crate) schema: QuerySchema,
+}
+
+/// A built, bound query service.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+}
+
+async fn graphiql() -> Html<String> {
+    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+}
+
+async fn graphql(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    request: GraphQLRequest,
+) -> Response {
+    match tenant(&headers) {
+        Ok(tenant) => {
+            let response: GraphQLResponse = state
+                .schema
+                .execute(request.into_inner().data(Tenant(tenant)))
+                .await
+                .into();
+            response.into_response()
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such endpoint")
+}
+
+impl Application {
+    /// Prepares the database and binds the listener.
+    pub async fn build(config: Config) -> Result<Self> {
+        let pool = config.database.prepare().await?;
+        let read_model = ReadModel::new(pool);
+        let state = AppState {
+            schema: schema(read_model.clone()),
+            read_model,
+        };
+        let router = Router::new()
+            .route("/v1/workflows", get(rest::list))
+            .route("/v1/workflows/{id}", get(rest::workflow))
+            .route("/v1/workflows/{id}/events", get(rest::events))
+            .route("/graphql", get(graphiql).post(graphql))
+            .route("/health", get(|| async { "ok" }))
+            .fallback(not_found)
+            .layer(TraceLayer::new_for_http())
+            .with_state(state);
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                address: config.listen,
+                source,
+            })?;
+        Ok(Self { listener, router })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` resolves.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), std::io::Error> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+}

@@ -1,0 +1,17 @@
+//! Settings, from flags or environment variables, with defaults that run locally.
+
+use std::net::SocketAddr;
+
+use flowline_service_kit::db::DatabaseSettings;
+
+/// Serves workflow read models over REST and GraphQL.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "query-service", version)]
+pub struct Config {
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    #[arg(long, env = "QUERY_ADDR", default_value = "127.0.0.1:8082")]
+    pub listen: SocketAddr,
+    /// PostgreSQL settings.
+    #[command(flatten)]
+    pub database: DatabaseSettings,
+}

@@ -1,0 +1,72 @@
+//! The service's errors and their one mapping to HTTP problems (GraphQL errors reuse the
+//! same messages).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use flowline_service_kit::Problem;
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The workflow does not exist for this tenant.
+    #[error("no workflow with id '{0}'")]
+    NotFound(String),
+    /// A query parameter is invalid.
+    #[error("{parameter}: {message}")]
+    InvalidParameter {
+        /// The parameter's name.
+        parameter: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A header is invalid.
+    #[error("{}", .0.detail)]
+    Request(Problem),
+    /// The read model failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The database could not be prepared at start.
+    #[error(transparent)]
+    Startup(#[from] flowline_service_kit::Error),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Result of this crate's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<Problem> for Error {
+    fn from(problem: Problem) -> Self {
+        Self::Request(problem)
+    }
+}
+
+impl Error {
+    /// The problem a client sees.
+    pub fn to_problem(&self) -> Problem {
+        match self {
+            Error::NotFound(_) => Problem::not_found(self.to_string()),
+            Error::InvalidParameter { parameter, .. } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "invalid-parameter",
+                "Invalid parameter",
+                self.to_string(),
+            )
+            .with("parameter", *parameter),
+            Error::Request(problem) => problem.clone(),
+            Error::Database(_) | Error::Startup(_) | Error::Bind { .. } => Problem::internal(self),
+        }
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        self.to_problem().into_response()
+    }
+}

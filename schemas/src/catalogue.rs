@@ -1,0 +1,185 @@
+//! The versioned schema files, embedded at build time.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use apache_avro::Schema;
+use apache_avro::rabin::Rabin;
+
+use crate::{Error, Result};
+
+/// Every schema file, oldest version first per event type. Adding a version means adding
+/// its file here; the `catalogue_lists_every_schema_file` test fails if one is forgotten.
+const FILES: &[(&str, u32, &str)] = &[
+    (
+        "WorkflowSubmitted",
+        1,
+        include_str!("../avro/WorkflowSubmitted.v1.avsc"),
+    ),
+    (
+        "WorkflowCancelled",
+        1,
+        include_str!("../avro/WorkflowCancelled.v1.avsc"),
+    ),
+    (
+        "SignalReceived",
+        1,
+        include_str!("../avro/SignalReceived.v1.avsc"),
+    ),
+];
+
+/// One version of one event's schema.
+#[derive(Debug)]
+pub struct SchemaEntry {
+    /// The event type (Avro record name).
+    pub event_type: &'static str,
+    /// The schema version (the `vN` of its file name).
+    pub version: u32,
+    /// The parsed schema.
+    pub schema: Schema,
+    /// CRC-64-AVRO (Rabin) fingerprint of the schema's canonical form.
+    pub fingerprint: u64,
+    /// The file it came from, relative to `schemas/avro/`.
+    pub file: String,
+}
+
+/// All schemas of this build, indexed by fingerprint and by event type.
+#[derive(Debug)]
+pub struct Catalogue {
+    entries: Vec<SchemaEntry>,
+    by_fingerprint: HashMap<u64, usize>,
+    latest: HashMap<&'static str, usize>,
+}
+
+static EMBEDDED: LazyLock<Catalogue> =
+    LazyLock::new(|| Catalogue::parse(FILES).expect("embedded schemas are valid"));
+
+/// The 8 fingerprint bytes as the single-object encoding stores them (little endian).
+pub(crate) fn fingerprint_of(schema: &Schema) -> u64 {
+    let bytes = schema.fingerprint::<Rabin>().bytes;
+    u64::from_le_bytes(
+        bytes[..8]
+            .try_into()
+            .expect("Rabin fingerprints are 8 bytes"),
+    )
+}
+
+impl Catalogue {
+    /// The schemas compiled into this build.
+    pub fn embedded() -> &'static Catalogue {
+        &EMBEDDED
+    }
+
+    fn parse(files: &[(&'static str, u32, &str)]) -> Result<Self> {
+        let mut catalogue = Catalogue {
+            entries: Vec::new(),
+            by_fingerprint: HashMap::new(),
+            latest: HashMap::new(),
+        };
+        for &(event_type, version, text) in files {
+            let file = format!("{event_type}.v{version}.avsc");
+            let schema = Schema::parse_str(text).map_err(|source| Error::InvalidSchema {
+                file: file.clone(),
+                source: Box::new(source),
+            })?;
+            let fingerprint = fingerprint_of(&schema);
+            let index = catalogue.entries.len();
+            catalogue.entries.push(SchemaEntry {
+                event_type,
+                version,
+                schema,
+                fingerprint,
+                file,
+            });
+            catalogue.by_fingerprint.insert(fingerprint, index);
+            let newer = catalogue
+                .latest
+                .get(event_type)
+                .is_none_or(|&i| catalogue.entries[i].version < version);
+            if newer {
+                catalogue.latest.insert(event_type, index);
+            }
+        }
+        Ok(catalogue)
+    }
+
+    /// Every schema version, in file order.
+    pub fn entries(&self) -> &[SchemaEntry] {
+        &self.entries
+    }
+
+    /// The schema a payload was written with.
+    pub fn by_fingerprint(&self, fingerprint: u64) -> Result<&SchemaEntry> {
+        self.by_fingerprint
+            .get(&fingerprint)
+            .map(|&i| &self.entries[i])
+            .ok_or(Error::UnknownSchema(fingerprint))
+    }
+
+    /// The newest schema of an event type: what this build writes and reads into.
+    pub fn latest(&self, event_type: &str) -> Result<&SchemaEntry> {
+        self.latest
+            .get(event_type)
+            .map(|&i| &self.entries[i])
+            .ok_or_else(|| Error::UnknownEventType(event_type.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use apache_avro::schema_compatibility::SchemaCompatibility;
+
+    use super::*;
+
+    /// The evolution rule: the newest version of every event must read every older one,
+    /// so v1 records already on the log replay forever.
+    #[test]
+    fn every_schema_version_is_readable_by_the_newest() {
+        let catalogue = Catalogue::embedded();
+        for entry in catalogue.entries() {
+            let latest = catalogue.latest(entry.event_type).unwrap();
+            if let Err(error) = SchemaCompatibility::can_read(&entry.schema, &latest.schema) {
+                panic!(
+                    "{} cannot be read by {}: {error}; schema changes must be backward compatible",
+                    entry.file, latest.file
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn catalogue_lists_every_schema_file() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("avro");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".avsc"))
+            .collect();
+        on_disk.sort();
+        let mut listed: Vec<String> = Catalogue::embedded()
+            .entries()
+            .iter()
+            .map(|e| e.file.clone())
+            .collect();
+        listed.sort();
+        assert_eq!(
+            listed, on_disk,
+            "schemas/src/catalogue.rs FILES must list every .avsc"
+        );
+    }
+
+    #[test]
+    fn every_version_has_its_own_fingerprint_and_record_name() {
+        let catalogue = Catalogue::embedded();
+        for entry in catalogue.entries() {
+            assert_eq!(
+                catalogue.by_fingerprint(entry.fingerprint).unwrap().file,
+                entry.file
+            );
+            let Schema::Record(record) = &entry.schema else {
+                panic!("{} is not a record", entry.file)
+            };
+            assert_eq!(record.name.name(), entry.event_type, "{}", entry.file);
+        }
+    }
+}

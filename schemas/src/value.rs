@@ -1,0 +1,254 @@
+//! Mapping between the domain's events and Avro values of the newest schema versions.
+
+use apache_avro::types::Value;
+use chrono::{DateTime, Utc};
+use flowline_domain::{
+    EventEnvelope, EventMetadata, SignalReceived, StepDefinition, StepKind, WorkflowCancelled,
+    WorkflowEvent, WorkflowSubmitted,
+};
+use uuid::Uuid;
+
+use crate::{Error, Result};
+
+fn optional_string(value: &Option<String>) -> Value {
+    match value {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(s) => Value::Union(1, Box::new(Value::String(s.clone()))),
+    }
+}
+
+fn metadata_value(metadata: &EventMetadata) -> Value {
+    Value::Record(vec![
+        ("event_id".into(), Value::Uuid(metadata.event_id)),
+        ("tenant".into(), Value::String(metadata.tenant.clone())),
+        ("stream_id".into(), Value::Uuid(metadata.stream_id)),
+        (
+            "stream_version".into(),
+            Value::Long(metadata.stream_version as i64),
+        ),
+        (
+            "occurred_at".into(),
+            Value::TimestampMicros(metadata.occurred_at.timestamp_micros()),
+        ),
+        ("command_id".into(), Value::Uuid(metadata.command_id)),
+        (
+            "correlation_id".into(),
+            Value::Uuid(metadata.correlation_id),
+        ),
+        ("causation_id".into(), Value::Uuid(metadata.causation_id)),
+        ("traceparent".into(), optional_string(&metadata.traceparent)),
+        ("tracestate".into(), optional_string(&metadata.tracestate)),
+    ])
+}
+
+fn json_text(value: &serde_json::Value) -> Value {
+    Value::String(value.to_string())
+}
+
+/// The Avro record for an envelope, shaped like the newest schema of its event type.
+pub(crate) fn to_value(envelope: &EventEnvelope) -> Value {
+    let metadata = ("metadata".to_owned(), metadata_value(&envelope.metadata));
+    let mut fields = vec![metadata];
+    match &envelope.event {
+        WorkflowEvent::Submitted(submitted) => {
+            fields.push(("name".into(), Value::String(submitted.name.clone())));
+            fields.push(("input_json".into(), json_text(&submitted.input)));
+            let steps = submitted
+                .steps
+                .iter()
+                .map(|step| {
+                    let kind_index = StepKind::ALL
+                        .iter()
+                        .position(|k| *k == step.kind)
+                        .expect("every kind is in ALL");
+                    Value::Record(vec![
+                        ("id".into(), Value::String(step.id.clone())),
+                        (
+                            "kind".into(),
+                            Value::Enum(kind_index as u32, step.kind.as_str().into()),
+                        ),
+                        (
+                            "depends_on".into(),
+                            Value::Array(
+                                step.depends_on
+                                    .iter()
+                                    .map(|d| Value::String(d.clone()))
+                                    .collect(),
+                            ),
+                        ),
+                        ("config_json".into(), json_text(&step.config)),
+                    ])
+                })
+                .collect();
+            fields.push(("steps".into(), Value::Array(steps)));
+        }
+        WorkflowEvent::Cancelled(cancelled) => {
+            fields.push(("reason".into(), optional_string(&cancelled.reason)));
+        }
+        WorkflowEvent::SignalReceived(signal) => {
+            fields.push(("name".into(), Value::String(signal.name.clone())));
+            fields.push(("payload_json".into(), json_text(&signal.payload)));
+        }
+    }
+    Value::Record(fields)
+}
+
+/// Field access on a decoded record, with errors that name the event and field.
+struct Fields<'a> {
+    event_type: &'a str,
+    fields: &'a [(String, Value)],
+}
+
+impl<'a> Fields<'a> {
+    fn of(event_type: &'a str, value: &'a Value) -> Result<Self> {
+        match value {
+            Value::Record(fields) => Ok(Self { event_type, fields }),
+            other => Err(malformed(
+                event_type,
+                format!("expected a record, got {other:?}"),
+            )),
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<&'a Value> {
+        let value = self
+            .fields
+            .iter()
+            .find(|(field, _)| field == name)
+            .map(|(_, value)| value)
+            .ok_or_else(|| malformed(self.event_type, format!("missing field {name}")))?;
+        // Unions arrive wrapped; the model only cares about the branch's value.
+        Ok(match value {
+            Value::Union(_, inner) => inner,
+            other => other,
+        })
+    }
+
+    fn string(&self, name: &str) -> Result<String> {
+        match self.get(name)? {
+            Value::String(s) | Value::Enum(_, s) => Ok(s.clone()),
+            other => Err(self.wrong(name, "a string", other)),
+        }
+    }
+
+    fn optional_string(&self, name: &str) -> Result<Option<String>> {
+        match self.get(name)? {
+            Value::Null => Ok(None),
+            Value::String(s) => Ok(Some(s.clone())),
+            other => Err(self.wrong(name, "a string or null", other)),
+        }
+    }
+
+    fn uuid(&self, name: &str) -> Result<Uuid> {
+        match self.get(name)? {
+            Value::Uuid(uuid) => Ok(*uuid),
+            Value::String(s) => {
+                Uuid::parse_str(s).map_err(|e| malformed(self.event_type, format!("{name}: {e}")))
+            }
+            other => Err(self.wrong(name, "a uuid", other)),
+        }
+    }
+
+    fn long(&self, name: &str) -> Result<i64> {
+        match self.get(name)? {
+            Value::Long(n) | Value::TimestampMicros(n) => Ok(*n),
+            Value::Int(n) => Ok(i64::from(*n)),
+            other => Err(self.wrong(name, "a long", other)),
+        }
+    }
+
+    fn json(&self, name: &str) -> Result<serde_json::Value> {
+        let text = self.string(name)?;
+        serde_json::from_str(&text).map_err(|e| malformed(self.event_type, format!("{name}: {e}")))
+    }
+
+    fn array(&self, name: &str) -> Result<&'a [Value]> {
+        match self.get(name)? {
+            Value::Array(items) => Ok(items),
+            other => Err(self.wrong(name, "an array", other)),
+        }
+    }
+
+    fn wrong(&self, name: &str, expected: &str, got: &Value) -> Error {
+        malformed(
+            self.event_type,
+            format!("{name}: expected {expected}, got {got:?}"),
+        )
+    }
+}
+
+fn malformed(event_type: &str, detail: String) -> Error {
+    Error::Malformed {
+        event_type: event_type.to_owned(),
+        detail,
+    }
+}
+
+fn metadata_from(event_type: &str, value: &Value) -> Result<EventMetadata> {
+    let fields = Fields::of(event_type, value)?;
+    let micros = fields.long("occurred_at")?;
+    let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros)
+        .ok_or_else(|| malformed(event_type, format!("occurred_at {micros} out of range")))?;
+    let stream_version = fields.long("stream_version")?;
+    Ok(EventMetadata {
+        event_id: fields.uuid("event_id")?,
+        tenant: fields.string("tenant")?,
+        stream_id: fields.uuid("stream_id")?,
+        stream_version: u64::try_from(stream_version)
+            .map_err(|_| malformed(event_type, format!("stream_version {stream_version}")))?,
+        occurred_at,
+        command_id: fields.uuid("command_id")?,
+        correlation_id: fields.uuid("correlation_id")?,
+        causation_id: fields.uuid("causation_id")?,
+        traceparent: fields.optional_string("traceparent")?,
+        tracestate: fields.optional_string("tracestate")?,
+    })
+}
+
+/// Builds the domain envelope from a record already in the newest schema's shape.
+pub(crate) fn from_value(event_type: &str, value: &Value) -> Result<EventEnvelope> {
+    let fields = Fields::of(event_type, value)?;
+    let metadata = metadata_from(event_type, fields.get("metadata")?)?;
+    let event = match event_type {
+        "WorkflowSubmitted" => {
+            let steps = fields
+                .array("steps")?
+                .iter()
+                .map(|step| {
+                    let step = Fields::of(event_type, step)?;
+                    let kind = step.string("kind")?;
+                    Ok(StepDefinition {
+                        id: step.string("id")?,
+                        kind: StepKind::parse(&kind)
+                            .ok_or_else(|| malformed(event_type, format!("step kind {kind}")))?,
+                        depends_on: step
+                            .array("depends_on")?
+                            .iter()
+                            .map(|d| match d {
+                                Value::String(s) => Ok(s.clone()),
+                                other => {
+                                    Err(malformed(event_type, format!("depends_on {other:?}")))
+                                }
+                            })
+                            .collect::<Result<_>>()?,
+                        config: step.json("config_json")?,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            WorkflowEvent::Submitted(WorkflowSubmitted {
+                name: fields.string("name")?,
+                input: fields.json("input_json")?,
+                steps,
+            })
+        }
+        "WorkflowCancelled" => WorkflowEvent::Cancelled(WorkflowCancelled {
+            reason: fields.optional_string("reason")?,
+        }),
+        "SignalReceived" => WorkflowEvent::SignalReceived(SignalReceived {
+            name: fields.string("name")?,
+            payload: fields.json("payload_json")?,
+        }),
+        other => return Err(Error::UnknownEventType(other.to_owned())),
+    };
+    Ok(EventEnvelope { metadata, event })
+}

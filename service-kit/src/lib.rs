@@ -1,0 +1,28 @@
+//! What every service of the engine needs at its edges, written once: the PostgreSQL pool
+//! and embedded migrations, RFC 9457 problem responses, tracing with W3C trace context,
+//! and graceful shutdown.
+
+pub mod db;
+pub mod problem;
+pub mod request;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use problem::Problem;
+
+/// Why shared plumbing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database refused a connection or a statement.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// A migration failed to apply.
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A setting is malformed.
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Result of this crate's operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

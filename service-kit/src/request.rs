@@ -1,0 +1,80 @@
+//! Reading what every request carries: the tenant, and a JSON body with errors that name
+//! the offending field.
+
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use serde::de::DeserializeOwned;
+
+use crate::problem::{Problem, from_rejection};
+
+/// Header naming the tenant a request acts for.
+pub const TENANT_HEADER: &str = "x-tenant-id";
+/// Tenant used when a request names none.
+pub const DEFAULT_TENANT: &str = "default";
+
+/// The request's tenant: `X-Tenant-Id`, or `default`.
+pub fn tenant(headers: &HeaderMap) -> Result<String, Problem> {
+    let Some(value) = headers.get(TENANT_HEADER) else {
+        return Ok(DEFAULT_TENANT.to_owned());
+    };
+    let tenant = value.to_str().unwrap_or_default().trim();
+    let valid = !tenant.is_empty()
+        && tenant.len() <= 64
+        && tenant
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if valid {
+        Ok(tenant.to_owned())
+    } else {
+        Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            "invalid-header",
+            "Invalid header",
+            "X-Tenant-Id must be 1-64 ASCII letters, digits, '_', '-' or '.'",
+        )
+        .with("header", "X-Tenant-Id"))
+    }
+}
+
+/// Parses a JSON body. Syntax errors are 400; well-formed JSON of the wrong shape is 422
+/// with the path of the field (`steps[0].kind`). An empty body reads as `null` when `T`
+/// accepts it.
+pub fn json_body<T: DeserializeOwned>(
+    body: Result<bytes::Bytes, BytesRejection>,
+) -> Result<T, Problem> {
+    let body = body.map_err(|rejection| {
+        let response = rejection.into_response();
+        from_rejection(response.status(), "could not read the request body".into())
+    })?;
+    let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"null"
+    } else {
+        &body
+    };
+    let mut deserializer = serde_json::Deserializer::from_slice(text);
+    match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => {
+            if let Err(error) = deserializer.end() {
+                return Err(Problem::bad_request(format!("malformed JSON: {error}")));
+            }
+            Ok(value)
+        }
+        Err(error) => {
+            let path = error.path().to_string();
+            let inner = error.into_inner();
+            if inner.is_data() {
+                let field = if path == "." { String::new() } else { path };
+                Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation",
+                    "Invalid request",
+                    format!("{field}: {inner}"),
+                )
+                .with_errors([serde_json::json!({"field": field, "message": inner.to_string()})]))
+            } else {
+                Err(Problem::bad_request(format!("malformed JSON: {inner}")))
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Harness for the system tests: every test gets its own database and topic and runs the
+//! real services in-process on free ports, against the real broker and PostgreSQL named by
+//! `KAFKA_BROKERS` and `TEST_DATABASE_URL` (the test command starts both).
+
+use std::time::{Duration, Instant};
+
+use command_service::Config as CommandConfig;
+use flowline_event_log::KafkaSettings;
+use flowline_service_kit::db::{DatabaseSettings, with_database};
+use projectors::Config as ProjectorConfig;
+use query_service::Config as QueryConfig;
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+/// Broker of the tests.
+pub fn brokers() -> String {
+    std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+/// Any database URL on the test server; tests replace the database name.
+pub fn server_url() -> String {
+    std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A running service, stoppable by the test.
+pub struct Running {
+    /// Its HTTP base URL.
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops it gracefully and waits until it is down.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
+
+fn spawn_server<F, E>(port: u16, run: impl FnOnce(oneshot::Receiver<()>) -> F) -> Running
+where
+    F: std::future::Future<Output = Result<(), E>> + Send + 'static,
+    E: std::fmt::Debug,
+{
+    let (stop, stopped) = oneshot::channel();
+    let future = run(stopped);
+    let task = tokio::spawn(async move {
+        future.await.expect("service failed");
+    });
+    Running {
+        url: format!("http://127.0.0.1:{port}"),
+        stop: Some(stop),
+        task,
+    }
+}
+
+async fn stopped(receiver: oneshot::Receiver<()>) {
+    let _ = receiver.await;
+}
+
+/// One test's isolated system: a fresh database, a fresh topic.
+pub struct TestSystem {
+    /// URL of the test's database.
+    pub database_url: String,
+    /// The test's Kafka settings (unique topic).
+    pub kafka: KafkaSettings,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// A pool on the test database, for assertions.
+    pub pool: sqlx::PgPool,
+}
+
+impl TestSystem {
+    /// A new database (migrated) and a new topic with `partitions` partitions.
+    pub async fn new(partitions: i32) -> Self {
+        let name = format!("test_{}", Uuid::new_v4().simple());
+        let database_url = with_database(&server_url(), &name).expect("valid TEST_DATABASE_URL");
+        let pool = flowline_service_kit::db::prepare(&database_url, 4)
+            .await
+            .expect("test database");
+        let kafka = KafkaSettings {
+            brokers: brokers(),
+            topic: format!("test-{}", Uuid::new_v4().simple()),
+            partitions,
+        };
+        flowline_event_log::ensure_topic(&kafka)
+            .await
+            .expect("test topic");
+        Self {
+            database_url,
+            kafka,
+            http: reqwest::Client::new(),
+            pool,
+        }
+    }
+
+    fn database(&self) -> DatabaseSettings {
+        DatabaseSettings {
+            url: self.database_url.clone(),
+            max_connections: 8,
+        }
+    }
+
+    /// Starts a command service; `max_body_bytes` as configured by an operator.
+    pub async fn command_service_with(&self, max_body_bytes: usize) -> Running {
+        let app = command_service::Application::build(CommandConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_body_bytes,
+            publish_timeout_ms: 10_000,
+            database: self.database(),
+            kafka: self.kafka.clone(),
+        })
+        .await
+        .expect("command service builds");
+        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+    }
+
+    /// Starts a command service with the default body limit.
+    pub async fn command_service(&self) -> Running {
+        self.command_service_with(1024 * 1024).await
+    }
+
+    /// Starts a query service.
+    pub async fn query_service(&self) -> Running {
+        let app = query_service::Application::build(QueryConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            database: self.database(),
+        })
+        .await
+        .expect("query service builds");
+        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+    }
+
+    /// The consumer group prefix of this test's projectors.
+    pub fn group_prefix(&self) -> String {
+        format!("group-{}", self.kafka.topic)
+    }
+
+    /// Starts the projectors.
+    pub async fn projectors(&self) -> Running {
+        let app = projectors::Application::build(ProjectorConfig {
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            group_prefix: self.group_prefix(),
+            batch_size: 500,
+            database: self.database(),
+            kafka: self.kafka.clone(),
+        })
+        .await
+        .expect("projectors build");
+        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+    }
+
+    /// POSTs JSON and returns status, headers and the JSON body (`Null` when none).
+    pub async fn post(&self, url: &str, body: &Value) -> Reply {
+        self.send(self.http.post(url).json(body)).await
+    }
+
+    /// Sends a request and reads the reply.
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        let response = request.send().await.expect("request sent");
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let text = response.text().await.expect("body read");
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        Reply {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// GETs and reads the reply.
+    pub async fn get(&self, url: &str) -> Reply {
+        self.send(self.http.get(url)).await
+    }
+
+    /// Runs a GraphQL query and returns its whole response body.
+    pub async fn graphql(&self, query_url: &str, query: &str) -> Value {
+        let reply = self
+            .post(
+                &format!("{query_url}/graphql"),
+                &serde_json::json!({ "query": query }),
+            )
+            .await;
+        assert_eq!(reply.status, 200, "{:?}", reply.body);
+        reply.body
+    }
+
+    /// Rows in the event store (what the write side accepted).
+    pub async fn stored_events(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM event_store")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Records on the test's topic, all partitions.
+    pub async fn records_on_log(&self) -> i64 {
+        let brokers = self.kafka.brokers.clone();
+        let topic = self.kafka.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            flowline_event_log::high_watermarks(&brokers, &topic)
+                .unwrap()
+                .into_iter()
+                .map(|(_, high)| high)
+                .sum()
+        })
+        .await
+        .unwrap()
+    }
+}
+
+/// A reply read in full.
+#[derive(Debug)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// JSON body, or the text as a JSON string.
+    pub body: Value,
+}
+
+impl Reply {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// Polls `probe` until it returns `Some`, for at most `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
