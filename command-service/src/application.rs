@@ -6,18 +6,22 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use flowline_event_store::{EventStore, OutboxRelay, Publications, RelayConfig};
+use flowline_event_store::{
+    EventStore, OutboxRelay, Publications, RelayConfig, WorkflowRepository,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::commands::CommandHandler;
 use crate::config::Config;
+use crate::idempotency::AnswerCache;
 use crate::{Error, Result, routes};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) handler: Arc<CommandHandler>,
+    pub(crate) answers: AnswerCache,
 }
 
 /// A built, bound command service.
@@ -35,12 +39,20 @@ impl Application {
         let background = CancellationToken::new();
         let publications = Publications::start(pool.clone(), background.clone()).await?;
         let relay = OutboxRelay::new(pool.clone(), config.kafka.clone(), RelayConfig::default());
-        let store = EventStore::with_waker(pool, relay.waker());
+        let store = EventStore::with_waker(pool.clone(), relay.waker());
+        let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
         tokio::spawn(relay.run(background.clone()));
 
-        let handler = CommandHandler::new(store, publications, config.publish_timeout());
+        let handler = CommandHandler::new(repository, publications, config.publish_timeout());
+        let answers = AnswerCache::connect(
+            &config.redis_url,
+            config.idempotency_ttl_seconds,
+            &config.redis_key_prefix,
+        )
+        .await;
         let state = AppState {
             handler: Arc::new(handler),
+            answers,
         };
         let router = Router::new()
             .route("/v1/workflows", post(routes::submit))

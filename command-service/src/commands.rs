@@ -8,7 +8,9 @@ use chrono::Utc;
 use flowline_domain::{
     Aggregate, EventEnvelope, EventMetadata, Versioned, Workflow, WorkflowCommand,
 };
-use flowline_event_store::{EventStore, LogPosition, Publications};
+use flowline_event_store::{
+    AppendedCommand, AsOf, EventStore, LogPosition, Publications, WorkflowRepository,
+};
 use rand::Rng;
 use uuid::Uuid;
 
@@ -17,6 +19,11 @@ use crate::{Error, Result};
 /// Who asks, under which conditions, and in which trace.
 #[derive(Debug, Clone)]
 pub struct CommandContext {
+    /// The command's id: derived from the `Idempotency-Key` when there is one, random
+    /// otherwise. The store appends a command id once per tenant.
+    pub command_id: Uuid,
+    /// Hash of the request that carried an `Idempotency-Key`, to tell a retry from a reuse.
+    pub fingerprint: Option<String>,
     /// The tenant the command acts for.
     pub tenant: String,
     /// The caller's correlation id, or the command's own id.
@@ -46,6 +53,16 @@ pub struct Accepted {
     pub state: Workflow,
 }
 
+/// Answers a command that was appended before (a retry): as the first time, when the
+/// request is the same.
+fn same_request(context: &CommandContext, existing: &AppendedCommand) -> Result<()> {
+    if existing.fingerprint == context.fingerprint {
+        Ok(())
+    } else {
+        Err(Error::IdempotencyKeyReused)
+    }
+}
+
 /// The stream a command targets.
 #[derive(Debug, Clone, Copy)]
 pub enum Stream {
@@ -58,7 +75,7 @@ pub enum Stream {
 /// Runs commands against the event store.
 #[derive(Debug, Clone)]
 pub struct CommandHandler {
-    store: EventStore,
+    repository: WorkflowRepository,
     publications: Arc<Publications>,
     publish_timeout: Duration,
 }
@@ -69,12 +86,12 @@ const CONTENTION_BUDGET: Duration = Duration::from_secs(10);
 impl CommandHandler {
     /// A handler on `store`, answering once `publications` confirms the log has the event.
     pub fn new(
-        store: EventStore,
+        repository: WorkflowRepository,
         publications: Arc<Publications>,
         publish_timeout: Duration,
     ) -> Self {
         Self {
-            store,
+            repository,
             publications,
             publish_timeout,
         }
@@ -87,7 +104,15 @@ impl CommandHandler {
         stream: Stream,
         command: WorkflowCommand,
     ) -> Result<Accepted> {
-        let command_id = Uuid::now_v7();
+        let command_id = context.command_id;
+        if context.fingerprint.is_some()
+            && let Some(existing) = self
+                .store()
+                .find_command(&context.tenant, command_id)
+                .await?
+        {
+            return self.replay(context, existing).await;
+        }
         let started = Instant::now();
         let mut attempt = 0u32;
         let (workflow_id, mut known_new) = match stream {
@@ -95,13 +120,11 @@ impl CommandHandler {
             Stream::Existing(id) => (id, false),
         };
         loop {
-            let history = if std::mem::take(&mut known_new) {
-                Vec::new()
+            let mut current = if std::mem::take(&mut known_new) {
+                Versioned::<Workflow>::default()
             } else {
-                self.store.load(&context.tenant, workflow_id).await?
+                self.repository.load(&context.tenant, workflow_id).await?
             };
-            let mut current =
-                Versioned::<Workflow>::replay(history.iter().map(|stored| &stored.envelope.event));
             if let Some(expected) = context.expected_version
                 && expected != current.version
             {
@@ -126,22 +149,19 @@ impl CommandHandler {
                 },
                 event,
             };
-            match self.store.append(&envelope).await {
+            match self
+                .store()
+                .append(&envelope, context.fingerprint.as_deref())
+                .await
+            {
                 Ok(position) => {
-                    let log = self
-                        .publications
-                        .wait(position, self.publish_timeout)
-                        .await
-                        .map_err(|error| match error {
-                            flowline_event_store::Error::PublicationPending(_) => {
-                                Error::PublicationPending {
-                                    workflow_id,
-                                    version: envelope.metadata.stream_version,
-                                }
-                            }
-                            other => other.into(),
-                        })?;
                     current.apply(&envelope.event);
+                    self.repository
+                        .after_append(&context.tenant, workflow_id, &current)
+                        .await;
+                    let log = self
+                        .wait_published(workflow_id, envelope.metadata.stream_version, position)
+                        .await?;
                     return Ok(Accepted {
                         workflow_id,
                         version: current.version,
@@ -153,11 +173,11 @@ impl CommandHandler {
                 }
                 Err(flowline_event_store::Error::VersionConflict { .. }) => {
                     if let Some(expected) = context.expected_version {
-                        let history = self.store.load(&context.tenant, workflow_id).await?;
-                        return Err(Error::VersionMismatch {
-                            expected,
-                            current: history.len() as u64,
-                        });
+                        let (current, _) = self
+                            .store()
+                            .versions(&context.tenant, workflow_id, AsOf::Version(0))
+                            .await?;
+                        return Err(Error::VersionMismatch { expected, current });
                     }
                     if started.elapsed() > CONTENTION_BUDGET {
                         return Err(Error::Contention(workflow_id));
@@ -168,8 +188,68 @@ impl CommandHandler {
                     let pause = rand::rng().random_range(0..=ceiling);
                     tokio::time::sleep(Duration::from_millis(pause)).await;
                 }
+                Err(flowline_event_store::Error::DuplicateCommand(_)) => {
+                    // A concurrent retry with the same key won the race.
+                    let existing = self
+                        .store()
+                        .find_command(&context.tenant, command_id)
+                        .await?
+                        .ok_or(Error::Contention(workflow_id))?;
+                    return self.replay(context, existing).await;
+                }
                 Err(error) => return Err(error.into()),
             }
         }
+    }
+
+    /// The answer to a command appended before, rebuilt from the store.
+    async fn replay(
+        &self,
+        context: &CommandContext,
+        existing: AppendedCommand,
+    ) -> Result<Accepted> {
+        same_request(context, &existing)?;
+        let log = self
+            .wait_published(existing.stream_id, existing.version, existing.position)
+            .await?;
+        let state = self
+            .repository
+            .load_as_of(
+                &context.tenant,
+                existing.stream_id,
+                AsOf::Version(existing.version),
+            )
+            .await?
+            .workflow;
+        Ok(Accepted {
+            workflow_id: existing.stream_id,
+            version: existing.version,
+            event_id: existing.event_id,
+            command_id: context.command_id,
+            log,
+            state: state.state,
+        })
+    }
+
+    fn store(&self) -> &EventStore {
+        self.repository.store()
+    }
+
+    async fn wait_published(
+        &self,
+        workflow_id: Uuid,
+        version: u64,
+        position: i64,
+    ) -> Result<LogPosition> {
+        self.publications
+            .wait(position, self.publish_timeout)
+            .await
+            .map_err(|error| match error {
+                flowline_event_store::Error::PublicationPending(_) => Error::PublicationPending {
+                    workflow_id,
+                    version,
+                },
+                other => other.into(),
+            })
     }
 }

@@ -20,6 +20,19 @@ pub struct Config {
     /// 503 (the command stays stored and is published later).
     #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 10_000)]
     pub publish_timeout_ms: u64,
+    /// Take a snapshot of a workflow every this many events (0 = never).
+    #[arg(long, env = "SNAPSHOT_EVERY", default_value_t = 100)]
+    pub snapshot_every: u64,
+    /// Redis holding the first answers to `Idempotency-Key` requests (a cache: correctness
+    /// does not depend on it).
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// How long a first answer stays cached, in seconds.
+    #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 24 * 3600)]
+    pub idempotency_ttl_seconds: u64,
+    /// Prefix of this deployment's Redis keys.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "flowline")]
+    pub redis_key_prefix: String,
     /// PostgreSQL settings.
     #[command(flatten)]
     pub database: DatabaseSettings,

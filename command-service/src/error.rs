@@ -28,6 +28,9 @@ pub enum Error {
         /// The stored version.
         version: u64,
     },
+    /// The `Idempotency-Key` was used before for a different request.
+    #[error("this Idempotency-Key was already used for a different request")]
+    IdempotencyKeyReused,
     /// Concurrent writers kept winning for longer than the retry budget.
     #[error("too much contention on workflow {0}")]
     Contention(Uuid),
@@ -96,6 +99,13 @@ impl IntoResponse for Error {
                 format!("{error}; it is durably stored and will be published, so do not resubmit it blindly: read the workflow to see it"),
             )
             .retry_after(1),
+            error @ Error::IdempotencyKeyReused => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused",
+                format!("{error}; use a new key for a new request"),
+            )
+            .with("header", "Idempotency-Key"),
             error @ Error::Contention(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "contention",

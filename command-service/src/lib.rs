@@ -8,6 +8,7 @@ mod application;
 mod commands;
 pub mod config;
 mod error;
+mod idempotency;
 mod routes;
 
 pub use application::Application;

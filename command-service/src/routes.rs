@@ -2,19 +2,20 @@
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use flowline_domain::{CancelWorkflow, SendSignal, SubmitWorkflow, WorkflowCommand};
-use flowline_service_kit::request::{json_body, tenant};
+use flowline_service_kit::request::{body_bytes, json_body, tenant};
 use flowline_service_kit::{Problem, telemetry};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::Result;
 use crate::application::AppState;
 use crate::commands::{Accepted, CommandContext, Stream};
+use crate::idempotency::{self, CachedAnswer};
+use crate::{Error, Result};
 
 /// The body of every 2xx answer to a command.
 #[derive(Debug, Serialize)]
@@ -28,29 +29,40 @@ struct AcceptedBody {
     log_offset: i64,
 }
 
-fn accepted(status: StatusCode, accepted: Accepted) -> Response {
-    let body = AcceptedBody {
-        workflow_id: accepted.workflow_id,
-        version: accepted.version,
-        status: accepted.state.status.as_str(),
-        event_id: accepted.event_id,
-        command_id: accepted.command_id,
-        log_partition: accepted.log.partition,
-        log_offset: accepted.log.offset,
-    };
-    let etag = format!("\"{}\"", accepted.version);
+impl From<&Accepted> for AcceptedBody {
+    fn from(accepted: &Accepted) -> Self {
+        Self {
+            workflow_id: accepted.workflow_id,
+            version: accepted.version,
+            status: accepted.state.status.as_str(),
+            event_id: accepted.event_id,
+            command_id: accepted.command_id,
+            log_partition: accepted.log.partition,
+            log_offset: accepted.log.offset,
+        }
+    }
+}
+
+/// A 2xx answer with `ETag` (and `Location` for a creation), from its JSON body.
+fn answer(status: StatusCode, body: serde_json::Value, replayed: bool) -> Response {
+    let version = body["version"].as_u64().unwrap_or_default();
+    let location = (status == StatusCode::CREATED).then(|| {
+        format!(
+            "/v1/workflows/{}",
+            body["workflow_id"].as_str().unwrap_or_default()
+        )
+    });
     let mut response = (status, Json(body)).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::ETAG,
-        HeaderValue::from_str(&etag).expect("digits are valid"),
+        HeaderValue::from_str(&format!("\"{version}\"")).expect("digits are valid"),
     );
-    if status == StatusCode::CREATED {
-        let location = format!("/v1/workflows/{}", accepted.workflow_id);
-        headers.insert(
-            header::LOCATION,
-            HeaderValue::from_str(&location).expect("uuid is valid"),
-        );
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(header::LOCATION, location);
+    }
+    if replayed {
+        headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     response
 }
@@ -80,52 +92,115 @@ fn expected_version(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
     })
 }
 
-fn context(headers: &HeaderMap) -> Result<CommandContext, Problem> {
-    telemetry::adopt_remote_parent(headers);
-    let (traceparent, tracestate) = telemetry::current_trace_context();
-    let correlation_id = match headers.get("x-correlation-id") {
-        None => None,
-        Some(value) => Some(
+fn correlation_id(headers: &HeaderMap) -> Result<Option<Uuid>, Problem> {
+    headers
+        .get("x-correlation-id")
+        .map(|value| {
             value
                 .to_str()
                 .ok()
                 .and_then(|v| Uuid::parse_str(v.trim()).ok())
                 .ok_or_else(|| {
                     invalid_header("X-Correlation-Id", "X-Correlation-Id must be a UUID")
-                })?,
-        ),
-    };
-    Ok(CommandContext {
-        tenant: tenant(headers)?,
-        correlation_id,
-        expected_version: expected_version(headers)?,
-        traceparent,
-        tracestate,
-    })
+                })
+        })
+        .transpose()
+}
+
+/// `X-Principal`: who acts (until authentication lands, the caller says).
+fn principal(headers: &HeaderMap) -> Result<Option<String>, Problem> {
+    headers
+        .get("x-principal")
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .map(str::trim)
+                .filter(|p| !p.is_empty() && p.len() <= 200)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    invalid_header(
+                        "X-Principal",
+                        "X-Principal must be 1-200 visible characters",
+                    )
+                })
+        })
+        .transpose()
 }
 
 fn workflow_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| Problem::not_found(format!("no workflow with id '{raw}'")))
 }
 
+/// Runs a parsed command for a request: answers a keyed retry from the cache, otherwise
+/// executes and caches the first answer.
+async fn dispatch(
+    state: &AppState,
+    headers: &HeaderMap,
+    path: &str,
+    body: &[u8],
+    stream: Stream,
+    command: WorkflowCommand,
+    status: StatusCode,
+) -> Result<Response> {
+    telemetry::adopt_remote_parent(headers);
+    let (traceparent, tracestate) = telemetry::current_trace_context();
+    let tenant = tenant(headers)?;
+    let keyed = idempotency::keyed(headers, &tenant, "POST", path, body)?;
+    if let Some(keyed) = &keyed
+        && let Some(cached) = state.answers.get(&tenant, &keyed.key).await
+    {
+        if cached.fingerprint != keyed.fingerprint {
+            return Err(Error::IdempotencyKeyReused);
+        }
+        let status = StatusCode::from_u16(cached.status).unwrap_or(status);
+        return Ok(answer(status, cached.body, true));
+    }
+    let context = CommandContext {
+        command_id: keyed.as_ref().map_or_else(Uuid::now_v7, |k| k.command_id),
+        fingerprint: keyed.as_ref().map(|k| k.fingerprint.clone()),
+        tenant: tenant.clone(),
+        correlation_id: correlation_id(headers)?,
+        expected_version: expected_version(headers)?,
+        traceparent,
+        tracestate,
+    };
+    let accepted = state.handler.execute(&context, stream, command).await?;
+    let body = serde_json::to_value(AcceptedBody::from(&accepted)).expect("serializable");
+    if let Some(keyed) = &keyed {
+        let cached = CachedAnswer {
+            fingerprint: keyed.fingerprint.clone(),
+            status: status.as_u16(),
+            body: body.clone(),
+        };
+        state.answers.put(&tenant, &keyed.key, &cached).await;
+    }
+    Ok(answer(status, body, false))
+}
+
 /// `POST /v1/workflows`
 #[tracing::instrument(skip_all)]
 pub async fn submit(
     State(state): State<AppState>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let context = context(&headers)?;
-    let command: SubmitWorkflow = json_body(body)?;
-    let accepted_command = state
-        .handler
-        .execute(
-            &context,
-            Stream::New(Uuid::now_v7()),
-            WorkflowCommand::Submit(command),
-        )
-        .await?;
-    Ok(accepted(StatusCode::CREATED, accepted_command))
+    let body = body_bytes(body)?;
+    let mut command: SubmitWorkflow = json_body(&body)?;
+    command.submitted_by = principal(&headers)?;
+    let stream = Stream::New(Uuid::now_v7());
+    let command = WorkflowCommand::Submit(command);
+    dispatch(
+        &state,
+        &headers,
+        uri.path(),
+        &body,
+        stream,
+        command,
+        StatusCode::CREATED,
+    )
+    .await
 }
 
 /// `POST /v1/workflows/{id}/cancel`
@@ -133,21 +208,24 @@ pub async fn submit(
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let context = context(&headers)?;
-    let id = workflow_id(&id)?;
-    let command: Option<CancelWorkflow> = json_body(body)?;
-    let accepted_command = state
-        .handler
-        .execute(
-            &context,
-            Stream::Existing(id),
-            WorkflowCommand::Cancel(command.unwrap_or_default()),
-        )
-        .await?;
-    Ok(accepted(StatusCode::OK, accepted_command))
+    let stream = Stream::Existing(workflow_id(&id)?);
+    let body = body_bytes(body)?;
+    let command: Option<CancelWorkflow> = json_body(&body)?;
+    let command = WorkflowCommand::Cancel(command.unwrap_or_default());
+    dispatch(
+        &state,
+        &headers,
+        uri.path(),
+        &body,
+        stream,
+        command,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// `POST /v1/workflows/{id}/signals/{name}`
@@ -155,21 +233,24 @@ pub async fn cancel(
 pub async fn signal(
     State(state): State<AppState>,
     Path((id, name)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
-    let context = context(&headers)?;
-    let id = workflow_id(&id)?;
-    let payload: serde_json::Value = json_body(body)?;
-    let accepted_command = state
-        .handler
-        .execute(
-            &context,
-            Stream::Existing(id),
-            WorkflowCommand::Signal(SendSignal { name, payload }),
-        )
-        .await?;
-    Ok(accepted(StatusCode::OK, accepted_command))
+    let stream = Stream::Existing(workflow_id(&id)?);
+    let body = body_bytes(body)?;
+    let payload: serde_json::Value = json_body(&body)?;
+    let command = WorkflowCommand::Signal(SendSignal { name, payload });
+    dispatch(
+        &state,
+        &headers,
+        uri.path(),
+        &body,
+        stream,
+        command,
+        StatusCode::OK,
+    )
+    .await
 }
 
 /// `GET /health`

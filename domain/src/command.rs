@@ -43,6 +43,9 @@ pub struct SubmitWorkflow {
     /// The step graph; at least one step, acyclic.
     #[serde(default)]
     pub steps: Vec<StepSpec>,
+    /// Who submits it; set by the service from the request, never from the body.
+    #[serde(skip)]
+    pub submitted_by: Option<String>,
 }
 
 /// Cancel a workflow run.
@@ -185,6 +188,7 @@ impl SubmitWorkflow {
                     config,
                 })
                 .collect(),
+            submitted_by: self.submitted_by.clone(),
         })
     }
 }

@@ -60,6 +60,9 @@ pub struct WorkflowSubmitted {
     pub input: serde_json::Value,
     /// The step graph, in submission order.
     pub steps: Vec<StepDefinition>,
+    /// The principal that submitted it, when known (recorded since schema v2).
+    #[serde(default)]
+    pub submitted_by: Option<String>,
 }
 
 /// A workflow was cancelled; steps not yet finished will not run.

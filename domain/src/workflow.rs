@@ -118,6 +118,8 @@ pub struct Workflow {
     pub signals: Vec<SignalReceived>,
     /// Why it was cancelled, if it was and a reason was given.
     pub cancel_reason: Option<String>,
+    /// Who submitted it, when known.
+    pub submitted_by: Option<String>,
 }
 
 /// Why the aggregate refused a command.
@@ -193,8 +195,14 @@ impl Aggregate for Workflow {
 
     fn apply(&mut self, event: &WorkflowEvent) {
         match event {
-            WorkflowEvent::Submitted(WorkflowSubmitted { name, input, steps }) => {
+            WorkflowEvent::Submitted(WorkflowSubmitted {
+                name,
+                input,
+                steps,
+                submitted_by,
+            }) => {
                 self.submitted = true;
+                self.submitted_by = submitted_by.clone();
                 self.name = name.clone();
                 self.input = input.clone();
                 self.status = WorkflowStatus::Pending;
@@ -245,6 +253,7 @@ mod tests {
             name: "research".into(),
             input: Some(json!({"topic": "rust"})),
             steps,
+            submitted_by: Some("ana".into()),
         })
     }
 
@@ -284,6 +293,7 @@ mod tests {
         assert_eq!(submitted.steps[1].kind, StepKind::Llm);
         assert_eq!(submitted.steps[1].depends_on, vec!["fetch"]);
         assert_eq!(submitted.steps[0].config, json!({}));
+        assert_eq!(submitted.submitted_by.as_deref(), Some("ana"));
 
         let state = Versioned::<Workflow>::replay(&[event]);
         assert_eq!(state.version, 1);
@@ -311,6 +321,7 @@ mod tests {
             name: "  ".into(),
             input: Some(json!([1])),
             steps: vec![step("a", "http", &["missing"]), step("a", "teleport", &[])],
+            submitted_by: None,
         });
         assert_eq!(
             field_errors(given_when(&[], command)),

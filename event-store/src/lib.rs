@@ -8,11 +8,13 @@
 pub mod headers;
 mod publications;
 mod relay;
+mod repository;
 mod store;
 
 pub use publications::{LogPosition, Publications};
 pub use relay::{OutboxRelay, RelayConfig};
-pub use store::{EventStore, RelayWaker, StoredEvent};
+pub use repository::{AsOf, PastState, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository};
+pub use store::{AppendedCommand, EventStore, RelayWaker, StoredEvent};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]

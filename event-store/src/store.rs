@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::publications::LogPosition;
+use crate::repository::AsOf;
 use crate::{Error, Result};
 
 /// Channel the relay listens on for new events.
@@ -32,6 +33,21 @@ pub struct StoredEvent {
 pub struct RelayWaker {
     pub(crate) local: Notify,
     pub(crate) leading: AtomicBool,
+}
+
+/// Where an already appended command's event is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendedCommand {
+    /// The stream.
+    pub stream_id: Uuid,
+    /// The event's stream version.
+    pub version: u64,
+    /// The event's store position.
+    pub position: i64,
+    /// The event's id.
+    pub event_id: Uuid,
+    /// Fingerprint of the request that carried the command, when it had an idempotency key.
+    pub fingerprint: Option<String>,
 }
 
 /// The PostgreSQL event store.
@@ -68,40 +84,78 @@ impl EventStore {
     /// The stream's events in version order; empty when the stream does not exist for this
     /// tenant.
     pub async fn load(&self, tenant: &str, stream_id: Uuid) -> Result<Vec<StoredEvent>> {
+        self.load_range(tenant, stream_id, 0, None).await
+    }
+
+    /// The events with `after < version <= up_to` (no upper bound when `None`), in order.
+    pub async fn load_range(
+        &self,
+        tenant: &str,
+        stream_id: Uuid,
+        after: u64,
+        up_to: Option<u64>,
+    ) -> Result<Vec<StoredEvent>> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT position, payload, log_partition, log_offset FROM event_store \
-             WHERE stream_id = $1 AND tenant = $2 ORDER BY stream_version",
+             WHERE stream_id = $1 AND tenant = $2 AND stream_version > $3 \
+             AND ($4::bigint IS NULL OR stream_version <= $4) ORDER BY stream_version",
         )
         .bind(stream_id)
         .bind(tenant)
+        .bind(after as i64)
+        .bind(up_to.map(|v| v as i64))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|row| {
-                Ok(StoredEvent {
-                    position: row.position,
-                    envelope: self.codec.decode(&row.payload)?,
-                    log: row
-                        .log_partition
-                        .zip(row.log_offset)
-                        .map(|(partition, offset)| LogPosition { partition, offset }),
-                })
-            })
-            .collect()
+        rows.into_iter().map(|row| self.decode(row)).collect()
+    }
+
+    /// The stream's current version and the version `as_of` designates (the last event at
+    /// or before it; 0 when the stream did not exist yet).
+    pub async fn versions(&self, tenant: &str, stream_id: Uuid, as_of: AsOf) -> Result<(u64, u64)> {
+        let (current, at_time): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT max(stream_version), \
+                    max(stream_version) FILTER (WHERE occurred_at <= $3) \
+             FROM event_store WHERE stream_id = $1 AND tenant = $2",
+        )
+        .bind(stream_id)
+        .bind(tenant)
+        .bind(match as_of {
+            AsOf::Time(time) => Some(time),
+            AsOf::Version(_) => None,
+        })
+        .fetch_one(&self.pool)
+        .await?;
+        let current = current.unwrap_or(0) as u64;
+        let target = match as_of {
+            AsOf::Version(version) => version,
+            AsOf::Time(_) => at_time.unwrap_or(0) as u64,
+        };
+        Ok((current, target))
+    }
+
+    fn decode(&self, row: EventRow) -> Result<StoredEvent> {
+        Ok(StoredEvent {
+            position: row.position,
+            envelope: self.codec.decode(&row.payload)?,
+            log: row
+                .log_partition
+                .zip(row.log_offset)
+                .map(|(partition, offset)| LogPosition { partition, offset }),
+        })
     }
 
     /// Appends one event at `envelope.metadata.stream_version`, which must be the stream's
     /// next version, and returns its store position. The unique constraints decide races:
     /// a taken version is [`Error::VersionConflict`], a known command id is
     /// [`Error::DuplicateCommand`].
-    pub async fn append(&self, envelope: &EventEnvelope) -> Result<i64> {
+    pub async fn append(&self, envelope: &EventEnvelope, fingerprint: Option<&str>) -> Result<i64> {
         let encoded = self.codec.encode(envelope)?;
         let metadata = &envelope.metadata;
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO event_store (tenant, stream_id, stream_version, event_id, command_id, \
              event_type, schema_version, occurred_at, correlation_id, causation_id, \
-             traceparent, tracestate, payload) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING position",
+             traceparent, tracestate, payload, command_fingerprint) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING position",
         )
         .bind(&metadata.tenant)
         .bind(metadata.stream_id)
@@ -116,6 +170,7 @@ impl EventStore {
         .bind(&metadata.traceparent)
         .bind(&metadata.tracestate)
         .bind(&encoded.payload)
+        .bind(fingerprint)
         .fetch_one(&self.pool)
         .await;
         let position = inserted.map_err(|error| classify_insert_error(error, envelope))?;
@@ -126,21 +181,29 @@ impl EventStore {
         Ok(position)
     }
 
-    /// Where a command's event is, if the command was appended before.
+    /// The event a command appended, if it was appended before.
     pub async fn find_command(
         &self,
         tenant: &str,
         command_id: Uuid,
-    ) -> Result<Option<(Uuid, u64, i64)>> {
-        let row: Option<(Uuid, i64, i64)> = sqlx::query_as(
-            "SELECT stream_id, stream_version, position FROM event_store \
-             WHERE tenant = $1 AND command_id = $2",
+    ) -> Result<Option<AppendedCommand>> {
+        let row: Option<(Uuid, i64, i64, Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT stream_id, stream_version, position, event_id, command_fingerprint \
+             FROM event_store WHERE tenant = $1 AND command_id = $2",
         )
         .bind(tenant)
         .bind(command_id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(stream, version, position)| (stream, version as u64, position)))
+        Ok(row.map(
+            |(stream_id, version, position, event_id, fingerprint)| AppendedCommand {
+                stream_id,
+                version: version as u64,
+                position,
+                event_id,
+                fingerprint,
+            },
+        ))
     }
 
     /// When the event at `position` was published, and where.

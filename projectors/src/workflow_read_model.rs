@@ -37,8 +37,8 @@ pub async fn apply(
     let applied = match &envelope.event {
         WorkflowEvent::Submitted(submitted) => {
             let inserted = sqlx::query(
-                "INSERT INTO workflows (id, tenant, name, status, version, input, submitted_at, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (id) DO NOTHING",
+                "INSERT INTO workflows (id, tenant, name, status, version, input, submitted_at, updated_at, submitted_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ON CONFLICT (id) DO NOTHING",
             )
             .bind(metadata.stream_id)
             .bind(&metadata.tenant)
@@ -47,6 +47,7 @@ pub async fn apply(
             .bind(version)
             .bind(&submitted.input)
             .bind(metadata.occurred_at)
+            .bind(&submitted.submitted_by)
             .execute(&mut **transaction)
             .await?
             .rows_affected()

@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use flowline_event_store::{EventStore, WorkflowRepository};
 use flowline_service_kit::Problem;
 use flowline_service_kit::request::tenant;
 use tokio::net::TcpListener;
@@ -22,6 +23,7 @@ use crate::{Error, Result, rest};
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) read_model: ReadModel,
+    pub(crate) repository: WorkflowRepository,
     pub(crate) schema: QuerySchema,
 }
 
@@ -61,8 +63,10 @@ impl Application {
     /// Prepares the database and binds the listener.
     pub async fn build(config: Config) -> Result<Self> {
         let pool = config.database.prepare().await?;
-        let read_model = ReadModel::new(pool);
+        let read_model = ReadModel::new(pool.clone());
+        let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool, 0);
         let state = AppState {
+            repository,
             schema: schema(read_model.clone()),
             read_model,
         };
@@ -70,6 +74,7 @@ impl Application {
             .route("/v1/workflows", get(rest::list))
             .route("/v1/workflows/{id}", get(rest::workflow))
             .route("/v1/workflows/{id}/events", get(rest::events))
+            .route("/v1/workflows/{id}/state", get(rest::state))
             .route("/graphql", get(graphiql).post(graphql))
             .route("/health", get(|| async { "ok" }))
             .fallback(not_found)

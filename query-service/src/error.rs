@@ -11,6 +11,17 @@ pub enum Error {
     /// The workflow does not exist for this tenant.
     #[error("no workflow with id '{0}'")]
     NotFound(String),
+    /// The workflow has no such version.
+    #[error("version {requested} does not exist: the workflow has versions 1 to {current}")]
+    UnknownVersion {
+        /// What was asked for.
+        requested: u64,
+        /// The latest version.
+        current: u64,
+    },
+    /// The workflow did not exist yet at the time asked for.
+    #[error("the workflow did not exist yet at {0}")]
+    NotYetExisting(String),
     /// A query parameter is invalid.
     #[error("{parameter}: {message}")]
     InvalidParameter {
@@ -22,6 +33,9 @@ pub enum Error {
     /// A header is invalid.
     #[error("{}", .0.detail)]
     Request(Problem),
+    /// The event store failed.
+    #[error("event store: {0}")]
+    Store(Box<flowline_event_store::Error>),
     /// The read model failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -52,6 +66,19 @@ impl Error {
     pub fn to_problem(&self) -> Problem {
         match self {
             Error::NotFound(_) => Problem::not_found(self.to_string()),
+            Error::UnknownVersion { current, .. } => Problem::new(
+                StatusCode::NOT_FOUND,
+                "unknown-version",
+                "Unknown version",
+                self.to_string(),
+            )
+            .with("current_version", *current),
+            Error::NotYetExisting(_) => Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-yet-existing",
+                "Did not exist yet",
+                self.to_string(),
+            ),
             Error::InvalidParameter { parameter, .. } => Problem::new(
                 StatusCode::BAD_REQUEST,
                 "invalid-parameter",
@@ -60,7 +87,9 @@ impl Error {
             )
             .with("parameter", *parameter),
             Error::Request(problem) => problem.clone(),
-            Error::Database(_) | Error::Startup(_) | Error::Bind { .. } => Problem::internal(self),
+            Error::Database(_) | Error::Store(_) | Error::Startup(_) | Error::Bind { .. } => {
+                Problem::internal(self)
+            }
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct WorkflowView {
     pub input: async_graphql::Json<serde_json::Value>,
     /// Why it was cancelled, if it was.
     pub cancel_reason: Option<String>,
+    /// Who submitted it, when known.
+    pub submitted_by: Option<String>,
     /// When it was submitted.
     pub submitted_at: DateTime<Utc>,
     /// When its last event happened.
@@ -108,6 +110,7 @@ struct WorkflowRow {
     version: i64,
     input: serde_json::Value,
     cancel_reason: Option<String>,
+    submitted_by: Option<String>,
     submitted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -236,6 +239,7 @@ impl ReadModel {
                 version: row.version,
                 input: async_graphql::Json(row.input),
                 cancel_reason: row.cancel_reason,
+                submitted_by: row.submitted_by,
                 submitted_at: row.submitted_at,
                 updated_at: row.updated_at,
             })

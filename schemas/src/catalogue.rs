@@ -17,6 +17,11 @@ const FILES: &[(&str, u32, &str)] = &[
         include_str!("../avro/WorkflowSubmitted.v1.avsc"),
     ),
     (
+        "WorkflowSubmitted",
+        2,
+        include_str!("../avro/WorkflowSubmitted.v2.avsc"),
+    ),
+    (
         "WorkflowCancelled",
         1,
         include_str!("../avro/WorkflowCancelled.v1.avsc"),

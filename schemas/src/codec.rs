@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
+use apache_avro::Schema;
 use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
@@ -27,10 +28,12 @@ pub struct EncodedEvent {
     pub payload: Vec<u8>,
 }
 
-/// Writers and resolving readers, prepared once: resolving a schema per event would cost
-/// more than encoding it.
+/// Writers and readers, prepared once: resolving a schema per event would cost more than
+/// encoding it.
 struct Prepared {
     writers: HashMap<&'static str, (Vec<u8>, GenericDatumWriter<'static>)>,
+    /// Readers of the writer's exact schema (for old versions) or resolving into the newest
+    /// (for the newest, where both are the same).
     readers: HashMap<u64, GenericDatumReader<'static>>,
 }
 
@@ -50,7 +53,6 @@ static PREPARED: LazyLock<Prepared> = LazyLock::new(|| {
             writers.insert(entry.event_type, (header, writer));
         }
         let reader = GenericDatumReader::builder(&entry.schema)
-            .reader_schema(&latest.schema)
             .build()
             .expect("embedded schemas resolve");
         readers.insert(entry.fingerprint, reader);
@@ -104,27 +106,79 @@ impl EventCodec {
         self.catalogue.by_fingerprint(fingerprint)
     }
 
-    /// Decodes a payload written with any known version into the current model.
+    /// Decodes a payload written with any known version into the current model: read with
+    /// the writer's schema, rename fields the newest schema knows by an alias, run the
+    /// upcasters, then resolve into the newest schema (defaults for added fields).
     pub fn decode(&self, payload: &[u8]) -> Result<EventEnvelope> {
         let writer = self.writer_schema(payload)?;
         let mut datum = &payload[HEADER_LEN..];
         let value = self.prepared.readers[&writer.fingerprint].read_value(&mut datum)?;
-        let value = upcast(writer, value);
+        let latest = self.catalogue.latest(writer.event_type)?;
+        let value = if latest.fingerprint == writer.fingerprint {
+            value
+        } else {
+            let renamed = apply_field_aliases(value, &latest.schema);
+            upcast(writer, renamed).resolve(&latest.schema)?
+        };
         from_value(writer.event_type, &value)
     }
 }
 
+/// Renames record fields that `reader` declares under an alias, recursively. The Avro
+/// specification resolves field aliases, but apache-avro's datum reader does not (its
+/// compatibility checker does), so renames are applied here before resolution.
+fn apply_field_aliases(value: Value, reader: &Schema) -> Value {
+    match (value, reader) {
+        (Value::Record(fields), Schema::Record(record)) => Value::Record(
+            fields
+                .into_iter()
+                .map(|(name, value)| {
+                    let target = record
+                        .fields
+                        .iter()
+                        .find(|f| f.name == name || f.aliases.contains(&name));
+                    match target {
+                        Some(field) => (
+                            field.name.clone(),
+                            apply_field_aliases(value, &field.schema),
+                        ),
+                        None => (name, value),
+                    }
+                })
+                .collect(),
+        ),
+        (Value::Array(items), Schema::Array(array)) => Value::Array(
+            items
+                .into_iter()
+                .map(|item| apply_field_aliases(item, &array.items))
+                .collect(),
+        ),
+        (value, _) => value,
+    }
+}
+
+/// The principal v1 submissions are attributed to: v1 did not record one, which is not
+/// the same as a v2 submission made without one (`null`).
+pub const LEGACY_PRINCIPAL: &str = "legacy:unrecorded";
+
 /// Semantic changes that Avro resolution cannot express (a field whose meaning changed,
 /// a value computed from old fields) belong here, keyed by event type and writer version.
-/// Renames and added fields need none: the reader schema's aliases and defaults do it.
+/// They see the writer's shape with aliased fields already renamed, and run before
+/// resolution fills the newest schema's defaults.
 fn upcast(writer: &SchemaEntry, value: Value) -> Value {
-    let _ = writer; // no version needs more than resolution yet
-    value
+    match (writer.event_type, writer.version, value) {
+        ("WorkflowSubmitted", 1, Value::Record(mut fields)) => {
+            let principal = Value::Union(1, Box::new(Value::String(LEGACY_PRINCIPAL.into())));
+            fields.push(("submitted_by".into(), principal));
+            Value::Record(fields)
+        }
+        (_, _, value) => value,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use apache_avro::{GenericSingleObjectWriter, Schema};
+    use apache_avro::GenericSingleObjectWriter;
     use chrono::{TimeZone, Utc};
     use flowline_domain::{
         EventMetadata, SignalReceived, StepDefinition, StepKind, WorkflowCancelled, WorkflowEvent,
@@ -172,6 +226,7 @@ mod tests {
                         config: json!({}),
                     },
                 ],
+                submitted_by: Some("ana@acme".into()),
             })),
             envelope(WorkflowEvent::Cancelled(WorkflowCancelled {
                 reason: Some("stop".into()),
@@ -224,5 +279,104 @@ mod tests {
             codec.decode(&unknown),
             Err(Error::UnknownSchema(42))
         ));
+    }
+}
+
+/// Records written by earlier versions of this build, kept byte for byte: the log holds
+/// them forever, so every later build must still decode them.
+#[cfg(test)]
+mod recorded {
+    use std::path::PathBuf;
+
+    use chrono::{TimeZone, Utc};
+    use flowline_domain::{
+        EventMetadata, SignalReceived, StepDefinition, StepKind, WorkflowCancelled, WorkflowEvent,
+        WorkflowSubmitted,
+    };
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn fixture(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name)
+    }
+
+    fn metadata(version: u64) -> EventMetadata {
+        let id = |n: u128| Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0000 + n);
+        EventMetadata {
+            event_id: id(version as u128),
+            tenant: "acme".into(),
+            stream_id: id(100),
+            stream_version: version,
+            occurred_at: Utc.with_ymd_and_hms(2026, 11, 26, 0, 0, 0).unwrap(),
+            command_id: id(200 + version as u128),
+            correlation_id: id(300),
+            causation_id: id(200 + version as u128),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: None,
+        }
+    }
+
+    /// The v1 stream as the v1 build wrote it.
+    pub(super) fn v1_stream() -> Vec<EventEnvelope> {
+        vec![
+            EventEnvelope {
+                metadata: metadata(1),
+                event: WorkflowEvent::Submitted(WorkflowSubmitted {
+                    name: "legacy".into(),
+                    input: json!({"topic": "avro"}),
+                    steps: vec![StepDefinition {
+                        id: "fetch".into(),
+                        kind: StepKind::Http,
+                        depends_on: vec![],
+                        config: json!({"url": "http://example.test"}),
+                    }],
+                    submitted_by: None,
+                }),
+            },
+            EventEnvelope {
+                metadata: metadata(2),
+                event: WorkflowEvent::SignalReceived(SignalReceived {
+                    name: "approve".into(),
+                    payload: json!({"by": "ana"}),
+                }),
+            },
+            EventEnvelope {
+                metadata: metadata(3),
+                event: WorkflowEvent::Cancelled(WorkflowCancelled {
+                    reason: Some("done".into()),
+                }),
+            },
+        ]
+    }
+
+    /// `WRITE_FIXTURES=1 cargo test -p flowline-schemas` records the current encoding; run
+    /// it only when a new version starts being written, never to "fix" this test.
+    #[test]
+    fn records_written_by_v1_still_decode() {
+        let codec = EventCodec::default();
+        for (index, expected) in v1_stream().into_iter().enumerate() {
+            let path = fixture(&format!("v1-stream-{index}.avro"));
+            if std::env::var_os("WRITE_FIXTURES").is_some() && !path.exists() {
+                std::fs::write(&path, codec.encode(&expected).unwrap().payload).unwrap();
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            assert_eq!(codec.writer_schema(&bytes).unwrap().version, 1);
+            let mut expected = expected;
+            // Resolution renamed input_json to input; the upcaster attributed the legacy
+            // submission.
+            if let WorkflowEvent::Submitted(submitted) = &mut expected.event {
+                submitted.submitted_by = Some(LEGACY_PRINCIPAL.into());
+            }
+            assert_eq!(
+                codec.decode(&bytes).unwrap(),
+                expected,
+                "{}",
+                path.display()
+            );
+        }
     }
 }

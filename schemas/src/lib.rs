@@ -16,7 +16,7 @@ mod codec;
 mod value;
 
 pub use catalogue::{Catalogue, SchemaEntry};
-pub use codec::{EncodedEvent, EventCodec};
+pub use codec::{EncodedEvent, EventCodec, LEGACY_PRINCIPAL};
 
 /// Why an event could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]

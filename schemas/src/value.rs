@@ -52,7 +52,7 @@ pub(crate) fn to_value(envelope: &EventEnvelope) -> Value {
     match &envelope.event {
         WorkflowEvent::Submitted(submitted) => {
             fields.push(("name".into(), Value::String(submitted.name.clone())));
-            fields.push(("input_json".into(), json_text(&submitted.input)));
+            fields.push(("input".into(), json_text(&submitted.input)));
             let steps = submitted
                 .steps
                 .iter()
@@ -81,6 +81,10 @@ pub(crate) fn to_value(envelope: &EventEnvelope) -> Value {
                 })
                 .collect();
             fields.push(("steps".into(), Value::Array(steps)));
+            fields.push((
+                "submitted_by".into(),
+                optional_string(&submitted.submitted_by),
+            ));
         }
         WorkflowEvent::Cancelled(cancelled) => {
             fields.push(("reason".into(), optional_string(&cancelled.reason)));
@@ -237,8 +241,9 @@ pub(crate) fn from_value(event_type: &str, value: &Value) -> Result<EventEnvelop
                 .collect::<Result<_>>()?;
             WorkflowEvent::Submitted(WorkflowSubmitted {
                 name: fields.string("name")?,
-                input: fields.json("input_json")?,
+                input: fields.json("input")?,
                 steps,
+                submitted_by: fields.optional_string("submitted_by")?,
             })
         }
         "WorkflowCancelled" => WorkflowEvent::Cancelled(WorkflowCancelled {

@@ -37,20 +37,23 @@ pub fn tenant(headers: &HeaderMap) -> Result<String, Problem> {
     }
 }
 
+/// The request body, or the problem explaining why it could not be read (413 when over
+/// the configured limit).
+pub fn body_bytes(body: Result<bytes::Bytes, BytesRejection>) -> Result<bytes::Bytes, Problem> {
+    body.map_err(|rejection| {
+        let response = rejection.into_response();
+        from_rejection(response.status(), "could not read the request body".into())
+    })
+}
+
 /// Parses a JSON body. Syntax errors are 400; well-formed JSON of the wrong shape is 422
 /// with the path of the field (`steps[0].kind`). An empty body reads as `null` when `T`
 /// accepts it.
-pub fn json_body<T: DeserializeOwned>(
-    body: Result<bytes::Bytes, BytesRejection>,
-) -> Result<T, Problem> {
-    let body = body.map_err(|rejection| {
-        let response = rejection.into_response();
-        from_rejection(response.status(), "could not read the request body".into())
-    })?;
+pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
     let text: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"null"
     } else {
-        &body
+        body
     };
     let mut deserializer = serde_json::Deserializer::from_slice(text);
     match serde_path_to_error::deserialize(&mut deserializer) {

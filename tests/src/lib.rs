@@ -19,6 +19,11 @@ pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
 }
 
+/// Redis of the tests.
+pub fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
 /// Any database URL on the test server; tests replace the database name.
 pub fn server_url() -> String {
     std::env::var("TEST_DATABASE_URL")
@@ -79,6 +84,7 @@ pub struct TestSystem {
 impl TestSystem {
     /// A new database (migrated) and a new topic with `partitions` partitions.
     pub async fn new(partitions: i32) -> Self {
+        flowline_service_kit::telemetry::init("system-tests");
         let name = format!("test_{}", Uuid::new_v4().simple());
         let database_url = with_database(&server_url(), &name).expect("valid TEST_DATABASE_URL");
         let pool = flowline_service_kit::db::prepare(&database_url, 4)
@@ -113,6 +119,10 @@ impl TestSystem {
             listen: "127.0.0.1:0".parse().unwrap(),
             max_body_bytes,
             publish_timeout_ms: 10_000,
+            snapshot_every: 100,
+            redis_url: redis_url(),
+            idempotency_ttl_seconds: 600,
+            redis_key_prefix: self.redis_prefix(),
             database: self.database(),
             kafka: self.kafka.clone(),
         })
@@ -135,6 +145,11 @@ impl TestSystem {
         .await
         .expect("query service builds");
         spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+    }
+
+    /// This test's Redis key prefix.
+    pub fn redis_prefix(&self) -> String {
+        format!("test:{}", self.kafka.topic)
     }
 
     /// The consumer group prefix of this test's projectors.
@@ -213,6 +228,167 @@ impl TestSystem {
         })
         .await
         .unwrap()
+    }
+}
+
+/// Where the workspace's binaries are (`scripts/test` builds them before the suite).
+pub fn bin_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("FLOWLINE_BIN_DIR") {
+        return dir.into();
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("debug")
+}
+
+/// A free port on 127.0.0.1 (free when asked; the caller binds it right away).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A service running as its own OS process, so a test can `kill -9` it.
+pub struct ServiceProcess {
+    /// Its HTTP base URL.
+    pub url: String,
+    command: std::process::Command,
+    child: Option<std::process::Child>,
+}
+
+impl ServiceProcess {
+    /// Starts `binary` with `env` and waits until `/health` answers.
+    pub async fn start(binary: &str, port: u16, env: Vec<(String, String)>) -> Self {
+        let path = bin_dir().join(binary);
+        assert!(
+            path.exists(),
+            "{} is missing: build the binaries first (scripts/test does: cargo build --bins)",
+            path.display()
+        );
+        let mut command = std::process::Command::new(path);
+        command.envs(env).env("RUST_LOG", "warn");
+        let mut process = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            command,
+            child: None,
+        };
+        process.restart().await;
+        process
+    }
+
+    /// Starts it again (after a kill) and waits until it answers.
+    pub async fn restart(&mut self) {
+        self.child = Some(self.command.spawn().expect("service process starts"));
+        let http = reqwest::Client::new();
+        let health = format!("{}/health", self.url);
+        let up = eventually(Duration::from_secs(30), || async {
+            http.get(&health)
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status().is_success())
+        })
+        .await;
+        assert!(up.is_some(), "{} did not become healthy", self.url);
+    }
+
+    /// `kill -9`: no shutdown hook runs.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl TestSystem {
+    /// Environment of a service process of this system.
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        [
+            ("DATABASE_URL", self.database_url.clone()),
+            ("KAFKA_BROKERS", self.kafka.brokers.clone()),
+            ("KAFKA_TOPIC", self.kafka.topic.clone()),
+            ("KAFKA_PARTITIONS", self.kafka.partitions.to_string()),
+            ("REDIS_URL", redis_url()),
+            ("REDIS_KEY_PREFIX", self.redis_prefix()),
+            ("PROJECTOR_GROUP_PREFIX", self.group_prefix()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
+    }
+
+    /// A command service as its own process.
+    pub async fn command_process(&self) -> ServiceProcess {
+        let port = free_port();
+        let mut env = self.process_env();
+        env.push(("COMMAND_ADDR".into(), format!("127.0.0.1:{port}")));
+        ServiceProcess::start("command-service", port, env).await
+    }
+}
+
+/// One record of the log as a plain Kafka consumer sees it.
+#[derive(Debug, Clone)]
+pub struct LogRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Record key (the stream id).
+    pub key: String,
+    /// Headers as text.
+    pub headers: std::collections::HashMap<String, String>,
+    /// The value.
+    pub payload: Vec<u8>,
+}
+
+impl TestSystem {
+    /// Every record on the test's topic, partition by partition, in offset order.
+    pub async fn read_log(&self) -> Vec<LogRecord> {
+        use rdkafka::Message;
+        use rdkafka::message::Headers;
+        let brokers = self.kafka.brokers.clone();
+        let topic = self.kafka.topic.clone();
+        let tails = tokio::task::spawn_blocking(move || {
+            flowline_event_log::read_partition_tails(&brokers, &topic, i64::MAX / 2)
+        })
+        .await
+        .unwrap()
+        .expect("log readable");
+        tails
+            .into_iter()
+            .flat_map(|(partition, records)| {
+                records.into_iter().map(move |record| LogRecord {
+                    partition,
+                    offset: record.offset(),
+                    key: String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned(),
+                    headers: record
+                        .headers()
+                        .map(|headers| {
+                            headers
+                                .iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_owned(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default())
+                                            .into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    payload: record.payload().unwrap_or_default().to_vec(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -67,24 +67,27 @@ async fn a_new_relay_leader_recovers_an_in_doubt_batch_without_publishing_twice(
     for id in &ids[..2] {
         let command_id = Uuid::now_v7();
         store
-            .append(&EventEnvelope {
-                metadata: EventMetadata {
-                    event_id: Uuid::now_v7(),
-                    tenant: "default".into(),
-                    stream_id: *id,
-                    stream_version: 2,
-                    occurred_at: Utc::now(),
-                    command_id,
-                    correlation_id: command_id,
-                    causation_id: command_id,
-                    traceparent: None,
-                    tracestate: None,
+            .append(
+                &EventEnvelope {
+                    metadata: EventMetadata {
+                        event_id: Uuid::now_v7(),
+                        tenant: "default".into(),
+                        stream_id: *id,
+                        stream_version: 2,
+                        occurred_at: Utc::now(),
+                        command_id,
+                        correlation_id: command_id,
+                        causation_id: command_id,
+                        traceparent: None,
+                        tracestate: None,
+                    },
+                    event: WorkflowEvent::SignalReceived(SignalReceived {
+                        name: "late".into(),
+                        payload: json!(null),
+                    }),
                 },
-                event: WorkflowEvent::SignalReceived(SignalReceived {
-                    name: "late".into(),
-                    payload: json!(null),
-                }),
-            })
+                None,
+            )
             .await
             .unwrap();
     }
