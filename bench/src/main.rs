@@ -48,6 +48,27 @@ enum Command {
         #[arg(long)]
         write_only: bool,
     },
+    /// Append throughput with two writer instances: many streams, then one hot stream.
+    Append {
+        /// Concurrent clients (split over the two writers).
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds each phase runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Streams of the many-streams phase.
+        #[arg(long, default_value_t = 1000)]
+        streams: usize,
+    },
+    /// Aggregate load time of a long stream, with and without a snapshot.
+    Load {
+        /// Events in the stream.
+        #[arg(long, default_value_t = 10_000)]
+        events: u64,
+        /// Loads measured per variant.
+        #[arg(long, default_value_t = 20)]
+        repeats: usize,
+    },
 }
 
 /// What a phase measured.
@@ -341,6 +362,211 @@ async fn submit(
     Ok(())
 }
 
+fn report_row(label: &str, measured: &Measured) -> f64 {
+    let rate = measured.count as f64 / measured.elapsed.as_secs_f64();
+    println!(
+        "{:<40} {:>10.0} {:>9.2} {:>9.2}",
+        label,
+        rate,
+        ms(&measured.latency, 0.5),
+        ms(&measured.latency, 0.99)
+    );
+    rate
+}
+
+async fn append(clients: usize, seconds: u64, streams: usize) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(seconds);
+    let partitions = 3;
+    let system = TestSystem::new(partitions).await;
+    let payload = Arc::new(sample_record()?);
+    let raw_settings = KafkaSettings {
+        topic: format!("bench-raw-{}", Uuid::new_v4().simple()),
+        ..system.kafka.clone()
+    };
+    flowline_event_log::ensure_topic(&raw_settings).await?;
+    let producer = Arc::new(LogProducer::new(&raw_settings)?);
+    let raw = raw_produce(clients, duration, partitions, &producer, &payload).await?;
+
+    let writers = [
+        system.command_service().await,
+        system.command_service().await,
+    ];
+    let urls: Arc<Vec<String>> = Arc::new(writers.iter().map(|w| w.url.clone()).collect());
+    let http = reqwest::Client::new();
+    let mut ids = Vec::with_capacity(streams);
+    for n in 0..streams {
+        let reply: Value = http
+            .post(format!("{}/v1/workflows", urls[n % 2]))
+            .json(&workflow_body())
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        ids.push(
+            reply["workflow_id"]
+                .as_str()
+                .context("workflow_id")?
+                .to_owned(),
+        );
+    }
+    let ids = Arc::new(ids);
+    let signal = move |urls: Arc<Vec<String>>, ids: Arc<Vec<String>>, hot: bool| {
+        let http = http.clone();
+        move |n: u64| {
+            let (http, urls, ids) = (http.clone(), Arc::clone(&urls), Arc::clone(&ids));
+            async move {
+                let id = if hot {
+                    &ids[0]
+                } else {
+                    &ids[rand::random_range(0..ids.len())]
+                };
+                http.post(format!(
+                    "{}/v1/workflows/{id}/signals/tick",
+                    urls[(n % 2) as usize]
+                ))
+                .json(&json!({"n": n}))
+                .send()
+                .await?
+                .error_for_status()?;
+                Ok(None)
+            }
+        }
+    };
+    let many = run_clients(
+        clients,
+        duration,
+        signal(Arc::clone(&urls), Arc::clone(&ids), false),
+    )
+    .await?;
+    let hot = run_clients(
+        clients,
+        duration,
+        signal(Arc::clone(&urls), Arc::clone(&ids), true),
+    )
+    .await?;
+    for writer in writers {
+        writer.stop().await;
+    }
+
+    println!(
+        "bench append: {clients} clients over 2 writer instances, {seconds} s per phase, {partitions} partitions"
+    );
+    println!("{:<40} {:>10} {:>9} {:>9}", "", "ops/s", "p50 ms", "p99 ms");
+    let raw_rate = report_row("raw rdkafka produce (baseline)", &raw);
+    let many_rate = report_row(&format!("signals to {streams} streams"), &many);
+    let hot_rate = report_row("signals to one hot stream", &hot);
+    println!("many streams ÷ raw produce = {:.2}", many_rate / raw_rate);
+    println!("one hot stream ÷ raw produce = {:.2}", hot_rate / raw_rate);
+    Ok(())
+}
+
+async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
+    use flowline_domain::{SignalReceived, Versioned, Workflow};
+    use flowline_event_store::{EventStore, WorkflowRepository};
+
+    let system = TestSystem::new(1).await;
+    let store = EventStore::new(system.pool.clone());
+    let stream_id = Uuid::now_v7();
+    let mut envelope = EventEnvelope {
+        metadata: EventMetadata {
+            event_id: Uuid::now_v7(),
+            tenant: "default".into(),
+            stream_id,
+            stream_version: 1,
+            occurred_at: chrono::Utc::now(),
+            command_id: Uuid::now_v7(),
+            correlation_id: stream_id,
+            causation_id: stream_id,
+            traceparent: None,
+            tracestate: None,
+        },
+        event: WorkflowEvent::Submitted(
+            serde_json::from_value::<SubmitWorkflow>(workflow_body())?.validate()?,
+        ),
+    };
+    let mut state = Versioned::<Workflow>::default();
+    for version in 1..=events {
+        envelope.metadata.stream_version = version;
+        envelope.metadata.event_id = Uuid::now_v7();
+        envelope.metadata.command_id = Uuid::now_v7();
+        store.append(&envelope, None).await?;
+        state.apply(&envelope.event);
+        envelope.event = WorkflowEvent::SignalReceived(SignalReceived {
+            name: "tick".into(),
+            payload: json!({"n": version}),
+        });
+    }
+
+    let time = |repository: WorkflowRepository| async move {
+        let mut histogram = histogram();
+        for _ in 0..repeats {
+            let started = Instant::now();
+            let loaded = repository.load("default", stream_id).await?;
+            histogram.record(started.elapsed().as_micros().max(1) as u64)?;
+            anyhow::ensure!(
+                loaded.version == events,
+                "loaded version {}",
+                loaded.version
+            );
+        }
+        anyhow::Ok(histogram)
+    };
+    let raw = {
+        let mut histogram = histogram();
+        for _ in 0..repeats {
+            let started = Instant::now();
+            let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+                "SELECT payload FROM event_store WHERE stream_id = $1 ORDER BY stream_version",
+            )
+            .bind(stream_id)
+            .fetch_all(&system.pool)
+            .await?;
+            anyhow::ensure!(rows.len() as u64 == events);
+            histogram.record(started.elapsed().as_micros().max(1) as u64)?;
+        }
+        histogram
+    };
+    let without = time(WorkflowRepository::new(
+        store.clone(),
+        system.pool.clone(),
+        0,
+    ))
+    .await?;
+    let with_snapshots = WorkflowRepository::new(store.clone(), system.pool.clone(), events);
+    with_snapshots
+        .after_append("default", stream_id, &state)
+        .await;
+    let with = time(with_snapshots).await?;
+
+    println!("bench load: one stream of {events} events, {repeats} loads each");
+    println!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms");
+    println!(
+        "{:<44} {:>9.2} {:>9.2}",
+        "raw SELECT of the payloads (baseline)",
+        ms(&raw, 0.5),
+        ms(&raw, 0.99)
+    );
+    println!(
+        "{:<44} {:>9.2} {:>9.2}",
+        "load, replaying every event",
+        ms(&without, 0.5),
+        ms(&without, 0.99)
+    );
+    println!(
+        "{:<44} {:>9.2} {:>9.2}",
+        "load from the snapshot",
+        ms(&with, 0.5),
+        ms(&with, 0.99)
+    );
+    println!(
+        "replay ÷ raw select = {:.2}; snapshot ÷ replay = {:.3}",
+        ms(&without, 0.5) / ms(&raw, 0.5),
+        ms(&with, 0.5) / ms(&without, 0.5)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     flowline_service_kit::telemetry::init("bench");
@@ -361,5 +587,11 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Append {
+            clients,
+            seconds,
+            streams,
+        } => append(clients, seconds, streams).await,
+        Command::Load { events, repeats } => load(events, repeats).await,
     }
 }

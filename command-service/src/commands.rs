@@ -1,6 +1,7 @@
 //! Executing one command: load the stream, decide, append at the next version, and wait
 //! until the event is on the log.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -72,9 +73,27 @@ pub enum Stream {
     Existing(Uuid),
 }
 
+/// One queue per stream for this instance's writers.
+#[derive(Debug, Default)]
+struct StreamTurns(std::sync::Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>);
+
+impl StreamTurns {
+    async fn take(&self, stream: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let turn = {
+            let mut turns = self.0.lock().expect("turns lock");
+            if turns.len() > 4_096 {
+                turns.retain(|_, turn| Arc::strong_count(turn) > 1);
+            }
+            Arc::clone(turns.entry(stream).or_default())
+        };
+        turn.lock_owned().await
+    }
+}
+
 /// Runs commands against the event store.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct CommandHandler {
+    turns: StreamTurns,
     repository: WorkflowRepository,
     publications: Arc<Publications>,
     publish_timeout: Duration,
@@ -91,6 +110,7 @@ impl CommandHandler {
         publish_timeout: Duration,
     ) -> Self {
         Self {
+            turns: StreamTurns::default(),
             repository,
             publications,
             publish_timeout,
@@ -120,6 +140,9 @@ impl CommandHandler {
             Stream::Existing(id) => (id, false),
         };
         loop {
+            // Writers of this instance take turns per stream instead of racing each other
+            // into version conflicts; the store still arbitrates between instances.
+            let turn = self.turns.take(workflow_id).await;
             let mut current = if std::mem::take(&mut known_new) {
                 Versioned::<Workflow>::default()
             } else {
@@ -149,11 +172,12 @@ impl CommandHandler {
                 },
                 event,
             };
-            match self
+            let appended = self
                 .store()
                 .append(&envelope, context.fingerprint.as_deref())
-                .await
-            {
+                .await;
+            drop(turn);
+            match appended {
                 Ok(position) => {
                     current.apply(&envelope.event);
                     self.repository

@@ -5,6 +5,7 @@ use std::sync::LazyLock;
 
 use apache_avro::Schema;
 use apache_avro::rabin::Rabin;
+use apache_avro::schema_compatibility::SchemaCompatibility;
 
 use crate::{Error, Result};
 
@@ -108,6 +109,22 @@ impl Catalogue {
         Ok(catalogue)
     }
 
+    /// Every version the newest schema of its event type cannot read, with the reason: a
+    /// change is backward compatible only if this stays empty.
+    pub fn incompatibilities(&self) -> Vec<String> {
+        self.entries
+            .iter()
+            .filter_map(|entry| {
+                let latest = &self.entries[self.latest[entry.event_type]];
+                SchemaCompatibility::can_read(&entry.schema, &latest.schema)
+                    .err()
+                    .map(|error| {
+                        format!("{} cannot be read by {}: {error}", entry.file, latest.file)
+                    })
+            })
+            .collect()
+    }
+
     /// Every schema version, in file order.
     pub fn entries(&self) -> &[SchemaEntry] {
         &self.entries
@@ -132,24 +149,43 @@ impl Catalogue {
 
 #[cfg(test)]
 mod tests {
-    use apache_avro::schema_compatibility::SchemaCompatibility;
-
     use super::*;
 
     /// The evolution rule: the newest version of every event must read every older one,
     /// so v1 records already on the log replay forever.
     #[test]
     fn every_schema_version_is_readable_by_the_newest() {
-        let catalogue = Catalogue::embedded();
-        for entry in catalogue.entries() {
-            let latest = catalogue.latest(entry.event_type).unwrap();
-            if let Err(error) = SchemaCompatibility::can_read(&entry.schema, &latest.schema) {
-                panic!(
-                    "{} cannot be read by {}: {error}; schema changes must be backward compatible",
-                    entry.file, latest.file
-                );
-            }
-        }
+        let problems = Catalogue::embedded().incompatibilities();
+        assert!(
+            problems.is_empty(),
+            "schema changes must be backward compatible:\n{}",
+            problems.join("\n")
+        );
+    }
+
+    /// The check above would catch the usual mistakes.
+    #[test]
+    fn an_incompatible_new_version_is_caught() {
+        let v1 = FILES[0].2;
+        let mut json: serde_json::Value = serde_json::from_str(v1).unwrap();
+        let fields = json["fields"].as_array_mut().unwrap();
+        // A new field without a default, and a field renamed without an alias.
+        fields.push(serde_json::json!({"name": "priority", "type": "int"}));
+        fields.retain(|f| f["name"] != "name");
+        fields.push(serde_json::json!({"name": "title", "type": "string"}));
+        let broken = json.to_string();
+        let catalogue = Catalogue::parse(&[
+            ("WorkflowSubmitted", 1, v1),
+            ("WorkflowSubmitted", 9, broken.as_str()),
+        ])
+        .unwrap();
+        let problems = catalogue.incompatibilities();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "WorkflowSubmitted.v1.avsc cannot be read by WorkflowSubmitted.v9.avsc"
+            )
+        );
     }
 
     #[test]

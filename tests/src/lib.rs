@@ -84,6 +84,11 @@ pub struct TestSystem {
 impl TestSystem {
     /// A new database (migrated) and a new topic with `partitions` partitions.
     pub async fn new(partitions: i32) -> Self {
+        Self::with_brokers(brokers(), partitions).await
+    }
+
+    /// Like [`TestSystem::new`], on the given brokers.
+    pub async fn with_brokers(brokers: String, partitions: i32) -> Self {
         flowline_service_kit::telemetry::init("system-tests");
         let name = format!("test_{}", Uuid::new_v4().simple());
         let database_url = with_database(&server_url(), &name).expect("valid TEST_DATABASE_URL");
@@ -91,7 +96,7 @@ impl TestSystem {
             .await
             .expect("test database");
         let kafka = KafkaSettings {
-            brokers: brokers(),
+            brokers,
             topic: format!("test-{}", Uuid::new_v4().simple()),
             partitions,
         };
@@ -332,6 +337,90 @@ impl TestSystem {
         let mut env = self.process_env();
         env.push(("COMMAND_ADDR".into(), format!("127.0.0.1:{port}")));
         ServiceProcess::start("command-service", port, env).await
+    }
+}
+
+/// A tansu broker owned by one test, so the test can `kill -9` and restart it.
+pub struct OwnedBroker {
+    /// `host:port`.
+    pub address: String,
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnedBroker {
+    /// Starts tansu (`TANSU_BIN`, as `scripts/test` exports it) with sqlite storage in a
+    /// fresh directory.
+    pub async fn start() -> Self {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("flowline-broker-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut broker = Self {
+            address: format!("127.0.0.1:{port}"),
+            port,
+            dir,
+            child: None,
+        };
+        broker.restart().await;
+        broker
+    }
+
+    fn binary() -> std::path::PathBuf {
+        std::env::var_os("TANSU_BIN")
+            .map(Into::into)
+            .unwrap_or_else(|| {
+                let home = std::env::var_os("HOME").unwrap_or_default();
+                std::path::Path::new(&home).join(".cache/flowline/tansu-0.6.0/bin/tansu")
+            })
+    }
+
+    /// Starts it again on the same port and storage.
+    pub async fn restart(&mut self) {
+        let binary = Self::binary();
+        assert!(
+            binary.exists(),
+            "tansu not found at {}: set TANSU_BIN (scripts/test does)",
+            binary.display()
+        );
+        let url = format!("tcp://{}", self.address);
+        let child = std::process::Command::new(binary)
+            .current_dir(&self.dir)
+            .args(["broker", "--cluster-id", "test", "--listener-url", &url])
+            .args([
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("tansu starts");
+        self.child = Some(child);
+        let port = self.port;
+        let up = eventually(Duration::from_secs(30), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+        })
+        .await;
+        assert!(up.is_some(), "tansu did not listen on {}", self.address);
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnedBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
