@@ -146,6 +146,18 @@ fn workflow_body() -> Value {
     })
 }
 
+/// Submits the benchmark's workflow and returns the 2xx body.
+async fn submit_workflow(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
+    Ok(http
+        .post(url)
+        .json(&workflow_body())
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?)
+}
+
 /// The Avro record a submission puts on the log, for a same-size raw baseline.
 fn sample_record() -> anyhow::Result<Vec<u8>> {
     let command: SubmitWorkflow = serde_json::from_value(workflow_body())?;
@@ -173,6 +185,20 @@ fn sample_record() -> anyhow::Result<Vec<u8>> {
 
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
+}
+
+/// A topic of its own on the system's broker, a durable producer, and a record of the size
+/// a submission puts on the log: what the raw baselines produce.
+async fn raw_baseline(
+    system: &TestSystem,
+) -> anyhow::Result<(KafkaSettings, Arc<LogProducer>, Arc<Vec<u8>>)> {
+    let settings = KafkaSettings {
+        topic: format!("bench-raw-{}", Uuid::new_v4().simple()),
+        ..system.kafka.clone()
+    };
+    flowline_event_log::ensure_topic(&settings).await?;
+    let producer = Arc::new(LogProducer::new(&settings)?);
+    Ok((settings, producer, Arc::new(sample_record()?)))
 }
 
 /// N clients each producing one durable record at a time, awaiting its acknowledgement.
@@ -214,13 +240,7 @@ async fn submit(
     let system = TestSystem::new(partitions).await;
 
     // Baseline: the same clients doing raw, durable produces of a same-size record.
-    let payload = Arc::new(sample_record()?);
-    let raw_settings = KafkaSettings {
-        topic: format!("bench-raw-{}", Uuid::new_v4().simple()),
-        ..system.kafka.clone()
-    };
-    flowline_event_log::ensure_topic(&raw_settings).await?;
-    let producer = Arc::new(LogProducer::new(&raw_settings)?);
+    let (raw_settings, producer, payload) = raw_baseline(&system).await?;
     let raw = raw_produce(clients, duration, partitions, &producer, &payload).await?;
     // The same, while a consumer tails the topic as the projectors do: on tansu a tailing
     // fetch slows produces down, so this is the fair baseline for the whole system.
@@ -276,14 +296,7 @@ async fn submit(
         let submit_url = submit_url.clone();
         let query_url = query_url.clone();
         async move {
-            let reply: Value = http
-                .post(&submit_url)
-                .json(&workflow_body())
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
+            let reply = submit_workflow(&http, &submit_url).await?;
             if n % visibility_every != 0 || visibility_every == u64::MAX {
                 return Ok(None);
             }
@@ -378,13 +391,7 @@ async fn append(clients: usize, seconds: u64, streams: usize) -> anyhow::Result<
     let duration = Duration::from_secs(seconds);
     let partitions = 3;
     let system = TestSystem::new(partitions).await;
-    let payload = Arc::new(sample_record()?);
-    let raw_settings = KafkaSettings {
-        topic: format!("bench-raw-{}", Uuid::new_v4().simple()),
-        ..system.kafka.clone()
-    };
-    flowline_event_log::ensure_topic(&raw_settings).await?;
-    let producer = Arc::new(LogProducer::new(&raw_settings)?);
+    let (_, producer, payload) = raw_baseline(&system).await?;
     let raw = raw_produce(clients, duration, partitions, &producer, &payload).await?;
 
     let writers = [
@@ -395,14 +402,7 @@ async fn append(clients: usize, seconds: u64, streams: usize) -> anyhow::Result<
     let http = reqwest::Client::new();
     let mut ids = Vec::with_capacity(streams);
     for n in 0..streams {
-        let reply: Value = http
-            .post(format!("{}/v1/workflows", urls[n % 2]))
-            .json(&workflow_body())
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let reply = submit_workflow(&http, &format!("{}/v1/workflows", urls[n % 2])).await?;
         ids.push(
             reply["workflow_id"]
                 .as_str()

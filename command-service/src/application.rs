@@ -9,14 +9,14 @@ use axum::routing::{get, post};
 use flowline_event_store::{
     EventStore, OutboxRelay, Publications, RelayConfig, WorkflowRepository,
 };
-use tokio::net::TcpListener;
+use flowline_service_kit::http::HttpServer;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::commands::CommandHandler;
 use crate::config::Config;
 use crate::idempotency::AnswerCache;
-use crate::{Error, Result, routes};
+use crate::{Result, routes};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -26,8 +26,7 @@ pub(crate) struct AppState {
 
 /// A built, bound command service.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: HttpServer,
     background: CancellationToken,
 }
 
@@ -63,22 +62,13 @@ impl Application {
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(TraceLayer::new_for_http())
             .with_state(state);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                address: config.listen,
-                source,
-            })?;
-        Ok(Self {
-            listener,
-            router,
-            background,
-        })
+        let server = HttpServer::bind(config.listen, router).await?;
+        Ok(Self { server, background })
     }
 
     /// The bound port.
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.server.port()
     }
 
     /// Serves until `shutdown` resolves, then stops the relay.
@@ -87,9 +77,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), std::io::Error> {
         let _stop_on_drop = self.background.clone().drop_guard();
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = self.server.serve_until(shutdown).await;
         self.background.cancel();
         served
     }

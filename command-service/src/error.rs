@@ -40,20 +40,12 @@ pub enum Error {
     /// The store or the log failed.
     #[error(transparent)]
     Store(#[from] flowline_event_store::Error),
-    /// The database could not be prepared at start.
+    /// The database or the listener could not be prepared at start.
     #[error(transparent)]
-    Database(#[from] flowline_service_kit::Error),
+    Startup(#[from] flowline_service_kit::Error),
     /// The log could not be prepared at start.
     #[error(transparent)]
     Log(#[from] flowline_event_log::Error),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        /// The address.
-        address: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
 }
 
 /// Result of this crate's operations.
@@ -115,9 +107,7 @@ impl IntoResponse for Error {
             .retry_after(1),
             Error::Request(problem) => problem,
             Error::Store(error) => Problem::internal(&error),
-            error @ (Error::Database(_) | Error::Log(_) | Error::Bind { .. }) => {
-                Problem::internal(&error)
-            }
+            error @ (Error::Startup(_) | Error::Log(_)) => Problem::internal(&error),
         };
         problem.into_response()
     }

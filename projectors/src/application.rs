@@ -6,13 +6,13 @@ use axum::Router;
 use axum::routing::get;
 use flowline_event_log::KafkaSettings;
 use flowline_service_kit::Problem;
+use flowline_service_kit::http::HttpServer;
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::runner::{self, RunnerSettings};
-use crate::{Error, Result, admin, workflow_read_model};
+use crate::{Result, admin, workflow_read_model};
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
@@ -22,8 +22,7 @@ pub(crate) struct AdminState {
 
 /// Built projectors with a bound admin endpoint.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: HttpServer,
     stop: CancellationToken,
     runner: std::thread::JoinHandle<()>,
 }
@@ -52,15 +51,9 @@ impl Application {
                 pool,
                 kafka: config.kafka,
             });
-        let listener = TcpListener::bind(config.admin_listen)
-            .await
-            .map_err(|source| Error::Bind {
-                address: config.admin_listen,
-                source,
-            })?;
+        let server = HttpServer::bind(config.admin_listen, router).await?;
         Ok(Self {
-            listener,
-            router,
+            server,
             stop,
             runner,
         })
@@ -68,7 +61,7 @@ impl Application {
 
     /// The admin endpoint's port.
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.server.port()
     }
 
     /// Serves the admin endpoint and projects until `shutdown` resolves (or this future is
@@ -78,9 +71,7 @@ impl Application {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), std::io::Error> {
         let _stop_on_drop = self.stop.clone().drop_guard();
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        let served = self.server.serve_until(shutdown).await;
         self.stop.cancel();
         let runner = self.runner;
         let _ = tokio::task::spawn_blocking(move || runner.join()).await;

@@ -9,7 +9,7 @@ pub enum Error {
     /// The log failed.
     #[error("log: {0}")]
     Log(#[from] flowline_event_log::Error),
-    /// The database could not be prepared at start.
+    /// The database or the listener could not be prepared at start.
     #[error(transparent)]
     Startup(#[from] flowline_service_kit::Error),
     /// The admin address could not be bound.

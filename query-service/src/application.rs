@@ -11,14 +11,14 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use flowline_event_store::{EventStore, WorkflowRepository};
 use flowline_service_kit::Problem;
+use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::request::tenant;
-use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Error, Result, rest};
+use crate::{Result, rest};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -29,8 +29,7 @@ pub(crate) struct AppState {
 
 /// A built, bound query service.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: HttpServer,
 }
 
 async fn graphiql() -> Html<String> {
@@ -80,18 +79,13 @@ impl Application {
             .fallback(not_found)
             .layer(TraceLayer::new_for_http())
             .with_state(state);
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                address: config.listen,
-                source,
-            })?;
-        Ok(Self { listener, router })
+        let server = HttpServer::bind(config.listen, router).await?;
+        Ok(Self { server })
     }
 
     /// The bound port.
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.server.port()
     }
 
     /// Serves until `shutdown` resolves.
@@ -99,8 +93,6 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), std::io::Error> {
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        self.server.serve_until(shutdown).await
     }
 }

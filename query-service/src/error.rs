@@ -39,17 +39,9 @@ pub enum Error {
     /// The read model failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
-    /// The database could not be prepared at start.
+    /// The database or the listener could not be prepared at start.
     #[error(transparent)]
     Startup(#[from] flowline_service_kit::Error),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        /// The address.
-        address: std::net::SocketAddr,
-        /// Why.
-        source: std::io::Error,
-    },
 }
 
 /// Result of this crate's operations.
@@ -87,9 +79,7 @@ impl Error {
             )
             .with("parameter", *parameter),
             Error::Request(problem) => problem.clone(),
-            Error::Database(_) | Error::Store(_) | Error::Startup(_) | Error::Bind { .. } => {
-                Problem::internal(self)
-            }
+            Error::Database(_) | Error::Store(_) | Error::Startup(_) => Problem::internal(self),
         }
     }
 }

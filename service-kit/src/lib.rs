@@ -3,6 +3,7 @@
 //! and graceful shutdown.
 
 pub mod db;
+pub mod http;
 pub mod problem;
 pub mod request;
 pub mod shutdown;
@@ -22,6 +23,14 @@ pub enum Error {
     /// A setting is malformed.
     #[error("configuration: {0}")]
     Config(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Result of this crate's operations.
