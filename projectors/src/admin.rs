@@ -1,14 +1,17 @@
-//! The admin endpoint: health, per-partition lag, and Prometheus metrics.
+//! The admin endpoint: health, per-partition lag, Prometheus metrics, and (with a bearer
+//! token) dead letters.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use flowline_service_kit::Problem;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::application::AdminState;
 use crate::checkpoint;
-use crate::workflow_read_model;
+use crate::dead_letter::{self, DeadLetter, Redrive};
+use crate::workflow_read_model::{self, WorkflowReadModel};
 
 /// Lag of one partition of one projection.
 #[derive(Debug, Serialize)]
@@ -71,4 +74,94 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<impl IntoRespons
         )],
         text,
     ))
+}
+
+/// Checks `Authorization: Bearer <ADMIN_TOKEN>`.
+fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(expected) = &state.admin_token else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "admin-disabled",
+            "Admin endpoints disabled",
+            "set ADMIN_TOKEN on the projectors to enable this endpoint",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(expected.as_str()) {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "send Authorization: Bearer <ADMIN_TOKEN>",
+        ))
+    }
+}
+
+/// Query of `GET /admin/dead-letters`.
+#[derive(Debug, Deserialize)]
+pub struct DeadLetterQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+/// `GET /admin/dead-letters[?all=true]`
+pub async fn dead_letters(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Query(query): Query<DeadLetterQuery>,
+) -> Result<Json<Vec<DeadLetter>>, Problem> {
+    authorize(&state, &headers)?;
+    let letters = dead_letter::list(&state.pool, None, query.all)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(letters))
+}
+
+/// `GET /admin/dead-letters/{id}`
+pub async fn dead_letter_by_id(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<DeadLetter>, Problem> {
+    authorize(&state, &headers)?;
+    dead_letter::show(&state.pool, id)
+        .await
+        .map_err(|e| Problem::internal(&e))?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("no dead letter {id}")))
+}
+
+/// `POST /admin/dead-letters/{id}/redrive`
+pub async fn redrive(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<Redrive>, Problem> {
+    authorize(&state, &headers)?;
+    let outcome = dead_letter::redrive(&state.pool, &WorkflowReadModel, id)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    match outcome {
+        Redrive::NotPending { id } => {
+            Err(Problem::not_found(format!("no pending dead letter {id}")))
+        }
+        outcome => Ok(Json(outcome)),
+    }
+}
+
+/// `POST /admin/dead-letters/redrive` (every pending one, in log order)
+pub async fn redrive_all(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<Redrive>>, Problem> {
+    authorize(&state, &headers)?;
+    let outcomes = dead_letter::redrive_all(&state.pool, &WorkflowReadModel)
+        .await
+        .map_err(|e| Problem::internal(&e))?;
+    Ok(Json(outcomes))
 }

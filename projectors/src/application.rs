@@ -3,8 +3,8 @@
 use std::future::Future;
 
 use axum::Router;
-use axum::routing::get;
-use flowline_event_log::KafkaSettings;
+use axum::routing::{get, post};
+use flowline_event_log::{KafkaSettings, LogProducer};
 use flowline_service_kit::Problem;
 use flowline_service_kit::http::HttpServer;
 use sqlx::PgPool;
@@ -12,12 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::runner::{self, RunnerSettings};
-use crate::{Result, admin, workflow_read_model};
+use crate::workflow_read_model::{self, WorkflowReadModel};
+use crate::{Result, admin};
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
     pub(crate) pool: PgPool,
     pub(crate) kafka: KafkaSettings,
+    pub(crate) admin_token: Option<String>,
 }
 
 /// Built projectors with a bound admin endpoint.
@@ -33,23 +35,36 @@ impl Application {
         let pool = config.database.prepare().await?;
         flowline_event_log::ensure_topic(&config.kafka).await?;
         let stop = CancellationToken::new();
+        let dead_letter_log = KafkaSettings {
+            topic: runner::dead_letter_topic(&config.kafka.topic),
+            partitions: 1,
+            ..config.kafka.clone()
+        };
+        flowline_event_log::ensure_topic(&dead_letter_log).await?;
         let runner = runner::spawn(
+            WorkflowReadModel,
             RunnerSettings {
                 pool: pool.clone(),
                 kafka: config.kafka.clone(),
                 group_id: format!("{}.{}", config.group_prefix, workflow_read_model::NAME),
                 batch_size: config.batch_size,
             },
+            LogProducer::new(&dead_letter_log)?,
             stop.clone(),
         )?;
         let router = Router::new()
             .route("/health", get(|| async { "ok" }))
             .route("/admin/lag", get(admin::lag))
             .route("/metrics", get(admin::metrics))
+            .route("/admin/dead-letters", get(admin::dead_letters))
+            .route("/admin/dead-letters/redrive", post(admin::redrive_all))
+            .route("/admin/dead-letters/{id}", get(admin::dead_letter_by_id))
+            .route("/admin/dead-letters/{id}/redrive", post(admin::redrive))
             .fallback(|| async { Problem::not_found("no such endpoint") })
             .with_state(AdminState {
                 pool,
                 kafka: config.kafka,
+                admin_token: config.admin_token,
             });
         let server = HttpServer::bind(config.admin_listen, router).await?;
         Ok(Self {

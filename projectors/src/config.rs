@@ -5,10 +5,18 @@ use std::net::SocketAddr;
 use flowline_event_log::KafkaSettings;
 use flowline_service_kit::db::DatabaseSettings;
 
-/// Consumes the event log and builds the read models.
+/// Consumes the event log and builds the read models. Without a command it runs the
+/// projections; `dlq` inspects and re-drives dead letters.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "projectors", version)]
 pub struct Config {
+    /// What to do instead of running the projections.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Bearer token of the admin endpoints that show payloads or change state; they answer
+    /// 403 while it is unset.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Address of the admin/metrics HTTP endpoint (port 0 picks a free port).
     #[arg(long, env = "PROJECTOR_ADMIN_ADDR", default_value = "127.0.0.1:8084")]
     pub admin_listen: SocketAddr,
@@ -24,4 +32,40 @@ pub struct Config {
     /// Kafka settings.
     #[command(flatten)]
     pub kafka: KafkaSettings,
+}
+
+/// One-off operations.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Dead letters: records a projection could not apply.
+    Dlq {
+        /// What to do with them.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
+}
+
+/// Dead-letter operations.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DlqAction {
+    /// Lists pending dead letters (with --all, re-driven ones too).
+    List {
+        /// Include re-driven dead letters.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Shows one dead letter with its payload (base64) and headers, as JSON.
+    Show {
+        /// Its id.
+        id: i64,
+    },
+    /// Applies dead letters again, after a fix: one by id, or every pending one in log order.
+    Redrive {
+        /// Its id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<i64>,
+        /// Every pending dead letter.
+        #[arg(long)]
+        all: bool,
+    },
 }

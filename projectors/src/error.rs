@@ -6,6 +6,9 @@ pub enum Error {
     /// PostgreSQL failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A projection handler failed.
+    #[error("projection: {0}")]
+    Apply(#[from] crate::projection::ApplyError),
     /// The log failed.
     #[error("log: {0}")]
     Log(#[from] flowline_event_log::Error),

@@ -9,8 +9,11 @@
 mod admin;
 mod application;
 mod checkpoint;
+pub mod cli;
 pub mod config;
+pub mod dead_letter;
 mod error;
+pub mod projection;
 mod runner;
 pub mod workflow_read_model;
 

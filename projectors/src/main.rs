@@ -5,6 +5,10 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = projectors::Config::parse();
+    if let Some(projectors::config::Command::Dlq { action }) = &config.command {
+        let succeeded = projectors::cli::dead_letters(&config, action).await?;
+        std::process::exit(if succeeded { 0 } else { 1 });
+    }
     flowline_service_kit::telemetry::init("projectors");
     let app = projectors::Application::build(config).await?;
     tracing::info!(port = app.port(), "projectors admin listening");

@@ -1,25 +1,31 @@
 //! Runs a projection: a consumer on its own thread, batches applied in one transaction
-//! each, checkpoints committed with the rows.
+//! each, checkpoints committed with the rows, records that cannot be applied dead-lettered.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use flowline_event_log::{CheckpointedConsumer, KafkaSettings, consumer_config};
+use flowline_event_log::{
+    CheckpointedConsumer, KafkaSettings, LogProducer, OutgoingRecord, consumer_config,
+};
 use flowline_schemas::EventCodec;
 use rdkafka::Message;
-use rdkafka::message::OwnedMessage;
-use sqlx::PgPool;
+use rdkafka::message::{Headers, OwnedMessage};
+use sqlx::{PgPool, Postgres, Transaction};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::Result;
 use crate::checkpoint::{self, PgCheckpoints};
-use crate::workflow_read_model::{self, LogPlace};
+use crate::dead_letter;
+use crate::projection::{ApplyError, LogPlace, Projection};
+use crate::{Error, Result};
 
 /// Longest time between two commits of the group's offsets.
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
+/// Tries of a failing handler before its record is dead-lettered.
+pub const HANDLER_ATTEMPTS: i32 = 3;
 
 /// What a runner needs.
 pub struct RunnerSettings {
@@ -29,130 +35,282 @@ pub struct RunnerSettings {
     pub(crate) batch_size: usize,
 }
 
-/// Starts the `workflow_read_model` projection on a thread of its own; it stops when
-/// `stop` is cancelled.
-pub fn spawn(settings: RunnerSettings, stop: CancellationToken) -> Result<JoinHandle<()>> {
+/// The dead-letter topic of a topic.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+/// Starts `projection` on a thread of its own; it stops when `stop` is cancelled.
+pub fn spawn<P: Projection>(
+    projection: P,
+    settings: RunnerSettings,
+    dead_letters: LogProducer,
+    stop: CancellationToken,
+) -> Result<JoinHandle<()>> {
     let runtime = Handle::current();
     let source = PgCheckpoints {
         pool: settings.pool.clone(),
-        projection: workflow_read_model::NAME.to_owned(),
+        projection: projection.name().to_owned(),
         runtime: runtime.clone(),
     };
     let config = consumer_config(&settings.kafka.brokers, &settings.group_id);
     let consumer = CheckpointedConsumer::subscribe(&config, &settings.kafka.topic, source)?;
+    let runner = Runner {
+        projection: Arc::new(projection),
+        settings,
+        dead_letters,
+        codec: EventCodec::default(),
+    };
     let handle = std::thread::Builder::new()
-        .name(format!("projector-{}", workflow_read_model::NAME))
-        .spawn(move || run(settings, consumer, runtime, stop))
+        .name(format!("projector-{}", runner.projection.name()))
+        .spawn(move || runner.run(consumer, runtime, stop))
         .expect("spawn projector thread");
     Ok(handle)
 }
 
-fn run(
+struct Runner<P> {
+    projection: Arc<P>,
     settings: RunnerSettings,
-    consumer: CheckpointedConsumer<PgCheckpoints>,
-    runtime: Handle,
-    stop: CancellationToken,
-) {
-    info!(projection = workflow_read_model::NAME, group = %settings.group_id, "projector started");
-    let codec = EventCodec::default();
-    let mut progress: HashMap<i32, i64> = HashMap::new();
-    let mut progress_committed = Instant::now();
-    while !stop.is_cancelled() {
-        let batch = match consumer.poll_batch(settings.batch_size, Duration::from_millis(100)) {
-            Ok(batch) => batch,
-            Err(error) => {
-                warn!(%error, "poll failed");
-                std::thread::sleep(Duration::from_millis(200));
-                continue;
-            }
-        };
-        if batch.is_empty() {
-            continue;
-        }
-        let mut attempt = 0;
-        loop {
-            match runtime.block_on(apply_batch(&settings, &codec, &batch)) {
-                Ok(next_offsets) => {
-                    progress.extend(next_offsets);
-                    // Group offsets only feed lag tools, so they are sent at most once per
-                    // interval: each commit is a write on the broker.
-                    if progress_committed.elapsed() >= GROUP_COMMIT_INTERVAL {
-                        if let Err(error) =
-                            consumer.commit_progress(&settings.kafka.topic, &progress)
-                        {
-                            warn!(%error, "group offset commit failed (checkpoints are in PostgreSQL)");
-                        }
-                        progress.clear();
-                        progress_committed = Instant::now();
-                    }
-                    break;
-                }
-                Err(error) if !stop.is_cancelled() => {
-                    attempt += 1;
-                    error!(%error, attempt, "batch failed; retrying");
-                    std::thread::sleep(Duration::from_millis(200 * attempt.min(10)));
-                }
-                Err(_) => return,
-            }
-        }
-    }
-    info!(projection = workflow_read_model::NAME, "projector stopped");
+    dead_letters: LogProducer,
+    codec: EventCodec,
 }
 
-/// Applies a batch in one transaction and returns the new next offsets.
-async fn apply_batch(
-    settings: &RunnerSettings,
-    codec: &EventCodec,
-    batch: &[OwnedMessage],
-) -> Result<HashMap<i32, i64>> {
-    let topic = &settings.kafka.topic;
-    let partitions: Vec<i32> = batch
-        .iter()
-        .map(|m| m.partition())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut transaction = settings.pool.begin().await?;
-    let mut next = checkpoint::lock(
-        &mut transaction,
-        workflow_read_model::NAME,
-        topic,
-        &partitions,
-    )
-    .await?;
-    let mut advanced = HashMap::new();
-    for message in batch {
-        let partition = message.partition();
-        let offset = message.offset();
-        if offset < next.get(&partition).copied().unwrap_or(0) {
-            continue; // applied by an earlier batch (redelivery after a rebalance or crash)
-        }
-        match message.payload().map(|payload| codec.decode(payload)) {
-            Some(Ok(envelope)) => {
-                workflow_read_model::apply(
-                    &mut transaction,
-                    &envelope,
-                    LogPlace { partition, offset },
-                )
-                .await?;
-            }
-            Some(Err(error)) => {
-                error!(partition, offset, %error, "undecodable record skipped");
-            }
-            None => warn!(partition, offset, "record without a value skipped"),
-        }
-        next.insert(partition, offset + 1);
-        advanced.insert(partition, offset + 1);
+/// A record the batch dead-lettered, to copy to the dead-letter topic after commit.
+struct Rejected {
+    message: OwnedMessage,
+    reason: String,
+}
+
+/// How a batch is applied: all at once, or each record in a savepoint of its own so a
+/// failing one can be dead-lettered without losing the others.
+#[derive(Clone, Copy, PartialEq)]
+enum Isolation {
+    Batch,
+    PerRecord,
+}
+
+/// A handler failure that is the record's fault (dead-letter it), not the infrastructure's
+/// (retry the batch).
+fn is_record_failure(error: &ApplyError) -> bool {
+    match error {
+        ApplyError::OutOfOrder { .. } => true,
+        ApplyError::Database(sqlx::Error::Database(_)) => true,
+        ApplyError::Database(_) => false,
     }
-    if !advanced.is_empty() {
-        checkpoint::advance(
-            &mut transaction,
-            workflow_read_model::NAME,
-            topic,
-            &advanced,
-        )
-        .await?;
+}
+
+impl<P: Projection> Runner<P> {
+    fn run(
+        self,
+        consumer: CheckpointedConsumer<PgCheckpoints>,
+        runtime: Handle,
+        stop: CancellationToken,
+    ) {
+        let name = self.projection.name();
+        info!(projection = name, group = %self.settings.group_id, "projector started");
+        let mut progress: HashMap<i32, i64> = HashMap::new();
+        let mut progress_committed = Instant::now();
+        while !stop.is_cancelled() {
+            let batch =
+                match consumer.poll_batch(self.settings.batch_size, Duration::from_millis(100)) {
+                    Ok(batch) => batch,
+                    Err(error) => {
+                        warn!(%error, "poll failed");
+                        std::thread::sleep(Duration::from_millis(200));
+                        continue;
+                    }
+                };
+            if batch.is_empty() {
+                continue;
+            }
+            let mut failures = 0;
+            let mut isolation = Isolation::Batch;
+            loop {
+                match runtime.block_on(self.apply_batch(&batch, isolation)) {
+                    Ok((next_offsets, rejected)) => {
+                        runtime.block_on(self.copy_to_dead_letter_topic(rejected));
+                        progress.extend(next_offsets);
+                        // Group offsets only feed lag tools, so they are sent at most once
+                        // per interval: each commit is a write on the broker.
+                        if progress_committed.elapsed() >= GROUP_COMMIT_INTERVAL {
+                            if let Err(error) =
+                                consumer.commit_progress(&self.settings.kafka.topic, &progress)
+                            {
+                                warn!(%error, "group offset commit failed (checkpoints are in PostgreSQL)");
+                            }
+                            progress.clear();
+                            progress_committed = Instant::now();
+                        }
+                        break;
+                    }
+                    Err(BatchError::Record) => isolation = Isolation::PerRecord,
+                    Err(BatchError::Other(error)) if !stop.is_cancelled() => {
+                        failures += 1;
+                        error!(%error, failures, "batch failed; retrying");
+                        std::thread::sleep(Duration::from_millis(200 * failures.min(10)));
+                    }
+                    Err(BatchError::Other(_)) => return,
+                }
+            }
+        }
+        info!(projection = name, "projector stopped");
     }
-    transaction.commit().await?;
-    Ok(advanced)
+
+    /// Applies a batch in one transaction; returns the new next offsets and the records
+    /// dead-lettered.
+    async fn apply_batch(
+        &self,
+        batch: &[OwnedMessage],
+        isolation: Isolation,
+    ) -> Result<(HashMap<i32, i64>, Vec<Rejected>), BatchError> {
+        let name = self.projection.name();
+        let topic = &self.settings.kafka.topic;
+        let partitions: Vec<i32> = batch
+            .iter()
+            .map(|m| m.partition())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut transaction = self
+            .settings
+            .pool
+            .begin()
+            .await
+            .map_err(BatchError::other)?;
+        let mut next = checkpoint::lock(&mut transaction, name, topic, &partitions)
+            .await
+            .map_err(BatchError::other)?;
+        let mut advanced = HashMap::new();
+        let mut rejected = Vec::new();
+        for message in batch {
+            let partition = message.partition();
+            let offset = message.offset();
+            if offset < next.get(&partition).copied().unwrap_or(0) {
+                continue; // applied by an earlier batch (redelivery after a rebalance or crash)
+            }
+            let failure = match message.payload().map(|payload| self.codec.decode(payload)) {
+                Some(Ok(envelope)) => {
+                    let place = LogPlace { partition, offset };
+                    self.apply_one(&mut transaction, &envelope, place, isolation)
+                        .await?
+                }
+                Some(Err(error)) => Some((format!("undecodable: {error}"), 1)),
+                None => Some(("record has no value".to_owned(), 1)),
+            };
+            if let Some((reason, attempts)) = failure {
+                error!(projection = name, partition, offset, %reason, "record dead-lettered");
+                dead_letter::record(&mut transaction, name, message, &reason, attempts)
+                    .await
+                    .map_err(BatchError::other)?;
+                rejected.push(Rejected {
+                    message: message.clone(),
+                    reason,
+                });
+            }
+            next.insert(partition, offset + 1);
+            advanced.insert(partition, offset + 1);
+        }
+        if !advanced.is_empty() {
+            checkpoint::advance(&mut transaction, name, topic, &advanced)
+                .await
+                .map_err(BatchError::other)?;
+        }
+        transaction.commit().await.map_err(BatchError::other)?;
+        Ok((advanced, rejected))
+    }
+
+    /// Applies one record; `Some((reason, attempts))` when it must be dead-lettered.
+    async fn apply_one(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        envelope: &flowline_domain::EventEnvelope,
+        place: LogPlace,
+        isolation: Isolation,
+    ) -> Result<Option<(String, i32)>, BatchError> {
+        if isolation == Isolation::Batch {
+            return match self.projection.apply(transaction, envelope, place).await {
+                Ok(()) => Ok(None),
+                Err(error) if is_record_failure(&error) => Err(BatchError::Record),
+                Err(error) => Err(BatchError::other(error)),
+            };
+        }
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let mut savepoint = sqlx::Acquire::begin(&mut *transaction)
+                .await
+                .map_err(BatchError::other)?;
+            match self.projection.apply(&mut savepoint, envelope, place).await {
+                Ok(()) => {
+                    savepoint.commit().await.map_err(BatchError::other)?;
+                    return Ok(None);
+                }
+                Err(error) if is_record_failure(&error) => {
+                    savepoint.rollback().await.map_err(BatchError::other)?;
+                    let deterministic = matches!(error, ApplyError::OutOfOrder { .. });
+                    if deterministic || attempts >= HANDLER_ATTEMPTS {
+                        return Ok(Some((error.to_string(), attempts)));
+                    }
+                }
+                Err(error) => return Err(BatchError::other(error)),
+            }
+        }
+    }
+
+    /// Copies dead-lettered records to `<topic>.dlq` for consumers outside the database.
+    /// Best effort: the `dead_letters` table is the record operators re-drive from.
+    async fn copy_to_dead_letter_topic(&self, rejected: Vec<Rejected>) {
+        if rejected.is_empty() {
+            return;
+        }
+        let records: Vec<OutgoingRecord> = rejected
+            .into_iter()
+            .map(|Rejected { message, reason }| {
+                let mut headers: Vec<(String, Vec<u8>)> = message
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                headers.push(("dlq-reason".into(), reason.into_bytes()));
+                headers.push((
+                    "dlq-projection".into(),
+                    self.projection.name().as_bytes().to_vec(),
+                ));
+                headers.push((
+                    "dlq-source-partition".into(),
+                    message.partition().to_string().into_bytes(),
+                ));
+                headers.push((
+                    "dlq-source-offset".into(),
+                    message.offset().to_string().into_bytes(),
+                ));
+                OutgoingRecord {
+                    key: message.key().unwrap_or_default().to_vec(),
+                    partition: 0,
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                    headers,
+                }
+            })
+            .collect();
+        if let Err(error) = self.dead_letters.publish(&records).await {
+            warn!(%error, "dead letters not copied to the dead-letter topic");
+        }
+    }
+}
+
+/// Why a batch did not commit.
+enum BatchError {
+    /// A record's handler failed: retry the batch record by record.
+    Record,
+    /// Anything else: retry the batch later.
+    Other(Error),
+}
+
+impl BatchError {
+    fn other(error: impl Into<Error>) -> Self {
+        Self::Other(error.into())
+    }
 }

@@ -2,18 +2,30 @@
 
 use flowline_domain::{EventEnvelope, StepStatus, WorkflowEvent, WorkflowStatus};
 use sqlx::{Postgres, Transaction};
-use tracing::{debug, error};
+use tracing::debug;
+
+use crate::projection::{ApplyError, LogPlace, Projection};
 
 /// Name of the projection (its checkpoints and consumer group carry it).
 pub const NAME: &str = "workflow_read_model.v1";
 
-/// Where an event was read from.
-#[derive(Debug, Clone, Copy)]
-pub struct LogPlace {
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
+/// The projection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WorkflowReadModel;
+
+impl Projection for WorkflowReadModel {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        envelope: &EventEnvelope,
+        place: LogPlace,
+    ) -> Result<(), ApplyError> {
+        apply(transaction, envelope, place).await
+    }
 }
 
 /// The event's payload as JSON, without the type tag (stored next to its type).
@@ -27,11 +39,11 @@ fn event_data(event: &WorkflowEvent) -> serde_json::Value {
 
 /// Applies one event inside the batch's transaction. An event at or below the stream's
 /// projected version is a duplicate and changes nothing.
-pub async fn apply(
+async fn apply(
     transaction: &mut Transaction<'_, Postgres>,
     envelope: &EventEnvelope,
     place: LogPlace,
-) -> sqlx::Result<()> {
+) -> Result<(), ApplyError> {
     let metadata = &envelope.metadata;
     let version = metadata.stream_version as i64;
     let applied = match &envelope.event {
@@ -136,10 +148,11 @@ pub async fn apply(
         if current.is_some_and(|current| current >= version) {
             debug!(stream = %metadata.stream_id, version, "duplicate event ignored");
         } else {
-            error!(
-                stream = %metadata.stream_id, version, ?current,
-                "event does not follow the projected version; skipped"
-            );
+            return Err(ApplyError::OutOfOrder {
+                stream: metadata.stream_id,
+                version: metadata.stream_version,
+                projected: current,
+            });
         }
     }
     Ok(())

@@ -14,6 +14,9 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+/// The projectors' admin token in tests.
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// Broker of the tests.
 pub fn brokers() -> String {
     std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
@@ -165,6 +168,8 @@ impl TestSystem {
     /// Starts the projectors.
     pub async fn projectors(&self) -> Running {
         let app = projectors::Application::build(ProjectorConfig {
+            command: None,
+            admin_token: Some(ADMIN_TOKEN.into()),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             group_prefix: self.group_prefix(),
             batch_size: 500,
@@ -439,13 +444,16 @@ pub struct LogRecord {
     pub payload: Vec<u8>,
 }
 
-impl TestSystem {
-    /// Every record on the test's topic, partition by partition, in offset order.
-    pub async fn read_log(&self) -> Vec<LogRecord> {
+/// Reading whole topics as a plain consumer.
+pub struct LogRecords;
+
+impl LogRecords {
+    /// Every record of `topic`, partition by partition, in offset order.
+    pub async fn of(brokers: &str, topic: &str) -> Vec<LogRecord> {
         use rdkafka::Message;
         use rdkafka::message::Headers;
-        let brokers = self.kafka.brokers.clone();
-        let topic = self.kafka.topic.clone();
+        let brokers = brokers.to_owned();
+        let topic = topic.to_owned();
         let tails = tokio::task::spawn_blocking(move || {
             flowline_event_log::read_partition_tails(&brokers, &topic, i64::MAX / 2)
         })
@@ -478,6 +486,13 @@ impl TestSystem {
                 })
             })
             .collect()
+    }
+}
+
+impl TestSystem {
+    /// Every record on the test's topic, partition by partition, in offset order.
+    pub async fn read_log(&self) -> Vec<LogRecord> {
+        LogRecords::of(&self.kafka.brokers, &self.kafka.topic).await
     }
 }
 

@@ -1,0 +1,51 @@
+//! What a projection is to the runtime: a versioned name and a handler applying one event
+//! inside the batch's transaction.
+
+use flowline_domain::EventEnvelope;
+use sqlx::{Postgres, Transaction};
+
+/// Where an event was read from.
+#[derive(Debug, Clone, Copy)]
+pub struct LogPlace {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+}
+
+/// Why a handler could not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The event is not the next version of its stream (an earlier one is missing, e.g.
+    /// dead-lettered): applying it would corrupt the view.
+    #[error(
+        "event {version} of stream {stream} does not follow the projected version {projected:?}"
+    )]
+    OutOfOrder {
+        /// The stream.
+        stream: uuid::Uuid,
+        /// The event's version.
+        version: u64,
+        /// The version the view is at, if the stream is known.
+        projected: Option<i64>,
+    },
+    /// The database refused the change.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// A projection of the workflow log.
+pub trait Projection: Send + Sync + 'static {
+    /// Its name with its version (`workflow_read_model.v1`): checkpoints, consumer group and
+    /// dead letters are keyed by it.
+    fn name(&self) -> &'static str;
+
+    /// Applies one event. Re-delivered events (at or below the projected version) must be
+    /// no-ops.
+    fn apply(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+        envelope: &EventEnvelope,
+        place: LogPlace,
+    ) -> impl Future<Output = Result<(), ApplyError>> + Send;
+}

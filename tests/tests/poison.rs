@@ -1,0 +1,170 @@
+//! Poison events: a record that is not valid Avro and one whose handler fails are
+//! dead-lettered with reason, offset and payload; the projection goes on; re-drive works
+//! after a fix.
+
+use std::time::Duration;
+
+use flowline_event_log::{LogProducer, OutgoingRecord};
+use serde_json::{Value, json};
+use system_tests::{ADMIN_TOKEN, TestSystem, bin_dir, eventually};
+
+async fn submit(system: &TestSystem, url: &str, name: &str) -> String {
+    let reply = system
+        .post(
+            &format!("{url}/v1/workflows"),
+            &json!({"name": name, "steps": [{"id": "a", "kind": "llm"}]}),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{:?}", reply.body);
+    reply.body["workflow_id"].as_str().unwrap().to_owned()
+}
+
+async fn visible(system: &TestSystem, query_url: &str, id: &str, version: u64) {
+    let seen = eventually(Duration::from_secs(15), || async {
+        let reply = system.get(&format!("{query_url}/v1/workflows/{id}")).await;
+        (reply.body["version"] == version).then_some(())
+    })
+    .await;
+    assert!(
+        seen.is_some(),
+        "workflow {id} not projected at version {version}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
+    let system = TestSystem::new(1).await;
+    let commands = system.command_service().await;
+    let queries = system.query_service().await;
+    let projectors = system.projectors().await;
+
+    // Not Avro at all.
+    LogProducer::new(&system.kafka)
+        .unwrap()
+        .publish(&[OutgoingRecord {
+            key: b"garbage".to_vec(),
+            partition: 0,
+            payload: b"{\"not\": \"avro\"}".to_vec(),
+            headers: vec![("event-type".into(), b"Mystery".to_vec())],
+        }])
+        .await
+        .unwrap();
+    let first = submit(&system, &commands.url, "first").await;
+    visible(&system, &queries.url, &first, 1).await;
+
+    // A read model that refuses a row (say, a constraint added by a bad migration): its
+    // handler fails, and so does the next event of the same stream, which no longer follows.
+    sqlx::query("ALTER TABLE workflows ADD CONSTRAINT no_forbidden CHECK (name <> 'forbidden')")
+        .execute(&system.pool)
+        .await
+        .unwrap();
+    let forbidden = submit(&system, &commands.url, "forbidden").await;
+    let signal = system
+        .post(
+            &format!("{}/v1/workflows/{forbidden}/signals/go", commands.url),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(signal.status, 200);
+    let after = submit(&system, &commands.url, "after").await;
+    visible(&system, &queries.url, &after, 1).await;
+
+    let admin = |path: &str| format!("{}{path}", projectors.url);
+    let unauthorized = system.get(&admin("/admin/dead-letters")).await;
+    assert_eq!(unauthorized.status, 401);
+    let authorized = |request: reqwest::RequestBuilder| request.bearer_auth(ADMIN_TOKEN);
+    let letters = system
+        .send(authorized(system.http.get(admin("/admin/dead-letters"))))
+        .await;
+    assert_eq!(letters.status, 200);
+    let letters = letters.body.as_array().unwrap().clone();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(
+        letters[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("undecodable"),
+        "{:?}",
+        letters[0]
+    );
+    assert_eq!(letters[0]["log_offset"], 0);
+    assert_eq!(
+        letters[0]["payload"], "eyJub3QiOiAiYXZybyJ9",
+        "the payload, base64"
+    );
+    assert_eq!(letters[0]["headers"]["event-type"], "Mystery");
+    assert!(
+        letters[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no_forbidden"),
+        "{:?}",
+        letters[1]
+    );
+    assert_eq!(
+        letters[1]["attempts"], 3,
+        "bounded retries before dead-lettering"
+    );
+    assert!(
+        letters[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("does not follow"),
+        "{:?}",
+        letters[2]
+    );
+
+    // Copies on the dead-letter topic, for consumers outside the database.
+    let dead_letter_topic = system_tests::LogRecords::of(
+        &system.kafka.brokers,
+        &format!("{}.dlq", system.kafka.topic),
+    )
+    .await;
+    assert_eq!(dead_letter_topic.len(), 3);
+    assert!(
+        dead_letter_topic
+            .iter()
+            .all(|r| r.headers.contains_key("dlq-reason"))
+    );
+
+    // The fix, then the re-drive (in log order).
+    sqlx::query("ALTER TABLE workflows DROP CONSTRAINT no_forbidden")
+        .execute(&system.pool)
+        .await
+        .unwrap();
+    let redriven = system
+        .send(authorized(
+            system.http.post(admin("/admin/dead-letters/redrive")),
+        ))
+        .await;
+    assert_eq!(redriven.status, 200, "{:?}", redriven.body);
+    let outcomes: Vec<&str> = redriven
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, vec!["failed", "applied", "applied"]);
+    visible(&system, &queries.url, &forbidden, 2).await;
+
+    // The CLI sees the one still pending.
+    let output = std::process::Command::new(bin_dir().join("projectors"))
+        .args(["dlq", "list"])
+        .env("DATABASE_URL", &system.database_url)
+        .output()
+        .expect("projectors dlq list runs");
+    assert!(output.status.success());
+    let listing = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        listing.contains("1 dead letter(s)") && listing.contains("undecodable"),
+        "{listing}"
+    );
+    let shown = std::process::Command::new(bin_dir().join("projectors"))
+        .args(["dlq", "show", &letters[0]["id"].to_string()])
+        .env("DATABASE_URL", &system.database_url)
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["log_offset"], 0);
+}
