@@ -1,21 +1,16 @@
-//! Consumers that start where their owner's checkpoint says, not where the group's
-//! committed offsets say.
-//!
-//! A projection stores the next offset of each partition in its own database, in the same
-//! transaction as its rows. On every assignment the consumer asks the projection for those
-//! offsets and assigns the partitions there; group offsets are committed only as a
-//! courtesy for lag monitoring.
+//! Consumers positioned by their owner: the projection decides which partitions it reads
+//! (see the projectors' leases) and from which offsets (its own checkpoints), so nothing
+//! depends on the broker's group coordination or committed offsets.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::types::RDKafkaRespErr;
-use rdkafka::{ClientConfig, ClientContext, Message};
-use tracing::{info, warn};
+use rdkafka::{ClientConfig, Message};
+use tracing::warn;
 
 use crate::Result;
 
@@ -41,93 +36,33 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
     config
 }
 
-/// Where a consumer's owner has checkpointed each partition.
-pub trait CheckpointSource: Send + Sync + 'static {
-    /// The next offset to read for each of `partitions` of `topic`; a partition missing from
-    /// the answer starts at the beginning. Called on the consumer's thread; may block.
-    fn next_offsets(
-        &self,
-        topic: &str,
-        partitions: &[i32],
-    ) -> Result<HashMap<i32, i64>, Box<dyn std::error::Error + Send + Sync>>;
+/// A consumer reading exactly the partitions, from exactly the offsets, it is told.
+/// It blocks: run it on its own thread.
+pub struct PartitionConsumer {
+    consumer: BaseConsumer,
+    topic: String,
 }
 
-/// Assigns partitions at the owner's checkpoints on every rebalance.
-pub struct CheckpointContext<S> {
-    source: S,
-}
-
-impl<S: CheckpointSource> ClientContext for CheckpointContext<S> {}
-
-impl<S: CheckpointSource> ConsumerContext for CheckpointContext<S> {
-    fn rebalance(
-        &self,
-        consumer: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        assignment: &mut TopicPartitionList,
-    ) {
-        match err {
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let mut by_topic: HashMap<String, Vec<i32>> = HashMap::new();
-                for element in assignment.elements() {
-                    by_topic
-                        .entry(element.topic().to_owned())
-                        .or_default()
-                        .push(element.partition());
-                }
-                let mut positioned = TopicPartitionList::new();
-                for (topic, partitions) in by_topic {
-                    let offsets = match self.source.next_offsets(&topic, &partitions) {
-                        Ok(offsets) => offsets,
-                        Err(error) => {
-                            // Without checkpoints we must not guess; an empty assignment makes
-                            // the group rebalance again later instead of reprocessing.
-                            warn!(%topic, %error, "cannot read checkpoints; not taking partitions");
-                            continue;
-                        }
-                    };
-                    for partition in partitions {
-                        let offset = offsets
-                            .get(&partition)
-                            .map_or(Offset::Beginning, |&next| Offset::Offset(next));
-                        if let Err(error) =
-                            positioned.add_partition_offset(&topic, partition, offset)
-                        {
-                            warn!(%topic, partition, %error, "cannot position partition");
-                        }
-                    }
-                }
-                info!(assignment = ?positioned, "partitions assigned at checkpoints");
-                if let Err(error) = consumer.assign(&positioned) {
-                    warn!(%error, "assign failed");
-                }
-            }
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                info!("partitions revoked");
-                if let Err(error) = consumer.unassign() {
-                    warn!(%error, "unassign failed");
-                }
-            }
-            other => {
-                warn!(error = ?other, "rebalance error");
-                let _ = consumer.unassign();
-            }
-        }
+impl PartitionConsumer {
+    /// A consumer of `topic` with no partitions yet. The group id in `config` is used only
+    /// to publish progress for lag tools.
+    pub fn new(config: &ClientConfig, topic: &str) -> Result<Self> {
+        Ok(Self {
+            consumer: config.create()?,
+            topic: topic.to_owned(),
+        })
     }
-}
 
-/// A group consumer positioned by a [`CheckpointSource`]. It blocks: run it on its own thread.
-pub struct CheckpointedConsumer<S: CheckpointSource> {
-    consumer: BaseConsumer<CheckpointContext<S>>,
-}
-
-impl<S: CheckpointSource> CheckpointedConsumer<S> {
-    /// Creates the consumer and joins the group on `topic`.
-    pub fn subscribe(config: &ClientConfig, topic: &str, source: S) -> Result<Self> {
-        let consumer: BaseConsumer<CheckpointContext<S>> =
-            config.create_with_context(CheckpointContext { source })?;
-        consumer.subscribe(&[topic])?;
-        Ok(Self { consumer })
+    /// Reads these partitions from these next offsets (`None`: from the beginning), and no
+    /// others.
+    pub fn assign(&self, positions: &HashMap<i32, Option<i64>>) -> Result<()> {
+        let mut list = TopicPartitionList::new();
+        for (&partition, &next) in positions {
+            let offset = next.map_or(Offset::Beginning, Offset::Offset);
+            list.add_partition_offset(&self.topic, partition, offset)?;
+        }
+        self.consumer.assign(&list)?;
+        Ok(())
     }
 
     /// Waits up to `wait` for a first record, then takes whatever else is ready, up to `max`.
@@ -158,33 +93,15 @@ impl<S: CheckpointSource> CheckpointedConsumer<S> {
         Ok(batch)
     }
 
-    /// Tells the group how far this member got, so lag tools see progress. Correctness
-    /// never depends on it: restarts position from the owner's checkpoints.
-    pub fn commit_progress(
-        &self,
-        topic: &str,
-        next_offsets: &HashMap<i32, i64>,
-    ) -> KafkaResult<()> {
+    /// Publishes how far the projection got under its group id, so lag tools see progress.
+    /// Correctness never depends on it: positions come from the owner's checkpoints.
+    pub fn commit_progress(&self, next_offsets: &HashMap<i32, i64>) -> KafkaResult<()> {
         let mut list = TopicPartitionList::new();
         for (&partition, &next) in next_offsets {
-            list.add_partition_offset(topic, partition, Offset::Offset(next))?;
+            list.add_partition_offset(&self.topic, partition, Offset::Offset(next))?;
         }
         self.consumer
             .commit(&list, rdkafka::consumer::CommitMode::Async)
-    }
-
-    /// Partitions currently assigned to this member.
-    pub fn assigned_partitions(&self) -> Vec<i32> {
-        self.consumer
-            .assignment()
-            .map(|list| list.elements().iter().map(|e| e.partition()).collect())
-            .unwrap_or_default()
-    }
-
-    /// Low and high watermark of a partition (the high one is the next offset to be written).
-    pub fn watermarks(&self, topic: &str, partition: i32) -> KafkaResult<(i64, i64)> {
-        self.consumer
-            .fetch_watermarks(topic, partition, Duration::from_secs(5))
     }
 }
 

@@ -11,7 +11,7 @@ mod partitioner;
 mod producer;
 
 pub use admin::{ensure_topic, high_watermarks, topic_partitions};
-pub use consumer::{CheckpointSource, CheckpointedConsumer, consumer_config, read_partition_tails};
+pub use consumer::{PartitionConsumer, consumer_config, read_partition_tails};
 pub use partitioner::{murmur2, partition_for};
 pub use producer::{Delivery, LogProducer, OutgoingRecord};
 

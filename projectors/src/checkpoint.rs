@@ -1,36 +1,21 @@
 //! Checkpoints: the next offset per partition of each projection, stored with its rows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
-use flowline_event_log::CheckpointSource;
 use sqlx::{PgPool, Postgres, Transaction};
-use tokio::runtime::Handle;
 
-/// Reads a projection's checkpoints for the consumer's rebalance callback.
-pub struct PgCheckpoints {
-    pub(crate) pool: PgPool,
-    pub(crate) projection: String,
-    pub(crate) runtime: Handle,
-}
-
-impl CheckpointSource for PgCheckpoints {
-    fn next_offsets(
-        &self,
-        topic: &str,
-        partitions: &[i32],
-    ) -> Result<HashMap<i32, i64>, Box<dyn std::error::Error + Send + Sync>> {
-        let rows: Vec<(i32, i64)> = self.runtime.block_on(
-            sqlx::query_as(
-                "SELECT partition, next_offset FROM projection_checkpoints \
-                 WHERE projection = $1 AND topic = $2 AND partition = ANY($3)",
-            )
-            .bind(&self.projection)
-            .bind(topic)
-            .bind(partitions)
-            .fetch_all(&self.pool),
-        )?;
-        Ok(rows.into_iter().collect())
-    }
+/// Where to resume each of `partitions`: the next offset, or `None` (from the beginning).
+pub async fn positions(
+    pool: &PgPool,
+    projection: &str,
+    topic: &str,
+    partitions: &BTreeSet<i32>,
+) -> sqlx::Result<HashMap<i32, Option<i64>>> {
+    let stored = all(pool, projection, topic).await?;
+    Ok(partitions
+        .iter()
+        .map(|partition| (*partition, stored.get(partition).copied()))
+        .collect())
 }
 
 /// Locks the checkpoints of `partitions` for this transaction (creating missing ones), so

@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod dead_letter;
 mod error;
+mod leases;
 pub mod projection;
 mod runner;
 pub mod workflow_read_model;

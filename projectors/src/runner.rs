@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use flowline_event_log::{
-    CheckpointedConsumer, KafkaSettings, LogProducer, OutgoingRecord, consumer_config,
+    KafkaSettings, LogProducer, OutgoingRecord, PartitionConsumer, consumer_config,
 };
 use flowline_schemas::EventCodec;
 use rdkafka::Message;
@@ -17,8 +17,9 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::checkpoint::{self, PgCheckpoints};
+use crate::checkpoint;
 use crate::dead_letter;
+use crate::leases::{Leases, RENEW_EVERY};
 use crate::projection::{ApplyError, LogPlace, Projection};
 use crate::{Error, Result};
 
@@ -48,13 +49,11 @@ pub fn spawn<P: Projection>(
     stop: CancellationToken,
 ) -> Result<JoinHandle<()>> {
     let runtime = Handle::current();
-    let source = PgCheckpoints {
-        pool: settings.pool.clone(),
-        projection: projection.name().to_owned(),
-        runtime: runtime.clone(),
-    };
     let config = consumer_config(&settings.kafka.brokers, &settings.group_id);
-    let consumer = CheckpointedConsumer::subscribe(&config, &settings.kafka.topic, source)?;
+    let consumer = PartitionConsumer::new(&config, &settings.kafka.topic)?;
+    let partitions =
+        flowline_event_log::topic_partitions(&settings.kafka.brokers, &settings.kafka.topic)?;
+    let leases = Leases::new(settings.pool.clone(), projection.name(), partitions);
     let runner = Runner {
         projection: Arc::new(projection),
         settings,
@@ -63,7 +62,7 @@ pub fn spawn<P: Projection>(
     };
     let handle = std::thread::Builder::new()
         .name(format!("projector-{}", runner.projection.name()))
-        .spawn(move || runner.run(consumer, runtime, stop))
+        .spawn(move || runner.run(consumer, leases, runtime, stop))
         .expect("spawn projector thread");
     Ok(handle)
 }
@@ -100,9 +99,34 @@ fn is_record_failure(error: &ApplyError) -> bool {
 }
 
 impl<P: Projection> Runner<P> {
+    /// Renews the leases and, when the owned partitions changed, reads exactly those from
+    /// their checkpoints.
+    async fn follow_leases(
+        &self,
+        leases: &Leases,
+        consumer: &PartitionConsumer,
+        owned: &mut BTreeSet<i32>,
+    ) -> Result<()> {
+        let now_owned = leases.renew().await?;
+        if now_owned != *owned {
+            let positions = checkpoint::positions(
+                &self.settings.pool,
+                self.projection.name(),
+                &self.settings.kafka.topic,
+                &now_owned,
+            )
+            .await?;
+            consumer.assign(&positions)?;
+            info!(projection = self.projection.name(), partitions = ?now_owned, "reading partitions");
+            *owned = now_owned;
+        }
+        Ok(())
+    }
+
     fn run(
         self,
-        consumer: CheckpointedConsumer<PgCheckpoints>,
+        consumer: PartitionConsumer,
+        leases: Leases,
         runtime: Handle,
         stop: CancellationToken,
     ) {
@@ -110,7 +134,17 @@ impl<P: Projection> Runner<P> {
         info!(projection = name, group = %self.settings.group_id, "projector started");
         let mut progress: HashMap<i32, i64> = HashMap::new();
         let mut progress_committed = Instant::now();
+        let mut owned = BTreeSet::new();
+        let mut renewed: Option<Instant> = None;
         while !stop.is_cancelled() {
+            if renewed.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
+                if let Err(error) =
+                    runtime.block_on(self.follow_leases(&leases, &consumer, &mut owned))
+                {
+                    warn!(%error, "lease renewal failed");
+                }
+                renewed = Some(Instant::now());
+            }
             let batch =
                 match consumer.poll_batch(self.settings.batch_size, Duration::from_millis(100)) {
                     Ok(batch) => batch,
@@ -133,9 +167,7 @@ impl<P: Projection> Runner<P> {
                         // Group offsets only feed lag tools, so they are sent at most once
                         // per interval: each commit is a write on the broker.
                         if progress_committed.elapsed() >= GROUP_COMMIT_INTERVAL {
-                            if let Err(error) =
-                                consumer.commit_progress(&self.settings.kafka.topic, &progress)
-                            {
+                            if let Err(error) = consumer.commit_progress(&progress) {
                                 warn!(%error, "group offset commit failed (checkpoints are in PostgreSQL)");
                             }
                             progress.clear();
@@ -149,9 +181,12 @@ impl<P: Projection> Runner<P> {
                         error!(%error, failures, "batch failed; retrying");
                         std::thread::sleep(Duration::from_millis(200 * failures.min(10)));
                     }
-                    Err(BatchError::Other(_)) => return,
+                    Err(BatchError::Other(_)) => break,
                 }
             }
+        }
+        if let Err(error) = runtime.block_on(leases.release()) {
+            warn!(%error, "leases not released; they expire on their own");
         }
         info!(projection = name, "projector stopped");
     }

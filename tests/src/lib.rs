@@ -167,18 +167,8 @@ impl TestSystem {
 
     /// Starts the projectors.
     pub async fn projectors(&self) -> Running {
-        let app = projectors::Application::build(ProjectorConfig {
-            command: None,
-            admin_token: Some(ADMIN_TOKEN.into()),
-            admin_listen: "127.0.0.1:0".parse().unwrap(),
-            group_prefix: self.group_prefix(),
-            batch_size: 500,
-            database: self.database(),
-            kafka: self.kafka.clone(),
-        })
-        .await
-        .expect("projectors build");
-        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+        self.projectors_into(&self.database_url, &self.group_prefix())
+            .await
     }
 
     /// POSTs JSON and returns status, headers and the JSON body (`Null` when none).
@@ -278,7 +268,12 @@ impl ServiceProcess {
             path.display()
         );
         let mut command = std::process::Command::new(path);
-        command.envs(env).env("RUST_LOG", "warn");
+        command
+            .env(
+                "RUST_LOG",
+                std::env::var("SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .envs(env);
         let mut process = Self {
             url: format!("http://127.0.0.1:{port}"),
             command,
@@ -334,6 +329,44 @@ impl TestSystem {
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect()
+    }
+
+    /// Projectors as their own process.
+    pub async fn projector_process(&self) -> ServiceProcess {
+        let port = free_port();
+        let mut env = self.process_env();
+        env.push(("PROJECTOR_ADMIN_ADDR".into(), format!("127.0.0.1:{port}")));
+        ServiceProcess::start("projectors", port, env).await
+    }
+
+    /// A second, empty database (migrated) on the same server, for a fresh rebuild to
+    /// compare with.
+    pub async fn another_database(&self) -> (String, sqlx::PgPool) {
+        let name = format!("test_{}", Uuid::new_v4().simple());
+        let url = with_database(&server_url(), &name).expect("valid TEST_DATABASE_URL");
+        let pool = flowline_service_kit::db::prepare(&url, 4)
+            .await
+            .expect("database");
+        (url, pool)
+    }
+
+    /// Projectors writing into `database_url` under their own consumer groups.
+    pub async fn projectors_into(&self, database_url: &str, group_prefix: &str) -> Running {
+        let app = projectors::Application::build(ProjectorConfig {
+            command: None,
+            admin_token: Some(ADMIN_TOKEN.into()),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
+            group_prefix: group_prefix.to_owned(),
+            batch_size: 500,
+            database: DatabaseSettings {
+                url: database_url.to_owned(),
+                max_connections: 8,
+            },
+            kafka: self.kafka.clone(),
+        })
+        .await
+        .expect("projectors build");
+        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
     }
 
     /// A command service as its own process.
