@@ -10,7 +10,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use crate::{Error, KafkaSettings, Result};
 
-const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many partitions `topic` has, from the broker's metadata.
 pub fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {

@@ -30,8 +30,8 @@ pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
         .set("heartbeat.interval.ms", "1000")
         .set("enable.partition.eof", "false")
         // tansu answers a fetch only when its max wait expires, even when records arrive
-        // earlier; a short wait keeps submit→visible latency low (Kafka answers as soon as
-        // fetch.min.bytes is there, so this costs nothing on a real cluster but requests).
+        // earlier; a short wait keeps latency low (Kafka answers as soon as fetch.min.bytes
+        // is there). Long-running consumers set their own (PROJECTOR_FETCH_WAIT_MS).
         .set("fetch.wait.max.ms", "10");
     config
 }

@@ -9,9 +9,9 @@ use flowline_service_kit::Problem;
 use serde::{Deserialize, Serialize};
 
 use crate::application::AdminState;
+use crate::application::Projections;
 use crate::checkpoint;
 use crate::dead_letter::{self, DeadLetter, Redrive};
-use crate::workflow_read_model::{self, WorkflowReadModel};
 
 /// Lag of one partition of one projection.
 #[derive(Debug, Serialize)]
@@ -31,22 +31,23 @@ async fn lag_rows(state: &AdminState) -> Result<Vec<PartitionLag>, Problem> {
             .await
             .map_err(|e| Problem::internal(&e))?
             .map_err(|e| Problem::internal(&e))?;
-    let checkpoints = checkpoint::all(&state.pool, workflow_read_model::NAME, &state.kafka.topic)
-        .await
-        .map_err(|e| Problem::internal(&e))?;
-    Ok(highs
-        .into_iter()
-        .map(|(partition, high)| {
+    let mut rows = Vec::new();
+    for projection in Projections::NAMES {
+        let checkpoints = checkpoint::all(&state.pool, projection, &state.kafka.topic)
+            .await
+            .map_err(|e| Problem::internal(&e))?;
+        rows.extend(highs.iter().map(|&(partition, high)| {
             let next_offset = checkpoints.get(&partition).copied().unwrap_or(0);
             PartitionLag {
-                projection: workflow_read_model::NAME,
+                projection,
                 partition,
                 next_offset,
                 high_watermark: high,
                 lag: (high - next_offset).max(0),
             }
-        })
-        .collect())
+        }));
+    }
+    Ok(rows)
 }
 
 /// `GET /admin/lag`
@@ -107,16 +108,17 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Problem> {
 pub struct DeadLetterQuery {
     #[serde(default)]
     all: bool,
+    projection: Option<String>,
 }
 
-/// `GET /admin/dead-letters[?all=true]`
+/// `GET /admin/dead-letters[?all=true][&projection=<name>]`
 pub async fn dead_letters(
     State(state): State<AdminState>,
     headers: HeaderMap,
     Query(query): Query<DeadLetterQuery>,
 ) -> Result<Json<Vec<DeadLetter>>, Problem> {
     authorize(&state, &headers)?;
-    let letters = dead_letter::list(&state.pool, None, query.all)
+    let letters = dead_letter::list(&state.pool, query.projection.as_deref(), query.all)
         .await
         .map_err(|e| Problem::internal(&e))?;
     Ok(Json(letters))
@@ -143,7 +145,9 @@ pub async fn redrive(
     Path(id): Path<i64>,
 ) -> Result<Json<Redrive>, Problem> {
     authorize(&state, &headers)?;
-    let outcome = dead_letter::redrive(&state.pool, &WorkflowReadModel, id)
+    let outcome = state
+        .projections
+        .redrive(&state.pool, id)
         .await
         .map_err(|e| Problem::internal(&e))?;
     match outcome {
@@ -160,7 +164,9 @@ pub async fn redrive_all(
     headers: HeaderMap,
 ) -> Result<Json<Vec<Redrive>>, Problem> {
     authorize(&state, &headers)?;
-    let outcomes = dead_letter::redrive_all(&state.pool, &WorkflowReadModel)
+    let outcomes = state
+        .projections
+        .redrive_all(&state.pool)
         .await
         .map_err(|e| Problem::internal(&e))?;
     Ok(Json(outcomes))

@@ -11,22 +11,59 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::dead_letter::{self, Redrive};
 use crate::runner::{self, RunnerSettings};
+use crate::workflow_graph::{self, WorkflowGraph};
 use crate::workflow_read_model::{self, WorkflowReadModel};
-use crate::{Result, admin};
+use crate::{Error, Result, admin};
+use flowline_graph::GraphStore;
 
 #[derive(Clone)]
 pub(crate) struct AdminState {
     pub(crate) pool: PgPool,
     pub(crate) kafka: KafkaSettings,
     pub(crate) admin_token: Option<String>,
+    pub(crate) projections: Projections,
+}
+
+/// Every projection this service runs.
+#[derive(Clone)]
+pub struct Projections {
+    /// The PostgreSQL read model.
+    pub read_model: WorkflowReadModel,
+    /// The graph view.
+    pub graph: WorkflowGraph,
+}
+
+impl Projections {
+    /// Their names, for lag reports.
+    pub const NAMES: [&'static str; 2] = [workflow_read_model::NAME, workflow_graph::NAME];
+
+    /// Re-drives one dead letter with the projection it belongs to.
+    pub async fn redrive(&self, pool: &PgPool, id: i64) -> Result<Redrive> {
+        let Some(letter) = dead_letter::show(pool, id).await? else {
+            return Ok(Redrive::NotPending { id });
+        };
+        if letter.projection == workflow_graph::NAME {
+            dead_letter::redrive(pool, &self.graph, id).await
+        } else {
+            dead_letter::redrive(pool, &self.read_model, id).await
+        }
+    }
+
+    /// Re-drives every pending dead letter of every projection, in log order.
+    pub async fn redrive_all(&self, pool: &PgPool) -> Result<Vec<Redrive>> {
+        let mut outcomes = dead_letter::redrive_all(pool, &self.read_model).await?;
+        outcomes.extend(dead_letter::redrive_all(pool, &self.graph).await?);
+        Ok(outcomes)
+    }
 }
 
 /// Built projectors with a bound admin endpoint.
 pub struct Application {
     server: HttpServer,
     stop: CancellationToken,
-    runner: std::thread::JoinHandle<()>,
+    runners: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Application {
@@ -41,17 +78,36 @@ impl Application {
             ..config.kafka.clone()
         };
         flowline_event_log::ensure_topic(&dead_letter_log).await?;
-        let runner = runner::spawn(
-            WorkflowReadModel,
-            RunnerSettings {
-                pool: pool.clone(),
-                kafka: config.kafka.clone(),
-                group_id: format!("{}.{}", config.group_prefix, workflow_read_model::NAME),
-                batch_size: config.batch_size,
-            },
-            LogProducer::new(&dead_letter_log)?,
-            stop.clone(),
-        )?;
+        let graph = config.graph.store(pool.clone());
+        graph
+            .ensure_schema()
+            .await
+            .map_err(|e| Error::Graph(e.to_string()))?;
+        let projections = Projections {
+            read_model: WorkflowReadModel,
+            graph: WorkflowGraph::new(graph),
+        };
+        let settings = |name: &str| RunnerSettings {
+            pool: pool.clone(),
+            kafka: config.kafka.clone(),
+            group_id: format!("{}.{name}", config.group_prefix),
+            batch_size: config.batch_size,
+            fetch_wait_ms: config.fetch_wait_ms,
+        };
+        let runners = vec![
+            runner::spawn(
+                projections.read_model,
+                settings(workflow_read_model::NAME),
+                LogProducer::new(&dead_letter_log)?,
+                stop.clone(),
+            )?,
+            runner::spawn(
+                projections.graph.clone(),
+                settings(workflow_graph::NAME),
+                LogProducer::new(&dead_letter_log)?,
+                stop.clone(),
+            )?,
+        ];
         let router = Router::new()
             .route("/health", get(|| async { "ok" }))
             .route("/admin/lag", get(admin::lag))
@@ -65,12 +121,13 @@ impl Application {
                 pool,
                 kafka: config.kafka,
                 admin_token: config.admin_token,
+                projections,
             });
         let server = HttpServer::bind(config.admin_listen, router).await?;
         Ok(Self {
             server,
             stop,
-            runner,
+            runners,
         })
     }
 
@@ -88,8 +145,13 @@ impl Application {
         let _stop_on_drop = self.stop.clone().drop_guard();
         let served = self.server.serve_until(shutdown).await;
         self.stop.cancel();
-        let runner = self.runner;
-        let _ = tokio::task::spawn_blocking(move || runner.join()).await;
+        let runners = self.runners;
+        let _ = tokio::task::spawn_blocking(move || {
+            for runner in runners {
+                let _ = runner.join();
+            }
+        })
+        .await;
         served
     }
 }

@@ -1,8 +1,10 @@
 //! `projectors dlq …`: dead-letter operations from a terminal.
 
 use crate::Result;
+use crate::application::Projections;
 use crate::config::{Config, DlqAction};
 use crate::dead_letter::{self, Redrive};
+use crate::workflow_graph::WorkflowGraph;
 use crate::workflow_read_model::WorkflowReadModel;
 
 /// Runs a dead-letter operation and prints its result; `false` when something failed.
@@ -48,11 +50,13 @@ pub async fn dead_letters(config: &Config, action: &DlqAction) -> Result<bool> {
             }
         },
         DlqAction::Redrive { id, all } => {
+            let projections = Projections {
+                read_model: WorkflowReadModel,
+                graph: WorkflowGraph::new(config.graph.store(pool.clone())),
+            };
             let outcomes = match (id, all) {
-                (Some(id), false) => {
-                    vec![dead_letter::redrive(&pool, &WorkflowReadModel, *id).await?]
-                }
-                _ => dead_letter::redrive_all(&pool, &WorkflowReadModel).await?,
+                (Some(id), false) => vec![projections.redrive(&pool, *id).await?],
+                _ => projections.redrive_all(&pool).await?,
             };
             let mut ok = true;
             for outcome in &outcomes {

@@ -23,6 +23,11 @@ pub struct Config {
     /// Prefix of each projection's consumer group (`<prefix>.<projection>.v<version>`).
     #[arg(long, env = "PROJECTOR_GROUP_PREFIX", default_value = "flowline")]
     pub group_prefix: String,
+    /// Longest time the broker may hold a fetch when no record is waiting, in ms. Lower
+    /// means fresher views and more requests (tansu answers a fetch only when this expires,
+    /// and its fetches slow producers down, so keep it moderate there).
+    #[arg(long, env = "PROJECTOR_FETCH_WAIT_MS", default_value_t = 10)]
+    pub fetch_wait_ms: u32,
     /// Most records applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
@@ -32,6 +37,9 @@ pub struct Config {
     /// Kafka settings.
     #[command(flatten)]
     pub kafka: KafkaSettings,
+    /// Graph view settings.
+    #[command(flatten)]
+    pub graph: flowline_graph::GraphSettings,
 }
 
 /// One-off operations.

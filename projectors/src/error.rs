@@ -9,6 +9,9 @@ pub enum Error {
     /// A projection handler failed.
     #[error("projection: {0}")]
     Apply(#[from] crate::projection::ApplyError),
+    /// The graph store could not be prepared.
+    #[error("graph store: {0}")]
+    Graph(String),
     /// The log failed.
     #[error("log: {0}")]
     Log(#[from] flowline_event_log::Error),

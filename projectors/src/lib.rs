@@ -16,8 +16,9 @@ mod error;
 mod leases;
 pub mod projection;
 mod runner;
+pub mod workflow_graph;
 pub mod workflow_read_model;
 
-pub use application::Application;
+pub use application::{Application, Projections};
 pub use config::Config;
 pub use error::{Error, Result};

@@ -32,6 +32,10 @@ pub enum ApplyError {
     /// The database refused the change.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// An external store (Dgraph) failed; retried, never dead-lettered, since it says
+    /// nothing about the record.
+    #[error("graph store: {0}")]
+    External(String),
 }
 
 /// A projection of the workflow log.

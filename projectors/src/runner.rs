@@ -34,6 +34,7 @@ pub struct RunnerSettings {
     pub(crate) kafka: KafkaSettings,
     pub(crate) group_id: String,
     pub(crate) batch_size: usize,
+    pub(crate) fetch_wait_ms: u32,
 }
 
 /// The dead-letter topic of a topic.
@@ -49,7 +50,8 @@ pub fn spawn<P: Projection>(
     stop: CancellationToken,
 ) -> Result<JoinHandle<()>> {
     let runtime = Handle::current();
-    let config = consumer_config(&settings.kafka.brokers, &settings.group_id);
+    let mut config = consumer_config(&settings.kafka.brokers, &settings.group_id);
+    config.set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string());
     let consumer = PartitionConsumer::new(&config, &settings.kafka.topic)?;
     let partitions =
         flowline_event_log::topic_partitions(&settings.kafka.brokers, &settings.kafka.topic)?;
@@ -94,7 +96,7 @@ fn is_record_failure(error: &ApplyError) -> bool {
     match error {
         ApplyError::OutOfOrder { .. } => true,
         ApplyError::Database(sqlx::Error::Database(_)) => true,
-        ApplyError::Database(_) => false,
+        ApplyError::Database(_) | ApplyError::External(_) => false,
     }
 }
 

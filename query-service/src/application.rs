@@ -10,6 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use flowline_event_store::{EventStore, WorkflowRepository};
+use flowline_graph::AnyGraph;
 use flowline_service_kit::Problem;
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::request::tenant;
@@ -18,12 +19,13 @@ use tower_http::trace::TraceLayer;
 use crate::config::Config;
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Result, rest};
+use crate::{Result, graph_rest, rest};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) read_model: ReadModel,
     pub(crate) repository: WorkflowRepository,
+    pub(crate) graph: AnyGraph,
     pub(crate) schema: QuerySchema,
 }
 
@@ -63,8 +65,9 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self> {
         let pool = config.database.prepare().await?;
         let read_model = ReadModel::new(pool.clone());
-        let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool, 0);
+        let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
         let state = AppState {
+            graph: config.graph.store(pool.clone()),
             repository,
             schema: schema(read_model.clone()),
             read_model,
@@ -74,6 +77,19 @@ impl Application {
             .route("/v1/workflows/{id}", get(rest::workflow))
             .route("/v1/workflows/{id}/events", get(rest::events))
             .route("/v1/workflows/{id}/state", get(rest::state))
+            .route(
+                "/v1/workflows/{id}/steps/{step}/dependencies",
+                get(graph_rest::dependencies),
+            )
+            .route(
+                "/v1/workflows/{id}/steps/{step}/dependents",
+                get(graph_rest::dependents),
+            )
+            .route(
+                "/v1/workflows/{id}/steps/{step}/lineage",
+                get(graph_rest::lineage),
+            )
+            .route("/v1/graph/runs", get(graph_rest::runs))
             .route("/graphql", get(graphiql).post(graphql))
             .route("/health", get(|| async { "ok" }))
             .fallback(not_found)

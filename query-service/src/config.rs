@@ -14,4 +14,7 @@ pub struct Config {
     /// PostgreSQL settings.
     #[command(flatten)]
     pub database: DatabaseSettings,
+    /// Graph view settings.
+    #[command(flatten)]
+    pub graph: flowline_graph::GraphSettings,
 }

@@ -22,6 +22,12 @@ pub enum Error {
     /// The workflow did not exist yet at the time asked for.
     #[error("the workflow did not exist yet at {0}")]
     NotYetExisting(String),
+    /// The workflow has no such step.
+    #[error("the workflow has no step '{0}'")]
+    UnknownStep(String),
+    /// The graph store failed.
+    #[error("graph store: {0}")]
+    Graph(String),
     /// A query parameter is invalid.
     #[error("{parameter}: {message}")]
     InvalidParameter {
@@ -65,6 +71,7 @@ impl Error {
                 self.to_string(),
             )
             .with("current_version", *current),
+            Error::UnknownStep(_) => Problem::not_found(self.to_string()),
             Error::NotYetExisting(_) => Problem::new(
                 StatusCode::NOT_FOUND,
                 "not-yet-existing",
@@ -79,7 +86,9 @@ impl Error {
             )
             .with("parameter", *parameter),
             Error::Request(problem) => problem.clone(),
-            Error::Database(_) | Error::Store(_) | Error::Startup(_) => Problem::internal(self),
+            Error::Database(_) | Error::Store(_) | Error::Graph(_) | Error::Startup(_) => {
+                Problem::internal(self)
+            }
         }
     }
 }

@@ -6,6 +6,7 @@
 mod application;
 pub mod config;
 mod error;
+mod graph_rest;
 mod graphql;
 mod read_model;
 mod rest;

@@ -149,6 +149,7 @@ impl TestSystem {
         let app = query_service::Application::build(QueryConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: self.database(),
+            graph: flowline_graph::GraphSettings { dgraph_url: None },
         })
         .await
         .expect("query service builds");
@@ -358,11 +359,13 @@ impl TestSystem {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             group_prefix: group_prefix.to_owned(),
             batch_size: 500,
+            fetch_wait_ms: 10,
             database: DatabaseSettings {
                 url: database_url.to_owned(),
                 max_connections: 8,
             },
             kafka: self.kafka.clone(),
+            graph: flowline_graph::GraphSettings { dgraph_url: None },
         })
         .await
         .expect("projectors build");

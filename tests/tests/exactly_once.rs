@@ -179,7 +179,7 @@ async fn projectors_resume_from_their_checkpoints_not_from_group_offsets() {
     assert_eq!(
         count(
             &system,
-            "SELECT sum(next_offset)::bigint FROM projection_checkpoints"
+            "SELECT sum(next_offset)::bigint FROM projection_checkpoints WHERE projection = 'workflow_read_model.v1'"
         )
         .await,
         7
