@@ -1,5 +1,6 @@
 //! Topic creation and metadata.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -7,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::{Error, KafkaSettings, Result};
 
@@ -81,4 +83,32 @@ pub fn high_watermarks(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
             Ok((partition, high))
         })
         .collect()
+}
+
+/// For every partition of `topic`, the offset of the first record at or after `time_ms`
+/// (milliseconds since the epoch), or the high watermark when there is none. Blocking.
+pub fn offsets_at_time(brokers: &str, topic: &str, time_ms: i64) -> Result<HashMap<i32, i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "flowline-offsets-at-time")
+        .set("isolation.level", "read_uncommitted")
+        .create()?;
+    let highs: HashMap<i32, i64> = high_watermarks(brokers, topic)?.into_iter().collect();
+    let mut query = TopicPartitionList::new();
+    for partition in highs.keys() {
+        query.add_partition_offset(topic, *partition, Offset::Offset(time_ms))?;
+    }
+    let found = consumer.offsets_for_times(query, METADATA_TIMEOUT)?;
+    Ok(found
+        .elements()
+        .iter()
+        .map(|element| {
+            let high = highs.get(&element.partition()).copied().unwrap_or(0);
+            let offset = match element.offset() {
+                Offset::Offset(offset) => offset.min(high),
+                _ => high,
+            };
+            (element.partition(), offset)
+        })
+        .collect())
 }

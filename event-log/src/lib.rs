@@ -10,7 +10,7 @@ mod consumer;
 mod partitioner;
 mod producer;
 
-pub use admin::{ensure_topic, high_watermarks, topic_partitions};
+pub use admin::{ensure_topic, high_watermarks, offsets_at_time, topic_partitions};
 pub use consumer::{PartitionConsumer, consumer_config, read_partition_tails};
 pub use partitioner::{murmur2, partition_for};
 pub use producer::{Delivery, LogProducer, OutgoingRecord};

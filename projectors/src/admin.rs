@@ -12,6 +12,7 @@ use crate::application::AdminState;
 use crate::application::Projections;
 use crate::checkpoint;
 use crate::dead_letter::{self, DeadLetter, Redrive};
+use crate::rebuild::{self, RebuildRecord, StartAt};
 
 /// Lag of one partition of one projection.
 #[derive(Debug, Serialize)]
@@ -170,4 +171,71 @@ pub async fn redrive_all(
         .await
         .map_err(|e| Problem::internal(&e))?;
     Ok(Json(outcomes))
+}
+
+/// Body of `POST /admin/rebuilds`.
+#[derive(Debug, Deserialize)]
+pub struct RebuildRequest {
+    projection: String,
+    from: Option<String>,
+}
+
+/// `POST /admin/rebuilds` `{"projection": "workflow_read_model", "from": "<RFC 3339>"?}`:
+/// starts (or resumes) a rebuild in this process; poll `GET /admin/rebuilds/{id}`.
+pub async fn start_rebuild(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Result<Json<RebuildRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, Problem> {
+    authorize(&state, &headers)?;
+    let Json(request) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
+    let invalid = |field: &str, detail: String| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation",
+            "Invalid request",
+            detail.clone(),
+        )
+        .with_errors([serde_json::json!({"field": field, "message": detail})])
+    };
+    let projection = crate::cli::projection_name(&request.projection).ok_or_else(|| {
+        invalid(
+            "projection",
+            format!(
+                "unknown projection '{}'; expected one of {}",
+                request.projection,
+                Projections::NAMES.join(", ")
+            ),
+        )
+    })?;
+    let at = match &request.from {
+        None => StartAt::Beginning,
+        Some(text) => StartAt::Time(
+            chrono::DateTime::parse_from_rfc3339(text)
+                .map_err(|e| invalid("from", format!("not an RFC 3339 time: {e}")))?
+                .with_timezone(&chrono::Utc),
+        ),
+    };
+    let record = rebuild::start(&state.pool, &state.kafka, projection, at)
+        .await
+        .map_err(|e| match e {
+            crate::Error::Rebuild(message) => invalid("from", message),
+            other => Problem::internal(&other),
+        })?;
+    state.rebuilds.launch(record.clone());
+    Ok((StatusCode::ACCEPTED, Json(record)))
+}
+
+/// `GET /admin/rebuilds/{id}`
+pub async fn rebuild_status(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<uuid::Uuid>,
+) -> Result<Json<RebuildRecord>, Problem> {
+    authorize(&state, &headers)?;
+    rebuild::find(&state.pool, id)
+        .await
+        .map_err(|e| Problem::internal(&e))?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("no rebuild {id}")))
 }

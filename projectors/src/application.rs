@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::dead_letter::{self, Redrive};
+use crate::rebuild::{self, RebuildRecord, RebuildSettings};
 use crate::runner::{self, RunnerSettings};
 use crate::workflow_graph::{self, WorkflowGraph};
 use crate::workflow_read_model::{self, WorkflowReadModel};
@@ -24,6 +25,42 @@ pub(crate) struct AdminState {
     pub(crate) kafka: KafkaSettings,
     pub(crate) admin_token: Option<String>,
     pub(crate) projections: Projections,
+    pub(crate) rebuilds: Rebuilds,
+}
+
+/// Runs rebuilds inside the service (started over the admin endpoint, or resumed at start).
+#[derive(Clone)]
+pub(crate) struct Rebuilds {
+    settings: std::sync::Arc<RebuildSettings>,
+    stop: CancellationToken,
+}
+
+impl Rebuilds {
+    /// Runs `record` on a thread of its own until it is swapped in or the service stops.
+    pub(crate) fn launch(&self, record: RebuildRecord) {
+        let settings = RebuildSettings {
+            database_url: self.settings.database_url.clone(),
+            pool: self.settings.pool.clone(),
+            kafka: self.settings.kafka.clone(),
+            batch_size: self.settings.batch_size,
+            grace: self.settings.grace,
+            dead_letters: self.settings.dead_letters.clone(),
+        };
+        let (runtime, stop) = (tokio::runtime::Handle::current(), self.stop.clone());
+        std::thread::spawn(move || rebuild::run(settings, record, runtime, stop, |_| {}));
+    }
+}
+
+async fn drop_retired_tables(pool: PgPool, stop: CancellationToken) {
+    loop {
+        if let Err(error) = rebuild::drop_retired(&pool).await {
+            tracing::warn!(%error, "retired tables not dropped");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {}
+        }
+    }
 }
 
 /// Every projection this service runs.
@@ -108,6 +145,17 @@ impl Application {
                 stop.clone(),
             )?,
         ];
+        let rebuilds = Rebuilds {
+            settings: std::sync::Arc::new(
+                crate::cli::rebuild_settings(&config, pool.clone()).await?,
+            ),
+            stop: stop.clone(),
+        };
+        // Rebuilds interrupted by a crash go on; replaced tables past their grace go away.
+        for record in rebuild::running(&pool).await? {
+            rebuilds.launch(record);
+        }
+        tokio::spawn(drop_retired_tables(pool.clone(), stop.clone()));
         let router = Router::new()
             .route("/health", get(|| async { "ok" }))
             .route("/admin/lag", get(admin::lag))
@@ -116,12 +164,15 @@ impl Application {
             .route("/admin/dead-letters/redrive", post(admin::redrive_all))
             .route("/admin/dead-letters/{id}", get(admin::dead_letter_by_id))
             .route("/admin/dead-letters/{id}/redrive", post(admin::redrive))
+            .route("/admin/rebuilds", post(admin::start_rebuild))
+            .route("/admin/rebuilds/{id}", get(admin::rebuild_status))
             .fallback(|| async { Problem::not_found("no such endpoint") })
             .with_state(AdminState {
-                pool,
-                kafka: config.kafka,
-                admin_token: config.admin_token,
+                pool: pool.clone(),
+                kafka: config.kafka.clone(),
+                admin_token: config.admin_token.clone(),
                 projections,
+                rebuilds: rebuilds.clone(),
             });
         let server = HttpServer::bind(config.admin_listen, router).await?;
         Ok(Self {

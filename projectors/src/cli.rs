@@ -1,11 +1,16 @@
-//! `projectors dlq …`: dead-letter operations from a terminal.
+//! `projectors dlq …` and `projectors rebuild …`: operations from a terminal.
 
-use crate::Result;
+use chrono::{DateTime, Utc};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
+
 use crate::application::Projections;
 use crate::config::{Config, DlqAction};
 use crate::dead_letter::{self, Redrive};
+use crate::rebuild::{self, RebuildSettings, StartAt};
 use crate::workflow_graph::WorkflowGraph;
 use crate::workflow_read_model::WorkflowReadModel;
+use crate::{Error, Result};
 
 /// Runs a dead-letter operation and prints its result; `false` when something failed.
 pub async fn dead_letters(config: &Config, action: &DlqAction) -> Result<bool> {
@@ -66,4 +71,125 @@ pub async fn dead_letters(config: &Config, action: &DlqAction) -> Result<bool> {
             Ok(ok)
         }
     }
+}
+
+/// The full name of a projection given with or without its version.
+pub fn projection_name(given: &str) -> Option<&'static str> {
+    Projections::NAMES
+        .into_iter()
+        .find(|name| *name == given || name.split('.').next() == Some(given))
+}
+
+/// `projectors rebuild …`: runs a rebuild in the foreground with a progress bar.
+pub async fn rebuild(config: &Config, projection: &str, from: Option<&str>) -> Result<bool> {
+    let Some(projection) = projection_name(projection) else {
+        eprintln!(
+            "error: projection: unknown '{projection}'; expected one of {}",
+            Projections::NAMES.join(", ")
+        );
+        return Ok(false);
+    };
+    let at = match from {
+        None => StartAt::Beginning,
+        Some(text) => match DateTime::parse_from_rfc3339(text) {
+            Ok(time) => StartAt::Time(time.with_timezone(&Utc)),
+            Err(error) => {
+                eprintln!(
+                    "error: --from: not an RFC 3339 time ({error}), e.g. 2026-11-26T10:00:00Z"
+                );
+                return Ok(false);
+            }
+        },
+    };
+    if config.graph.dgraph_url.is_some() && projection == crate::workflow_graph::NAME {
+        eprintln!(
+            "error: projection: the graph view lives in Dgraph (DGRAPH_URL); shadow rebuilds are PostgreSQL only"
+        );
+        return Ok(false);
+    }
+    let pool = config.database.prepare().await?;
+    let record = match rebuild::start(&pool, &config.kafka, projection, at).await {
+        Ok(record) => record,
+        Err(Error::Rebuild(message)) => {
+            eprintln!("error: {message}");
+            return Ok(false);
+        }
+        Err(error) => return Err(error),
+    };
+    if record.started_at < Utc::now() - chrono::Duration::seconds(2) {
+        println!(
+            "resuming rebuild {} of {projection} (started {})",
+            record.id, record.started_at
+        );
+    } else {
+        println!("rebuild {} of {projection} started", record.id);
+    }
+    let settings = rebuild_settings(config, pool).await?;
+    let stop = CancellationToken::new();
+    let ctrl_c = stop.clone();
+    tokio::spawn(async move {
+        flowline_service_kit::shutdown::signal().await;
+        ctrl_c.cancel();
+    });
+    let runtime = tokio::runtime::Handle::current();
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} records, {msg}",
+        )
+        .expect("valid template"),
+    );
+    let progress_bar = bar.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        rebuild::run(settings, record, runtime, stop, |progress| {
+            progress_bar.set_length(progress.applied + progress.remaining);
+            progress_bar.set_position(progress.applied);
+            let eta = progress
+                .eta_seconds
+                .map_or_else(|| "ETA -".to_owned(), |s| format!("ETA {s:.0} s"));
+            progress_bar.set_message(format!("{:.0}/s, {eta}", progress.rate));
+        })
+    })
+    .await
+    .map_err(|e| Error::Rebuild(e.to_string()))?;
+    bar.finish_and_clear();
+    match outcome {
+        Ok(record) => {
+            println!(
+                "rebuild {} swapped in at {}; the replaced tables are dropped after {}",
+                record.id,
+                record
+                    .swapped_at
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default(),
+                record
+                    .retired_until
+                    .map(|t| t.to_rfc3339())
+                    .unwrap_or_default()
+            );
+            Ok(true)
+        }
+        Err(error) => {
+            eprintln!("rebuild interrupted: {error}; run the same command again to resume");
+            Ok(false)
+        }
+    }
+}
+
+/// What a rebuild run needs, from the service's configuration.
+pub async fn rebuild_settings(config: &Config, pool: sqlx::PgPool) -> Result<RebuildSettings> {
+    let dead_letter_log = flowline_event_log::KafkaSettings {
+        topic: crate::runner::dead_letter_topic(&config.kafka.topic),
+        partitions: 1,
+        ..config.kafka.clone()
+    };
+    flowline_event_log::ensure_topic(&dead_letter_log).await?;
+    Ok(RebuildSettings {
+        database_url: config.database.url.clone(),
+        pool,
+        kafka: config.kafka.clone(),
+        batch_size: config.batch_size,
+        grace: std::time::Duration::from_secs(config.rebuild_grace_seconds),
+        dead_letters: flowline_event_log::LogProducer::new(&dead_letter_log)?,
+    })
 }

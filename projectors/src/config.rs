@@ -28,6 +28,9 @@ pub struct Config {
     /// and its fetches slow producers down, so keep it moderate there).
     #[arg(long, env = "PROJECTOR_FETCH_WAIT_MS", default_value_t = 10)]
     pub fetch_wait_ms: u32,
+    /// Seconds the tables replaced by a rebuild are kept before they are dropped.
+    #[arg(long, env = "REBUILD_GRACE_SECONDS", default_value_t = 300)]
+    pub rebuild_grace_seconds: u64,
     /// Most records applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
@@ -45,6 +48,18 @@ pub struct Config {
 /// One-off operations.
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum Command {
+    /// Rebuilds a projection into shadow tables and swaps them in once caught up, while the
+    /// live tables keep serving; resumes an interrupted rebuild of the same projection.
+    Rebuild {
+        /// `workflow_read_model` or `workflow_graph` (a version suffix like `.v1` is optional).
+        projection: String,
+        /// Read the whole log (the default).
+        #[arg(long, conflicts_with = "from")]
+        from_beginning: bool,
+        /// Read from the first record at or after this RFC 3339 time (Kafka offsets_for_times).
+        #[arg(long)]
+        from: Option<String>,
+    },
     /// Dead letters: records a projection could not apply.
     Dlq {
         /// What to do with them.

@@ -9,6 +9,9 @@ pub enum Error {
     /// A projection handler failed.
     #[error("projection: {0}")]
     Apply(#[from] crate::projection::ApplyError),
+    /// A rebuild could not start or go on.
+    #[error("rebuild: {0}")]
+    Rebuild(String),
     /// The graph store could not be prepared.
     #[error("graph store: {0}")]
     Graph(String),

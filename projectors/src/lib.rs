@@ -15,6 +15,7 @@ pub mod dead_letter;
 mod error;
 mod leases;
 pub mod projection;
+pub mod rebuild;
 mod runner;
 pub mod workflow_graph;
 pub mod workflow_read_model;

@@ -5,8 +5,16 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = projectors::Config::parse();
-    if let Some(projectors::config::Command::Dlq { action }) = &config.command {
-        let succeeded = projectors::cli::dead_letters(&config, action).await?;
+    let succeeded = match &config.command {
+        None => None,
+        Some(projectors::config::Command::Dlq { action }) => {
+            Some(projectors::cli::dead_letters(&config, action).await?)
+        }
+        Some(projectors::config::Command::Rebuild {
+            projection, from, ..
+        }) => Some(projectors::cli::rebuild(&config, projection, from.as_deref()).await?),
+    };
+    if let Some(succeeded) = succeeded {
         std::process::exit(if succeeded { 0 } else { 1 });
     }
     flowline_service_kit::telemetry::init("projectors");

@@ -56,12 +56,7 @@ pub fn spawn<P: Projection>(
     let partitions =
         flowline_event_log::topic_partitions(&settings.kafka.brokers, &settings.kafka.topic)?;
     let leases = Leases::new(settings.pool.clone(), projection.name(), partitions);
-    let runner = Runner {
-        projection: Arc::new(projection),
-        settings,
-        dead_letters,
-        codec: EventCodec::default(),
-    };
+    let runner = Runner::new(projection, None, settings, dead_letters);
     let handle = std::thread::Builder::new()
         .name(format!("projector-{}", runner.projection.name()))
         .spawn(move || runner.run(consumer, leases, runtime, stop))
@@ -69,8 +64,11 @@ pub fn spawn<P: Projection>(
     Ok(handle)
 }
 
-struct Runner<P> {
+pub(crate) struct Runner<P> {
     projection: Arc<P>,
+    /// Name its checkpoints and dead letters are kept under (the projection's name, or a
+    /// rebuild's).
+    checkpoint: String,
     settings: RunnerSettings,
     dead_letters: LogProducer,
     codec: EventCodec,
@@ -101,6 +99,22 @@ fn is_record_failure(error: &ApplyError) -> bool {
 }
 
 impl<P: Projection> Runner<P> {
+    /// A runner of `projection` keeping checkpoints under `checkpoint` (default: its name).
+    pub(crate) fn new(
+        projection: P,
+        checkpoint: Option<String>,
+        settings: RunnerSettings,
+        dead_letters: LogProducer,
+    ) -> Self {
+        Self {
+            checkpoint: checkpoint.unwrap_or_else(|| projection.name().to_owned()),
+            projection: Arc::new(projection),
+            settings,
+            dead_letters,
+            codec: EventCodec::default(),
+        }
+    }
+
     /// Renews the leases and, when the owned partitions changed, reads exactly those from
     /// their checkpoints.
     async fn follow_leases(
@@ -159,38 +173,51 @@ impl<P: Projection> Runner<P> {
             if batch.is_empty() {
                 continue;
             }
-            let mut failures = 0;
-            let mut isolation = Isolation::Batch;
-            loop {
-                match runtime.block_on(self.apply_batch(&batch, isolation)) {
-                    Ok((next_offsets, rejected)) => {
-                        runtime.block_on(self.copy_to_dead_letter_topic(rejected));
-                        progress.extend(next_offsets);
-                        // Group offsets only feed lag tools, so they are sent at most once
-                        // per interval: each commit is a write on the broker.
-                        if progress_committed.elapsed() >= GROUP_COMMIT_INTERVAL {
-                            if let Err(error) = consumer.commit_progress(&progress) {
-                                warn!(%error, "group offset commit failed (checkpoints are in PostgreSQL)");
-                            }
-                            progress.clear();
-                            progress_committed = Instant::now();
-                        }
-                        break;
-                    }
-                    Err(BatchError::Record) => isolation = Isolation::PerRecord,
-                    Err(BatchError::Other(error)) if !stop.is_cancelled() => {
-                        failures += 1;
-                        error!(%error, failures, "batch failed; retrying");
-                        std::thread::sleep(Duration::from_millis(200 * failures.min(10)));
-                    }
-                    Err(BatchError::Other(_)) => break,
+            let Some(next_offsets) = runtime.block_on(self.apply_with_retries(&batch, &stop))
+            else {
+                break;
+            };
+            progress.extend(next_offsets);
+            // Group offsets only feed lag tools, so they are sent at most once per interval:
+            // each commit is a write on the broker.
+            if progress_committed.elapsed() >= GROUP_COMMIT_INTERVAL {
+                if let Err(error) = consumer.commit_progress(&progress) {
+                    warn!(%error, "group offset commit failed (checkpoints are in PostgreSQL)");
                 }
+                progress.clear();
+                progress_committed = Instant::now();
             }
         }
         if let Err(error) = runtime.block_on(leases.release()) {
             warn!(%error, "leases not released; they expire on their own");
         }
         info!(projection = name, "projector stopped");
+    }
+
+    /// Applies a batch, retrying until it commits (record by record once a handler failed),
+    /// and copies its dead letters to the dead-letter topic. `None` once `stop` is cancelled.
+    pub(crate) async fn apply_with_retries(
+        &self,
+        batch: &[OwnedMessage],
+        stop: &CancellationToken,
+    ) -> Option<HashMap<i32, i64>> {
+        let mut failures = 0;
+        let mut isolation = Isolation::Batch;
+        loop {
+            match self.apply_batch(batch, isolation).await {
+                Ok((next_offsets, rejected)) => {
+                    self.copy_to_dead_letter_topic(rejected).await;
+                    return Some(next_offsets);
+                }
+                Err(BatchError::Record) => isolation = Isolation::PerRecord,
+                Err(BatchError::Other(error)) if !stop.is_cancelled() => {
+                    failures += 1;
+                    error!(%error, failures, "batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * failures.min(10))).await;
+                }
+                Err(BatchError::Other(_)) => return None,
+            }
+        }
     }
 
     /// Applies a batch in one transaction; returns the new next offsets and the records
@@ -200,7 +227,7 @@ impl<P: Projection> Runner<P> {
         batch: &[OwnedMessage],
         isolation: Isolation,
     ) -> Result<(HashMap<i32, i64>, Vec<Rejected>), BatchError> {
-        let name = self.projection.name();
+        let name = self.checkpoint.as_str();
         let topic = &self.settings.kafka.topic;
         let partitions: Vec<i32> = batch
             .iter()

@@ -360,6 +360,7 @@ impl TestSystem {
             group_prefix: group_prefix.to_owned(),
             batch_size: 500,
             fetch_wait_ms: 10,
+            rebuild_grace_seconds: 2,
             database: DatabaseSettings {
                 url: database_url.to_owned(),
                 max_connections: 8,
