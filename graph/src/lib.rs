@@ -78,6 +78,15 @@ pub trait GraphStore: Send + Sync + 'static {
     fn ensure_schema(&self) -> impl Future<Output = Result<()>> + Send;
     /// Applies one change idempotently; a change older than what the run has is ignored.
     fn apply(&self, change: &GraphChange) -> impl Future<Output = Result<()>> + Send;
+    /// Applies changes in order, idempotently (stores may batch them).
+    fn apply_all(&self, changes: &[GraphChange]) -> impl Future<Output = Result<()>> + Send {
+        async move {
+            for change in changes {
+                self.apply(change).await?;
+            }
+            Ok(())
+        }
+    }
     /// Runs of `tenant` with a step calling `tool`, sorted by id.
     fn runs_using_tool(
         &self,
@@ -137,6 +146,9 @@ impl GraphStore for AnyGraph {
     }
     async fn apply(&self, change: &GraphChange) -> Result<()> {
         delegate!(self, store => store.apply(change).await)
+    }
+    async fn apply_all(&self, changes: &[GraphChange]) -> Result<()> {
+        delegate!(self, store => store.apply_all(changes).await)
     }
     async fn runs_using_tool(&self, tenant: &str, tool: &str) -> Result<Vec<RunRef>> {
         delegate!(self, store => store.runs_using_tool(tenant, tool).await)

@@ -97,120 +97,146 @@ impl GraphStore for PostgresGraph {
     }
 
     async fn apply(&self, change: &GraphChange) -> Result<()> {
-        let run = xid::run(change.run);
-        let version = change.version as i64;
+        self.apply_all(std::slice::from_ref(change)).await
+    }
+
+    /// One transaction and a few set-based statements per batch: run nodes first (a run
+    /// that already exists was written with all its nodes and edges, so those are skipped),
+    /// then the nodes and edges of the new runs, then the newest version and status of
+    /// every run, folded in memory so each run is updated once.
+    async fn apply_all(&self, changes: &[GraphChange]) -> Result<()> {
         let mut transaction = self.pool.begin().await?;
-        match &change.change {
-            RunChange::Submitted {
-                name,
-                steps,
-                submitted_by,
-            } => {
-                let created = sqlx::query(
-                    "INSERT INTO graph_nodes (xid, tenant, kind, name, status, version) \
-                     VALUES ($1, $2, 'run', $3, 'pending', $4) \
-                     ON CONFLICT (xid) DO NOTHING",
-                )
-                .bind(&run)
-                .bind(&change.tenant)
-                .bind(name)
-                .bind(version)
-                .execute(&mut *transaction)
-                .await?
-                .rows_affected()
-                    == 1;
-                if !created {
-                    return Ok(()); // replayed: everything below was written with it
+        let submitted: Vec<(
+            &GraphChange,
+            &String,
+            &Vec<crate::StepNode>,
+            &Option<String>,
+        )> = changes
+            .iter()
+            .filter_map(|change| match &change.change {
+                RunChange::Submitted {
+                    name,
+                    steps,
+                    submitted_by,
+                } => Some((change, name, steps, submitted_by)),
+                _ => None,
+            })
+            .collect();
+        if !submitted.is_empty() {
+            let created: std::collections::HashSet<String> = sqlx::query_scalar(
+                "INSERT INTO graph_nodes (xid, tenant, kind, name, status, version) \
+                 SELECT r.xid, r.tenant, 'run', r.name, 'pending', r.version \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS r(xid, tenant, name, version) \
+                 ON CONFLICT (xid) DO NOTHING RETURNING xid",
+            )
+            .bind(submitted.iter().map(|(c, ..)| xid::run(c.run)).collect::<Vec<_>>())
+            .bind(submitted.iter().map(|(c, ..)| c.tenant.as_str()).collect::<Vec<_>>())
+            .bind(submitted.iter().map(|(_, name, ..)| name.as_str()).collect::<Vec<_>>())
+            .bind(submitted.iter().map(|(c, ..)| c.version as i64).collect::<Vec<_>>())
+            .fetch_all(&mut *transaction)
+            .await?
+            .into_iter()
+            .collect();
+            let mut nodes: Vec<(String, String, &str, Option<&str>)> = Vec::new();
+            let mut edges: Vec<(String, String, &str, String)> = Vec::new();
+            for (change, _, steps, submitted_by) in &submitted {
+                let run = xid::run(change.run);
+                if !created.contains(&run) {
+                    continue; // replayed: written with its run node
                 }
-                let mut nodes: Vec<(String, &str, Option<String>)> = Vec::new();
-                let mut edges: Vec<(String, &str, String)> = Vec::new();
-                for step in steps {
+                let tenant = &change.tenant;
+                for step in steps.iter() {
                     let step_xid = xid::step(change.run, &step.id);
-                    nodes.push((step_xid.clone(), "step", Some(step.id.clone())));
-                    edges.push((run.clone(), "has_step", step_xid.clone()));
+                    nodes.push((step_xid.clone(), tenant.clone(), "step", Some(&step.id)));
+                    edges.push((tenant.clone(), run.clone(), "has_step", step_xid.clone()));
                     for dependency in &step.depends_on {
                         edges.push((
+                            tenant.clone(),
                             step_xid.clone(),
                             "depends_on",
                             xid::step(change.run, dependency),
                         ));
                     }
                     if let Some(tool) = &step.tool {
-                        nodes.push((xid::tool(&change.tenant, tool), "tool", Some(tool.clone())));
+                        nodes.push((xid::tool(tenant, tool), tenant.clone(), "tool", Some(tool)));
                         edges.push((
+                            tenant.clone(),
                             step_xid.clone(),
                             "calls_tool",
-                            xid::tool(&change.tenant, tool),
+                            xid::tool(tenant, tool),
                         ));
                     }
                     if let Some(model) = &step.model {
                         nodes.push((
-                            xid::model(&change.tenant, model),
+                            xid::model(tenant, model),
+                            tenant.clone(),
                             "model",
-                            Some(model.clone()),
+                            Some(model),
                         ));
                         edges.push((
+                            tenant.clone(),
                             step_xid.clone(),
                             "uses_model",
-                            xid::model(&change.tenant, model),
+                            xid::model(tenant, model),
                         ));
                     }
                 }
                 if let Some(principal) = submitted_by {
-                    let node = xid::principal(&change.tenant, principal);
-                    nodes.push((node.clone(), "principal", Some(principal.clone())));
-                    edges.push((run.clone(), "submitted_by", node));
+                    let node = xid::principal(tenant, principal);
+                    nodes.push((node.clone(), tenant.clone(), "principal", Some(principal)));
+                    edges.push((tenant.clone(), run.clone(), "submitted_by", node));
                 }
-                let (ids, kinds, names): (Vec<_>, Vec<_>, Vec<_>) = nodes.into_iter().fold(
-                    (Vec::new(), Vec::new(), Vec::new()),
-                    |(mut ids, mut kinds, mut names), (id, kind, name)| {
-                        ids.push(id);
-                        kinds.push(kind);
-                        names.push(name);
-                        (ids, kinds, names)
-                    },
-                );
-                sqlx::query(
-                    "INSERT INTO graph_nodes (xid, tenant, kind, name) \
-                     SELECT n.xid, $1, n.kind, n.name FROM unnest($2::text[], $3::text[], $4::text[]) AS n(xid, kind, name) \
-                     ON CONFLICT (xid) DO NOTHING",
-                )
-                .bind(&change.tenant)
-                .bind(&ids)
-                .bind(&kinds)
-                .bind(&names)
-                .execute(&mut *transaction)
-                .await?;
-                let froms: Vec<&str> = edges.iter().map(|e| e.0.as_str()).collect();
-                let predicates: Vec<&str> = edges.iter().map(|e| e.1).collect();
-                let tos: Vec<&str> = edges.iter().map(|e| e.2.as_str()).collect();
-                sqlx::query(
-                    "INSERT INTO graph_edges (tenant, from_xid, predicate, to_xid) \
-                     SELECT $1, e.f, e.p, e.t FROM unnest($2::text[], $3::text[], $4::text[]) AS e(f, p, t) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind(&change.tenant)
-                .bind(&froms)
-                .bind(&predicates)
-                .bind(&tos)
-                .execute(&mut *transaction)
-                .await?;
             }
-            RunChange::Status(status) => {
-                sqlx::query("UPDATE graph_nodes SET status = $2, version = $3 WHERE xid = $1 AND version < $3")
-                    .bind(&run)
-                    .bind(status)
-                    .bind(version)
-                    .execute(&mut *transaction)
-                    .await?;
+            // One row per node, or the insert would touch a row twice.
+            nodes.sort_by(|a, b| a.0.cmp(&b.0));
+            nodes.dedup_by(|a, b| a.0 == b.0);
+            sqlx::query(
+                "INSERT INTO graph_nodes (xid, tenant, kind, name) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (xid) DO NOTHING",
+            )
+            .bind(nodes.iter().map(|n| n.0.as_str()).collect::<Vec<_>>())
+            .bind(nodes.iter().map(|n| n.1.as_str()).collect::<Vec<_>>())
+            .bind(nodes.iter().map(|n| n.2).collect::<Vec<_>>())
+            .bind(nodes.iter().map(|n| n.3).collect::<Vec<_>>())
+            .execute(&mut *transaction)
+            .await?;
+            sqlx::query(
+                "INSERT INTO graph_edges (tenant, from_xid, predicate, to_xid) \
+                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(edges.iter().map(|e| e.0.as_str()).collect::<Vec<_>>())
+            .bind(edges.iter().map(|e| e.1.as_str()).collect::<Vec<_>>())
+            .bind(edges.iter().map(|e| e.2).collect::<Vec<_>>())
+            .bind(edges.iter().map(|e| e.3.as_str()).collect::<Vec<_>>())
+            .execute(&mut *transaction)
+            .await?;
+        }
+        // The newest version (and status, if it changed) of each run touched by the batch.
+        let mut latest: std::collections::BTreeMap<String, (i64, Option<&str>)> =
+            std::collections::BTreeMap::new();
+        for change in changes {
+            let status = match &change.change {
+                RunChange::Status(status) => Some(status.as_str()),
+                RunChange::Touched => None,
+                RunChange::Submitted { .. } => continue,
+            };
+            let entry = latest.entry(xid::run(change.run)).or_insert((0, None));
+            if change.version as i64 > entry.0 {
+                entry.0 = change.version as i64;
+                entry.1 = status.or(entry.1);
             }
-            RunChange::Touched => {
-                sqlx::query("UPDATE graph_nodes SET version = $2 WHERE xid = $1 AND version < $2")
-                    .bind(&run)
-                    .bind(version)
-                    .execute(&mut *transaction)
-                    .await?;
-            }
+        }
+        if !latest.is_empty() {
+            sqlx::query(
+                "UPDATE graph_nodes n SET version = c.version, status = COALESCE(c.status, n.status) \
+                 FROM unnest($1::text[], $2::bigint[], $3::text[]) AS c(xid, version, status) \
+                 WHERE n.xid = c.xid AND n.version < c.version",
+            )
+            .bind(latest.keys().map(String::as_str).collect::<Vec<_>>())
+            .bind(latest.values().map(|v| v.0).collect::<Vec<_>>())
+            .bind(latest.values().map(|v| v.1).collect::<Vec<_>>())
+            .execute(&mut *transaction)
+            .await?;
         }
         transaction.commit().await?;
         Ok(())

@@ -168,7 +168,10 @@ pub async fn redrive<P: Projection>(pool: &PgPool, projection: &P, id: i64) -> R
                 partition: letter.partition,
                 offset: letter.log_offset,
             };
-            match projection.apply(&mut attempt, &envelope, place).await {
+            match projection
+                .apply_all(&mut attempt, &[(envelope, place)])
+                .await
+            {
                 Ok(()) => {
                     attempt.commit().await?;
                     Ok(())

@@ -44,12 +44,12 @@ pub trait Projection: Send + Sync + 'static {
     /// dead letters are keyed by it.
     fn name(&self) -> &'static str;
 
-    /// Applies one event. Re-delivered events (at or below the projected version) must be
-    /// no-ops.
-    fn apply(
+    /// Applies events in log order (per partition) inside the batch's transaction, all or
+    /// none. Re-delivered events (at or below the projected version) must be no-ops. The
+    /// runtime calls it with a whole batch, and with single events to isolate a failure.
+    fn apply_all(
         &self,
         transaction: &mut Transaction<'_, Postgres>,
-        envelope: &EventEnvelope,
-        place: LogPlace,
+        events: &[(EventEnvelope, LogPlace)],
     ) -> impl Future<Output = Result<(), ApplyError>> + Send;
 }

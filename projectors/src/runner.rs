@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use flowline_domain::EventEnvelope;
 use flowline_event_log::{
     KafkaSettings, LogProducer, OutgoingRecord, PartitionConsumer, consumer_config,
 };
@@ -245,34 +246,57 @@ impl<P: Projection> Runner<P> {
             .await
             .map_err(BatchError::other)?;
         let mut advanced = HashMap::new();
-        let mut rejected = Vec::new();
-        for message in batch {
+        let mut events: Vec<(EventEnvelope, LogPlace)> = Vec::with_capacity(batch.len());
+        let mut sources: Vec<usize> = Vec::with_capacity(batch.len());
+        let mut failures: Vec<(usize, String, i32)> = Vec::new();
+        for (index, message) in batch.iter().enumerate() {
             let partition = message.partition();
             let offset = message.offset();
             if offset < next.get(&partition).copied().unwrap_or(0) {
                 continue; // applied by an earlier batch (redelivery after a rebalance or crash)
             }
-            let failure = match message.payload().map(|payload| self.codec.decode(payload)) {
+            match message.payload().map(|payload| self.codec.decode(payload)) {
                 Some(Ok(envelope)) => {
-                    let place = LogPlace { partition, offset };
-                    self.apply_one(&mut transaction, &envelope, place, isolation)
-                        .await?
+                    events.push((envelope, LogPlace { partition, offset }));
+                    sources.push(index);
                 }
-                Some(Err(error)) => Some((format!("undecodable: {error}"), 1)),
-                None => Some(("record has no value".to_owned(), 1)),
-            };
-            if let Some((reason, attempts)) = failure {
-                error!(projection = name, partition, offset, %reason, "record dead-lettered");
-                dead_letter::record(&mut transaction, name, message, &reason, attempts)
-                    .await
-                    .map_err(BatchError::other)?;
-                rejected.push(Rejected {
-                    message: message.clone(),
-                    reason,
-                });
+                Some(Err(error)) => failures.push((index, format!("undecodable: {error}"), 1)),
+                None => failures.push((index, "record has no value".to_owned(), 1)),
             }
             next.insert(partition, offset + 1);
             advanced.insert(partition, offset + 1);
+        }
+        match isolation {
+            Isolation::Batch if !events.is_empty() => {
+                match self.projection.apply_all(&mut transaction, &events).await {
+                    Ok(()) => {}
+                    Err(error) if is_record_failure(&error) => return Err(BatchError::Record),
+                    Err(error) => return Err(BatchError::other(error)),
+                }
+            }
+            Isolation::Batch => {}
+            Isolation::PerRecord => {
+                for (event, index) in events.iter().zip(sources) {
+                    if let Some((reason, attempts)) =
+                        self.apply_isolated(&mut transaction, event).await?
+                    {
+                        failures.push((index, reason, attempts));
+                    }
+                }
+            }
+        }
+        failures.sort_by_key(|(index, _, _)| *index);
+        let mut rejected = Vec::with_capacity(failures.len());
+        for (index, reason, attempts) in failures {
+            let message = &batch[index];
+            error!(projection = name, partition = message.partition(), offset = message.offset(), %reason, "record dead-lettered");
+            dead_letter::record(&mut transaction, name, message, &reason, attempts)
+                .await
+                .map_err(BatchError::other)?;
+            rejected.push(Rejected {
+                message: message.clone(),
+                reason,
+            });
         }
         if !advanced.is_empty() {
             checkpoint::advance(&mut transaction, name, topic, &advanced)
@@ -283,28 +307,24 @@ impl<P: Projection> Runner<P> {
         Ok((advanced, rejected))
     }
 
-    /// Applies one record; `Some((reason, attempts))` when it must be dead-lettered.
-    async fn apply_one(
+    /// Applies one record in a savepoint of its own; `Some((reason, attempts))` when it
+    /// must be dead-lettered.
+    async fn apply_isolated(
         &self,
         transaction: &mut Transaction<'_, Postgres>,
-        envelope: &flowline_domain::EventEnvelope,
-        place: LogPlace,
-        isolation: Isolation,
+        event: &(EventEnvelope, LogPlace),
     ) -> Result<Option<(String, i32)>, BatchError> {
-        if isolation == Isolation::Batch {
-            return match self.projection.apply(transaction, envelope, place).await {
-                Ok(()) => Ok(None),
-                Err(error) if is_record_failure(&error) => Err(BatchError::Record),
-                Err(error) => Err(BatchError::other(error)),
-            };
-        }
         let mut attempts = 0;
         loop {
             attempts += 1;
             let mut savepoint = sqlx::Acquire::begin(&mut *transaction)
                 .await
                 .map_err(BatchError::other)?;
-            match self.projection.apply(&mut savepoint, envelope, place).await {
+            match self
+                .projection
+                .apply_all(&mut savepoint, std::slice::from_ref(event))
+                .await
+            {
                 Ok(()) => {
                     savepoint.commit().await.map_err(BatchError::other)?;
                     return Ok(None);

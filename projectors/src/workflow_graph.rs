@@ -29,14 +29,17 @@ impl Projection for WorkflowGraph {
         NAME
     }
 
-    async fn apply(
+    async fn apply_all(
         &self,
         _transaction: &mut Transaction<'_, Postgres>,
-        envelope: &EventEnvelope,
-        _place: LogPlace,
+        events: &[(EventEnvelope, LogPlace)],
     ) -> Result<(), ApplyError> {
+        let changes: Vec<GraphChange> = events
+            .iter()
+            .map(|(envelope, _)| GraphChange::of(envelope))
+            .collect();
         self.store
-            .apply(&GraphChange::of(envelope))
+            .apply_all(&changes)
             .await
             .map_err(|error| match error {
                 flowline_graph::Error::Postgres(error) => ApplyError::Database(error),

@@ -1,8 +1,16 @@
 //! The `workflow_read_model` projection: `workflows`, `workflow_steps`, `workflow_events`.
+//!
+//! A batch is folded in memory first (per stream, in log order, against the versions
+//! already projected) and then written with a handful of set-based statements, whatever
+//! its size: replays and rebuilds run at bulk-insert speed rather than a round trip per
+//! event.
 
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
 use flowline_domain::{EventEnvelope, StepStatus, WorkflowEvent, WorkflowStatus};
 use sqlx::{Postgres, Transaction};
-use tracing::debug;
+use uuid::Uuid;
 
 use crate::projection::{ApplyError, LogPlace, Projection};
 
@@ -18,14 +26,139 @@ impl Projection for WorkflowReadModel {
         NAME
     }
 
-    async fn apply(
+    async fn apply_all(
         &self,
         transaction: &mut Transaction<'_, Postgres>,
-        envelope: &EventEnvelope,
-        place: LogPlace,
+        events: &[(EventEnvelope, LogPlace)],
     ) -> Result<(), ApplyError> {
-        apply(transaction, envelope, place).await
+        let changes = fold(transaction, events).await?;
+        changes.write(transaction).await?;
+        Ok(())
     }
+}
+
+/// A workflow row as the batch leaves it.
+struct Row<'a> {
+    tenant: &'a str,
+    name: &'a str,
+    input: &'a serde_json::Value,
+    submitted_by: Option<&'a str>,
+    submitted_at: DateTime<Utc>,
+    steps: Option<&'a [flowline_domain::StepDefinition]>,
+    version: i64,
+    status: WorkflowStatus,
+    cancel_reason: Option<&'a str>,
+    updated_at: DateTime<Utc>,
+    /// Whether the row is new in this batch (insert) or known (update).
+    new: bool,
+    /// Whether it was cancelled in this batch (its unfinished steps follow).
+    cancelled: bool,
+}
+
+/// Everything one batch changes.
+#[derive(Default)]
+struct Changes<'a> {
+    rows: HashMap<Uuid, Row<'a>>,
+    order: Vec<Uuid>,
+    events: Vec<(&'a EventEnvelope, LogPlace)>,
+}
+
+/// Folds the batch per stream in log order against the projected versions. An event at or
+/// below the known version is a duplicate; one that skips a version is out of order.
+async fn fold<'a>(
+    transaction: &mut Transaction<'_, Postgres>,
+    events: &'a [(EventEnvelope, LogPlace)],
+) -> Result<Changes<'a>, ApplyError> {
+    let mut ids: Vec<Uuid> = events.iter().map(|(e, _)| e.metadata.stream_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let known: HashMap<Uuid, (i64, String)> = sqlx::query_as::<_, (Uuid, i64, String)>(
+        "SELECT id, version, status FROM workflows WHERE id = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(&mut **transaction)
+    .await?
+    .into_iter()
+    .map(|(id, version, status)| (id, (version, status)))
+    .collect();
+    let mut changes = Changes::default();
+    for (envelope, place) in events {
+        let metadata = &envelope.metadata;
+        let id = metadata.stream_id;
+        let version = metadata.stream_version as i64;
+        let current = changes
+            .rows
+            .get(&id)
+            .map(|row| row.version)
+            .or_else(|| known.get(&id).map(|(version, _)| *version));
+        match (current, &envelope.event) {
+            (Some(current), _) if version <= current => continue, // a duplicate
+            (None, WorkflowEvent::Submitted(submitted)) if version == 1 => {
+                changes.order.push(id);
+                changes.rows.insert(
+                    id,
+                    Row {
+                        tenant: &metadata.tenant,
+                        name: &submitted.name,
+                        input: &submitted.input,
+                        submitted_by: submitted.submitted_by.as_deref(),
+                        submitted_at: metadata.occurred_at,
+                        steps: Some(&submitted.steps),
+                        version,
+                        status: WorkflowStatus::Pending,
+                        cancel_reason: None,
+                        updated_at: metadata.occurred_at,
+                        new: true,
+                        cancelled: false,
+                    },
+                );
+            }
+            (Some(current), event)
+                if version == current + 1 && !matches!(event, WorkflowEvent::Submitted(_)) =>
+            {
+                let row = match changes.rows.entry(id) {
+                    std::collections::hash_map::Entry::Occupied(row) => row.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(slot) => {
+                        changes.order.push(id);
+                        let status = known
+                            .get(&id)
+                            .and_then(|(_, status)| WorkflowStatus::parse(status))
+                            .unwrap_or_default();
+                        slot.insert(Row {
+                            tenant: &metadata.tenant,
+                            name: "",
+                            input: &serde_json::Value::Null,
+                            submitted_by: None,
+                            submitted_at: metadata.occurred_at,
+                            steps: None,
+                            version: current,
+                            status,
+                            cancel_reason: None,
+                            updated_at: metadata.occurred_at,
+                            new: false,
+                            cancelled: false,
+                        })
+                    }
+                };
+                row.version = version;
+                row.updated_at = metadata.occurred_at;
+                if let WorkflowEvent::Cancelled(cancelled) = event {
+                    row.status = WorkflowStatus::Cancelled;
+                    row.cancel_reason = cancelled.reason.as_deref().or(row.cancel_reason);
+                    row.cancelled = true;
+                }
+            }
+            _ => {
+                return Err(ApplyError::OutOfOrder {
+                    stream: id,
+                    version: metadata.stream_version,
+                    projected: current,
+                });
+            }
+        }
+        changes.events.push((envelope, *place));
+    }
+    Ok(changes)
 }
 
 /// The event's payload as JSON, without the type tag (stored next to its type).
@@ -37,148 +170,132 @@ fn event_data(event: &WorkflowEvent) -> serde_json::Value {
     data
 }
 
-/// Applies one event inside the batch's transaction. An event at or below the stream's
-/// projected version is a duplicate and changes nothing.
-async fn apply(
-    transaction: &mut Transaction<'_, Postgres>,
-    envelope: &EventEnvelope,
-    place: LogPlace,
-) -> Result<(), ApplyError> {
-    let metadata = &envelope.metadata;
-    let version = metadata.stream_version as i64;
-    let applied = match &envelope.event {
-        WorkflowEvent::Submitted(submitted) => {
-            let inserted = sqlx::query(
-                "INSERT INTO workflows (id, tenant, name, status, version, input, submitted_at, updated_at, submitted_by) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ON CONFLICT (id) DO NOTHING",
+impl Changes<'_> {
+    async fn write(&self, transaction: &mut Transaction<'_, Postgres>) -> sqlx::Result<()> {
+        let rows: Vec<(&Uuid, &Row<'_>)> =
+            self.order.iter().map(|id| (id, &self.rows[id])).collect();
+        let (new, known): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, row)| row.new);
+
+        if !new.is_empty() {
+            sqlx::query(
+                "INSERT INTO workflows (id, tenant, name, status, version, input, cancel_reason, \
+                 submitted_by, submitted_at, updated_at) \
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+                 $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) \
+                 ON CONFLICT (id) DO NOTHING",
             )
-            .bind(metadata.stream_id)
-            .bind(&metadata.tenant)
-            .bind(&submitted.name)
-            .bind(WorkflowStatus::Pending.as_str())
-            .bind(version)
-            .bind(&submitted.input)
-            .bind(metadata.occurred_at)
-            .bind(&submitted.submitted_by)
+            .bind(new.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.tenant).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.name).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.version).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.input).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.cancel_reason).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.submitted_by).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.submitted_at).collect::<Vec<_>>())
+            .bind(new.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
             .execute(&mut **transaction)
-            .await?
-            .rows_affected()
-                == 1;
-            if inserted {
-                let ids: Vec<&str> = submitted.steps.iter().map(|s| s.id.as_str()).collect();
-                let positions: Vec<i32> = (0..submitted.steps.len() as i32).collect();
-                let kinds: Vec<&str> = submitted.steps.iter().map(|s| s.kind.as_str()).collect();
-                // Arrays of arrays must be rectangular, so dependencies travel as JSON.
-                let depends_on: Vec<serde_json::Value> = submitted
-                    .steps
-                    .iter()
-                    .map(|s| serde_json::json!(s.depends_on))
-                    .collect();
-                let configs: Vec<&serde_json::Value> =
-                    submitted.steps.iter().map(|s| &s.config).collect();
-                sqlx::query(
-                    "INSERT INTO workflow_steps (workflow_id, step_id, position, kind, status, depends_on, config) \
-                     SELECT $1, s.id, s.position, s.kind, $2, \
-                            ARRAY(SELECT jsonb_array_elements_text(s.depends_on)), s.config \
-                     FROM unnest($3::text[], $4::int[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-                          AS s(id, position, kind, depends_on, config)",
-                )
-                .bind(metadata.stream_id)
-                .bind(StepStatus::Pending.as_str())
-                .bind(&ids)
-                .bind(&positions)
-                .bind(&kinds)
-                .bind(&depends_on)
-                .bind(&configs)
-                .execute(&mut **transaction)
-                .await?;
-            }
-            inserted
-        }
-        WorkflowEvent::Cancelled(cancelled) => {
-            let updated = advance_version(
-                transaction,
-                envelope,
-                Some(WorkflowStatus::Cancelled),
-                cancelled.reason.as_deref(),
-            )
             .await?;
-            if updated {
+
+            let mut step_workflow = Vec::new();
+            let mut step_id = Vec::new();
+            let mut step_position = Vec::new();
+            let mut step_kind = Vec::new();
+            let mut step_status = Vec::new();
+            // Arrays of arrays must be rectangular, so dependencies travel as JSON.
+            let mut step_depends_on = Vec::new();
+            let mut step_config = Vec::new();
+            for (id, row) in &new {
+                let status = if row.cancelled {
+                    StepStatus::Cancelled
+                } else {
+                    StepStatus::Pending
+                };
+                for (position, step) in row.steps.unwrap_or_default().iter().enumerate() {
+                    step_workflow.push(**id);
+                    step_id.push(step.id.as_str());
+                    step_position.push(position as i32);
+                    step_kind.push(step.kind.as_str());
+                    step_status.push(status.as_str());
+                    step_depends_on.push(serde_json::json!(step.depends_on));
+                    step_config.push(&step.config);
+                }
+            }
+            sqlx::query(
+                "INSERT INTO workflow_steps (workflow_id, step_id, position, kind, status, depends_on, config) \
+                 SELECT s.w, s.id, s.position, s.kind, s.status, \
+                        ARRAY(SELECT jsonb_array_elements_text(s.depends_on)), s.config \
+                 FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
+                      AS s(w, id, position, kind, status, depends_on, config) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&step_workflow)
+            .bind(&step_id)
+            .bind(&step_position)
+            .bind(&step_kind)
+            .bind(&step_status)
+            .bind(&step_depends_on)
+            .bind(&step_config)
+            .execute(&mut **transaction)
+            .await?;
+        }
+
+        if !known.is_empty() {
+            sqlx::query(
+                "UPDATE workflows w SET version = c.version, updated_at = c.updated_at, status = c.status, \
+                 cancel_reason = COALESCE(c.cancel_reason, w.cancel_reason) \
+                 FROM unnest($1::uuid[], $2::bigint[], $3::timestamptz[], $4::text[], $5::text[]) \
+                      AS c(id, version, updated_at, status, cancel_reason) \
+                 WHERE w.id = c.id AND w.version < c.version",
+            )
+            .bind(known.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+            .bind(known.iter().map(|(_, r)| r.version).collect::<Vec<_>>())
+            .bind(known.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+            .bind(known.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
+            .bind(known.iter().map(|(_, r)| r.cancel_reason).collect::<Vec<_>>())
+            .execute(&mut **transaction)
+            .await?;
+            let cancelled: Vec<Uuid> = known
+                .iter()
+                .filter(|(_, r)| r.cancelled)
+                .map(|(id, _)| **id)
+                .collect();
+            if !cancelled.is_empty() {
                 sqlx::query(
-                    "UPDATE workflow_steps SET status = $2 WHERE workflow_id = $1 AND status IN ($3, $4)",
+                    "UPDATE workflow_steps SET status = $2 WHERE workflow_id = ANY($1) AND status IN ($3, $4)",
                 )
-                .bind(metadata.stream_id)
+                .bind(&cancelled)
                 .bind(StepStatus::Cancelled.as_str())
                 .bind(StepStatus::Pending.as_str())
                 .bind(StepStatus::Running.as_str())
                 .execute(&mut **transaction)
                 .await?;
             }
-            updated
         }
-        WorkflowEvent::SignalReceived(_) => {
-            advance_version(transaction, envelope, None, None).await?
-        }
-    };
-    if applied {
-        sqlx::query(
-            "INSERT INTO workflow_events (workflow_id, version, tenant, event_id, event_type, occurred_at, \
-             correlation_id, causation_id, data, log_partition, log_offset) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING",
-        )
-        .bind(metadata.stream_id)
-        .bind(version)
-        .bind(&metadata.tenant)
-        .bind(metadata.event_id)
-        .bind(envelope.event.event_type())
-        .bind(metadata.occurred_at)
-        .bind(metadata.correlation_id)
-        .bind(metadata.causation_id)
-        .bind(event_data(&envelope.event))
-        .bind(place.partition)
-        .bind(place.offset)
-        .execute(&mut **transaction)
-        .await?;
-    } else {
-        let current: Option<i64> =
-            sqlx::query_scalar("SELECT version FROM workflows WHERE id = $1")
-                .bind(metadata.stream_id)
-                .fetch_optional(&mut **transaction)
-                .await?;
-        if current.is_some_and(|current| current >= version) {
-            debug!(stream = %metadata.stream_id, version, "duplicate event ignored");
-        } else {
-            return Err(ApplyError::OutOfOrder {
-                stream: metadata.stream_id,
-                version: metadata.stream_version,
-                projected: current,
-            });
-        }
-    }
-    Ok(())
-}
 
-/// Moves the workflow to the event's version if it is exactly the next one.
-async fn advance_version(
-    transaction: &mut Transaction<'_, Postgres>,
-    envelope: &EventEnvelope,
-    status: Option<WorkflowStatus>,
-    cancel_reason: Option<&str>,
-) -> sqlx::Result<bool> {
-    let metadata = &envelope.metadata;
-    let version = metadata.stream_version as i64;
-    Ok(sqlx::query(
-        "UPDATE workflows SET version = $2, updated_at = $3, \
-         status = COALESCE($4, status), cancel_reason = COALESCE($5, cancel_reason) \
-         WHERE id = $1 AND version = $2 - 1",
-    )
-    .bind(metadata.stream_id)
-    .bind(version)
-    .bind(metadata.occurred_at)
-    .bind(status.map(WorkflowStatus::as_str))
-    .bind(cancel_reason)
-    .execute(&mut **transaction)
-    .await?
-    .rows_affected()
-        == 1)
+        if !self.events.is_empty() {
+            let events = &self.events;
+            sqlx::query(
+                "INSERT INTO workflow_events (workflow_id, version, tenant, event_id, event_type, occurred_at, \
+                 correlation_id, causation_id, data, log_partition, log_offset) \
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[], $5::text[], \
+                 $6::timestamptz[], $7::uuid[], $8::uuid[], $9::jsonb[], $10::int[], $11::bigint[]) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(events.iter().map(|(e, _)| e.metadata.stream_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|(e, _)| e.metadata.stream_version as i64).collect::<Vec<_>>())
+            .bind(events.iter().map(|(e, _)| e.metadata.tenant.as_str()).collect::<Vec<_>>())
+            .bind(events.iter().map(|(e, _)| e.metadata.event_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|(e, _)| e.event.event_type()).collect::<Vec<_>>())
+            .bind(events.iter().map(|(e, _)| e.metadata.occurred_at).collect::<Vec<_>>())
+            .bind(events.iter().map(|(e, _)| e.metadata.correlation_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|(e, _)| e.metadata.causation_id).collect::<Vec<_>>())
+            .bind(events.iter().map(|(e, _)| event_data(&e.event)).collect::<Vec<_>>())
+            .bind(events.iter().map(|(_, p)| p.partition).collect::<Vec<_>>())
+            .bind(events.iter().map(|(_, p)| p.offset).collect::<Vec<_>>())
+            .execute(&mut **transaction)
+            .await?;
+        }
+        Ok(())
+    }
 }
