@@ -60,6 +60,16 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         streams: usize,
     },
+    /// Rebuild speed of the read model and the graph view from a long log, next to a
+    /// PostgreSQL COPY of the same rows.
+    Rebuild {
+        /// Events on the log (runs of 1 submission and 3 signals).
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+    },
     /// Aggregate load time of a long stream, with and without a snapshot.
     Load {
         /// Events in the stream.
@@ -567,6 +577,177 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts `events` events on the log as the relay would (runs of one submission and three
+/// signals), produced in large pipelined batches.
+async fn fill_log(system: &TestSystem, events: u64, partitions: i32) -> anyhow::Result<()> {
+    use flowline_domain::SignalReceived;
+    let codec = flowline_schemas::EventCodec::default();
+    let producer = LogProducer::new(&system.kafka)?;
+    let body = json!({
+        "name": "bench",
+        "steps": [
+            {"id": "search", "kind": "mcp_tool", "config": {"server": "web", "tool": "search"}},
+            {"id": "summarize", "kind": "llm", "depends_on": ["search"], "config": {"model": "gpt-x"}}
+        ]
+    });
+    let submitted = serde_json::from_value::<SubmitWorkflow>(body)?.validate()?;
+    let mut records = Vec::with_capacity(10_000);
+    let mut produced = 0u64;
+    let mut stream = Uuid::now_v7();
+    while produced < events {
+        let version = produced % 4 + 1;
+        if version == 1 {
+            stream = Uuid::now_v7();
+        }
+        let id = Uuid::now_v7();
+        let envelope = EventEnvelope {
+            metadata: EventMetadata {
+                event_id: id,
+                tenant: "default".into(),
+                stream_id: stream,
+                stream_version: version,
+                occurred_at: chrono::Utc::now(),
+                command_id: id,
+                correlation_id: stream,
+                causation_id: id,
+                traceparent: None,
+                tracestate: None,
+            },
+            event: if version == 1 {
+                WorkflowEvent::Submitted(submitted.clone())
+            } else {
+                WorkflowEvent::SignalReceived(SignalReceived { name: "tick".into(), payload: json!({"n": version}) })
+            },
+        };
+        let key = stream.to_string().into_bytes();
+        records.push(OutgoingRecord {
+            partition: partition_for(&key, partitions),
+            key,
+            payload: codec.encode(&envelope)?.payload,
+            headers: vec![],
+        });
+        produced += 1;
+        if records.len() == 10_000 || produced == events {
+            producer.publish(&records).await?;
+            records.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds `projection` from the beginning and returns how long it took.
+async fn time_rebuild(system: &TestSystem, projection: &'static str) -> anyhow::Result<Duration> {
+    use projectors::rebuild::{self, RebuildSettings, StartAt};
+    let dead_letters = KafkaSettings {
+        topic: format!("{}.dlq", system.kafka.topic),
+        partitions: 1,
+        ..system.kafka.clone()
+    };
+    flowline_event_log::ensure_topic(&dead_letters).await?;
+    let record = rebuild::start(&system.pool, &system.kafka, projection, StartAt::Beginning).await?;
+    let settings = RebuildSettings {
+        database_url: system.database_url.clone(),
+        pool: system.pool.clone(),
+        kafka: system.kafka.clone(),
+        batch_size: 10_000,
+        grace: Duration::from_secs(3600),
+        dead_letters: LogProducer::new(&dead_letters)?,
+    };
+    let runtime = tokio::runtime::Handle::current();
+    let started = Instant::now();
+    tokio::task::spawn_blocking(move || {
+        rebuild::run(settings, record, runtime, tokio_util::sync::CancellationToken::new(), |_| {})
+    })
+    .await??;
+    Ok(started.elapsed())
+}
+
+/// COPYs `tables` out and back into empty copies (with their indexes); returns the time of
+/// the COPY IN and the rows copied.
+async fn time_copy(system: &TestSystem, tables: &[&str]) -> anyhow::Result<(Duration, u64)> {
+    use futures::TryStreamExt;
+    let mut connection = system.pool.acquire().await?;
+    let mut dumps = Vec::new();
+    for table in tables {
+        let data: Vec<bytes::Bytes> = connection
+            .copy_out_raw(&format!("COPY {table} TO STDOUT"))
+            .await?
+            .try_collect()
+            .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "CREATE TABLE copy_{table} (LIKE {table} INCLUDING ALL)"
+        )))
+        .execute(&mut *connection)
+        .await?;
+        dumps.push((table, data));
+    }
+    let started = Instant::now();
+    let mut rows = 0;
+    for (table, data) in dumps {
+        let mut copy = connection.copy_in_raw(&format!("COPY copy_{table} FROM STDIN")).await?;
+        for chunk in data {
+            copy.send(chunk).await?;
+        }
+        rows += copy.finish().await?;
+    }
+    Ok((started.elapsed(), rows))
+}
+
+/// Reads and decodes the whole log without writing anything: the ceiling any rebuild on
+/// this broker can reach.
+async fn time_consume(system: &TestSystem, events: u64) -> anyhow::Result<Duration> {
+    let kafka = system.kafka.clone();
+    tokio::task::spawn_blocking(move || {
+        let codec = flowline_schemas::EventCodec::default();
+        let config = flowline_event_log::consumer_config(&kafka.brokers, &format!("bench-{}", Uuid::new_v4()));
+        let consumer = flowline_event_log::PartitionConsumer::new(&config, &kafka.topic)?;
+        let partitions = flowline_event_log::topic_partitions(&kafka.brokers, &kafka.topic)?;
+        consumer.assign(&(0..partitions).map(|p| (p, None)).collect())?;
+        let started = Instant::now();
+        let mut seen = 0u64;
+        while seen < events {
+            for record in consumer.poll_batch(10_000, Duration::from_millis(100))? {
+                codec.decode(rdkafka::Message::payload(&record).unwrap_or_default())?;
+                seen += 1;
+            }
+        }
+        anyhow::Ok(started.elapsed())
+    })
+    .await?
+}
+
+async fn rebuild(events: u64, partitions: i32) -> anyhow::Result<()> {
+    let system = TestSystem::new(partitions).await;
+    let filling = Instant::now();
+    fill_log(&system, events, partitions).await?;
+    let fill_time = filling.elapsed();
+    println!("bench rebuild: {events} events on {partitions} partitions (filled in {:.1} s)", fill_time.as_secs_f64());
+    let consumed = time_consume(&system, events).await?;
+    println!(
+        "consume + decode only (broker ceiling): {:.1} s, {:.0} events/s",
+        consumed.as_secs_f64(),
+        events as f64 / consumed.as_secs_f64()
+    );
+    println!("{:<34} {:>10} {:>12} {:>14} {:>8}", "", "seconds", "events/s", "COPY seconds", "ratio");
+    for (projection, tables) in [
+        (projectors::workflow_read_model::NAME, &["workflows", "workflow_steps", "workflow_events"][..]),
+        (projectors::workflow_graph::NAME, &["graph_nodes", "graph_edges"][..]),
+    ] {
+        let took = time_rebuild(&system, projection).await?;
+        let (copy, rows) = time_copy(&system, tables).await?;
+        println!(
+            "{:<34} {:>10.1} {:>12.0} {:>14.1} {:>8.2}   ({rows} rows)",
+            projection,
+            took.as_secs_f64(),
+            events as f64 / took.as_secs_f64(),
+            copy.as_secs_f64(),
+            copy.as_secs_f64() / took.as_secs_f64()
+        );
+    }
+    println!("ratio = COPY time of the rows the rebuild wrote ÷ rebuild time (goal ≥ 0.5)");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     flowline_service_kit::telemetry::init("bench");
@@ -593,5 +774,6 @@ async fn main() -> anyhow::Result<()> {
             streams,
         } => append(clients, seconds, streams).await,
         Command::Load { events, repeats } => load(events, repeats).await,
+        Command::Rebuild { events, partitions } => rebuild(events, partitions).await,
     }
 }
