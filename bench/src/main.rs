@@ -616,7 +616,10 @@ async fn fill_log(system: &TestSystem, events: u64, partitions: i32) -> anyhow::
             event: if version == 1 {
                 WorkflowEvent::Submitted(submitted.clone())
             } else {
-                WorkflowEvent::SignalReceived(SignalReceived { name: "tick".into(), payload: json!({"n": version}) })
+                WorkflowEvent::SignalReceived(SignalReceived {
+                    name: "tick".into(),
+                    payload: json!({"n": version}),
+                })
             },
         };
         let key = stream.to_string().into_bytes();
@@ -644,7 +647,8 @@ async fn time_rebuild(system: &TestSystem, projection: &'static str) -> anyhow::
         ..system.kafka.clone()
     };
     flowline_event_log::ensure_topic(&dead_letters).await?;
-    let record = rebuild::start(&system.pool, &system.kafka, projection, StartAt::Beginning).await?;
+    let record =
+        rebuild::start(&system.pool, &system.kafka, projection, StartAt::Beginning).await?;
     let settings = RebuildSettings {
         database_url: system.database_url.clone(),
         pool: system.pool.clone(),
@@ -656,7 +660,13 @@ async fn time_rebuild(system: &TestSystem, projection: &'static str) -> anyhow::
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
     tokio::task::spawn_blocking(move || {
-        rebuild::run(settings, record, runtime, tokio_util::sync::CancellationToken::new(), |_| {})
+        rebuild::run(
+            settings,
+            record,
+            runtime,
+            tokio_util::sync::CancellationToken::new(),
+            |_| {},
+        )
     })
     .await??;
     Ok(started.elapsed())
@@ -684,7 +694,9 @@ async fn time_copy(system: &TestSystem, tables: &[&str]) -> anyhow::Result<(Dura
     let started = Instant::now();
     let mut rows = 0;
     for (table, data) in dumps {
-        let mut copy = connection.copy_in_raw(&format!("COPY copy_{table} FROM STDIN")).await?;
+        let mut copy = connection
+            .copy_in_raw(&format!("COPY copy_{table} FROM STDIN"))
+            .await?;
         for chunk in data {
             copy.send(chunk).await?;
         }
@@ -694,11 +706,17 @@ async fn time_copy(system: &TestSystem, tables: &[&str]) -> anyhow::Result<(Dura
 }
 
 /// Reads and decodes the whole log into memory.
-async fn read_log(system: &TestSystem, events: u64) -> anyhow::Result<Vec<(EventEnvelope, projectors::projection::LogPlace)>> {
+async fn read_log(
+    system: &TestSystem,
+    events: u64,
+) -> anyhow::Result<Vec<(EventEnvelope, projectors::projection::LogPlace)>> {
     let kafka = system.kafka.clone();
     tokio::task::spawn_blocking(move || {
         let codec = flowline_schemas::EventCodec::default();
-        let config = flowline_event_log::consumer_config(&kafka.brokers, &format!("bench-{}", Uuid::new_v4()));
+        let config = flowline_event_log::consumer_config(
+            &kafka.brokers,
+            &format!("bench-{}", Uuid::new_v4()),
+        );
         let consumer = flowline_event_log::PartitionConsumer::new(&config, &kafka.topic)?;
         let partitions = flowline_event_log::topic_partitions(&kafka.brokers, &kafka.topic)?;
         consumer.assign(&(0..partitions).map(|p| (p, None)).collect())?;
@@ -709,7 +727,10 @@ async fn read_log(system: &TestSystem, events: u64) -> anyhow::Result<Vec<(Event
                     partition: rdkafka::Message::partition(&record),
                     offset: rdkafka::Message::offset(&record),
                 };
-                log.push((codec.decode(rdkafka::Message::payload(&record).unwrap_or_default())?, place));
+                log.push((
+                    codec.decode(rdkafka::Message::payload(&record).unwrap_or_default())?,
+                    place,
+                ));
             }
         }
         anyhow::Ok(log)
@@ -729,12 +750,20 @@ async fn time_apply_only(
     let schema = format!("bench_{}", Uuid::new_v4().simple());
     let mut ddl = format!("CREATE SCHEMA {schema};");
     for table in tables {
-        ddl.push_str(&format!("CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL);"));
+        ddl.push_str(&format!(
+            "CREATE TABLE {schema}.{table} (LIKE public.{table} INCLUDING ALL);"
+        ));
     }
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl)).execute(&system.pool).await?;
-    let options = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&system.database_url)?
-        .options([("search_path", format!("{schema},public"))]);
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect_with(options).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+        .execute(&system.pool)
+        .await?;
+    let options =
+        <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(&system.database_url)?
+            .options([("search_path", format!("{schema},public"))]);
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect_with(options)
+        .await?;
     let graph = projectors::workflow_graph::WorkflowGraph::new(flowline_graph::AnyGraph::Postgres(
         flowline_graph::PostgresGraph::new(pool.clone()),
     ));
@@ -744,7 +773,9 @@ async fn time_apply_only(
         if projection == projectors::workflow_graph::NAME {
             graph.apply_all(&mut transaction, chunk).await?;
         } else {
-            projectors::workflow_read_model::WorkflowReadModel.apply_all(&mut transaction, chunk).await?;
+            projectors::workflow_read_model::WorkflowReadModel
+                .apply_all(&mut transaction, chunk)
+                .await?;
         }
         transaction.commit().await?;
     }
@@ -757,7 +788,10 @@ async fn time_consume(system: &TestSystem, events: u64) -> anyhow::Result<Durati
     let kafka = system.kafka.clone();
     tokio::task::spawn_blocking(move || {
         let codec = flowline_schemas::EventCodec::default();
-        let config = flowline_event_log::consumer_config(&kafka.brokers, &format!("bench-{}", Uuid::new_v4()));
+        let config = flowline_event_log::consumer_config(
+            &kafka.brokers,
+            &format!("bench-{}", Uuid::new_v4()),
+        );
         let consumer = flowline_event_log::PartitionConsumer::new(&config, &kafka.topic)?;
         let partitions = flowline_event_log::topic_partitions(&kafka.brokers, &kafka.topic)?;
         consumer.assign(&(0..partitions).map(|p| (p, None)).collect())?;
@@ -779,7 +813,10 @@ async fn rebuild(events: u64, partitions: i32) -> anyhow::Result<()> {
     let filling = Instant::now();
     fill_log(&system, events, partitions).await?;
     let fill_time = filling.elapsed();
-    println!("bench rebuild: {events} events on {partitions} partitions (filled in {:.1} s)", fill_time.as_secs_f64());
+    println!(
+        "bench rebuild: {events} events on {partitions} partitions (filled in {:.1} s)",
+        fill_time.as_secs_f64()
+    );
     let consumed = time_consume(&system, events).await?;
     println!(
         "consume + decode only (broker ceiling): {:.1} s, {:.0} events/s",
@@ -787,17 +824,29 @@ async fn rebuild(events: u64, partitions: i32) -> anyhow::Result<()> {
         events as f64 / consumed.as_secs_f64()
     );
     let log = read_log(&system, events).await?;
-    println!("{:<44} {:>10} {:>12} {:>14} {:>8}", "", "seconds", "events/s", "COPY seconds", "ratio");
+    println!(
+        "{:<44} {:>10} {:>12} {:>14} {:>8}",
+        "", "seconds", "events/s", "COPY seconds", "ratio"
+    );
     for (projection, tables) in [
-        (projectors::workflow_read_model::NAME, &["workflows", "workflow_steps", "workflow_events"][..]),
-        (projectors::workflow_graph::NAME, &["graph_nodes", "graph_edges"][..]),
+        (
+            projectors::workflow_read_model::NAME,
+            &["workflows", "workflow_steps", "workflow_events"][..],
+        ),
+        (
+            projectors::workflow_graph::NAME,
+            &["graph_nodes", "graph_edges"][..],
+        ),
     ] {
         let took = time_rebuild(&system, projection).await?;
         let (copy, rows) = time_copy(&system, tables).await?;
         let applied = time_apply_only(&system, &log, projection, tables).await?;
         for (label, seconds) in [
             (format!("{projection} rebuild"), took.as_secs_f64()),
-            (format!("{projection} apply only (no broker)"), applied.as_secs_f64()),
+            (
+                format!("{projection} apply only (no broker)"),
+                applied.as_secs_f64(),
+            ),
         ] {
             println!(
                 "{:<44} {:>10.1} {:>12.0} {:>14.1} {:>8.2}   ({rows} rows)",

@@ -14,7 +14,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::change::{GraphChange, RunChange, xid};
-use crate::{Error, GraphStore, Lineage, Result, RunRef, StepRef};
+use crate::{Direction, Error, GraphStore, Result, RunRef, StepRef, Usage};
 
 /// The schema sent to `/alter`.
 pub const SCHEMA: &str = "\
@@ -334,7 +334,7 @@ impl DgraphGraph {
         Ok(self.post("/query", request).await?["data"].take())
     }
 
-    async fn walk(
+    async fn walk_edges(
         &self,
         run: Uuid,
         step: &str,
@@ -418,18 +418,19 @@ impl GraphStore for DgraphGraph {
         self.runs("uses_model", &xid::model(tenant, model)).await
     }
 
-    async fn dependencies(&self, run: Uuid, step: &str, depth: u32) -> Result<Vec<StepRef>> {
-        self.walk(run, step, depth, true).await
+    async fn walk(
+        &self,
+        run: Uuid,
+        step: &str,
+        depth: u32,
+        direction: Direction,
+    ) -> Result<Vec<StepRef>> {
+        self.walk_edges(run, step, depth, direction == Direction::Upstream)
+            .await
     }
 
-    async fn dependents(&self, run: Uuid, step: &str, depth: u32) -> Result<Vec<StepRef>> {
-        self.walk(run, step, depth, false).await
-    }
-
-    async fn lineage(&self, run: Uuid, step: &str, depth: u32) -> Result<Lineage> {
-        let steps = self.dependencies(run, step, depth).await?;
-        let mut involved: Vec<String> = steps.iter().map(|s| xid::step(run, &s.step)).collect();
-        involved.push(xid::step(run, step));
+    async fn usage(&self, run: Uuid, steps: &[String]) -> Result<Usage> {
+        let involved: Vec<String> = steps.iter().map(|s| xid::step(run, s)).collect();
         let data = self.query(usage_query(&involved, &xid::run(run))).await?;
         let names = |key: &str| -> Vec<String> {
             let set: BTreeSet<String> = data["steps"]
@@ -451,8 +452,7 @@ impl GraphStore for DgraphGraph {
             .or(Some(&data["run"][0]["submitted_by"]))
             .and_then(|p| p["name"].as_str())
             .map(str::to_owned);
-        Ok(Lineage {
-            steps,
+        Ok(Usage {
             tools: names("calls_tool"),
             models: names("uses_model"),
             submitted_by,

@@ -72,6 +72,26 @@ pub struct Lineage {
     pub submitted_by: Option<String>,
 }
 
+/// Which way to walk `depends_on` edges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Towards the steps a step depends on.
+    Upstream,
+    /// Towards the steps depending on it.
+    Downstream,
+}
+
+/// What some steps of a run use.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tools called, sorted and distinct.
+    pub tools: Vec<String>,
+    /// Models used, sorted and distinct.
+    pub models: Vec<String>,
+    /// Who submitted the run.
+    pub submitted_by: Option<String>,
+}
+
 /// The port: what a graph view must do.
 pub trait GraphStore: Send + Sync + 'static {
     /// Creates what the store needs (idempotent, safe at every start).
@@ -99,27 +119,61 @@ pub trait GraphStore: Send + Sync + 'static {
         tenant: &str,
         model: &str,
     ) -> impl Future<Output = Result<Vec<RunRef>>> + Send;
+    /// Steps reachable from `step` along `depends_on` (upstream) or against it
+    /// (downstream), up to `depth` hops, each at its shortest distance, nearest first;
+    /// never `step` itself (cycle-safe).
+    fn walk(
+        &self,
+        run: uuid::Uuid,
+        step: &str,
+        depth: u32,
+        direction: Direction,
+    ) -> impl Future<Output = Result<Vec<StepRef>>> + Send;
+    /// The tools and models `steps` of `run` use, and who submitted the run.
+    fn usage(
+        &self,
+        run: uuid::Uuid,
+        steps: &[String],
+    ) -> impl Future<Output = Result<Usage>> + Send;
+
     /// Steps `step` depends on, transitively, up to `depth` hops, nearest first.
     fn dependencies(
         &self,
         run: uuid::Uuid,
         step: &str,
         depth: u32,
-    ) -> impl Future<Output = Result<Vec<StepRef>>> + Send;
+    ) -> impl Future<Output = Result<Vec<StepRef>>> + Send {
+        self.walk(run, step, depth, Direction::Upstream)
+    }
     /// Steps depending on `step`, transitively, up to `depth` hops, nearest first.
     fn dependents(
         &self,
         run: uuid::Uuid,
         step: &str,
         depth: u32,
-    ) -> impl Future<Output = Result<Vec<StepRef>>> + Send;
+    ) -> impl Future<Output = Result<Vec<StepRef>>> + Send {
+        self.walk(run, step, depth, Direction::Downstream)
+    }
     /// The lineage of `step`'s output, up to `depth` hops upstream.
     fn lineage(
         &self,
         run: uuid::Uuid,
         step: &str,
         depth: u32,
-    ) -> impl Future<Output = Result<Lineage>> + Send;
+    ) -> impl Future<Output = Result<Lineage>> + Send {
+        async move {
+            let steps = self.dependencies(run, step, depth).await?;
+            let mut involved: Vec<String> = steps.iter().map(|s| s.step.clone()).collect();
+            involved.push(step.to_owned());
+            let usage = self.usage(run, &involved).await?;
+            Ok(Lineage {
+                steps,
+                tools: usage.tools,
+                models: usage.models,
+                submitted_by: usage.submitted_by,
+            })
+        }
+    }
 }
 
 /// The store chosen by configuration.
@@ -156,14 +210,17 @@ impl GraphStore for AnyGraph {
     async fn runs_using_model(&self, tenant: &str, model: &str) -> Result<Vec<RunRef>> {
         delegate!(self, store => store.runs_using_model(tenant, model).await)
     }
-    async fn dependencies(&self, run: uuid::Uuid, step: &str, depth: u32) -> Result<Vec<StepRef>> {
-        delegate!(self, store => store.dependencies(run, step, depth).await)
+    async fn walk(
+        &self,
+        run: uuid::Uuid,
+        step: &str,
+        depth: u32,
+        direction: Direction,
+    ) -> Result<Vec<StepRef>> {
+        delegate!(self, store => store.walk(run, step, depth, direction).await)
     }
-    async fn dependents(&self, run: uuid::Uuid, step: &str, depth: u32) -> Result<Vec<StepRef>> {
-        delegate!(self, store => store.dependents(run, step, depth).await)
-    }
-    async fn lineage(&self, run: uuid::Uuid, step: &str, depth: u32) -> Result<Lineage> {
-        delegate!(self, store => store.lineage(run, step, depth).await)
+    async fn usage(&self, run: uuid::Uuid, steps: &[String]) -> Result<Usage> {
+        delegate!(self, store => store.usage(run, steps).await)
     }
 }
 

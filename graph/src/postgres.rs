@@ -5,7 +5,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::change::{GraphChange, RunChange, xid};
-use crate::{GraphStore, Lineage, Result, RunRef, StepRef};
+use crate::{Direction, GraphStore, Result, RunRef, StepRef, Usage};
 
 /// The graph in PostgreSQL (tables from `migrations/`).
 #[derive(Debug, Clone)]
@@ -49,7 +49,7 @@ impl PostgresGraph {
 
     /// Steps reachable from `step` along `depends_on`, forwards (its dependencies) or
     /// backwards (its dependents), each at its shortest distance.
-    async fn walk(
+    async fn walk_edges(
         &self,
         run: Uuid,
         step: &str,
@@ -252,42 +252,37 @@ impl GraphStore for PostgresGraph {
             .await
     }
 
-    async fn dependencies(&self, run: Uuid, step: &str, depth: u32) -> Result<Vec<StepRef>> {
-        self.walk(run, step, depth, true).await
+    async fn walk(
+        &self,
+        run: Uuid,
+        step: &str,
+        depth: u32,
+        direction: Direction,
+    ) -> Result<Vec<StepRef>> {
+        self.walk_edges(run, step, depth, direction == Direction::Upstream)
+            .await
     }
 
-    async fn dependents(&self, run: Uuid, step: &str, depth: u32) -> Result<Vec<StepRef>> {
-        self.walk(run, step, depth, false).await
-    }
-
-    async fn lineage(&self, run: Uuid, step: &str, depth: u32) -> Result<Lineage> {
-        let steps = self.dependencies(run, step, depth).await?;
-        let mut involved: Vec<String> = steps.iter().map(|s| xid::step(run, &s.step)).collect();
-        involved.push(xid::step(run, step));
+    async fn usage(&self, run: Uuid, steps: &[String]) -> Result<Usage> {
+        let involved: Vec<String> = steps.iter().map(|s| xid::step(run, s)).collect();
         let used: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT e.predicate, n.name FROM graph_edges e JOIN graph_nodes n ON n.xid = e.to_xid \
+            "SELECT DISTINCT e.predicate, n.name FROM graph_edges e JOIN graph_nodes n ON n.xid = e.to_xid \
              WHERE e.from_xid = ANY($1) AND e.predicate IN ('calls_tool', 'uses_model') \
              ORDER BY n.name",
         )
         .bind(&involved)
         .fetch_all(&self.pool)
         .await?;
-        let mut lineage = Lineage {
-            steps,
-            ..Lineage::default()
-        };
+        let mut usage = Usage::default();
         for (predicate, name) in used {
-            let name = name.unwrap_or_default();
             let list = if predicate == "calls_tool" {
-                &mut lineage.tools
+                &mut usage.tools
             } else {
-                &mut lineage.models
+                &mut usage.models
             };
-            if !list.contains(&name) {
-                list.push(name);
-            }
+            list.push(name.unwrap_or_default());
         }
-        lineage.submitted_by = sqlx::query_scalar(
+        usage.submitted_by = sqlx::query_scalar(
             "SELECT n.name FROM graph_edges e JOIN graph_nodes n ON n.xid = e.to_xid \
              WHERE e.from_xid = $1 AND e.predicate = 'submitted_by'",
         )
@@ -295,6 +290,6 @@ impl GraphStore for PostgresGraph {
         .fetch_optional(&self.pool)
         .await?
         .flatten();
-        Ok(lineage)
+        Ok(usage)
     }
 }

@@ -5,6 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = projectors::Config::parse();
+    flowline_service_kit::telemetry::init("projectors");
     let succeeded = match &config.command {
         None => None,
         Some(projectors::config::Command::Dlq { action }) => {
@@ -17,7 +18,6 @@ async fn main() -> anyhow::Result<()> {
     if let Some(succeeded) = succeeded {
         std::process::exit(if succeeded { 0 } else { 1 });
     }
-    flowline_service_kit::telemetry::init("projectors");
     let app = projectors::Application::build(config).await?;
     tracing::info!(port = app.port(), "projectors admin listening");
     app.run_until(flowline_service_kit::shutdown::signal())

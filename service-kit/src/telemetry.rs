@@ -40,7 +40,7 @@ pub fn init(service_name: &str) {
         let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
         let _ = tracing_subscriber::registry()
             .with(filter)
-            .with(fmt::layer().with_target(false))
+            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
             .with(tracing_opentelemetry::layer().with_tracer(tracer))
             .try_init();
         provider

@@ -208,6 +208,24 @@ impl TestSystem {
         reply.body
     }
 
+    /// The single number a query on the test database returns.
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Waits (up to a minute) until `sql` returns `expected`.
+    pub async fn wait_for_count(&self, sql: &'static str, expected: i64) {
+        let reached = eventually(Duration::from_secs(60), || async {
+            (self.count(sql).await == expected).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "{sql}: expected {expected}, got {}",
+            self.count(sql).await
+        );
+    }
+
     /// Rows in the event store (what the write side accepted).
     pub async fn stored_events(&self) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM event_store")

@@ -94,7 +94,7 @@ async fn expected_versions_hold_across_two_writer_processes() {
 
     // So does a projector.
     let _projectors = system.projectors().await;
-    let projected = eventually(Duration::from_secs(20), || async {
+    let projected = eventually(Duration::from_secs(30), || async {
         let n = scalar(&system, "SELECT count(*) FROM workflow_events").await;
         (n == 202).then_some(n)
     })
@@ -281,7 +281,7 @@ async fn state_as_of_a_version_or_a_time_is_rebuilt_exactly() {
         .await;
     assert_eq!(cancel.status, 200);
 
-    let events = eventually(Duration::from_secs(10), || async {
+    let events = eventually(Duration::from_secs(30), || async {
         let reply = system
             .get(&format!("{}/v1/workflows/{id}/events", queries.url))
             .await;
@@ -377,7 +377,7 @@ async fn v1_events_already_on_the_log_replay_into_the_current_model() {
     let _commands = system.command_service().await;
     let queries = system.query_service().await;
     let _projectors = system.projectors().await;
-    let log = eventually(Duration::from_secs(15), || async {
+    let log = eventually(Duration::from_secs(30), || async {
         let log = system.read_log().await;
         (log.len() == 3).then_some(log)
     })
@@ -386,7 +386,7 @@ async fn v1_events_already_on_the_log_replay_into_the_current_model() {
     assert_eq!(codec.writer_schema(&log[0].payload).unwrap().version, 1);
 
     let id = "01900000-0000-7000-8000-000000000064";
-    let view = eventually(Duration::from_secs(10), || async {
+    let view = eventually(Duration::from_secs(30), || async {
         let reply = system
             .send(
                 system

@@ -1,38 +1,17 @@
 //! Nothing accepted is lost or duplicated: the relay recovers an in-doubt batch from the
 //! log, and projectors resume from their own checkpoints, not the group's offsets.
 
-use std::time::Duration;
-
 use chrono::Utc;
 use flowline_domain::{EventEnvelope, EventMetadata, SignalReceived, WorkflowEvent};
 use flowline_event_store::EventStore;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
-use system_tests::{TestSystem, eventually};
+use system_tests::TestSystem;
 use uuid::Uuid;
 
 fn workflow() -> serde_json::Value {
     json!({"name": "w", "steps": [{"id": "a", "kind": "template"}]})
-}
-
-async fn count(system: &TestSystem, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(&system.pool)
-        .await
-        .unwrap()
-}
-
-async fn wait_for_count(system: &TestSystem, sql: &'static str, expected: i64) {
-    let reached = eventually(Duration::from_secs(15), || async {
-        (count(system, sql).await == expected).then_some(())
-    })
-    .await;
-    assert!(
-        reached.is_some(),
-        "{sql}: expected {expected}, got {}",
-        count(system, sql).await
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,12 +73,12 @@ async fn a_new_relay_leader_recovers_an_in_doubt_batch_without_publishing_twice(
     assert_eq!(system.records_on_log().await, 3);
 
     let _second = system.command_service().await;
-    wait_for_count(
-        &system,
-        "SELECT count(*) FROM event_store WHERE published_at IS NULL",
-        0,
-    )
-    .await;
+    system
+        .wait_for_count(
+            "SELECT count(*) FROM event_store WHERE published_at IS NULL",
+            0,
+        )
+        .await;
     assert_eq!(
         system.records_on_log().await,
         5,
@@ -132,7 +111,9 @@ async fn projectors_resume_from_their_checkpoints_not_from_group_offsets() {
     for _ in 0..3 {
         submit().await;
     }
-    wait_for_count(&system, "SELECT count(*) FROM workflows", 3).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 3)
+        .await;
     projectors.stop().await;
 
     // Three more arrive while the projector is down, and someone moves the group's
@@ -164,22 +145,24 @@ async fn projectors_resume_from_their_checkpoints_not_from_group_offsets() {
     };
     set_group_offsets(true).await.unwrap();
     let projectors = system.projectors().await;
-    wait_for_count(&system, "SELECT count(*) FROM workflows", 6).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 6)
+        .await;
     projectors.stop().await;
 
     // And the other way round: offsets rewound to zero must not apply anything twice.
     set_group_offsets(false).await.unwrap();
     let _projectors = system.projectors().await;
     submit().await;
-    wait_for_count(&system, "SELECT count(*) FROM workflows", 7).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 7)
+        .await;
     assert_eq!(
-        count(&system, "SELECT count(*) FROM workflow_events").await,
+        system.count("SELECT count(*) FROM workflow_events").await,
         7
     );
     assert_eq!(
-        count(
-            &system,
-            "SELECT sum(next_offset)::bigint FROM projection_checkpoints WHERE projection = 'workflow_read_model.v1'"
+        system.count("SELECT sum(next_offset)::bigint FROM projection_checkpoints WHERE projection = 'workflow_read_model.v1'"
         )
         .await,
         7

@@ -39,7 +39,7 @@ async fn the_graph_answers_which_runs_used_what_and_where_outputs_come_from() {
         let url = format!("{base}{path}");
         async move { system.get(&url).await }
     };
-    let by_model = eventually(Duration::from_secs(15), || async move {
+    let by_model = eventually(Duration::from_secs(30), || async move {
         let reply = get("/v1/graph/runs?model=gpt-x".into()).await;
         (reply.body["runs"].as_array().map(Vec::len) == Some(2)).then_some(reply.body)
     })
@@ -62,6 +62,14 @@ async fn the_graph_answers_which_runs_used_what_and_where_outputs_come_from() {
         json!([{"run": research, "name": "research"}])
     );
 
+    // The step questions check the run exists in the read model (its own projection).
+    let research_path = format!("/v1/workflows/{research}");
+    let known = eventually(Duration::from_secs(30), || {
+        let path = research_path.clone();
+        async move { (get(path).await.status == 200).then_some(()) }
+    })
+    .await;
+    assert!(known.is_some());
     let dependencies = get(format!(
         "/v1/workflows/{research}/steps/review/dependencies"
     ))

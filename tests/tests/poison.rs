@@ -20,7 +20,7 @@ async fn submit(system: &TestSystem, url: &str, name: &str) -> String {
 }
 
 async fn visible(system: &TestSystem, query_url: &str, id: &str, version: u64) {
-    let seen = eventually(Duration::from_secs(15), || async {
+    let seen = eventually(Duration::from_secs(30), || async {
         let reply = system.get(&format!("{query_url}/v1/workflows/{id}")).await;
         (reply.body["version"] == version).then_some(())
     })

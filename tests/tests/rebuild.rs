@@ -28,25 +28,6 @@ async fn submit_many(system: &TestSystem, url: &str, count: usize) -> Vec<String
     ids
 }
 
-async fn count(system: &TestSystem, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(&system.pool)
-        .await
-        .unwrap()
-}
-
-async fn wait_count(system: &TestSystem, sql: &'static str, expected: i64) {
-    let reached = eventually(Duration::from_secs(60), || async {
-        (count(system, sql).await == expected).then_some(())
-    })
-    .await;
-    assert!(
-        reached.is_some(),
-        "{sql}: expected {expected}, got {}",
-        count(system, sql).await
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
     let system = TestSystem::new(2).await;
@@ -54,7 +35,9 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
     let queries = system.query_service().await;
     let projectors = system.projectors().await;
     let ids = submit_many(&system, &commands.url, 150).await;
-    wait_count(&system, "SELECT count(*) FROM workflows", 150).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 150)
+        .await;
 
     // Readers hammer the query service for the whole rebuild.
     let reading = Arc::new(AtomicBool::new(true));
@@ -147,8 +130,12 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
 
     // After the swap the live projection goes on, into the new tables.
     submit_many(&system, &commands.url, 10).await;
-    wait_count(&system, "SELECT count(*) FROM workflows", 180).await;
-    wait_count(&system, "SELECT count(*) FROM workflow_events", 180).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 180)
+        .await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflow_events", 180)
+        .await;
     reading.store(false, Ordering::Relaxed);
     for reader in readers {
         reader.await.unwrap();
@@ -161,12 +148,12 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
     );
 
     // The replaced tables are dropped after the grace period.
-    wait_count(
-        &system,
-        "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'retired\\_%'",
-        0,
-    )
-    .await;
+    system
+        .wait_for_count(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'retired\\_%'",
+            0,
+        )
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -175,12 +162,9 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
     let commands = system.command_service().await;
     let _projectors = system.projectors().await;
     submit_many(&system, &commands.url, 200).await;
-    wait_count(
-        &system,
-        "SELECT count(*) FROM graph_nodes WHERE kind = 'run'",
-        200,
-    )
-    .await;
+    system
+        .wait_for_count("SELECT count(*) FROM graph_nodes WHERE kind = 'run'", 200)
+        .await;
     let graph_before: serde_json::Value = sqlx::query_scalar(
         "SELECT jsonb_agg(t ORDER BY t.from_xid, t.predicate, t.to_xid) FROM graph_edges t",
     )
@@ -193,13 +177,13 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
         command
             .args(["rebuild", "workflow_graph", "--from-beginning"])
             .envs(system.process_env())
-            .env("PROJECTOR_BATCH_SIZE", "5")
+            .env("PROJECTOR_BATCH_SIZE", "1")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
         command
     };
     let mut first = cli().spawn().unwrap();
-    let progressed = eventually(Duration::from_secs(30), || async {
+    let progressed = eventually(Duration::from_secs(60), || async {
         let applied: Option<i64> = sqlx::query_scalar(
             "SELECT (progress->>'applied')::bigint FROM projection_rebuilds WHERE status = 'running'",
         )
@@ -214,11 +198,9 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
     first.kill().unwrap(); // kill -9, mid-rebuild
     first.wait().unwrap();
     assert_eq!(
-        count(
-            &system,
-            "SELECT count(*) FROM projection_rebuilds WHERE status = 'running'"
-        )
-        .await,
+        system
+            .count("SELECT count(*) FROM projection_rebuilds WHERE status = 'running'")
+            .await,
         1
     );
 
@@ -257,7 +239,9 @@ async fn a_rebuild_from_a_point_in_time_starts_at_the_offsets_of_that_time() {
     let cut = chrono::Utc::now();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     submit_many(&system, &commands.url, 3).await;
-    wait_count(&system, "SELECT count(*) FROM workflows", 8).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 8)
+        .await;
 
     let rebuild = |from: String| {
         std::process::Command::new(bin_dir().join("projectors"))
@@ -273,8 +257,12 @@ async fn a_rebuild_from_a_point_in_time_starts_at_the_offsets_of_that_time() {
     assert!(String::from_utf8_lossy(&garbled.stderr).contains("--from: not an RFC 3339 time"));
 
     let from_cut = rebuild(cut.to_rfc3339());
-    assert!(from_cut.status.success(), "{}", String::from_utf8_lossy(&from_cut.stdout));
+    assert!(
+        from_cut.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_cut.stdout)
+    );
     // offsets_for_times put the start after the first five submissions: only the last
     // three workflows are in the rebuilt read model.
-    assert_eq!(count(&system, "SELECT count(*) FROM workflows").await, 3);
+    assert_eq!(system.count("SELECT count(*) FROM workflows").await, 3);
 }

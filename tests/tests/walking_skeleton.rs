@@ -119,7 +119,7 @@ async fn cancel_and_signal_append_events_that_both_reads_show() {
     assert_eq!(cancel.body["version"], 3);
     assert_eq!(cancel.body["status"], "cancelled");
 
-    let rest = eventually(Duration::from_secs(10), || async {
+    let rest = eventually(Duration::from_secs(30), || async {
         let reply = system
             .get(&format!("{}/v1/workflows/{id}", queries.url))
             .await;
@@ -209,7 +209,7 @@ async fn listing_filters_by_status_and_pages_with_a_cursor() {
             .await;
         assert_eq!(reply.status, 200);
     }
-    eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(30), || async {
         let reply = system
             .get(&format!("{}/v1/workflows?status=cancelled", queries.url))
             .await;
@@ -437,7 +437,7 @@ async fn tenants_do_not_see_each_others_workflows() {
         )
         .await;
     let id = reply.body["workflow_id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(10), || async {
+    eventually(Duration::from_secs(30), || async {
         let reply = system
             .send(
                 system
