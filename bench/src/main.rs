@@ -647,7 +647,7 @@ async fn time_rebuild(system: &TestSystem, projection: &'static str) -> anyhow::
         ..system.kafka.clone()
     };
     flowline_event_log::ensure_topic(&dead_letters).await?;
-    let record =
+    let (record, _) =
         rebuild::start(&system.pool, &system.kafka, projection, StartAt::Beginning).await?;
     let settings = RebuildSettings {
         database_url: system.database_url.clone(),

@@ -216,7 +216,7 @@ pub async fn start_rebuild(
                 .with_timezone(&chrono::Utc),
         ),
     };
-    let record = rebuild::start(&state.pool, &state.kafka, projection, at)
+    let (record, _resumed) = rebuild::start(&state.pool, &state.kafka, projection, at)
         .await
         .map_err(|e| match e {
             crate::Error::Rebuild(message) => invalid("from", message),

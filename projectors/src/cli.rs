@@ -108,15 +108,15 @@ pub async fn rebuild(config: &Config, projection: &str, from: Option<&str>) -> R
         return Ok(false);
     }
     let pool = config.database.prepare().await?;
-    let record = match rebuild::start(&pool, &config.kafka, projection, at).await {
-        Ok(record) => record,
+    let (record, resumed) = match rebuild::start(&pool, &config.kafka, projection, at).await {
+        Ok(started) => started,
         Err(Error::Rebuild(message)) => {
             eprintln!("error: {message}");
             return Ok(false);
         }
         Err(error) => return Err(error),
     };
-    if record.started_at < Utc::now() - chrono::Duration::seconds(2) {
+    if resumed {
         println!(
             "resuming rebuild {} of {projection} (started {})",
             record.id, record.started_at

@@ -117,12 +117,13 @@ pub async fn running(pool: &PgPool) -> Result<Vec<RebuildRecord>> {
 }
 
 /// Starts a rebuild of `projection`, or returns the one already running (to resume it).
+/// The flag says whether an interrupted rebuild is resumed.
 pub async fn start(
     pool: &PgPool,
     kafka: &KafkaSettings,
     projection: &str,
     at: StartAt,
-) -> Result<RebuildRecord> {
+) -> Result<(RebuildRecord, bool)> {
     let tables = tables_of(projection)
         .ok_or_else(|| Error::Rebuild(format!("unknown projection '{projection}'")))?;
     let running: Option<Uuid> = sqlx::query_scalar(
@@ -132,9 +133,10 @@ pub async fn start(
     .fetch_optional(pool)
     .await?;
     if let Some(id) = running {
-        return find(pool, id)
+        let record = find(pool, id)
             .await?
-            .ok_or_else(|| Error::Rebuild("rebuild vanished".into()));
+            .ok_or_else(|| Error::Rebuild("rebuild vanished".into()))?;
+        return Ok((record, true));
     }
     let start_offsets = match at {
         StartAt::Beginning => None,
@@ -194,7 +196,7 @@ pub async fn start(
     }
     transaction.commit().await?;
     info!(%id, projection, "rebuild started");
-    Ok(record)
+    Ok((record, false))
 }
 
 /// What a rebuild run needs.
