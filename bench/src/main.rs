@@ -641,12 +641,6 @@ async fn fill_log(system: &TestSystem, events: u64, partitions: i32) -> anyhow::
 /// Rebuilds `projection` from the beginning and returns how long it took.
 async fn time_rebuild(system: &TestSystem, projection: &'static str) -> anyhow::Result<Duration> {
     use projectors::rebuild::{self, RebuildSettings, StartAt};
-    let dead_letters = KafkaSettings {
-        topic: format!("{}.dlq", system.kafka.topic),
-        partitions: 1,
-        ..system.kafka.clone()
-    };
-    flowline_event_log::ensure_topic(&dead_letters).await?;
     let (record, _) =
         rebuild::start(&system.pool, &system.kafka, projection, StartAt::Beginning).await?;
     let settings = RebuildSettings {
@@ -655,7 +649,7 @@ async fn time_rebuild(system: &TestSystem, projection: &'static str) -> anyhow::
         kafka: system.kafka.clone(),
         batch_size: 10_000,
         grace: Duration::from_secs(3600),
-        dead_letters: LogProducer::new(&dead_letters)?,
+        dead_letters: projectors::runner::dead_letter_producer(&system.kafka).await?,
     };
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();

@@ -4,7 +4,7 @@ use std::future::Future;
 
 use axum::Router;
 use axum::routing::{get, post};
-use flowline_event_log::{KafkaSettings, LogProducer};
+use flowline_event_log::KafkaSettings;
 use flowline_service_kit::Problem;
 use flowline_service_kit::http::HttpServer;
 use sqlx::PgPool;
@@ -31,21 +31,14 @@ pub(crate) struct AdminState {
 /// Runs rebuilds inside the service (started over the admin endpoint, or resumed at start).
 #[derive(Clone)]
 pub(crate) struct Rebuilds {
-    settings: std::sync::Arc<RebuildSettings>,
+    settings: RebuildSettings,
     stop: CancellationToken,
 }
 
 impl Rebuilds {
     /// Runs `record` on a thread of its own until it is swapped in or the service stops.
     pub(crate) fn launch(&self, record: RebuildRecord) {
-        let settings = RebuildSettings {
-            database_url: self.settings.database_url.clone(),
-            pool: self.settings.pool.clone(),
-            kafka: self.settings.kafka.clone(),
-            batch_size: self.settings.batch_size,
-            grace: self.settings.grace,
-            dead_letters: self.settings.dead_letters.clone(),
-        };
+        let settings = self.settings.clone();
         let (runtime, stop) = (tokio::runtime::Handle::current(), self.stop.clone());
         std::thread::spawn(move || rebuild::run(settings, record, runtime, stop, |_| {}));
     }
@@ -109,12 +102,7 @@ impl Application {
         let pool = config.database.prepare().await?;
         flowline_event_log::ensure_topic(&config.kafka).await?;
         let stop = CancellationToken::new();
-        let dead_letter_log = KafkaSettings {
-            topic: runner::dead_letter_topic(&config.kafka.topic),
-            partitions: 1,
-            ..config.kafka.clone()
-        };
-        flowline_event_log::ensure_topic(&dead_letter_log).await?;
+        let rebuild_settings = RebuildSettings::from_config(&config, pool.clone()).await?;
         let graph = config.graph.store(pool.clone());
         graph
             .ensure_schema()
@@ -135,20 +123,18 @@ impl Application {
             runner::spawn(
                 projections.read_model,
                 settings(workflow_read_model::NAME),
-                LogProducer::new(&dead_letter_log)?,
+                rebuild_settings.dead_letters.clone(),
                 stop.clone(),
             )?,
             runner::spawn(
                 projections.graph.clone(),
                 settings(workflow_graph::NAME),
-                LogProducer::new(&dead_letter_log)?,
+                rebuild_settings.dead_letters.clone(),
                 stop.clone(),
             )?,
         ];
         let rebuilds = Rebuilds {
-            settings: std::sync::Arc::new(
-                crate::cli::rebuild_settings(&config, pool.clone()).await?,
-            ),
+            settings: rebuild_settings,
             stop: stop.clone(),
         };
         // Rebuilds interrupted by a crash go on; replaced tables past their grace go away.

@@ -124,7 +124,7 @@ pub async fn rebuild(config: &Config, projection: &str, from: Option<&str>) -> R
     } else {
         println!("rebuild {} of {projection} started", record.id);
     }
-    let settings = rebuild_settings(config, pool).await?;
+    let settings = RebuildSettings::from_config(config, pool).await?;
     let stop = CancellationToken::new();
     let ctrl_c = stop.clone();
     tokio::spawn(async move {
@@ -174,22 +174,4 @@ pub async fn rebuild(config: &Config, projection: &str, from: Option<&str>) -> R
             Ok(false)
         }
     }
-}
-
-/// What a rebuild run needs, from the service's configuration.
-pub async fn rebuild_settings(config: &Config, pool: sqlx::PgPool) -> Result<RebuildSettings> {
-    let dead_letter_log = flowline_event_log::KafkaSettings {
-        topic: crate::runner::dead_letter_topic(&config.kafka.topic),
-        partitions: 1,
-        ..config.kafka.clone()
-    };
-    flowline_event_log::ensure_topic(&dead_letter_log).await?;
-    Ok(RebuildSettings {
-        database_url: config.database.url.clone(),
-        pool,
-        kafka: config.kafka.clone(),
-        batch_size: config.batch_size,
-        grace: std::time::Duration::from_secs(config.rebuild_grace_seconds),
-        dead_letters: flowline_event_log::LogProducer::new(&dead_letter_log)?,
-    })
 }

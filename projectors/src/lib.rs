@@ -16,7 +16,7 @@ mod error;
 mod leases;
 pub mod projection;
 pub mod rebuild;
-mod runner;
+pub mod runner;
 pub mod workflow_graph;
 pub mod workflow_read_model;
 

@@ -200,6 +200,7 @@ pub async fn start(
 }
 
 /// What a rebuild run needs.
+#[derive(Clone)]
 pub struct RebuildSettings {
     /// The database (its URL, to open a pool whose `search_path` puts the shadow first).
     pub database_url: String,
@@ -213,6 +214,20 @@ pub struct RebuildSettings {
     pub grace: Duration,
     /// Producer of the dead-letter topic.
     pub dead_letters: LogProducer,
+}
+
+impl RebuildSettings {
+    /// The settings of the projectors' configuration (creates the dead-letter topic).
+    pub async fn from_config(config: &crate::Config, pool: PgPool) -> Result<Self> {
+        Ok(RebuildSettings {
+            database_url: config.database.url.clone(),
+            pool,
+            kafka: config.kafka.clone(),
+            batch_size: config.batch_size,
+            grace: std::time::Duration::from_secs(config.rebuild_grace_seconds),
+            dead_letters: crate::runner::dead_letter_producer(&config.kafka).await?,
+        })
+    }
 }
 
 /// Runs (or resumes) a rebuild until it is swapped in or `stop` is cancelled, calling

@@ -43,6 +43,17 @@ pub fn dead_letter_topic(topic: &str) -> String {
     format!("{topic}.dlq")
 }
 
+/// Creates the dead-letter topic of `kafka.topic` if missing and returns a producer to it.
+pub async fn dead_letter_producer(kafka: &KafkaSettings) -> Result<LogProducer> {
+    let settings = KafkaSettings {
+        topic: dead_letter_topic(&kafka.topic),
+        partitions: 1,
+        ..kafka.clone()
+    };
+    flowline_event_log::ensure_topic(&settings).await?;
+    Ok(LogProducer::new(&settings)?)
+}
+
 /// Starts `projection` on a thread of its own; it stops when `stop` is cancelled.
 pub fn spawn<P: Projection>(
     projection: P,
