@@ -85,6 +85,7 @@ impl QueryRoot {
             status,
             limit: Some(first),
             cursor: after,
+            ..ListFilter::default()
         };
         let page = ctx
             .data::<ReadModel>()?

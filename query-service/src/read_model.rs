@@ -90,11 +90,53 @@ pub struct WorkflowPage {
     pub next_cursor: Option<String>,
 }
 
-/// Filters of a list query.
+/// What a list is ordered by.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SortField {
+    /// Submission time (ids are UUIDv7, so this is also id order).
+    #[default]
+    SubmittedAt,
+    /// Time of the last event.
+    UpdatedAt,
+    /// Name, then id.
+    Name,
+}
+
+/// Order of a list: a field and a direction (newest / last first by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sort {
+    /// The field.
+    pub field: SortField,
+    /// Descending when true.
+    pub descending: bool,
+}
+
+impl Default for Sort {
+    fn default() -> Self {
+        Self {
+            field: SortField::SubmittedAt,
+            descending: true,
+        }
+    }
+}
+
+/// Filters of a list query. Every filter is optional; they combine with AND.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only this status.
     pub status: Option<String>,
+    /// Only runs whose name contains this text (case-insensitive).
+    pub name: Option<String>,
+    /// Only runs submitted at or after this time.
+    pub submitted_after: Option<DateTime<Utc>>,
+    /// Only runs submitted before this time.
+    pub submitted_before: Option<DateTime<Utc>>,
+    /// Only runs with a step calling this MCP tool.
+    pub tool: Option<String>,
+    /// Only runs with a step using this model.
+    pub model: Option<String>,
+    /// Order of the items.
+    pub sort: Sort,
     /// Page size (validated).
     pub limit: Option<i64>,
     /// Opaque cursor from a previous page.

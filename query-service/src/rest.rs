@@ -52,6 +52,7 @@ pub async fn list(
         status: params.status,
         limit: params.limit,
         cursor: params.cursor,
+        ..ListFilter::default()
     };
     Ok(Json(state.read_model.list(&tenant, &filter).await?))
 }
