@@ -7,6 +7,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use flowline_domain::{CancelWorkflow, SendSignal, SubmitWorkflow, WorkflowCommand};
+use flowline_event_log::ConsistencyToken;
 use flowline_service_kit::request::{body_bytes, json_body, tenant};
 use flowline_service_kit::{Problem, telemetry};
 use serde::Serialize;
@@ -16,6 +17,9 @@ use crate::application::AppState;
 use crate::commands::{Accepted, CommandContext, Stream};
 use crate::idempotency::{self, CachedAnswer};
 use crate::{Error, Result};
+
+/// The header carrying a command's consistency token (also in the body).
+pub const CONSISTENCY_TOKEN_HEADER: &str = "x-consistency-token";
 
 /// The body of every 2xx answer to a command.
 #[derive(Debug, Serialize)]
@@ -27,6 +31,8 @@ struct AcceptedBody {
     command_id: Uuid,
     log_partition: i32,
     log_offset: i64,
+    /// Where the events landed on the log; queries given it wait until it is projected.
+    consistency_token: String,
 }
 
 impl From<&Accepted> for AcceptedBody {
@@ -39,13 +45,27 @@ impl From<&Accepted> for AcceptedBody {
             command_id: accepted.command_id,
             log_partition: accepted.log.partition,
             log_offset: accepted.log.offset,
+            consistency_token: ConsistencyToken::at(accepted.log.partition, accepted.log.offset)
+                .to_string(),
         }
     }
 }
 
 /// A 2xx answer with `ETag` (and `Location` for a creation), from its JSON body.
-fn answer(status: StatusCode, body: serde_json::Value, replayed: bool) -> Response {
+fn answer(status: StatusCode, mut body: serde_json::Value, replayed: bool) -> Response {
     let version = body["version"].as_u64().unwrap_or_default();
+    // Derived from the body's log position, so an answer cached before tokens existed
+    // carries one too.
+    let token = body["log_partition"]
+        .as_i64()
+        .zip(body["log_offset"].as_i64())
+        .and_then(|(partition, offset)| {
+            Some(ConsistencyToken::at(partition.try_into().ok()?, offset))
+        })
+        .map(|token| token.to_string());
+    if let Some(token) = &token {
+        body["consistency_token"] = serde_json::Value::from(token.as_str());
+    }
     let location = (status == StatusCode::CREATED).then(|| {
         format!(
             "/v1/workflows/{}",
@@ -60,6 +80,12 @@ fn answer(status: StatusCode, body: serde_json::Value, replayed: bool) -> Respon
     );
     if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
         headers.insert(header::LOCATION, location);
+    }
+    if let Some(token) = token {
+        headers.insert(
+            CONSISTENCY_TOKEN_HEADER,
+            HeaderValue::from_str(&token).expect("digits, ':' and ',' are valid"),
+        );
     }
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));

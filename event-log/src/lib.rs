@@ -8,11 +8,13 @@
 mod admin;
 mod consumer;
 mod partitioner;
+mod position;
 mod producer;
 
 pub use admin::{ensure_topic, high_watermarks, offsets_at_time, topic_partitions};
 pub use consumer::{PartitionConsumer, consumer_config, read_partition_tails};
 pub use partitioner::{murmur2, partition_for};
+pub use position::{ConsistencyToken, InvalidToken};
 pub use producer::{Delivery, LogProducer, OutgoingRecord};
 
 /// Connection settings shared by every client of the log (flattened into each binary's

@@ -16,14 +16,17 @@ use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::request::tenant;
 use tower_http::trace::TraceLayer;
 
+use crate::cache::{ReadCache, WorkflowReads};
 use crate::config::Config;
+use crate::consistency::{ConsistencyGate, token_from_headers};
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Result, graph_rest, rest};
+use crate::{Error, Result, graph_rest, rest};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) read_model: ReadModel,
+    pub(crate) reads: WorkflowReads,
     pub(crate) repository: WorkflowRepository,
     pub(crate) graph: AnyGraph,
     pub(crate) schema: QuerySchema,
@@ -43,7 +46,13 @@ async fn graphql(
     headers: HeaderMap,
     request: GraphQLRequest,
 ) -> Response {
-    match tenant(&headers) {
+    let ready = async {
+        let tenant = tenant(&headers)?;
+        let token = token_from_headers(&headers)?;
+        state.reads.gate().wait_for_any(token.as_ref()).await?;
+        Ok::<_, Error>(tenant)
+    };
+    match ready.await {
         Ok(tenant) => {
             let response: GraphQLResponse = state
                 .schema
@@ -65,10 +74,16 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self> {
         let pool = config.database.prepare().await?;
         let read_model = ReadModel::new(pool.clone());
+        let reads = WorkflowReads::new(
+            read_model.clone(),
+            ConsistencyGate::new(pool.clone(), &config.consistency),
+            ReadCache::connect(&config.cache).await,
+        );
         let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
         let state = AppState {
             graph: config.graph.store(pool.clone()),
             repository,
+            reads,
             schema: schema(read_model.clone()),
             read_model,
         };

@@ -14,6 +14,12 @@ pub struct Config {
     /// PostgreSQL settings.
     #[command(flatten)]
     pub database: DatabaseSettings,
+    /// Read-your-writes settings.
+    #[command(flatten)]
+    pub consistency: crate::consistency::ConsistencySettings,
+    /// Read cache settings.
+    #[command(flatten)]
+    pub cache: crate::cache::CacheSettings,
     /// Graph view settings.
     #[command(flatten)]
     pub graph: flowline_graph::GraphSettings,

@@ -36,6 +36,16 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// The read model did not reach the consistency token in time.
+    #[error(
+        "the read model has not reached consistency token {token} after {waited_ms} ms; retry later"
+    )]
+    NotYetConsistent {
+        /// The token asked for.
+        token: String,
+        /// How long the query waited.
+        waited_ms: u64,
+    },
     /// A header is invalid.
     #[error("{}", .0.detail)]
     Request(Problem),
@@ -85,6 +95,15 @@ impl Error {
                 self.to_string(),
             )
             .with("parameter", *parameter),
+            Error::NotYetConsistent { token, .. } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not-yet-consistent",
+                "Not yet consistent",
+                self.to_string(),
+            )
+            .with("consistency_token", token.as_str())
+            .with("retryable", true)
+            .retry_after(1),
             Error::Request(problem) => problem.clone(),
             Error::Database(_) | Error::Store(_) | Error::Graph(_) | Error::Startup(_) => {
                 Problem::internal(self)

@@ -4,7 +4,9 @@
 //! `Application::build` binds (port 0 allowed), so tests run the real service in-process.
 
 mod application;
+pub mod cache;
 pub mod config;
+pub mod consistency;
 mod error;
 mod graph_rest;
 mod graphql;

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::application::AppState;
+use crate::consistency::token_from_headers;
 use crate::read_model::{EventView, ListFilter, WorkflowPage, WorkflowView};
 use crate::{Error, Result};
 
@@ -32,10 +33,11 @@ pub async fn workflow(
     headers: HeaderMap,
 ) -> Result<Json<WorkflowView>> {
     let tenant = tenant(&headers)?;
+    let token = token_from_headers(&headers)?;
     let workflow_id = parse_id(&id)?;
     state
-        .read_model
-        .workflow(&tenant, workflow_id)
+        .reads
+        .workflow(&tenant, workflow_id, token.as_ref())
         .await?
         .map(Json)
         .ok_or(Error::NotFound(id))
@@ -48,6 +50,8 @@ pub async fn list(
     headers: HeaderMap,
 ) -> Result<Json<WorkflowPage>> {
     let tenant = tenant(&headers)?;
+    let token = token_from_headers(&headers)?;
+    state.reads.gate().wait_for_any(token.as_ref()).await?;
     let filter = ListFilter {
         status: params.status,
         limit: params.limit,
@@ -64,7 +68,9 @@ pub async fn events(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>> {
     let tenant = tenant(&headers)?;
+    let token = token_from_headers(&headers)?;
     let workflow_id = parse_id(&id)?;
+    state.reads.gate().wait_for_any(token.as_ref()).await?;
     let events: Vec<EventView> = state
         .read_model
         .events(&tenant, workflow_id)

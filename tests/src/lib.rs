@@ -146,10 +146,24 @@ impl TestSystem {
 
     /// Starts a query service.
     pub async fn query_service(&self) -> Running {
+        self.query_service_with(5_000).await
+    }
+
+    /// Starts a query service that waits at most `consistency_wait_ms` for a token.
+    pub async fn query_service_with(&self, consistency_wait_ms: u64) -> Running {
         let app = query_service::Application::build(QueryConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: self.database(),
             graph: flowline_graph::GraphSettings { dgraph_url: None },
+            consistency: query_service::consistency::ConsistencySettings {
+                consistency_wait_ms,
+                read_model_projection: "workflow_read_model.v1".into(),
+            },
+            cache: query_service::cache::CacheSettings {
+                redis_url: redis_url(),
+                redis_key_prefix: self.redis_prefix(),
+                read_cache_ttl_seconds: 300,
+            },
         })
         .await
         .expect("query service builds");

@@ -1,0 +1,275 @@
+//! Hot reads (a workflow by id) cached in Redis.
+//!
+//! Freshness does not rest on invalidation alone, because invalidations can be missed
+//! (a listener reconnecting) or race a reader that fills the cache with what it read just
+//! before a commit. Each entry therefore carries:
+//! - the projected version it shows, checked against a per-workflow *version floor* that
+//!   the invalidator raises on every projection commit (a late fill of an older version
+//!   is never served);
+//! - a *generation*, bumped when notifications may have been lost (every entry of an
+//!   older generation is ignored);
+//! - the read model's checkpoints when it was read, so a request with a consistency token
+//!   is only answered from an entry that already reflected the token's position.
+//!
+//! Redis is only a cache: when it is down every read goes to PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use flowline_event_log::ConsistencyToken;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tracing::warn;
+use uuid::Uuid;
+
+use crate::Result;
+use crate::consistency::ConsistencyGate;
+use crate::read_model::{ReadModel, WorkflowView};
+
+/// How long a version floor outlives the entries it guards.
+const FLOOR_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Raises a floor, never lowers it (notifications of one workflow may arrive out of order
+/// across query-service replicas).
+const RAISE_FLOOR: &str = r"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+redis.call('DEL', KEYS[2])
+return 1
+";
+
+/// Read cache settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CacheSettings {
+    /// Redis holding the read cache.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// Prefix of this deployment's Redis keys.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "flowline")]
+    pub redis_key_prefix: String,
+    /// How long a cached workflow lives, in seconds (0 turns the cache off).
+    #[arg(long, env = "READ_CACHE_TTL_SECONDS", default_value_t = 300)]
+    pub read_cache_ttl_seconds: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    generation: i64,
+    checkpoints: BTreeMap<i32, i64>,
+    workflow: WorkflowView,
+}
+
+/// The Redis side of the cache.
+#[derive(Clone)]
+pub struct ReadCache {
+    redis: Option<ConnectionManager>,
+    prefix: String,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for ReadCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadCache")
+            .field("enabled", &self.redis.is_some())
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+/// What a lookup found.
+enum Lookup {
+    Hit(Box<WorkflowView>),
+    /// Not usable: read the database, then fill with this generation.
+    Miss {
+        generation: i64,
+    },
+}
+
+impl ReadCache {
+    /// Connects; a Redis that cannot be reached turns the cache off (with a warning).
+    pub async fn connect(settings: &CacheSettings) -> Self {
+        let ttl = Duration::from_secs(settings.read_cache_ttl_seconds);
+        let redis = if ttl.is_zero() {
+            None
+        } else {
+            match redis::Client::open(settings.redis_url.as_str()) {
+                Ok(client) => match ConnectionManager::new(client).await {
+                    Ok(manager) => Some(manager),
+                    Err(error) => {
+                        warn!(%error, "Redis unreachable: the read cache is off");
+                        None
+                    }
+                },
+                Err(error) => {
+                    warn!(%error, "REDIS_URL invalid: the read cache is off");
+                    None
+                }
+            }
+        };
+        Self {
+            redis,
+            prefix: settings.redis_key_prefix.clone(),
+            ttl,
+        }
+    }
+
+    fn entry_key(&self, tenant: &str, id: Uuid) -> String {
+        format!("{}:read:workflow:{tenant}:{id}", self.prefix)
+    }
+
+    fn floor_key(&self, tenant: &str, id: Uuid) -> String {
+        format!("{}:read:floor:{tenant}:{id}", self.prefix)
+    }
+
+    fn generation_key(&self) -> String {
+        format!("{}:read:generation", self.prefix)
+    }
+
+    async fn lookup(&self, tenant: &str, id: Uuid, token: Option<&ConsistencyToken>) -> Lookup {
+        let Some(mut redis) = self.redis.clone() else {
+            return Lookup::Miss { generation: 0 };
+        };
+        let found: redis::RedisResult<(Option<String>, Option<i64>, Option<i64>)> =
+            redis::cmd("MGET")
+                .arg(self.entry_key(tenant, id))
+                .arg(self.floor_key(tenant, id))
+                .arg(self.generation_key())
+                .query_async(&mut redis)
+                .await;
+        let (entry, floor, generation) = match found {
+            Ok(found) => found,
+            Err(error) => {
+                warn!(%error, "read cache lookup failed");
+                return Lookup::Miss { generation: -1 };
+            }
+        };
+        let generation = generation.unwrap_or(0);
+        let usable = entry
+            .and_then(|text| serde_json::from_str::<Entry>(&text).ok())
+            .filter(|entry| entry.generation == generation)
+            .filter(|entry| entry.workflow.version >= floor.unwrap_or(0))
+            .filter(|entry| token.is_none_or(|token| token.is_passed_by(&entry.checkpoints)));
+        match usable {
+            Some(entry) => Lookup::Hit(Box::new(entry.workflow)),
+            None => Lookup::Miss { generation },
+        }
+    }
+
+    async fn fill(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        generation: i64,
+        checkpoints: BTreeMap<i32, i64>,
+        workflow: &WorkflowView,
+    ) {
+        let Some(mut redis) = self.redis.clone() else {
+            return;
+        };
+        if generation < 0 {
+            return;
+        }
+        let entry = Entry {
+            generation,
+            checkpoints,
+            workflow: workflow.clone(),
+        };
+        let text = serde_json::to_string(&entry).expect("entries serialize");
+        let stored: redis::RedisResult<()> = redis::cmd("SET")
+            .arg(self.entry_key(tenant, id))
+            .arg(text)
+            .arg("EX")
+            .arg(self.ttl.as_secs())
+            .query_async(&mut redis)
+            .await;
+        if let Err(error) = stored {
+            warn!(%error, "read cache fill failed");
+        }
+    }
+
+    /// The projection committed `version` of a workflow: older entries must not be served.
+    pub async fn invalidate(&self, tenant: &str, id: Uuid, version: i64) {
+        let Some(mut redis) = self.redis.clone() else {
+            return;
+        };
+        let raised: redis::RedisResult<i64> = redis::Script::new(RAISE_FLOOR)
+            .key(self.floor_key(tenant, id))
+            .key(self.entry_key(tenant, id))
+            .arg(version)
+            .arg(FLOOR_TTL.as_secs())
+            .invoke_async(&mut redis)
+            .await;
+        if let Err(error) = raised {
+            warn!(%error, "read cache invalidation failed");
+        }
+    }
+
+    /// Notifications may have been missed: no entry cached so far may be served.
+    pub async fn invalidate_all(&self) {
+        let Some(mut redis) = self.redis.clone() else {
+            return;
+        };
+        let bumped: redis::RedisResult<i64> = redis::cmd("INCR")
+            .arg(self.generation_key())
+            .query_async(&mut redis)
+            .await;
+        if let Err(error) = bumped {
+            warn!(%error, "read cache generation bump failed");
+        }
+    }
+}
+
+/// Workflow reads as the API serves them: waiting for a consistency token, then from the
+/// cache when it may answer, else from the read model (filling the cache).
+#[derive(Debug, Clone)]
+pub struct WorkflowReads {
+    read_model: ReadModel,
+    gate: ConsistencyGate,
+    cache: ReadCache,
+}
+
+impl WorkflowReads {
+    /// Reads through `cache` into `read_model`, waiting at `gate`.
+    pub fn new(read_model: ReadModel, gate: ConsistencyGate, cache: ReadCache) -> Self {
+        Self {
+            read_model,
+            gate,
+            cache,
+        }
+    }
+
+    /// The consistency gate.
+    pub fn gate(&self) -> &ConsistencyGate {
+        &self.gate
+    }
+
+    /// The cache (its invalidation is driven by projection commits).
+    pub fn cache(&self) -> &ReadCache {
+        &self.cache
+    }
+
+    /// One workflow, no older than `token` when one is given.
+    pub async fn workflow(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        token: Option<&ConsistencyToken>,
+    ) -> Result<Option<WorkflowView>> {
+        self.gate.wait_for_any(token).await?;
+        let generation = match self.cache.lookup(tenant, id, token).await {
+            Lookup::Hit(workflow) => return Ok(Some(*workflow)),
+            Lookup::Miss { generation } => generation,
+        };
+        // Checkpoints first: the row read after them is at least as fresh.
+        let checkpoints = self.gate.checkpoints().await?;
+        let workflow = self.read_model.workflow(tenant, id).await?;
+        if let Some(workflow) = &workflow {
+            self.cache
+                .fill(tenant, id, generation, checkpoints, workflow)
+                .await;
+        }
+        Ok(workflow)
+    }
+}
