@@ -7,9 +7,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use flowline_domain::{CancelWorkflow, SendSignal, SubmitWorkflow, WorkflowCommand};
-use flowline_service_kit::request::{body_bytes, json_body, tenant};
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
+use flowline_service_kit::request::{body_bytes, json_body, tenant};
 use flowline_service_kit::{Problem, telemetry};
 use serde::Serialize;
 use uuid::Uuid;
@@ -201,7 +201,7 @@ async fn dispatch(
         (status = 201, description = "Submitted and on the log", body = AcceptedBody, headers(
             ("Location" = String, description = "The run in the query service"),
             ("ETag" = String, description = "The stream's version, quoted"),
-            ("Idempotent-Replayed" = Option<String>, description = "`true` when this is the cached answer to a retried key"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
         )),
         (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
@@ -239,7 +239,7 @@ pub async fn submit(
     post,
     path = "/v1/workflows/{id}/cancel",
     tag = "commands",
-    request_body(content = Option<crate::api::CancelDoc>, description = "Optional"),
+    request_body(content = crate::api::CancelDoc, description = "Optional"),
     params(
         ("id" = Uuid, Path, description = "The run's id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
@@ -250,7 +250,7 @@ pub async fn submit(
     responses(
         (status = 200, description = "Cancelled and on the log", body = AcceptedBody, headers(
             ("ETag" = String, description = "The stream's version, quoted"),
-            ("Idempotent-Replayed" = Option<String>, description = "`true` when this is the cached answer to a retried key"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
         )),
         (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 409, description = "The run's status forbids it", body = ProblemDetails, content_type = PROBLEM_JSON),
@@ -302,7 +302,7 @@ pub async fn cancel(
     responses(
         (status = 200, description = "Delivered and on the log", body = AcceptedBody, headers(
             ("ETag" = String, description = "The stream's version, quoted"),
-            ("Idempotent-Replayed" = Option<String>, description = "`true` when this is the cached answer to a retried key"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
         )),
         (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 409, description = "The run's status forbids it", body = ProblemDetails, content_type = PROBLEM_JSON),

@@ -330,10 +330,12 @@ pub fn router() -> axum::Router<AdminState> {
         .routes(routes!(start_rebuild))
         .routes(routes!(rebuild_status))
         .split_for_parts();
-    api.components.get_or_insert_with(Default::default).add_security_scheme(
-        "admin_token",
-        SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-    );
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     let api = flowline_service_kit::openapi::finish(api, &[]);
     router.merge(flowline_service_kit::openapi::docs(api))
 }

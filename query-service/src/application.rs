@@ -12,8 +12,8 @@ use axum::routing::get;
 use flowline_event_store::{EventStore, WorkflowRepository};
 use flowline_graph::AnyGraph;
 use flowline_service_kit::Problem;
-use flowline_service_kit::problem::problem_errors;
 use flowline_service_kit::http::HttpServer;
+use flowline_service_kit::problem::problem_errors;
 use flowline_service_kit::request::tenant;
 use tower_http::trace::TraceLayer;
 

@@ -63,7 +63,7 @@ pub enum SortParam {
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only runs with this status.
-    #[param(value_type = Option<StatusParam>)]
+    #[param(value_type = Option<StatusParam>, inline)]
     status: Option<String>,
     /// Only runs whose name contains this text (case-insensitive).
     name: Option<String>,
@@ -81,7 +81,7 @@ pub struct ListParams {
     #[param(example = "gpt-x")]
     model: Option<String>,
     /// Order of the items; `-` means descending. Default `-submitted_at` (newest first).
-    #[param(value_type = Option<SortParam>)]
+    #[param(value_type = Option<SortParam>, inline)]
     sort: Option<String>,
     /// Items per page, 1 to 100 (default 20).
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
@@ -136,7 +136,12 @@ impl ListParams {
                 .transpose()?,
             tool: text_parameter("tool", self.tool)?,
             model: text_parameter("model", self.model)?,
-            sort: self.sort.as_deref().map(Sort::parse).transpose()?.unwrap_or_default(),
+            sort: self
+                .sort
+                .as_deref()
+                .map(Sort::parse)
+                .transpose()?
+                .unwrap_or_default(),
             limit: self
                 .limit
                 .map(|limit| {

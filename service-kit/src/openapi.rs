@@ -47,12 +47,11 @@ pub fn finish(mut api: OpenApi, tenant_scoped: &[&str]) -> OpenApi {
         )
         .build();
     let components = api.components.take().unwrap_or_default();
-    let mut components = ComponentsBuilder::from(components)
+    let components = ComponentsBuilder::from(components)
         .schema(ProblemDetails::name(), ProblemDetails::schema())
         .schema(FieldError::name(), FieldError::schema())
         .response("Problem", problem)
         .build();
-    components.schemas.sort_keys();
     api.components = Some(components);
     for (path, item) in api.paths.paths.iter_mut() {
         let scoped = tenant_scoped.iter().any(|prefix| path.starts_with(prefix));

@@ -1,6 +1,6 @@
 //! RFC 9457 problem details: the one error body every HTTP endpoint answers with.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -155,7 +155,7 @@ pub fn from_rejection(status: StatusCode, body_text: String) -> Problem {
 /// already a problem (axum's own rejections of query strings, paths and bodies, 404s of
 /// unknown routes, 405s) into `application/problem+json`, keeping its other headers
 /// (`Allow` on a 405).
-pub async fn problem_errors(response: Response) -> Response {
+pub async fn problem_errors(method: Method, response: Response) -> Response {
     let status = response.status();
     let plain = response
         .headers()
@@ -170,19 +170,12 @@ pub async fn problem_errors(response: Response) -> Response {
         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
         .unwrap_or_default();
     let problem = match status {
-        StatusCode::METHOD_NOT_ALLOWED => {
-            let allowed = parts
-                .headers
-                .get(header::ALLOW)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default();
-            Problem::new(
-                status,
-                "method-not-allowed",
-                "Method not allowed",
-                format!("this endpoint accepts {allowed}"),
-            )
-        }
+        StatusCode::METHOD_NOT_ALLOWED => Problem::new(
+            status,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("this endpoint does not accept {method}; the Allow header lists what it does"),
+        ),
         StatusCode::NOT_FOUND => Problem::not_found(if text.is_empty() {
             "no such endpoint".to_owned()
         } else {
@@ -196,8 +189,8 @@ pub async fn problem_errors(response: Response) -> Response {
     };
     let mut answer = problem.into_response();
     for (name, value) in &parts.headers {
-        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
-            answer.headers_mut().insert(name.clone(), value.clone());
+        if *name != header::CONTENT_TYPE && *name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name.clone(), value.clone());
         }
     }
     answer

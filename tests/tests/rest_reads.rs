@@ -16,14 +16,18 @@ const NAMES: [&str; 3] = ["alpha", "bravo", "charlie"];
 /// tie-breaker); every third calls the web/search tool, every other one uses gpt-x.
 fn run(i: usize) -> Value {
     let mut steps = vec![json!({"id": "fetch", "kind": "http"})];
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         steps.push(json!({"id": "search", "kind": "mcp_tool", "config": {"server": "web", "tool": "search"}}));
     } else {
         steps.push(json!({"id": "lookup", "kind": "mcp_tool", "config": {"server": "db", "tool": "query"}}));
     }
-    let model = if i % 2 == 0 { "gpt-x" } else { "claude" };
+    let model = if i.is_multiple_of(2) {
+        "gpt-x"
+    } else {
+        "claude"
+    };
     steps.push(json!({"id": "summarize", "kind": "llm", "depends_on": ["fetch"], "config": {"model": model}}));
-    json!({"name": format!("{}{}", NAMES[i % 3], if i % 5 == 0 { "Special" } else { "" }), "steps": steps})
+    json!({"name": format!("{}{}", NAMES[i % 3], if i.is_multiple_of(5) { "Special" } else { "" }), "steps": steps})
 }
 
 fn time(item: &Value, field: &str) -> DateTime<Utc> {
@@ -88,7 +92,9 @@ fn sorted(mut items: Vec<Value>, sort: &str) -> Vec<Value> {
         let by_key = if field == "name" {
             ka.0.cmp(&kb.0)
         } else {
-            ka.0.parse::<i64>().unwrap().cmp(&kb.0.parse::<i64>().unwrap())
+            ka.0.parse::<i64>()
+                .unwrap()
+                .cmp(&kb.0.parse::<i64>().unwrap())
         };
         by_key.then_with(|| a["id"].as_str().unwrap().cmp(b["id"].as_str().unwrap()))
     });
@@ -158,7 +164,10 @@ async fn every_filter_and_sort_pages_through_all_matching_runs_once() {
     }
     // The default is newest first.
     let default = all_pages(&system, &base, "/v1/workflows?", 5).await;
-    assert_eq!(ids(&default), ids(&sorted(everything.clone(), "-submitted_at")));
+    assert_eq!(
+        ids(&default),
+        ids(&sorted(everything.clone(), "-submitted_at"))
+    );
 
     // Filters, each paged in twos, under two sorts.
     let by_submission = sorted(everything.clone(), "submitted_at");
@@ -286,7 +295,10 @@ async fn step_detail_shows_the_step_and_what_depends_on_it() {
         })
     );
     let summarize = system
-        .get(&format!("{}/v1/workflows/{id}/steps/summarize", queries.url))
+        .get(&format!(
+            "{}/v1/workflows/{id}/steps/summarize",
+            queries.url
+        ))
         .await;
     assert_eq!(summarize.body["depends_on"], json!(["fetch", "search"]));
     assert_eq!(summarize.body["config"], json!({"model": "gpt-x"}));
@@ -318,7 +330,10 @@ async fn bad_parameters_are_400_problems_naming_the_parameter() {
         ("/v1/workflows?sort=size", "sort"),
         ("/v1/workflows?sort=-", "sort"),
         ("/v1/workflows?submitted_after=yesterday", "submitted_after"),
-        ("/v1/workflows?submitted_before=2026-13-01T00:00:00Z", "submitted_before"),
+        (
+            "/v1/workflows?submitted_before=2026-13-01T00:00:00Z",
+            "submitted_before",
+        ),
         (
             "/v1/workflows?submitted_after=2026-11-02T00:00:00Z&submitted_before=2026-11-01T00:00:00Z",
             "submitted_before",
@@ -327,12 +342,22 @@ async fn bad_parameters_are_400_problems_naming_the_parameter() {
         ("/v1/workflows?tool=", "tool"),
         ("/v1/workflows?cursor=not-a-cursor", "cursor"),
         ("/v1/workflows?cursor=eyJzb3J0IjoxfQ", "cursor"),
-        (&format!("/v1/workflows/{id}/steps/a/dependencies?depth=x") as &str, "depth"),
-        (&format!("/v1/workflows/{id}/state?version=-1") as &str, "version"),
+        (
+            &format!("/v1/workflows/{id}/steps/a/dependencies?depth=x") as &str,
+            "depth",
+        ),
+        (
+            &format!("/v1/workflows/{id}/state?version=-1") as &str,
+            "version",
+        ),
     ] {
         let reply = system.get(&format!("{}{query}", queries.url)).await;
         assert_problem(&reply, 400);
-        assert_eq!(reply.body["parameter"], parameter, "{query}: {:?}", reply.body);
+        assert_eq!(
+            reply.body["parameter"], parameter,
+            "{query}: {:?}",
+            reply.body
+        );
     }
 }
 
@@ -349,9 +374,7 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
         .await;
     assert_problem(&put, 405);
     assert!(put.header("allow").unwrap().contains("GET"));
-    let get_commands = system
-        .get(&format!("{}/v1/workflows", commands.url))
-        .await;
+    let get_commands = system.get(&format!("{}/v1/workflows", commands.url)).await;
     assert_problem(&get_commands, 405);
     let delete_lag = system
         .send(system.http.delete(format!("{}/admin/lag", projectors.url)))
@@ -458,7 +481,10 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
         assert_eq!(ui.status, 200);
         assert!(ui.body.as_str().unwrap().contains("swagger"));
     }
-    let list = system.get(&format!("{}/openapi.json", queries.url)).await.body;
+    let list = system
+        .get(&format!("{}/openapi.json", queries.url))
+        .await
+        .body;
     let parameters: Vec<&str> = list["paths"]["/v1/workflows"]["get"]["parameters"]
         .as_array()
         .unwrap()
@@ -528,12 +554,15 @@ async fn the_documents_validate_and_schemathesis_finds_no_server_error_or_answer
         .await;
         assert!(valid, "{service}/openapi.json: {output}");
     }
-    // Some runs, so that lists and existing ids answer with bodies to check.
+    // Some runs, so that lists, runs and steps answer with bodies to check: the fuzzer
+    // draws ids and step names from them most of the time, and generates the rest.
+    let mut runs = Vec::new();
     for i in 0..3 {
         let reply = system
             .post(&format!("{}/v1/workflows", commands.url), &run(i))
             .await;
         assert_eq!(reply.status, 201, "{:?}", reply.body);
+        runs.push(format!("{}", reply.body["workflow_id"]));
     }
     let base = queries.url.clone();
     let projected = eventually(Duration::from_secs(30), || async {
@@ -542,9 +571,24 @@ async fn the_documents_validate_and_schemathesis_finds_no_server_error_or_answer
     })
     .await;
     assert!(projected.is_some());
+    let config = std::env::temp_dir().join(format!("schemathesis-{}.toml", system.kafka.topic));
+    std::fs::write(
+        &config,
+        format!(
+            "[dictionaries.runs]\nvalues = [{}]\n\
+             [dictionaries.steps]\nvalues = [\"fetch\", \"search\", \"summarize\"]\n\
+             [parameters]\n\
+             \"path.id\" = {{ dictionary = \"runs\", probability = 0.7 }}\n\
+             \"path.step\" = {{ dictionary = \"steps\", probability = 0.7 }}\n",
+            runs.join(", ")
+        ),
+    )
+    .unwrap();
     let (passed, output) = run_python(&[
         "-m",
         "schemathesis.cli",
+        "--config-file",
+        config.to_str().unwrap(),
         "run",
         &format!("{}/openapi.json", queries.url),
         "--checks",
@@ -562,5 +606,6 @@ async fn the_documents_validate_and_schemathesis_finds_no_server_error_or_answer
         "--no-color",
     ])
     .await;
+    let _ = std::fs::remove_file(&config);
     assert!(passed, "schemathesis found problems:\n{output}");
 }
