@@ -99,3 +99,23 @@ start_scratch_broker() {
     say "tansu broker on $KAFKA_BROKERS (sqlite storage)"
   fi
 }
+
+# Makes the Python venv of the test clients ($FLOWLINE_CACHE/venv) with the pinned packages of
+# tests/clients/python/requirements.txt (reinstalled when that file changes) and exports
+# FLOWLINE_PYTHON, its interpreter.
+ensure_python_venv() {
+  local venv="$FLOWLINE_CACHE/venv" requirements="$FLOWLINE_ROOT/tests/clients/python/requirements.txt" hash
+  command -v python3 >/dev/null || die "python3 is missing: apt-get install python3 python3-venv"
+  hash="$(sha256sum "$requirements" | cut -d' ' -f1)"
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating the Python venv of the test clients in $venv"
+    python3 -m venv "$venv" || die "could not create $venv: apt-get install python3-venv"
+  fi
+  if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$hash" ]; then
+    say "installing the Python test clients (tests/clients/python/requirements.txt)"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements" >&2 ||
+      die "pip could not install $requirements"
+    echo "$hash" >"$venv/.requirements.sha256"
+  fi
+  export FLOWLINE_PYTHON="$venv/bin/python"
+}

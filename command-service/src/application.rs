@@ -5,18 +5,19 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::get;
 use flowline_event_store::{
     EventStore, OutboxRelay, Publications, RelayConfig, WorkflowRepository,
 };
 use flowline_service_kit::http::HttpServer;
+use flowline_service_kit::problem::problem_errors;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::commands::CommandHandler;
 use crate::config::Config;
 use crate::idempotency::AnswerCache;
-use crate::{Result, routes};
+use crate::{Result, api, routes};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -54,12 +55,11 @@ impl Application {
             answers,
         };
         let router = Router::new()
-            .route("/v1/workflows", post(routes::submit))
-            .route("/v1/workflows/{id}/cancel", post(routes::cancel))
-            .route("/v1/workflows/{id}/signals/{name}", post(routes::signal))
+            .merge(api::router())
             .route("/health", get(routes::health))
             .fallback(routes::not_found)
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;

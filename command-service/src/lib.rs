@@ -4,6 +4,7 @@
 //! `Application::build` binds (port 0 allowed) and starts the outbox relay, so tests run
 //! the real service in-process.
 
+mod api;
 mod application;
 mod commands;
 pub mod config;

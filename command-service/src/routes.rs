@@ -8,6 +8,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use flowline_domain::{CancelWorkflow, SendSignal, SubmitWorkflow, WorkflowCommand};
 use flowline_event_log::ConsistencyToken;
+use flowline_service_kit::openapi::PROBLEM_JSON;
+use flowline_service_kit::problem::ProblemDetails;
 use flowline_service_kit::request::{body_bytes, json_body, tenant};
 use flowline_service_kit::{Problem, telemetry};
 use serde::Serialize;
@@ -22,10 +24,14 @@ use crate::{Error, Result};
 pub const CONSISTENCY_TOKEN_HEADER: &str = "x-consistency-token";
 
 /// The body of every 2xx answer to a command.
-#[derive(Debug, Serialize)]
-struct AcceptedBody {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Accepted)]
+pub(crate) struct AcceptedBody {
     workflow_id: Uuid,
+    /// The stream's version after this command (also the `ETag`).
     version: u64,
+    /// The run's status after this command.
+    #[schema(value_type = String)]
     status: &'static str,
     event_id: Uuid,
     command_id: Uuid,
@@ -204,7 +210,33 @@ async fn dispatch(
     Ok(answer(status, body, false))
 }
 
-/// `POST /v1/workflows`
+/// Submits a run.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows",
+    tag = "commands",
+    request_body = crate::api::SubmitDoc,
+    params(
+        ("X-Principal" = Option<String>, Header, description = "Who submits (recorded as `submitted_by`; 1-200 characters)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: apply only if the run is at this version, else 412 with `current_version`"),
+        ("X-Correlation-Id" = Option<Uuid>, Header, description = "Recorded on the event"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, recorded on the event"),
+    ),
+    responses(
+        (status = 201, description = "Submitted and on the log", body = AcceptedBody, headers(
+            ("Location" = String, description = "The run in the query service"),
+            ("ETag" = String, description = "The stream's version, quoted"),
+            ("X-Consistency-Token" = String, description = "Where the event landed on the log (`partition:offset`); send it to the query service to read your write"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
+        )),
+        (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 422, description = "Invalid fields (`errors` names each) or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 #[tracing::instrument(skip_all)]
 pub async fn submit(
     State(state): State<AppState>,
@@ -229,7 +261,34 @@ pub async fn submit(
     .await
 }
 
-/// `POST /v1/workflows/{id}/cancel`
+/// Cancels a run.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/cancel",
+    tag = "commands",
+    request_body(content = crate::api::CancelDoc, description = "Optional"),
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: apply only if the run is at this version, else 412 with `current_version`"),
+        ("X-Correlation-Id" = Option<Uuid>, Header, description = "Recorded on the event"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, recorded on the event"),
+    ),
+    responses(
+        (status = 200, description = "Cancelled and on the log", body = AcceptedBody, headers(
+            ("ETag" = String, description = "The stream's version, quoted"),
+            ("X-Consistency-Token" = String, description = "Where the event landed on the log (`partition:offset`); send it to the query service to read your write"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
+        )),
+        (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run's status forbids it", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 422, description = "Invalid fields (`errors` names each) or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 #[tracing::instrument(skip_all, fields(workflow_id = %id))]
 pub async fn cancel(
     State(state): State<AppState>,
@@ -254,7 +313,35 @@ pub async fn cancel(
     .await
 }
 
-/// `POST /v1/workflows/{id}/signals/{name}`
+/// Delivers a named signal (any JSON payload) to a run.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/signals/{name}",
+    tag = "commands",
+    request_body(content = Object, description = "The signal's payload, any JSON"),
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("name" = String, Path, description = "The signal's name"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: apply only if the run is at this version, else 412 with `current_version`"),
+        ("X-Correlation-Id" = Option<Uuid>, Header, description = "Recorded on the event"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, recorded on the event"),
+    ),
+    responses(
+        (status = 200, description = "Delivered and on the log", body = AcceptedBody, headers(
+            ("ETag" = String, description = "The stream's version, quoted"),
+            ("X-Consistency-Token" = String, description = "Where the event landed on the log (`partition:offset`); send it to the query service to read your write"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
+        )),
+        (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run's status forbids it", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 422, description = "Invalid fields (`errors` names each) or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 #[tracing::instrument(skip_all, fields(workflow_id = %id, signal = %name))]
 pub async fn signal(
     State(state): State<AppState>,

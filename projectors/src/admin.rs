@@ -6,6 +6,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use flowline_service_kit::Problem;
+use flowline_service_kit::openapi::PROBLEM_JSON;
+use flowline_service_kit::problem::ProblemDetails;
 use serde::{Deserialize, Serialize};
 
 use crate::application::AdminState;
@@ -15,12 +17,15 @@ use crate::dead_letter::{self, DeadLetter, Redrive};
 use crate::rebuild::{self, RebuildRecord, StartAt};
 
 /// Lag of one partition of one projection.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PartitionLag {
+    #[schema(value_type = String)]
     projection: &'static str,
     partition: i32,
+    /// The next offset the projection will apply.
     next_offset: i64,
     high_watermark: i64,
+    /// Records on the log not yet applied.
     lag: i64,
 }
 
@@ -51,12 +56,18 @@ async fn lag_rows(state: &AdminState) -> Result<Vec<PartitionLag>, Problem> {
     Ok(rows)
 }
 
-/// `GET /admin/lag`
+/// Lag of every projection on every partition.
+#[utoipa::path(get, path = "/admin/lag", tag = "admin", responses(
+    (status = 200, description = "One row per projection and partition", body = Vec<PartitionLag>),
+))]
 pub async fn lag(State(state): State<AdminState>) -> Result<Json<Vec<PartitionLag>>, Problem> {
     Ok(Json(lag_rows(&state).await?))
 }
 
-/// `GET /metrics` (Prometheus text format)
+/// Prometheus metrics: `flowline_projection_lag{projection, partition}`.
+#[utoipa::path(get, path = "/metrics", tag = "admin", responses(
+    (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
+))]
 pub async fn metrics(State(state): State<AdminState>) -> Result<impl IntoResponse, Problem> {
     let rows = lag_rows(&state).await?;
     let mut text = String::from(
@@ -105,14 +116,23 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Problem> {
 }
 
 /// Query of `GET /admin/dead-letters`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeadLetterQuery {
+    /// Also the ones already re-driven.
     #[serde(default)]
     all: bool,
+    /// Only this projection's.
     projection: Option<String>,
 }
 
-/// `GET /admin/dead-letters[?all=true][&projection=<name>]`
+/// Dead letters (pending ones unless `all=true`), in log order.
+#[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(DeadLetterQuery),
+    security(("admin_token" = [])), responses(
+    (status = 200, description = "The dead letters", body = Vec<DeadLetter>),
+        (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 pub async fn dead_letters(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -125,7 +145,15 @@ pub async fn dead_letters(
     Ok(Json(letters))
 }
 
-/// `GET /admin/dead-letters/{id}`
+/// One dead letter, with its payload.
+#[utoipa::path(get, path = "/admin/dead-letters/{id}", tag = "admin",
+    params(("id" = i64, Path, description = "The dead letter's id")),
+    security(("admin_token" = [])), responses(
+    (status = 200, description = "The dead letter", body = DeadLetter),
+        (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 404, description = "No such dead letter", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 pub async fn dead_letter_by_id(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -139,7 +167,15 @@ pub async fn dead_letter_by_id(
         .ok_or_else(|| Problem::not_found(format!("no dead letter {id}")))
 }
 
-/// `POST /admin/dead-letters/{id}/redrive`
+/// Applies a pending dead letter again (after a fix).
+#[utoipa::path(post, path = "/admin/dead-letters/{id}/redrive", tag = "admin",
+    params(("id" = i64, Path, description = "The dead letter's id")),
+    security(("admin_token" = [])), responses(
+    (status = 200, description = "What the re-drive did", body = Redrive),
+        (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 404, description = "No pending dead letter with this id", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 pub async fn redrive(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -159,7 +195,13 @@ pub async fn redrive(
     }
 }
 
-/// `POST /admin/dead-letters/redrive` (every pending one, in log order)
+/// Applies every pending dead letter again, in log order.
+#[utoipa::path(post, path = "/admin/dead-letters/redrive", tag = "admin",
+    security(("admin_token" = [])), responses(
+    (status = 200, description = "What each re-drive did", body = Vec<Redrive>),
+        (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 pub async fn redrive_all(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -174,14 +216,26 @@ pub async fn redrive_all(
 }
 
 /// Body of `POST /admin/rebuilds`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RebuildRequest {
+    /// `workflow_read_model` or `workflow_graph`.
+    #[schema(example = "workflow_read_model")]
     projection: String,
+    /// Replay from this time (RFC 3339) instead of the beginning.
+    #[schema(format = DateTime)]
     from: Option<String>,
 }
 
-/// `POST /admin/rebuilds` `{"projection": "workflow_read_model", "from": "<RFC 3339>"?}`:
-/// starts (or resumes) a rebuild in this process; poll `GET /admin/rebuilds/{id}`.
+/// Starts (or resumes) a zero-downtime rebuild in this process; poll
+/// `GET /admin/rebuilds/{id}`.
+#[utoipa::path(post, path = "/admin/rebuilds", tag = "admin", request_body = RebuildRequest,
+    security(("admin_token" = [])), responses(
+    (status = 202, description = "Started (or resumed)", body = RebuildRecord),
+    (status = 400, description = "Malformed JSON", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 422, description = "Unknown projection or invalid `from` (`errors` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 pub async fn start_rebuild(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -226,7 +280,15 @@ pub async fn start_rebuild(
     Ok((StatusCode::ACCEPTED, Json(record)))
 }
 
-/// `GET /admin/rebuilds/{id}`
+/// A rebuild's status and progress.
+#[utoipa::path(get, path = "/admin/rebuilds/{id}", tag = "admin",
+    params(("id" = uuid::Uuid, Path, description = "The rebuild's id")),
+    security(("admin_token" = [])), responses(
+    (status = 200, description = "The rebuild", body = RebuildRecord),
+        (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 404, description = "No such rebuild", body = ProblemDetails, content_type = PROBLEM_JSON),
+))]
 pub async fn rebuild_status(
     State(state): State<AdminState>,
     headers: HeaderMap,
@@ -238,4 +300,42 @@ pub async fn rebuild_status(
         .map_err(|e| Problem::internal(&e))?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("no rebuild {id}")))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "flowline projectors admin",
+        description = "Operating the projections: lag, metrics, dead letters and rebuilds. \
+            Endpoints that show payloads or change state need `Authorization: Bearer \
+            <ADMIN_TOKEN>` (403 when ADMIN_TOKEN is unset). Every error is \
+            `application/problem+json` (RFC 9457)."
+    ),
+    tags((name = "admin", description = "Projection operations"))
+)]
+struct ApiDoc;
+
+/// The admin routes and the routes serving their document (`/openapi.json`, `/docs`).
+pub fn router() -> axum::Router<AdminState> {
+    use utoipa::OpenApi;
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    use utoipa_axum::routes;
+    let (router, mut api) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(lag))
+        .routes(routes!(metrics))
+        .routes(routes!(dead_letters))
+        .routes(routes!(redrive_all))
+        .routes(routes!(dead_letter_by_id))
+        .routes(routes!(redrive))
+        .routes(routes!(start_rebuild))
+        .routes(routes!(rebuild_status))
+        .split_for_parts();
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    let api = flowline_service_kit::openapi::finish(api, &[]);
+    router.merge(flowline_service_kit::openapi::docs(api))
 }

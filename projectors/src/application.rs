@@ -3,7 +3,7 @@
 use std::future::Future;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::get;
 use flowline_event_log::KafkaSettings;
 use flowline_service_kit::Problem;
 use flowline_service_kit::http::HttpServer;
@@ -144,15 +144,11 @@ impl Application {
         tokio::spawn(drop_retired_tables(pool.clone(), stop.clone()));
         let router = Router::new()
             .route("/health", get(|| async { "ok" }))
-            .route("/admin/lag", get(admin::lag))
-            .route("/metrics", get(admin::metrics))
-            .route("/admin/dead-letters", get(admin::dead_letters))
-            .route("/admin/dead-letters/redrive", post(admin::redrive_all))
-            .route("/admin/dead-letters/{id}", get(admin::dead_letter_by_id))
-            .route("/admin/dead-letters/{id}/redrive", post(admin::redrive))
-            .route("/admin/rebuilds", post(admin::start_rebuild))
-            .route("/admin/rebuilds/{id}", get(admin::rebuild_status))
+            .merge(admin::router())
             .fallback(|| async { Problem::not_found("no such endpoint") })
+            .layer(axum::middleware::map_response(
+                flowline_service_kit::problem::problem_errors,
+            ))
             .with_state(AdminState {
                 pool: pool.clone(),
                 kafka: config.kafka.clone(),

@@ -15,7 +15,7 @@ use crate::Result;
 use crate::projection::{LogPlace, Projection};
 
 /// A dead-lettered record.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct DeadLetter {
     /// Its id, for `show` and `redrive`.
     pub id: i64,
@@ -31,8 +31,10 @@ pub struct DeadLetter {
     pub record_key: Option<String>,
     /// The record's value, base64 in JSON.
     #[serde(serialize_with = "as_base64")]
+    #[schema(value_type = Option<String>, format = Byte)]
     pub payload: Option<Vec<u8>>,
     /// The record's headers.
+    #[schema(value_type = Object)]
     pub headers: serde_json::Value,
     /// Why it failed (the last failure).
     pub reason: String,
@@ -124,7 +126,7 @@ pub async fn show(pool: &PgPool, id: i64) -> sqlx::Result<Option<DeadLetter>> {
 }
 
 /// What a re-drive did.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Redrive {
     /// Applied; the dead letter is marked re-driven.

@@ -60,7 +60,7 @@ pub struct Progress {
 }
 
 /// A rebuild as recorded.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct RebuildRecord {
     /// Its id.
     pub id: Uuid,
@@ -77,6 +77,7 @@ pub struct RebuildRecord {
     /// When the tables it replaced are dropped.
     pub retired_until: Option<DateTime<Utc>>,
     /// Latest progress.
+    #[schema(value_type = Object)]
     pub progress: serde_json::Value,
     /// Why it failed.
     pub error: Option<String>,

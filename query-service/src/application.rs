@@ -13,6 +13,7 @@ use flowline_event_store::{EventStore, WorkflowRepository};
 use flowline_graph::AnyGraph;
 use flowline_service_kit::Problem;
 use flowline_service_kit::http::HttpServer;
+use flowline_service_kit::problem::problem_errors;
 use flowline_service_kit::request::tenant;
 use tower_http::trace::TraceLayer;
 
@@ -21,7 +22,7 @@ use crate::config::Config;
 use crate::consistency::{ConsistencyGate, token_from_headers};
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Error, Result, graph_rest, rest};
+use crate::{Error, Result, api};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -88,26 +89,11 @@ impl Application {
             read_model,
         };
         let router = Router::new()
-            .route("/v1/workflows", get(rest::list))
-            .route("/v1/workflows/{id}", get(rest::workflow))
-            .route("/v1/workflows/{id}/events", get(rest::events))
-            .route("/v1/workflows/{id}/state", get(rest::state))
-            .route(
-                "/v1/workflows/{id}/steps/{step}/dependencies",
-                get(graph_rest::dependencies),
-            )
-            .route(
-                "/v1/workflows/{id}/steps/{step}/dependents",
-                get(graph_rest::dependents),
-            )
-            .route(
-                "/v1/workflows/{id}/steps/{step}/lineage",
-                get(graph_rest::lineage),
-            )
-            .route("/v1/graph/runs", get(graph_rest::runs))
+            .merge(api::router())
             .route("/graphql", get(graphiql).post(graphql))
             .route("/health", get(|| async { "ok" }))
             .fallback(not_found)
+            .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;

@@ -10,37 +10,72 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use flowline_service_kit::openapi::PROBLEM_JSON;
+use flowline_service_kit::problem::ProblemDetails;
+
 use crate::application::AppState;
-use crate::{Error, Result};
+use crate::{Error, Result, rest};
 
 /// Deepest walk a caller may ask for.
 const MAX_DEPTH: u32 = 50;
 
-/// Query of `GET /v1/graph/runs`.
-#[derive(Debug, Deserialize)]
+/// Query of `GET /v1/graph/runs`: exactly one of `tool` and `model`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RunsQuery {
+    /// Runs with an `mcp_tool` step calling this tool (`server/tool`).
     tool: Option<String>,
+    /// Runs with an `llm` step using this model.
     model: Option<String>,
 }
 
 /// Query of the step walks.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DepthQuery {
-    depth: Option<u32>,
+    /// How many edges to follow, 1 to 50 (default 10).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 50)]
+    depth: Option<String>,
+}
+
+impl DepthQuery {
+    fn depth(&self) -> Result<Option<u32>> {
+        self.depth
+            .as_deref()
+            .map(|text| {
+                text.parse().map_err(|_| Error::InvalidParameter {
+                    parameter: "depth",
+                    message: format!("must be an integer between 1 and {MAX_DEPTH}"),
+                })
+            })
+            .transpose()
+    }
 }
 
 fn graph_error(error: flowline_graph::Error) -> Error {
     Error::Graph(error.to_string())
 }
 
-/// `GET /v1/graph/runs?tool=<name>` or `?model=<name>`
+/// Runs that used a tool or a model (from the graph view).
+#[utoipa::path(
+    get,
+    path = "/v1/graph/runs",
+    tag = "graph",
+    params(RunsQuery),
+    responses(
+        (status = 200, description = "`{runs: [{run, name}]}`", body = Object),
+        (status = 400, description = "Neither or both of tool and model", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn runs(
     State(state): State<AppState>,
     Query(query): Query<RunsQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     let tenant = tenant(&headers)?;
-    let runs = match (&query.tool, &query.model) {
+    let tool = rest::text_parameter("tool", query.tool)?;
+    let model = rest::text_parameter("model", query.model)?;
+    let runs = match (&tool, &model) {
         (Some(tool), None) => state.graph.runs_using_tool(&tenant, tool).await,
         (None, Some(model)) => state.graph.runs_using_model(&tenant, model).await,
         _ => {
@@ -109,32 +144,77 @@ async fn walk(
     ))
 }
 
-/// `GET /v1/workflows/{id}/steps/{step}/dependencies?depth=`
+/// The steps a step depends on, transitively.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/steps/{step}/dependencies",
+    tag = "graph",
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("step" = String, Path, description = "The step's id"),
+        DepthQuery,
+    ),
+    responses(
+        (status = 200, description = "`{workflow_id, step, depth, result}`", body = Object),
+        (status = 400, description = "`depth` is invalid", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such run or step", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn dependencies(
     State(state): State<AppState>,
     Path(path): Path<(String, String)>,
     Query(query): Query<DepthQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    walk(&state, &headers, path, query.depth, Walk::Dependencies).await
+    walk(&state, &headers, path, query.depth()?, Walk::Dependencies).await
 }
 
-/// `GET /v1/workflows/{id}/steps/{step}/dependents?depth=`
+/// The steps depending on a step, transitively.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/steps/{step}/dependents",
+    tag = "graph",
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("step" = String, Path, description = "The step's id"),
+        DepthQuery,
+    ),
+    responses(
+        (status = 200, description = "`{workflow_id, step, depth, result}`", body = Object),
+        (status = 400, description = "`depth` is invalid", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such run or step", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn dependents(
     State(state): State<AppState>,
     Path(path): Path<(String, String)>,
     Query(query): Query<DepthQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    walk(&state, &headers, path, query.depth, Walk::Dependents).await
+    walk(&state, &headers, path, query.depth()?, Walk::Dependents).await
 }
 
-/// `GET /v1/workflows/{id}/steps/{step}/lineage?depth=`
+/// Where a step's output comes from: upstream steps, tools, models and the principal.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/steps/{step}/lineage",
+    tag = "graph",
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("step" = String, Path, description = "The step's id"),
+        DepthQuery,
+    ),
+    responses(
+        (status = 200, description = "`{workflow_id, step, depth, result}`", body = Object),
+        (status = 400, description = "`depth` is invalid", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such run or step", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn lineage(
     State(state): State<AppState>,
     Path(path): Path<(String, String)>,
     Query(query): Query<DepthQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    walk(&state, &headers, path, query.depth, Walk::Lineage).await
+    walk(&state, &headers, path, query.depth()?, Walk::Lineage).await
 }

@@ -3,6 +3,7 @@
 //!
 //! `Application::build` binds (port 0 allowed), so tests run the real service in-process.
 
+mod api;
 mod application;
 pub mod cache;
 pub mod config;

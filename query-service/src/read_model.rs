@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::{Error, Result};
@@ -19,7 +19,7 @@ pub const DEFAULT_PAGE: i64 = 20;
 pub const STATUSES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
 
 /// A step as readers see it.
-#[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject)]
+#[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
 pub struct StepView {
     /// Unique within the workflow.
     pub id: String,
@@ -30,11 +30,12 @@ pub struct StepView {
     /// Steps that must finish first.
     pub depends_on: Vec<String>,
     /// Kind-specific settings.
+    #[schema(value_type = Object)]
     pub config: async_graphql::Json<serde_json::Value>,
 }
 
 /// A workflow run as readers see it.
-#[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject)]
+#[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
 pub struct WorkflowView {
     /// The run's id.
     pub id: Uuid,
@@ -47,6 +48,7 @@ pub struct WorkflowView {
     /// Version of the stream this view reflects.
     pub version: i64,
     /// The run's input.
+    #[schema(value_type = Object)]
     pub input: async_graphql::Json<serde_json::Value>,
     /// Why it was cancelled, if it was.
     pub cancel_reason: Option<String>,
@@ -61,7 +63,7 @@ pub struct WorkflowView {
 }
 
 /// One event of a stream.
-#[derive(Debug, Clone, Serialize, async_graphql::SimpleObject)]
+#[derive(Debug, Clone, Serialize, async_graphql::SimpleObject, utoipa::ToSchema)]
 pub struct EventView {
     /// Position in the stream.
     pub version: i64,
@@ -78,11 +80,26 @@ pub struct EventView {
     /// Causation id.
     pub causation_id: Uuid,
     /// The event's payload.
+    #[schema(value_type = Object)]
     pub data: async_graphql::Json<serde_json::Value>,
 }
 
+/// A step with what depends on it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StepDetail {
+    /// The run the step belongs to.
+    pub workflow_id: Uuid,
+    /// The run's status.
+    pub workflow_status: String,
+    /// The step itself.
+    #[serde(flatten)]
+    pub step: StepView,
+    /// Ids of the steps that list this one in `depends_on`, in submission order.
+    pub dependents: Vec<String>,
+}
+
 /// A page of workflows, newest first.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WorkflowPage {
     /// The page's items.
     pub items: Vec<WorkflowView>,
@@ -167,19 +184,148 @@ struct StepRow {
     config: serde_json::Value,
 }
 
-fn encode_cursor(id: Uuid) -> String {
-    URL_SAFE_NO_PAD.encode(id.as_bytes())
+/// SQL naming the tool an `mcp_tool` step calls; identical to the expression index of
+/// migration 0010 so the planner uses it.
+const STEP_TOOL: &str = "(CASE WHEN config ->> 'server' IS NULL THEN config ->> 'tool' \
+     ELSE (config ->> 'server') || '/' || (config ->> 'tool') END)";
+
+impl SortField {
+    /// The name used in `sort=` and in cursors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SortField::SubmittedAt => "submitted_at",
+            SortField::UpdatedAt => "updated_at",
+            SortField::Name => "name",
+        }
+    }
+
+    fn column(self) -> &'static str {
+        self.as_str()
+    }
 }
 
-fn decode_cursor(cursor: &str) -> Result<Uuid> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
+impl Sort {
+    /// Every accepted `sort=` value.
+    pub const ACCEPTED: [&str; 6] = [
+        "submitted_at",
+        "-submitted_at",
+        "updated_at",
+        "-updated_at",
+        "name",
+        "-name",
+    ];
+
+    /// Parses `field` (ascending) or `-field` (descending).
+    pub fn parse(text: &str) -> Result<Self> {
+        let (descending, field) = match text.strip_prefix('-') {
+            Some(field) => (true, field),
+            None => (false, text),
+        };
+        let field = match field {
+            "submitted_at" => SortField::SubmittedAt,
+            "updated_at" => SortField::UpdatedAt,
+            "name" => SortField::Name,
+            _ => {
+                return Err(Error::InvalidParameter {
+                    parameter: "sort",
+                    message: format!(
+                        "unknown sort '{text}'; expected one of {}",
+                        Self::ACCEPTED.join(", ")
+                    ),
+                });
+            }
+        };
+        Ok(Self { field, descending })
+    }
+
+    /// `field` or `-field`.
+    pub fn as_string(self) -> String {
+        format!(
+            "{}{}",
+            if self.descending { "-" } else { "" },
+            self.field.as_str()
+        )
+    }
+}
+
+/// The position after the last item of a page: the sort it was made for, that item's sort
+/// key and its id (the tie-breaker). Serialized as base64url JSON, opaque to clients.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct Cursor {
+    /// `sort` as the client gave it (`-submitted_at`, `name`, ...).
+    sort: String,
+    /// Sort key of the last item: microseconds since the epoch for times, the text for names.
+    key: serde_json::Value,
+    id: Uuid,
+}
+
+/// A decoded cursor's sort key, ready to bind.
+enum CursorKey {
+    Time(DateTime<Utc>),
+    Text(String),
+}
+
+fn invalid_cursor(message: &str) -> Error {
+    Error::InvalidParameter {
+        parameter: "cursor",
+        message: message.into(),
+    }
+}
+
+fn encode_cursor(sort: Sort, row: &WorkflowRow) -> String {
+    let key = match sort.field {
+        SortField::SubmittedAt => serde_json::json!(row.submitted_at.timestamp_micros()),
+        SortField::UpdatedAt => serde_json::json!(row.updated_at.timestamp_micros()),
+        SortField::Name => serde_json::json!(row.name),
+    };
+    let cursor = Cursor {
+        sort: sort.as_string(),
+        key,
+        id: row.id,
+    };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).expect("a cursor serializes"))
+}
+
+fn decode_cursor(text: &str, sort: Sort) -> Result<(CursorKey, Uuid)> {
+    let cursor: Cursor = URL_SAFE_NO_PAD
+        .decode(text)
         .ok()
-        .and_then(|bytes| Uuid::from_slice(&bytes).ok())
-        .ok_or(Error::InvalidParameter {
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .ok_or_else(|| invalid_cursor("not a cursor returned by this API"))?;
+    if cursor.sort != sort.as_string() {
+        return Err(Error::InvalidParameter {
             parameter: "cursor",
-            message: "not a cursor returned by this API".into(),
-        })
+            message: format!(
+                "the cursor belongs to sort={}, not sort={}; start again without a cursor",
+                cursor.sort,
+                sort.as_string()
+            ),
+        });
+    }
+    let key = match sort.field {
+        SortField::SubmittedAt | SortField::UpdatedAt => cursor
+            .key
+            .as_i64()
+            .and_then(DateTime::from_timestamp_micros)
+            .map(CursorKey::Time),
+        SortField::Name => cursor.key.as_str().map(|t| CursorKey::Text(t.to_owned())),
+    }
+    .ok_or_else(|| invalid_cursor("not a cursor returned by this API"))?;
+    Ok((key, cursor.id))
+}
+
+/// `text` as a LIKE pattern matching itself anywhere.
+fn contains_pattern(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// Read access to the workflow read model.
@@ -206,7 +352,8 @@ impl ReadModel {
         Ok(self.with_steps(vec![row]).await?.pop())
     }
 
-    /// A page of workflows, newest first. Two queries whatever the page size.
+    /// A page of workflows matching `filter`, in its sort order (newest first by default),
+    /// keyset-paginated on (sort key, id). Two queries whatever the page size.
     pub async fn list(&self, tenant: &str, filter: &ListFilter) -> Result<WorkflowPage> {
         let limit = filter.limit.unwrap_or(DEFAULT_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
@@ -226,22 +373,73 @@ impl ReadModel {
                 ),
             });
         }
-        let after = filter.cursor.as_deref().map(decode_cursor).transpose()?;
-        let mut rows: Vec<WorkflowRow> = sqlx::query_as(
-            "SELECT * FROM workflows WHERE tenant = $1 \
-             AND ($2::text IS NULL OR status = $2) \
-             AND ($3::uuid IS NULL OR id < $3) \
-             ORDER BY id DESC LIMIT $4",
-        )
-        .bind(tenant)
-        .bind(&filter.status)
-        .bind(after)
-        .bind(limit + 1)
-        .fetch_all(&self.pool)
-        .await?;
+        if let (Some(after), Some(before)) = (filter.submitted_after, filter.submitted_before)
+            && after >= before
+        {
+            return Err(Error::InvalidParameter {
+                parameter: "submitted_before",
+                message: "must be later than submitted_after".into(),
+            });
+        }
+        let sort = filter.sort;
+        let position = filter
+            .cursor
+            .as_deref()
+            .map(|cursor| decode_cursor(cursor, sort))
+            .transpose()?;
+
+        let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM workflows w WHERE tenant = ");
+        query.push_bind(tenant);
+        if let Some(status) = &filter.status {
+            query.push(" AND status = ").push_bind(status);
+        }
+        if let Some(name) = &filter.name {
+            query
+                .push(" AND name ILIKE ")
+                .push_bind(contains_pattern(name));
+        }
+        if let Some(after) = filter.submitted_after {
+            query.push(" AND submitted_at >= ").push_bind(after);
+        }
+        if let Some(before) = filter.submitted_before {
+            query.push(" AND submitted_at < ").push_bind(before);
+        }
+        if let Some(tool) = &filter.tool {
+            query.push(format!(
+                " AND EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
+                 AND s.kind = 'mcp_tool' AND {STEP_TOOL} = "
+            ));
+            query.push_bind(tool).push(")");
+        }
+        if let Some(model) = &filter.model {
+            query.push(
+                " AND EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
+                 AND s.kind = 'llm' AND config ->> 'model' = ",
+            );
+            query.push_bind(model).push(")");
+        }
+        let column = sort.field.column();
+        let (direction, comparison) = if sort.descending {
+            ("DESC", "<")
+        } else {
+            ("ASC", ">")
+        };
+        if let Some((key, id)) = position {
+            query.push(format!(" AND ({column}, id) {comparison} ("));
+            match key {
+                CursorKey::Time(time) => query.push_bind(time),
+                CursorKey::Text(text) => query.push_bind(text),
+            };
+            query.push(", ").push_bind(id).push(")");
+        }
+        query.push(format!(
+            " ORDER BY {column} {direction}, id {direction} LIMIT "
+        ));
+        query.push_bind(limit + 1);
+        let mut rows: Vec<WorkflowRow> = query.build_query_as().fetch_all(&self.pool).await?;
         let has_more = rows.len() as i64 > limit;
         rows.truncate(limit as usize);
-        let next_cursor = has_more.then(|| encode_cursor(rows[rows.len() - 1].id));
+        let next_cursor = has_more.then(|| encode_cursor(sort, &rows[rows.len() - 1]));
         Ok(WorkflowPage {
             items: self.with_steps(rows).await?,
             next_cursor,
@@ -286,6 +484,31 @@ impl ReadModel {
                 updated_at: row.updated_at,
             })
             .collect())
+    }
+
+    /// One step of a workflow with the steps that depend on it directly; `Ok(None)` when the
+    /// workflow is unknown, `Error::UnknownStep` when it has no such step.
+    pub async fn step(&self, tenant: &str, id: Uuid, step: &str) -> Result<Option<StepDetail>> {
+        let Some(workflow) = self.workflow(tenant, id).await? else {
+            return Ok(None);
+        };
+        let dependents = workflow
+            .steps
+            .iter()
+            .filter(|other| other.depends_on.iter().any(|d| d == step))
+            .map(|other| other.id.clone())
+            .collect();
+        let found = workflow
+            .steps
+            .into_iter()
+            .find(|s| s.id == step)
+            .ok_or_else(|| Error::UnknownStep(step.to_owned()))?;
+        Ok(Some(StepDetail {
+            workflow_id: workflow.id,
+            workflow_status: workflow.status,
+            step: found,
+            dependents,
+        }))
     }
 
     /// The stream's events in version order; `None` when the workflow is unknown.

@@ -1,4 +1,4 @@
-//! REST routes.
+//! REST routes over the read model (documented in the OpenAPI document at `/openapi.json`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,14 +11,83 @@ use uuid::Uuid;
 
 use crate::application::AppState;
 use crate::consistency::token_from_headers;
-use crate::read_model::{EventView, ListFilter, WorkflowPage, WorkflowView};
+use flowline_service_kit::openapi::PROBLEM_JSON;
+use flowline_service_kit::problem::ProblemDetails;
+
+use crate::read_model::{
+    EventView, ListFilter, MAX_PAGE, Sort, StepDetail, WorkflowPage, WorkflowView,
+};
 use crate::{Error, Result};
 
-/// Query parameters of `GET /v1/workflows`.
-#[derive(Debug, Deserialize)]
+/// A workflow status, as the `status` filter accepts it.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusParam {
+    /// Submitted, not started.
+    Pending,
+    /// In progress.
+    Running,
+    /// Finished well.
+    Succeeded,
+    /// Finished badly.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// The orders `sort` accepts: a field, descending when prefixed with `-`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub enum SortParam {
+    /// Oldest first.
+    #[serde(rename = "submitted_at")]
+    SubmittedAt,
+    /// Newest first (the default).
+    #[serde(rename = "-submitted_at")]
+    SubmittedAtDescending,
+    /// Least recently changed first.
+    #[serde(rename = "updated_at")]
+    UpdatedAt,
+    /// Most recently changed first.
+    #[serde(rename = "-updated_at")]
+    UpdatedAtDescending,
+    /// By name, A to Z.
+    #[serde(rename = "name")]
+    Name,
+    /// By name, Z to A.
+    #[serde(rename = "-name")]
+    NameDescending,
+}
+
+/// Query parameters of `GET /v1/workflows`. Read as text and parsed here, so that a bad
+/// value is a 400 naming its parameter.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// Only runs with this status.
+    #[param(value_type = Option<StatusParam>, inline)]
     status: Option<String>,
-    limit: Option<i64>,
+    /// Only runs whose name contains this text (case-insensitive).
+    name: Option<String>,
+    /// Only runs submitted at or after this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime, example = "2026-11-26T10:00:00Z")]
+    submitted_after: Option<String>,
+    /// Only runs submitted before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
+    submitted_before: Option<String>,
+    /// Only runs with an `mcp_tool` step calling this tool (`server/tool`, or `tool` when the
+    /// step names no server).
+    #[param(example = "web/search")]
+    tool: Option<String>,
+    /// Only runs with an `llm` step using this model.
+    #[param(example = "gpt-x")]
+    model: Option<String>,
+    /// Order of the items; `-` means descending. Default `-submitted_at` (newest first).
+    #[param(value_type = Option<SortParam>, inline)]
+    sort: Option<String>,
+    /// Items per page, 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page, requested with the same `sort`.
     cursor: Option<String>,
 }
 
@@ -26,7 +95,80 @@ fn parse_id(raw: &str) -> Result<Uuid> {
     Uuid::parse_str(raw).map_err(|_| Error::NotFound(raw.to_owned()))
 }
 
-/// `GET /v1/workflows/{id}`
+fn parse_time(parameter: &'static str, text: &str) -> Result<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|e| Error::InvalidParameter {
+            parameter,
+            message: format!("not an RFC 3339 time ({e}), e.g. 2026-11-26T10:00:00Z"),
+        })
+}
+
+/// A text parameter: absent, or non-empty without NUL (which PostgreSQL text cannot hold).
+pub(crate) fn text_parameter(
+    parameter: &'static str,
+    text: Option<String>,
+) -> Result<Option<String>> {
+    match text {
+        Some(text) if text.trim().is_empty() => Err(Error::InvalidParameter {
+            parameter,
+            message: "must not be empty".into(),
+        }),
+        Some(text) if text.contains('\0') => Err(Error::InvalidParameter {
+            parameter,
+            message: "must not contain NUL characters".into(),
+        }),
+        other => Ok(other),
+    }
+}
+
+impl ListParams {
+    fn into_filter(self) -> Result<ListFilter> {
+        Ok(ListFilter {
+            status: text_parameter("status", self.status)?,
+            name: text_parameter("name", self.name)?,
+            submitted_after: self
+                .submitted_after
+                .map(|t| parse_time("submitted_after", &t))
+                .transpose()?,
+            submitted_before: self
+                .submitted_before
+                .map(|t| parse_time("submitted_before", &t))
+                .transpose()?,
+            tool: text_parameter("tool", self.tool)?,
+            model: text_parameter("model", self.model)?,
+            sort: self
+                .sort
+                .as_deref()
+                .map(Sort::parse)
+                .transpose()?
+                .unwrap_or_default(),
+            limit: self
+                .limit
+                .map(|limit| {
+                    limit.parse().map_err(|_| Error::InvalidParameter {
+                        parameter: "limit",
+                        message: format!("must be an integer between 1 and {MAX_PAGE}"),
+                    })
+                })
+                .transpose()?,
+            cursor: text_parameter("cursor", self.cursor)?,
+        })
+    }
+}
+
+/// A run with its steps.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The run's id"), ("X-Consistency-Token" = Option<String>, Header, description = "A command's consistency token: answer with state at least that new (waits up to CONSISTENCY_WAIT_MS)")),
+    responses(
+        (status = 503, description = "The read model has not reached the consistency token in time; retry (Retry-After)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 200, description = "The run", body = WorkflowView),
+        (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn workflow(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -43,7 +185,21 @@ pub async fn workflow(
         .ok_or(Error::NotFound(id))
 }
 
-/// `GET /v1/workflows?status=&limit=&cursor=`
+/// Runs matching every given filter, one page at a time.
+///
+/// Pages are keyset-paginated: pass `next_cursor` as `cursor` (with the same `sort`) for the
+/// next page; no run is missed or repeated while paging.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows",
+    tag = "workflows",
+    params(ListParams, ("X-Consistency-Token" = Option<String>, Header, description = "A command's consistency token: answer with state at least that new (waits up to CONSISTENCY_WAIT_MS)")),
+    responses(
+        (status = 503, description = "The read model has not reached the consistency token in time; retry (Retry-After)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 200, description = "A page of runs", body = WorkflowPage),
+        (status = 400, description = "A parameter is invalid; `parameter` names it", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn list(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
@@ -52,21 +208,78 @@ pub async fn list(
     let tenant = tenant(&headers)?;
     let token = token_from_headers(&headers)?;
     state.reads.gate().wait_for_any(token.as_ref()).await?;
-    let filter = ListFilter {
-        status: params.status,
-        limit: params.limit,
-        cursor: params.cursor,
-        ..ListFilter::default()
-    };
+    let filter = params.into_filter()?;
     Ok(Json(state.read_model.list(&tenant, &filter).await?))
 }
 
-/// `GET /v1/workflows/{id}/events`
+/// One step of a run: kind, status, `depends_on`, config and the steps depending on it.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/steps/{step}",
+    tag = "workflows",
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("step" = String, Path, description = "The step's id"),
+    ),
+    responses(
+        (status = 200, description = "The step", body = StepDetail),
+        (status = 404, description = "No such run or step", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
+pub async fn step(
+    State(state): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Json<StepDetail>> {
+    let tenant = tenant(&headers)?;
+    let workflow_id = parse_id(&id)?;
+    state
+        .read_model
+        .step(&tenant, workflow_id, &step)
+        .await?
+        .map(Json)
+        .ok_or(Error::NotFound(id))
+}
+
+/// The events of a run's stream, in version order.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EventsBody {
+    workflow_id: Uuid,
+    events: Vec<EventView>,
+}
+
+/// The aggregate as it was at a version or a time.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct StateBody {
+    workflow_id: Uuid,
+    /// The version the state reflects.
+    version: u64,
+    /// The stream's latest version.
+    current_version: u64,
+    /// The time asked for, if any.
+    as_of: Option<String>,
+    /// The aggregate's state.
+    #[schema(value_type = Object)]
+    state: flowline_domain::Workflow,
+}
+
+/// The events of a run's stream, in version order.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/events",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The run's id"), ("X-Consistency-Token" = Option<String>, Header, description = "A command's consistency token: answer with state at least that new (waits up to CONSISTENCY_WAIT_MS)")),
+    responses(
+        (status = 503, description = "The read model has not reached the consistency token in time; retry (Retry-After)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 200, description = "The stream", body = EventsBody),
+        (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<EventsBody>> {
     let tenant = tenant(&headers)?;
     let token = token_from_headers(&headers)?;
     let workflow_id = parse_id(&id)?;
@@ -76,26 +289,43 @@ pub async fn events(
         .events(&tenant, workflow_id)
         .await?
         .ok_or(Error::NotFound(id))?;
-    Ok(Json(
-        serde_json::json!({ "workflow_id": workflow_id, "events": events }),
-    ))
+    Ok(Json(EventsBody {
+        workflow_id,
+        events,
+    }))
 }
 
-/// Query parameters of `GET /v1/workflows/{id}/state`.
-#[derive(Debug, Deserialize)]
+/// Query parameters of `GET /v1/workflows/{id}/state` (at most one of them).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct StateParams {
+    /// The state as it was at this time (RFC 3339, not in the future).
+    #[param(value_type = Option<String>, format = DateTime)]
     as_of: Option<String>,
+    /// The state as it was after this version.
+    #[param(value_type = Option<u64>, minimum = 1)]
     version: Option<String>,
 }
 
-/// `GET /v1/workflows/{id}/state?as_of=<RFC 3339>|version=<n>`: the aggregate state as it
-/// was then, rebuilt by replay (from a snapshot no later than it).
+/// The aggregate as it was at a time or after a version (the latest without either),
+/// rebuilt by replay from a snapshot no later than it.
+#[utoipa::path(
+    get,
+    path = "/v1/workflows/{id}/state",
+    tag = "workflows",
+    params(("id" = Uuid, Path, description = "The run's id"), StateParams),
+    responses(
+        (status = 200, description = "The past state", body = StateBody),
+        (status = 400, description = "A parameter is invalid; `parameter` names it", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 404, description = "No such run, version, or the run did not exist yet", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn state(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Query(params): Query<StateParams>,
     headers: HeaderMap,
-) -> Result<Json<serde_json::Value>> {
+) -> Result<Json<StateBody>> {
     let tenant = tenant(&headers)?;
     let workflow_id = parse_id(&id)?;
     let as_of = match (&params.as_of, &params.version) {
@@ -153,11 +383,11 @@ pub async fn state(
         }
         _ => {}
     }
-    Ok(Json(serde_json::json!({
-        "workflow_id": workflow_id,
-        "version": past.workflow.version,
-        "current_version": past.current_version,
-        "as_of": params.as_of,
-        "state": past.workflow.state,
-    })))
+    Ok(Json(StateBody {
+        workflow_id,
+        version: past.workflow.version,
+        current_version: past.current_version,
+        as_of: params.as_of,
+        state: past.workflow.state,
+    }))
 }

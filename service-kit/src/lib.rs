@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod http;
+pub mod openapi;
 pub mod problem;
 pub mod request;
 pub mod shutdown;

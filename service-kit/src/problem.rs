@@ -1,6 +1,6 @@
 //! RFC 9457 problem details: the one error body every HTTP endpoint answers with.
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
@@ -8,11 +8,14 @@ use serde::Serialize;
 #[derive(Debug, Clone)]
 pub struct Problem(Box<ProblemDetails>);
 
-/// The members of a problem body.
-#[derive(Debug, Clone, Serialize)]
+/// The members of a problem body (named `Problem` in the OpenAPI documents; extension
+/// members such as `parameter`, `header` or `current_version` may follow).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Problem)]
 pub struct ProblemDetails {
     /// A URI naming the kind of problem (relative, documented in the README).
     #[serde(rename = "type")]
+    #[schema(example = "/problems/invalid-parameter")]
     pub kind: String,
     /// Short, stable summary of the kind.
     pub title: String,
@@ -22,12 +25,23 @@ pub struct ProblemDetails {
     pub detail: String,
     /// Per-field errors, when the request body was refused.
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<FieldError>)]
     pub errors: Vec<serde_json::Value>,
     /// Extra members (e.g. `current_version`).
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
     #[serde(skip)]
     retry_after_seconds: Option<u64>,
+}
+
+/// One refused field of a request body (documentation of `errors` items).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct FieldError {
+    /// Path of the field, e.g. `steps[1].kind`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 impl Problem {
@@ -135,4 +149,49 @@ pub fn from_rejection(status: StatusCode, body_text: String) -> Problem {
         }
         _ => Problem::new(status, "malformed-request", "Malformed request", body_text),
     }
+}
+
+/// Middleware (`axum::middleware::map_response`) turning every error response that is not
+/// already a problem (axum's own rejections of query strings, paths and bodies, 404s of
+/// unknown routes, 405s) into `application/problem+json`, keeping its other headers
+/// (`Allow` on a 405).
+pub async fn problem_errors(method: Method, response: Response) -> Response {
+    let status = response.status();
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_none_or(|value| value.to_str().is_ok_and(|t| t.starts_with("text/")));
+    if !(status.is_client_error() || status.is_server_error()) || !plain {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let problem = match status {
+        StatusCode::METHOD_NOT_ALLOWED => Problem::new(
+            status,
+            "method-not-allowed",
+            "Method not allowed",
+            format!("this endpoint does not accept {method}; the Allow header lists what it does"),
+        ),
+        StatusCode::NOT_FOUND => Problem::not_found(if text.is_empty() {
+            "no such endpoint".to_owned()
+        } else {
+            text
+        }),
+        _ if text.is_empty() => from_rejection(
+            status,
+            status.canonical_reason().unwrap_or("error").to_owned(),
+        ),
+        _ => from_rejection(status, text),
+    };
+    let mut answer = problem.into_response();
+    for (name, value) in &parts.headers {
+        if *name != header::CONTENT_TYPE && *name != header::CONTENT_LENGTH {
+            answer.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    answer
 }

@@ -1,0 +1,43 @@
+//! The REST routes together with their OpenAPI 3.1 document, served at `/openapi.json`
+//! (Swagger UI at `/docs`).
+
+use axum::Router;
+use flowline_service_kit::openapi;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::application::AppState;
+use crate::{graph_rest, rest};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "flowline query-service",
+        description = "Reads over the workflow read models and the graph view. Every error is \
+            `application/problem+json` (RFC 9457); a bad parameter is a 400 whose `parameter` \
+            member names it.\n\nGraphQL over the same read model is served at `/graphql` \
+            (POST a query; GET opens GraphiQL) and is described by its own schema, not here."
+    ),
+    tags(
+        (name = "workflows", description = "Runs, their steps, events and past states"),
+        (name = "graph", description = "Questions answered by the graph view"),
+    )
+)]
+struct ApiDoc;
+
+/// The REST routes and the routes serving their document.
+pub(crate) fn router() -> Router<AppState> {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(rest::list))
+        .routes(routes!(rest::workflow))
+        .routes(routes!(rest::events))
+        .routes(routes!(rest::state))
+        .routes(routes!(rest::step))
+        .routes(routes!(graph_rest::dependencies))
+        .routes(routes!(graph_rest::dependents))
+        .routes(routes!(graph_rest::lineage))
+        .routes(routes!(graph_rest::runs))
+        .split_for_parts();
+    router.merge(openapi::docs(openapi::finish(api, &["/v1"])))
+}
