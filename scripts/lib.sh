@@ -99,3 +99,20 @@ start_scratch_broker() {
     say "tansu broker on $KAFKA_BROKERS (sqlite storage)"
   fi
 }
+
+# Prints the python of a venv holding the pinned packages of tests/clients/python (a
+# consumer of the log written with confluent-kafka and fastavro), creating it if needed.
+ensure_python_clients() {
+  local venv="$FLOWLINE_CACHE/venv"
+  local requirements="$FLOWLINE_ROOT/tests/clients/python/requirements.txt"
+  if [ ! -x "$venv/bin/python" ]; then
+    say "creating a python venv in $venv"
+    python3 -m venv "$venv" >&2 || die "could not create $venv"
+  fi
+  if ! cmp -s "$requirements" "$venv/flowline-requirements.txt"; then
+    say "installing $(tr '\n' ' ' < "$requirements")"
+    "$venv/bin/pip" install --quiet -r "$requirements" >&2 || die "pip install failed"
+    cp "$requirements" "$venv/flowline-requirements.txt"
+  fi
+  echo "$venv/bin/python"
+}

@@ -16,10 +16,11 @@ use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::request::tenant;
 use tower_http::trace::TraceLayer;
 
+use crate::audit::AuditAccess;
 use crate::config::Config;
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Result, graph_rest, rest};
+use crate::{Result, audit, graph_rest, rest};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -27,6 +28,7 @@ pub(crate) struct AppState {
     pub(crate) repository: WorkflowRepository,
     pub(crate) graph: AnyGraph,
     pub(crate) schema: QuerySchema,
+    pub(crate) audit: AuditAccess,
 }
 
 /// A built, bound query service.
@@ -71,6 +73,10 @@ impl Application {
             repository,
             schema: schema(read_model.clone()),
             read_model,
+            audit: AuditAccess {
+                reader: flowline_audit::LogReader::new(&config.kafka.brokers, &config.kafka.topic),
+                admin_token: config.admin_token.clone(),
+            },
         };
         let router = Router::new()
             .route("/v1/workflows", get(rest::list))
@@ -90,6 +96,8 @@ impl Application {
                 get(graph_rest::lineage),
             )
             .route("/v1/graph/runs", get(graph_rest::runs))
+            .route("/v1/audit/events", get(audit::events))
+            .route("/v1/audit/verify", get(audit::verify))
             .route("/graphql", get(graphiql).post(graphql))
             .route("/health", get(|| async { "ok" }))
             .fallback(not_found)

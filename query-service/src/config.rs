@@ -14,6 +14,12 @@ pub struct Config {
     /// PostgreSQL settings.
     #[command(flatten)]
     pub database: DatabaseSettings,
+    /// Kafka settings (the audit endpoints read the log directly).
+    #[command(flatten)]
+    pub kafka: flowline_event_log::KafkaSettings,
+    /// Bearer token of the operators' audit endpoints (`/v1/audit/*`); unset disables them.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
     /// Graph view settings.
     #[command(flatten)]
     pub graph: flowline_graph::GraphSettings,
