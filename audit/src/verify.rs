@@ -282,3 +282,105 @@ impl Verifier {
         (findings, self.summary)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+
+    use super::*;
+
+    /// A well-chained stream of `versions` events, in order.
+    fn stream(versions: u64) -> Vec<AuditRecord> {
+        let stream_id = Uuid::new_v4();
+        let mut prev = GENESIS;
+        (1..=versions)
+            .map(|version| {
+                let mut record = AuditRecord {
+                    partition: 0,
+                    offset: version as i64,
+                    tenant: "acme".into(),
+                    stream_id,
+                    stream_version: version,
+                    event_id: Uuid::new_v4(),
+                    event_type: "SignalReceived".into(),
+                    schema_version: 1,
+                    occurred_at: DateTime::from_timestamp_micros(version as i64).unwrap(),
+                    prev_hash: Some(prev),
+                    claimed_hash: None,
+                    headers: Default::default(),
+                    payload: vec![version as u8],
+                };
+                record.claimed_hash = record.computed_hash();
+                prev = record.claimed_hash.unwrap();
+                record
+            })
+            .collect()
+    }
+
+    fn verify(records: &[AuditRecord]) -> (Vec<(Kind, u64)>, Summary) {
+        let mut verifier = Verifier::new();
+        let mut findings: Vec<Finding> = records.iter().flat_map(|r| verifier.observe(r)).collect();
+        let (more, summary) = verifier.finish();
+        findings.extend(more);
+        let kinds = findings
+            .into_iter()
+            .filter(|f| !f.benign)
+            .map(|f| (f.problem, f.version.unwrap()))
+            .collect();
+        (kinds, summary)
+    }
+
+    #[test]
+    fn an_intact_stream_passes() {
+        let (kinds, summary) = verify(&stream(4));
+        assert_eq!(kinds, []);
+        assert!(summary.ok);
+        assert_eq!(summary.records, 4);
+    }
+
+    #[test]
+    fn a_changed_value_is_altered_even_with_its_own_hash_recomputed() {
+        let mut records = stream(3);
+        records[1].payload = vec![99];
+        assert_eq!(verify(&records).0, [(Kind::Altered, 2)]);
+        records[1].claimed_hash = records[1].computed_hash();
+        assert_eq!(verify(&records).0, [(Kind::Altered, 2)]);
+    }
+
+    #[test]
+    fn gaps_order_and_forks_are_told_apart() {
+        let records = stream(4);
+        let gap = [records[0].clone(), records[3].clone()];
+        assert_eq!(verify(&gap).0, [(Kind::Missing, 2)]);
+        let swapped = [
+            records[0].clone(),
+            records[2].clone(),
+            records[1].clone(),
+            records[3].clone(),
+        ];
+        assert_eq!(verify(&swapped).0, [(Kind::Reordered, 2)]);
+        let mut redelivered = records.clone();
+        redelivered.push(records[1].clone());
+        assert_eq!(verify(&redelivered).0, []);
+        let mut fork = records[1].clone();
+        fork.event_id = Uuid::new_v4();
+        fork.claimed_hash = fork.computed_hash();
+        let mut forked = records.clone();
+        forked.push(fork);
+        assert_eq!(verify(&forked).0, [(Kind::Duplicated, 2)]);
+    }
+
+    #[test]
+    fn events_from_before_the_chain_are_counted_not_failed() {
+        let mut records = stream(3);
+        records[0].prev_hash = None;
+        records[0].claimed_hash = None;
+        records[1].prev_hash = Some(GENESIS);
+        records[1].claimed_hash = records[1].computed_hash();
+        records[2].prev_hash = records[1].claimed_hash;
+        records[2].claimed_hash = records[2].computed_hash();
+        let (kinds, summary) = verify(&records);
+        assert_eq!(kinds, []);
+        assert_eq!(summary.unchained, 1);
+    }
+}
