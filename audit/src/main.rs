@@ -28,18 +28,24 @@ enum Command {
     /// order, each record matching its hash and its predecessor's. Prints one JSON line per
     /// problem and a summary; exits 1 when there is a problem.
     Verify {
+        #[command(flatten)]
+        topic: TopicOverride,
         /// Only this tenant's streams.
         #[arg(long)]
         tenant: Option<String>,
     },
     /// Follows the log: one JSON line per event (metadata and decoded value).
     Tail {
+        #[command(flatten)]
+        topic: TopicOverride,
         /// Start from the oldest record instead of new records only.
         #[arg(long)]
         from_beginning: bool,
     },
     /// One JSON line per matching event, up to the end of the log as it was at start.
     Query {
+        #[command(flatten)]
+        topic: TopicOverride,
         /// Only this tenant.
         #[arg(long)]
         tenant: Option<String>,
@@ -58,6 +64,14 @@ enum Command {
     },
 }
 
+/// `--topic` after the subcommand, as auditors type it.
+#[derive(Debug, clap::Args)]
+struct TopicOverride {
+    /// Topic to read (overrides --kafka-topic / KAFKA_TOPIC).
+    #[arg(long = "topic", value_name = "TOPIC")]
+    name: Option<String>,
+}
+
 fn stream_id(text: &str) -> Result<Uuid, String> {
     Uuid::parse_str(text).map_err(|_| format!("--stream: not a UUID: {text:?}"))
 }
@@ -71,10 +85,15 @@ fn print(out: &mut impl Write, value: &impl serde::Serialize) {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
-    let reader = LogReader::new(&cli.kafka.brokers, &cli.kafka.topic);
+    let topic = match &cli.command {
+        Command::Verify { topic, .. }
+        | Command::Tail { topic, .. }
+        | Command::Query { topic, .. } => topic.name.clone().unwrap_or(cli.kafka.topic),
+    };
+    let reader = LogReader::new(&cli.kafka.brokers, &topic);
     let mut out = std::io::stdout().lock();
     match cli.command {
-        Command::Verify { tenant } => {
+        Command::Verify { tenant, .. } => {
             let summary = flowline_audit::verify_log(&reader, tenant.as_deref(), |finding| {
                 print(&mut out, finding);
             })?;
@@ -85,7 +104,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
-        Command::Tail { from_beginning } => {
+        Command::Tail { from_beginning, .. } => {
             let codec = EventCodec::default();
             let start = if from_beginning {
                 Start::Beginning
@@ -106,6 +125,7 @@ fn main() -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Query {
+            topic: _,
             tenant,
             stream,
             event_type,

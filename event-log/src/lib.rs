@@ -29,7 +29,6 @@ pub struct KafkaSettings {
     /// Topic holding the workflow event streams.
     #[arg(
         long = "kafka-topic",
-        alias = "topic",
         env = "KAFKA_TOPIC",
         default_value = "workflow-events"
     )]
