@@ -587,3 +587,94 @@ async fn a_python_consumer_reads_the_log_with_confluent_kafka_and_fastavro() {
     assert!(submitted.contains(&(second.as_str(), "second")));
     commands.stop().await;
 }
+
+fn signal_event(stream_id: Uuid, version: u64) -> flowline_domain::EventEnvelope {
+    use chrono::TimeZone;
+    flowline_domain::EventEnvelope {
+        metadata: flowline_domain::EventMetadata {
+            event_id: Uuid::now_v7(),
+            tenant: "acme".into(),
+            stream_id,
+            stream_version: version,
+            // Nanoseconds: the store keeps microseconds, and so must the hash.
+            occurred_at: Utc.timestamp_opt(1_790_000_000, 123_456_789).unwrap(),
+            command_id: Uuid::now_v7(),
+            correlation_id: Uuid::now_v7(),
+            causation_id: Uuid::now_v7(),
+            traceparent: None,
+            tracestate: None,
+        },
+        event: flowline_domain::WorkflowEvent::SignalReceived(flowline_domain::SignalReceived {
+            name: "ping".into(),
+            payload: json!({"n": version}),
+        }),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_chains_each_stream_and_restarts_after_unchained_events() {
+    let name = format!("test_{}", Uuid::new_v4().simple());
+    let url = flowline_service_kit::db::with_database(&system_tests::server_url(), &name).unwrap();
+    let pool = flowline_service_kit::db::prepare(&url, 4).await.unwrap();
+    let store = flowline_event_store::EventStore::new(pool.clone());
+    let stream_id = Uuid::now_v7();
+    for version in 1..=3 {
+        store
+            .append(&signal_event(stream_id, version), None)
+            .await
+            .unwrap();
+    }
+    type Row = (
+        i64,
+        Uuid,
+        String,
+        String,
+        i32,
+        DateTime<Utc>,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT stream_version, event_id, tenant, event_type, schema_version, occurred_at, \
+         payload, prev_hash, event_hash FROM event_store ORDER BY stream_version",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut previous = chain::GENESIS;
+    for (version, event_id, tenant, event_type, schema_version, occurred_at, payload, prev, hash) in
+        &rows
+    {
+        assert_eq!(prev.as_slice(), previous.as_slice(), "version {version}");
+        let recomputed = ChainedEvent {
+            tenant,
+            stream_id,
+            stream_version: *version as u64,
+            event_id: *event_id,
+            event_type,
+            schema_version: *schema_version as u32,
+            occurred_at: *occurred_at,
+            payload,
+        }
+        .hash(&previous);
+        assert_eq!(hash.as_slice(), recomputed.as_slice(), "version {version}");
+        previous = recomputed;
+    }
+
+    // Events stored before the chain existed: the next append starts a new chain.
+    sqlx::query("UPDATE event_store SET prev_hash = NULL, event_hash = NULL")
+        .execute(&pool)
+        .await
+        .unwrap();
+    store
+        .append(&signal_event(stream_id, 4), None)
+        .await
+        .unwrap();
+    let prev: Vec<u8> =
+        sqlx::query_scalar("SELECT prev_hash FROM event_store WHERE stream_version = 4")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(prev, chain::GENESIS.to_vec());
+}
