@@ -293,7 +293,7 @@ async fn audit_verify_reports_altered_missing_reordered_and_duplicated_records()
     forked
         .headers
         .insert("event-id".into(), Uuid::new_v4().to_string());
-
+    rehash(&mut forked);
     for record in records.iter().chain(&rehashed_records) {
         publish_one(&producer, record).await;
     }
@@ -335,7 +335,12 @@ async fn audit_verify_reports_altered_missing_reordered_and_duplicated_records()
     assert_eq!(found(&rehashed), [("altered".to_owned(), 2)]);
     assert_eq!(found(&missing), [("missing".to_owned(), 2)]);
     assert_eq!(found(&reordered), [("reordered".to_owned(), 2)]);
-    assert_eq!(found(&duplicated), [("duplicated".to_owned(), 2)]);
+    assert_eq!(
+        found(&duplicated),
+        [("duplicated".to_owned(), 2)],
+        "{:?}",
+        verified.lines
+    );
     assert_eq!(found(&intact), []);
     assert_eq!(summary(&verified)["problems"], 5);
     assert_eq!(summary(&verified)["ok"], false);
