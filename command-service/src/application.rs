@@ -38,7 +38,14 @@ impl Application {
         flowline_event_log::ensure_topic(&config.kafka).await?;
         let background = CancellationToken::new();
         let publications = Publications::start(pool.clone(), background.clone()).await?;
-        let relay = OutboxRelay::new(pool.clone(), config.kafka.clone(), RelayConfig::default());
+        let relay = OutboxRelay::new(
+            pool.clone(),
+            config.kafka.clone(),
+            RelayConfig {
+                cloudevents_source: config.cloudevents_source.clone(),
+                ..RelayConfig::default()
+            },
+        );
         let store = EventStore::with_waker(pool.clone(), relay.waker());
         let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
         tokio::spawn(relay.run(background.clone()));

@@ -33,6 +33,10 @@ pub struct Config {
     /// Prefix of this deployment's Redis keys.
     #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "flowline")]
     pub redis_key_prefix: String,
+    /// `ce_source` (CloudEvents source URI) of every published record; `{tenant}` is
+    /// replaced by the event's tenant.
+    #[arg(long, env = "CLOUDEVENTS_SOURCE", default_value = flowline_event_store::headers::cloudevents::DEFAULT_SOURCE)]
+    pub cloudevents_source: String,
     /// PostgreSQL settings.
     #[command(flatten)]
     pub database: DatabaseSettings,

@@ -5,6 +5,7 @@
 //! Why not Kafka alone: Kafka has no per-key compare-and-set and the broker used here has no
 //! transactions; see `docs/adr/0001-append-path.md` for the design and its failure analysis.
 
+pub mod chain;
 pub mod headers;
 mod publications;
 mod relay;

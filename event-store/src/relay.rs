@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, SecondsFormat, Utc};
 use flowline_event_log::{KafkaSettings, LogProducer, OutgoingRecord, partition_for};
 use rdkafka::Message;
 use rdkafka::message::Headers;
@@ -23,9 +24,9 @@ use tracing::{debug, info, warn};
 use uuid::Uuid;
 
 use crate::Result;
-use crate::headers;
 use crate::publications::{LogPosition, PUBLISHED_CHANNEL, encode_payload};
 use crate::store::{APPENDED_CHANNEL, RelayWaker, notify};
+use crate::{chain, headers};
 
 /// Advisory-lock key of the relay leadership (per database).
 const LEADER_LOCK: i64 = 0x666c_6f77_6c69_6e65; // "flowline"
@@ -42,6 +43,8 @@ pub struct RelayConfig {
     /// How long a new leader lets a dead leader's in-flight records land before reading
     /// the tails.
     pub takeover_settle: Duration,
+    /// `ce_source` of every record; `{tenant}` is replaced by the stream's tenant.
+    pub cloudevents_source: String,
 }
 
 impl Default for RelayConfig {
@@ -50,6 +53,7 @@ impl Default for RelayConfig {
             batch_size: 200,
             poll_interval: Duration::from_millis(250),
             takeover_settle: Duration::from_millis(500),
+            cloudevents_source: headers::cloudevents::DEFAULT_SOURCE.to_owned(),
         }
     }
 }
@@ -78,13 +82,32 @@ struct OutboxRow {
     traceparent: Option<String>,
     tracestate: Option<String>,
     payload: Vec<u8>,
+    occurred_at: DateTime<Utc>,
+    prev_hash: Option<Vec<u8>>,
+    event_hash: Option<Vec<u8>>,
 }
 
 impl OutboxRow {
-    fn into_record(self, partitions: i32) -> OutgoingRecord {
+    fn into_record(self, partitions: i32, source_template: &str) -> OutgoingRecord {
+        use headers::cloudevents as ce;
         let key = self.stream_id.to_string().into_bytes();
         let text = |name: &str, value: String| (name.to_owned(), value.into_bytes());
+        let schema_version = self.schema_version as u32;
         let mut record_headers = vec![
+            text(ce::SPECVERSION, ce::SPEC_VERSION_1_0.to_owned()),
+            text(ce::ID, self.event_id.to_string()),
+            text(ce::SOURCE, ce::source(source_template, &self.tenant)),
+            text(ce::TYPE, ce::event_type(&self.event_type, schema_version)),
+            text(
+                ce::TIME,
+                self.occurred_at
+                    .to_rfc3339_opts(SecondsFormat::Micros, true),
+            ),
+            text(ce::SUBJECT, self.stream_id.to_string()),
+            text(
+                headers::CONTENT_TYPE,
+                headers::content_type(&self.event_type, schema_version),
+            ),
             text(headers::EVENT_TYPE, self.event_type),
             text(headers::SCHEMA_VERSION, self.schema_version.to_string()),
             text(headers::EVENT_ID, self.event_id.to_string()),
@@ -94,8 +117,17 @@ impl OutboxRow {
             text(headers::COMMAND_ID, self.command_id.to_string()),
             text(headers::CORRELATION_ID, self.correlation_id.to_string()),
             text(headers::CAUSATION_ID, self.causation_id.to_string()),
-            text(headers::CONTENT_TYPE, headers::AVRO_CONTENT_TYPE.to_owned()),
         ];
+        // Events stored before the chain existed carry neither: "not chained".
+        let hashes = self
+            .prev_hash
+            .as_deref()
+            .and_then(chain::from_bytes)
+            .zip(self.event_hash.as_deref().and_then(chain::from_bytes));
+        if let Some((prev_hash, event_hash)) = hashes {
+            record_headers.push(text(headers::PREV_HASH, chain::to_hex(&prev_hash)));
+            record_headers.push(text(headers::HASH, chain::to_hex(&event_hash)));
+        }
         if let Some(traceparent) = self.traceparent {
             record_headers.push(text(headers::TRACEPARENT, traceparent));
         }
@@ -226,7 +258,8 @@ impl OutboxRelay {
             let rows: Vec<OutboxRow> = sqlx::query_as(
                 "SELECT position, tenant, stream_id, stream_version, event_id, command_id, \
                  event_type, schema_version, correlation_id, causation_id, traceparent, \
-                 tracestate, payload FROM event_store WHERE published_at IS NULL \
+                 tracestate, payload, occurred_at, prev_hash, event_hash \
+                 FROM event_store WHERE published_at IS NULL \
                  ORDER BY position LIMIT $1",
             )
             .bind(self.config.batch_size)
@@ -244,7 +277,7 @@ impl OutboxRelay {
             let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
             let records: Vec<OutgoingRecord> = rows
                 .into_iter()
-                .map(|r| r.into_record(partitions))
+                .map(|r| r.into_record(partitions, &self.config.cloudevents_source))
                 .collect();
             let deliveries = producer.publish(&records).await?;
             let published: Vec<(i64, LogPosition)> = positions

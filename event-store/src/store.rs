@@ -9,6 +9,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::chain::{self, ChainedEvent};
 use crate::publications::LogPosition;
 use crate::repository::AsOf;
 use crate::{Error, Result};
@@ -151,11 +152,44 @@ impl EventStore {
     pub async fn append(&self, envelope: &EventEnvelope, fingerprint: Option<&str>) -> Result<i64> {
         let encoded = self.codec.encode(envelope)?;
         let metadata = &envelope.metadata;
+        // The previous event is read in the appending transaction; a concurrent append of
+        // the same version loses on UNIQUE(stream_id, stream_version), so the chain cannot
+        // fork in the store.
+        let mut transaction = self.pool.begin().await?;
+        let prev_hash = if metadata.stream_version > 1 {
+            let previous: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+                "SELECT event_hash FROM event_store WHERE stream_id = $1 AND stream_version = $2",
+            )
+            .bind(metadata.stream_id)
+            .bind(metadata.stream_version as i64 - 1)
+            .fetch_optional(&mut *transaction)
+            .await?;
+            // A predecessor from before the chain existed (NULL) starts a new chain.
+            previous
+                .flatten()
+                .as_deref()
+                .and_then(chain::from_bytes)
+                .unwrap_or(chain::GENESIS)
+        } else {
+            chain::GENESIS
+        };
+        let event_hash = ChainedEvent {
+            tenant: &metadata.tenant,
+            stream_id: metadata.stream_id,
+            stream_version: metadata.stream_version,
+            event_id: metadata.event_id,
+            event_type: encoded.event_type,
+            schema_version: encoded.schema_version,
+            occurred_at: metadata.occurred_at,
+            payload: &encoded.payload,
+        }
+        .hash(&prev_hash);
         let inserted = sqlx::query_scalar::<_, i64>(
             "INSERT INTO event_store (tenant, stream_id, stream_version, event_id, command_id, \
              event_type, schema_version, occurred_at, correlation_id, causation_id, \
-             traceparent, tracestate, payload, command_fingerprint) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING position",
+             traceparent, tracestate, payload, command_fingerprint, prev_hash, event_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+             RETURNING position",
         )
         .bind(&metadata.tenant)
         .bind(metadata.stream_id)
@@ -171,9 +205,12 @@ impl EventStore {
         .bind(&metadata.tracestate)
         .bind(&encoded.payload)
         .bind(fingerprint)
-        .fetch_one(&self.pool)
+        .bind(prev_hash.as_slice())
+        .bind(event_hash.as_slice())
+        .fetch_one(&mut *transaction)
         .await;
         let position = inserted.map_err(|error| classify_insert_error(error, envelope))?;
+        transaction.commit().await?;
         self.waker.local.notify_one();
         if !self.waker.leading.load(Ordering::Relaxed) {
             notify(&self.pool, APPENDED_CHANNEL, "").await?;

@@ -17,12 +17,13 @@ use flowline_service_kit::problem::problem_errors;
 use flowline_service_kit::request::tenant;
 use tower_http::trace::TraceLayer;
 
+use crate::audit::AuditAccess;
 use crate::cache::{ReadCache, WorkflowReads};
 use crate::config::Config;
 use crate::consistency::{ConsistencyGate, token_from_headers};
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Error, Result, api};
+use crate::{Error, Result, api, audit};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -31,6 +32,7 @@ pub(crate) struct AppState {
     pub(crate) repository: WorkflowRepository,
     pub(crate) graph: AnyGraph,
     pub(crate) schema: QuerySchema,
+    pub(crate) audit: AuditAccess,
 }
 
 /// A built, bound query service.
@@ -87,9 +89,15 @@ impl Application {
             reads,
             schema: schema(read_model.clone()),
             read_model,
+            audit: AuditAccess {
+                reader: flowline_audit::LogReader::new(&config.kafka.brokers, &config.kafka.topic),
+                admin_token: config.admin_token.clone(),
+            },
         };
         let router = Router::new()
             .merge(api::router())
+            .route("/v1/audit/events", get(audit::events))
+            .route("/v1/audit/verify", get(audit::verify))
             .route("/graphql", get(graphiql).post(graphql))
             .route("/health", get(|| async { "ok" }))
             .fallback(not_found)

@@ -52,6 +52,9 @@ pub enum Error {
     /// The event store failed.
     #[error("event store: {0}")]
     Store(Box<flowline_event_store::Error>),
+    /// The event log could not be read for an audit.
+    #[error("audit: {0}")]
+    Audit(#[from] flowline_audit::Error),
     /// The read model failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -105,6 +108,12 @@ impl Error {
             .with("retryable", true)
             .retry_after(1),
             Error::Request(problem) => problem.clone(),
+            Error::Audit(_) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "log-unavailable",
+                "Event log unavailable",
+                self.to_string(),
+            ),
             Error::Database(_) | Error::Store(_) | Error::Graph(_) | Error::Startup(_) => {
                 Problem::internal(self)
             }

@@ -1,10 +1,12 @@
 //! The read side's HTTP API: REST and GraphQL over the PostgreSQL read models that the
-//! projectors build. It never reads the log.
+//! projectors build. It reads the log only for the operators' audit endpoints
+//! (`/v1/audit/*`, through `flowline-audit`).
 //!
 //! `Application::build` binds (port 0 allowed), so tests run the real service in-process.
 
 mod api;
 mod application;
+mod audit;
 pub mod cache;
 pub mod config;
 pub mod consistency;

@@ -131,6 +131,7 @@ impl TestSystem {
             redis_url: redis_url(),
             idempotency_ttl_seconds: 600,
             redis_key_prefix: self.redis_prefix(),
+            cloudevents_source: flowline_event_store::headers::cloudevents::DEFAULT_SOURCE.into(),
             database: self.database(),
             kafka: self.kafka.clone(),
         })
@@ -154,6 +155,8 @@ impl TestSystem {
         let app = query_service::Application::build(QueryConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: self.database(),
+            kafka: self.kafka.clone(),
+            admin_token: Some(ADMIN_TOKEN.into()),
             graph: flowline_graph::GraphSettings { dgraph_url: None },
             consistency: query_service::consistency::ConsistencySettings {
                 consistency_wait_ms,
