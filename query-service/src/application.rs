@@ -19,7 +19,8 @@ use tower_http::trace::TraceLayer;
 use crate::config::Config;
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Result, graph_rest, rest};
+use crate::changes::{ChangeFeed, Listening};
+use crate::{Result, graph_rest, rest, subscriptions};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -32,10 +33,18 @@ pub(crate) struct AppState {
 /// A built, bound query service.
 pub struct Application {
     server: HttpServer,
+    changes: Listening,
 }
 
 async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+    // Subscriptions have no default tenant; GraphiQL names the one HTTP requests default to.
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .ws_connection_param("tenant", flowline_service_kit::request::DEFAULT_TENANT)
+            .finish(),
+    )
 }
 
 async fn graphql(
@@ -65,11 +74,12 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self> {
         let pool = config.database.prepare().await?;
         let read_model = ReadModel::new(pool.clone());
+        let (changes, listening) = ChangeFeed::start(pool.clone());
         let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
         let state = AppState {
             graph: config.graph.store(pool.clone()),
             repository,
-            schema: schema(read_model.clone()),
+            schema: schema(read_model.clone(), changes),
             read_model,
         };
         let router = Router::new()
@@ -91,12 +101,16 @@ impl Application {
             )
             .route("/v1/graph/runs", get(graph_rest::runs))
             .route("/graphql", get(graphiql).post(graphql))
+            .route("/graphql/ws", get(subscriptions::websocket))
             .route("/health", get(|| async { "ok" }))
             .fallback(not_found)
             .layer(TraceLayer::new_for_http())
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;
-        Ok(Self { server })
+        Ok(Self {
+            server,
+            changes: listening,
+        })
     }
 
     /// The bound port.
@@ -109,6 +123,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), std::io::Error> {
-        self.server.serve_until(shutdown).await
+        let Self { server, changes } = self;
+        let served = server.serve_until(shutdown).await;
+        // Stops listening only once no request can subscribe any more.
+        drop(changes);
+        served
     }
 }

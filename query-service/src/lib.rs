@@ -4,12 +4,15 @@
 //! `Application::build` binds (port 0 allowed), so tests run the real service in-process.
 
 mod application;
+pub mod changes;
 pub mod config;
 mod error;
 mod graph_rest;
 mod graphql;
+mod log_cursor;
 mod read_model;
 mod rest;
+mod subscriptions;
 
 pub use application::Application;
 pub use config::Config;
