@@ -893,7 +893,10 @@ async fn subscribe(commands: usize, partitions: i32) -> anyhow::Result<()> {
     for _ in 0..commands {
         let reply = submit_workflow(&http, &submit_url).await?;
         let accepted = Instant::now();
-        let id = reply["workflow_id"].as_str().context("workflow_id")?.to_owned();
+        let id = reply["workflow_id"]
+            .as_str()
+            .context("workflow_id")?
+            .to_owned();
         let data = client.next_data().await;
         anyhow::ensure!(
             data["workflowEvents"]["workflowId"] == id,

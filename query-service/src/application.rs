@@ -16,10 +16,10 @@ use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::request::tenant;
 use tower_http::trace::TraceLayer;
 
+use crate::changes::{ChangeFeed, Listening};
 use crate::config::Config;
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::changes::{ChangeFeed, Listening};
 use crate::{Result, graph_rest, rest, subscriptions};
 
 #[derive(Clone)]

@@ -96,7 +96,10 @@ mod tests {
 
     #[test]
     fn the_empty_cursor_is_the_start() {
-        assert_eq!(LogCursor::decode("", "after").unwrap(), LogCursor::default());
+        assert_eq!(
+            LogCursor::decode("", "after").unwrap(),
+            LogCursor::default()
+        );
         assert_eq!(LogCursor::default().encode(), "");
     }
 

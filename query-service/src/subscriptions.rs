@@ -71,9 +71,11 @@ pub(crate) async fn websocket(
 fn connection_tenant(payload: &serde_json::Value, header: Option<String>) -> Result<String> {
     let given = match payload.get("tenant") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(tenant)) => {
-            Some(valid_tenant(tenant, "field", "connection_init payload.tenant")?)
-        }
+        Some(serde_json::Value::String(tenant)) => Some(valid_tenant(
+            tenant,
+            "field",
+            "connection_init payload.tenant",
+        )?),
         Some(_) => {
             return Err(invalid_init("payload.tenant must be a string"));
         }
@@ -266,7 +268,9 @@ impl EventReader {
                 Change::Workflow(change) => {
                     change.tenant == self.tenant
                         && self.filter.may_concern(change.workflow_id)
-                        && self.cursor.precedes(change.log_partition, change.log_offset)
+                        && self
+                            .cursor
+                            .precedes(change.log_partition, change.log_offset)
                 }
                 Change::Resync => true,
             };
@@ -274,9 +278,7 @@ impl EventReader {
     }
 }
 
-fn event_updates(
-    reader: EventReader,
-) -> impl Stream<Item = async_graphql::Result<StreamedEvent>> {
+fn event_updates(reader: EventReader) -> impl Stream<Item = async_graphql::Result<StreamedEvent>> {
     futures::stream::unfold(Some(reader), |reader| async move {
         let mut reader = reader?;
         match reader.next().await? {

@@ -23,7 +23,11 @@ pub fn tenant(headers: &HeaderMap) -> Result<String, Problem> {
 
 /// `tenant` if it is a valid tenant name, else a 400 problem naming where it came from
 /// (`kind` is `header`, `parameter` or `field`; `name` its name).
-pub fn valid_tenant(tenant: &str, kind: &'static str, name: &'static str) -> Result<String, Problem> {
+pub fn valid_tenant(
+    tenant: &str,
+    kind: &'static str,
+    name: &'static str,
+) -> Result<String, Problem> {
     let tenant = tenant.trim();
     let valid = !tenant.is_empty()
         && tenant.len() <= 64
