@@ -296,3 +296,74 @@ async fn a_subscription_without_a_tenant_or_with_a_foreign_cursor_is_refused_cle
     );
     assert_eq!(errors[0]["extensions"]["code"], "invalid-parameter");
 }
+
+/// The next notification on the change feed (a minute at most: a hang guard).
+async fn announcement(listener: &mut sqlx::postgres::PgListener) -> Value {
+    let notification = tokio::time::timeout(std::time::Duration::from_secs(60), listener.recv())
+        .await
+        .expect("an announcement within a minute")
+        .unwrap();
+    serde_json::from_str(notification.payload()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_change_feed_announces_committed_changes_and_rebuilds_announce_nothing() {
+    let system = TestSystem::new(3).await;
+    let commands = system.command_service().await;
+    let projectors = system.projectors().await;
+    let mut listener = sqlx::postgres::PgListener::connect(&system.database_url)
+        .await
+        .unwrap();
+    listener.listen("workflow_changes").await.unwrap();
+
+    let reply = command(
+        &system,
+        format!("{}/v1/workflows", commands.url),
+        "acme",
+        workflow("announced"),
+    )
+    .await;
+    let announced = announcement(&mut listener).await;
+    assert_eq!(
+        announced,
+        json!({
+            "tenant": "acme",
+            "workflow_id": reply.body["workflow_id"],
+            "version": 1,
+            "log_partition": reply.body["log_partition"],
+            "log_offset": reply.body["log_offset"],
+        })
+    );
+
+    // A rebuild replays that history into shadow tables and swaps them in, silently.
+    let admin = |path: &str| format!("{}{path}", projectors.url);
+    let started = system
+        .send(
+            system
+                .http
+                .post(admin("/admin/rebuilds"))
+                .bearer_auth(system_tests::ADMIN_TOKEN)
+                .json(&json!({"projection": "workflow_read_model"})),
+        )
+        .await;
+    assert_eq!(started.status, 202, "{:?}", started.body);
+    let id = started.body["id"].as_str().unwrap().to_owned();
+    let swapped = system_tests::eventually(std::time::Duration::from_secs(60), || async {
+        let status = system
+            .send(
+                system
+                    .http
+                    .get(admin(&format!("/admin/rebuilds/{id}")))
+                    .bearer_auth(system_tests::ADMIN_TOKEN),
+            )
+            .await;
+        (status.body["status"] == "swapped").then_some(())
+    })
+    .await;
+    assert!(swapped.is_some(), "the rebuild swapped in");
+
+    // The next announcement is the next live change, not a replayed one.
+    let next = submit(&system, &commands.url, "acme", "after the rebuild").await;
+    let announced = announcement(&mut listener).await;
+    assert_eq!(announced["workflow_id"], next);
+}
