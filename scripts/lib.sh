@@ -118,4 +118,14 @@ ensure_python_venv() {
     echo "$hash" >"$venv/.requirements.sha256"
   fi
   export FLOWLINE_PYTHON="$venv/bin/python"
+# Installs the npm GraphQL clients the system tests drive (tests/clients/js, versions
+# pinned by its package-lock.json) when they are missing or older than the lock; npm's
+# download cache lives under $FLOWLINE_CACHE.
+ensure_js_clients() {
+  local dir="$FLOWLINE_ROOT/tests/clients/js"
+  command -v npm >/dev/null || die "node and npm are missing (Node 20+): apt-get install nodejs npm"
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    say "installing the npm test clients (npm ci in tests/clients/js)"
+    (cd "$dir" && npm ci --no-audit --no-fund --cache "$FLOWLINE_CACHE/npm") >&2 || die "npm ci failed in $dir"
+  fi
 }

@@ -4,6 +4,9 @@
 //! `bench submit`: N concurrent clients submit workflows for T seconds; reports accepted
 //! commands/s, latency p50/p99 and submit→visible-in-query p50/p99, next to N clients doing
 //! raw rdkafka produces (idempotent, acks=all) of a record of the same size.
+//!
+//! `bench subscribe`: command 2xx → event received by a `graphql-ws` client subscribed to
+//! `workflowEvents`, p50/p99, next to 2xx → visible to a client polling the REST API.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -66,6 +69,16 @@ enum Command {
         /// Events on the log (runs of 1 submission and 3 signals).
         #[arg(long, default_value_t = 1_000_000)]
         events: u64,
+        /// Partitions of the topic.
+        #[arg(long, default_value_t = 3)]
+        partitions: i32,
+    },
+    /// Delivery latency of GraphQL subscriptions (command 2xx → event at a graphql-ws
+    /// client), next to a client polling the REST API for the same workflows.
+    Subscribe {
+        /// Commands per phase, one at a time.
+        #[arg(long, default_value_t = 200)]
+        commands: usize,
         /// Partitions of the topic.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
@@ -767,7 +780,7 @@ async fn time_apply_only(
         if projection == projectors::workflow_graph::NAME {
             graph.apply_all(&mut transaction, chunk).await?;
         } else {
-            projectors::workflow_read_model::WorkflowReadModel
+            projectors::workflow_read_model::WorkflowReadModel::shadow()
                 .apply_all(&mut transaction, chunk)
                 .await?;
         }
@@ -856,6 +869,73 @@ async fn rebuild(events: u64, partitions: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One command at a time: its 2xx → a `graphql-ws` client (Node, from npm) receives its
+/// event; then the same with a client polling `GET /v1/workflows/{id}` every millisecond.
+async fn subscribe(commands: usize, partitions: i32) -> anyhow::Result<()> {
+    let system = TestSystem::new(partitions).await;
+    let command_service = system.command_service().await;
+    let query_service = system.query_service().await;
+    let _projectors = system.projectors().await;
+    let http = reqwest::Client::new();
+    let submit_url = format!("{}/v1/workflows", command_service.url);
+
+    let mut client = system_tests::js_clients::JsSubscription::start(&json!({
+        "url": format!("{}/graphql/ws", query_service.url.replacen("http://", "ws://", 1)),
+        "query": "subscription { workflowEvents(filter: {types: [\"WorkflowSubmitted\"]}, after: \"\") { workflowId } }",
+        "connectionParams": {"tenant": "default"},
+    }));
+    // Warm-up, which also makes sure the subscription is live before measuring.
+    let warm_up = submit_workflow(&http, &submit_url).await?;
+    let _ = client.next_data().await;
+    anyhow::ensure!(!warm_up["workflow_id"].is_null(), "no workflow id");
+
+    let mut pushed = histogram();
+    for _ in 0..commands {
+        let reply = submit_workflow(&http, &submit_url).await?;
+        let accepted = Instant::now();
+        let id = reply["workflow_id"]
+            .as_str()
+            .context("workflow_id")?
+            .to_owned();
+        let data = client.next_data().await;
+        anyhow::ensure!(
+            data["workflowEvents"]["workflowId"] == id,
+            "events out of order: {data}"
+        );
+        pushed.record(accepted.elapsed().as_micros().max(1) as u64)?;
+    }
+
+    let mut polled = histogram();
+    for _ in 0..commands {
+        let reply = submit_workflow(&http, &submit_url).await?;
+        let accepted = Instant::now();
+        let id = reply["workflow_id"].as_str().context("workflow_id")?;
+        let url = format!("{}/v1/workflows/{id}", query_service.url);
+        while !http.get(&url).send().await?.status().is_success() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        polled.record(accepted.elapsed().as_micros().max(1) as u64)?;
+    }
+
+    println!("{commands} commands, one at a time, {partitions} partitions");
+    println!("{:<44} {:>9} {:>9}", "2xx → seen", "p50 ms", "p99 ms");
+    for (label, histogram) in [
+        ("graphql-ws subscription (workflowEvents)", &pushed),
+        ("REST polling every 1 ms (baseline)", &polled),
+    ] {
+        println!(
+            "{label:<44} {:>9.2} {:>9.2}",
+            ms(histogram, 0.5),
+            ms(histogram, 0.99)
+        );
+    }
+    println!(
+        "ratio p50 subscription ÷ polling = {:.2}",
+        ms(&pushed, 0.5) / ms(&polled, 0.5)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     flowline_service_kit::telemetry::init("bench");
@@ -882,6 +962,10 @@ async fn main() -> anyhow::Result<()> {
             streams,
         } => append(clients, seconds, streams).await,
         Command::Load { events, repeats } => load(events, repeats).await,
+        Command::Subscribe {
+            commands,
+            partitions,
+        } => subscribe(commands, partitions).await,
         Command::Rebuild { events, partitions } => rebuild(events, partitions).await,
     }
 }

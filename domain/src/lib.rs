@@ -7,12 +7,14 @@
 //! (command side, projectors, audit) folds events with the same code.
 
 pub mod aggregate;
+pub mod change;
 pub mod command;
 pub mod event;
 pub mod validation;
 pub mod workflow;
 
 pub use aggregate::{Aggregate, Versioned};
+pub use change::WorkflowChange;
 pub use command::{CancelWorkflow, SendSignal, StepSpec, SubmitWorkflow, WorkflowCommand};
 pub use event::{
     EventEnvelope, EventMetadata, SignalReceived, StepDefinition, StepKind, WorkflowCancelled,

@@ -109,7 +109,7 @@ impl Application {
             .await
             .map_err(|e| Error::Graph(e.to_string()))?;
         let projections = Projections {
-            read_model: WorkflowReadModel,
+            read_model: WorkflowReadModel::live(),
             graph: WorkflowGraph::new(graph),
         };
         let settings = |name: &str| RunnerSettings {

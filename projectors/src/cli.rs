@@ -56,7 +56,7 @@ pub async fn dead_letters(config: &Config, action: &DlqAction) -> Result<bool> {
         },
         DlqAction::Redrive { id, all } => {
             let projections = Projections {
-                read_model: WorkflowReadModel,
+                read_model: WorkflowReadModel::live(),
                 graph: WorkflowGraph::new(config.graph.store(pool.clone())),
             };
             let outcomes = match (id, all) {

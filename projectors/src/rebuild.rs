@@ -281,7 +281,7 @@ pub fn run(
         }
         _ => {
             let runner = Runner::new(
-                WorkflowReadModel,
+                WorkflowReadModel::shadow(),
                 Some(record.checkpoint()),
                 runner_settings,
                 settings.dead_letters.clone(),

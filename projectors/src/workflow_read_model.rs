@@ -4,11 +4,16 @@
 //! already projected) and then written with a handful of set-based statements, whatever
 //! its size: replays and rebuilds run at bulk-insert speed rather than a round trip per
 //! event.
+//!
+//! The live instance also announces every workflow whose version advanced with
+//! `pg_notify` ([`flowline_domain::change::CHANNEL`]) in the batch's transaction, so
+//! listeners hear of a change only once it is committed. A rebuild's instance stays silent:
+//! it replays history into shadow tables nobody reads yet.
 
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use flowline_domain::{EventEnvelope, StepStatus, WorkflowEvent, WorkflowStatus};
+use flowline_domain::{EventEnvelope, StepStatus, WorkflowChange, WorkflowEvent, WorkflowStatus};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -18,8 +23,27 @@ use crate::projection::{ApplyError, LogPlace, Projection};
 pub const NAME: &str = "workflow_read_model.v1";
 
 /// The projection.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WorkflowReadModel;
+#[derive(Debug, Clone, Copy)]
+pub struct WorkflowReadModel {
+    announce_changes: bool,
+}
+
+impl WorkflowReadModel {
+    /// The instance writing the tables readers use: it announces its changes.
+    pub const fn live() -> Self {
+        Self {
+            announce_changes: true,
+        }
+    }
+
+    /// An instance building a copy nobody reads yet (a rebuild, a benchmark): announcing
+    /// would make subscribers see replayed history as new.
+    pub const fn shadow() -> Self {
+        Self {
+            announce_changes: false,
+        }
+    }
+}
 
 impl Projection for WorkflowReadModel {
     fn name(&self) -> &'static str {
@@ -33,6 +57,9 @@ impl Projection for WorkflowReadModel {
     ) -> Result<(), ApplyError> {
         let changes = fold(transaction, events).await?;
         changes.write(transaction).await?;
+        if self.announce_changes {
+            changes.announce(transaction).await?;
+        }
         Ok(())
     }
 }
@@ -171,6 +198,41 @@ fn event_data(event: &WorkflowEvent) -> serde_json::Value {
 }
 
 impl Changes<'_> {
+    /// Queues one notification per changed workflow, naming its last event of the batch.
+    /// PostgreSQL delivers them only if the transaction commits (and drops those of a
+    /// rolled-back savepoint), in the order queued. Payloads stay far below NOTIFY's
+    /// 8000-byte limit: a tenant is at most 64 characters.
+    async fn announce(&self, transaction: &mut Transaction<'_, Postgres>) -> sqlx::Result<()> {
+        let mut last: HashMap<Uuid, (&EventEnvelope, LogPlace)> = HashMap::new();
+        for (envelope, place) in &self.events {
+            last.insert(envelope.metadata.stream_id, (envelope, *place));
+        }
+        if last.is_empty() {
+            return Ok(());
+        }
+        let mut changes: Vec<WorkflowChange> = last
+            .into_iter()
+            .map(|(workflow_id, (envelope, place))| WorkflowChange {
+                tenant: envelope.metadata.tenant.clone(),
+                workflow_id,
+                version: envelope.metadata.stream_version as i64,
+                log_partition: place.partition,
+                log_offset: place.offset,
+            })
+            .collect();
+        changes.sort_by_key(|change| (change.log_partition, change.log_offset));
+        let payloads: Vec<String> = changes
+            .iter()
+            .map(|change| serde_json::to_string(change).expect("serializable"))
+            .collect();
+        sqlx::query("SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS payload")
+            .bind(flowline_domain::change::CHANNEL)
+            .bind(&payloads)
+            .execute(&mut **transaction)
+            .await?;
+        Ok(())
+    }
+
     async fn write(&self, transaction: &mut Transaction<'_, Postgres>) -> sqlx::Result<()> {
         let rows: Vec<(&Uuid, &Row<'_>)> =
             self.order.iter().map(|id| (id, &self.rows[id])).collect();

@@ -19,11 +19,12 @@ use tower_http::trace::TraceLayer;
 
 use crate::audit::AuditAccess;
 use crate::cache::{ReadCache, WorkflowReads};
+use crate::changes::{ChangeFeed, Listening};
 use crate::config::Config;
 use crate::consistency::{ConsistencyGate, token_from_headers};
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Error, Result, api, audit};
+use crate::{Error, Result, api, audit, subscriptions};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -38,10 +39,18 @@ pub(crate) struct AppState {
 /// A built, bound query service.
 pub struct Application {
     server: HttpServer,
+    changes: Listening,
 }
 
 async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").finish())
+    // Subscriptions have no default tenant; GraphiQL names the one HTTP requests default to.
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .ws_connection_param("tenant", flowline_service_kit::request::DEFAULT_TENANT)
+            .finish(),
+    )
 }
 
 async fn graphql(
@@ -77,17 +86,20 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self> {
         let pool = config.database.prepare().await?;
         let read_model = ReadModel::new(pool.clone());
+        let (changes, listening) = ChangeFeed::start(pool.clone());
+        let cache = ReadCache::connect(&config.cache).await;
+        cache.follow(&changes);
         let reads = WorkflowReads::new(
             read_model.clone(),
             ConsistencyGate::new(pool.clone(), &config.consistency),
-            ReadCache::connect(&config.cache).await,
+            cache,
         );
         let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
         let state = AppState {
             graph: config.graph.store(pool.clone()),
             repository,
             reads,
-            schema: schema(read_model.clone()),
+            schema: schema(read_model.clone(), changes),
             read_model,
             audit: AuditAccess {
                 reader: flowline_audit::LogReader::new(&config.kafka.brokers, &config.kafka.topic),
@@ -99,13 +111,17 @@ impl Application {
             .route("/v1/audit/events", get(audit::events))
             .route("/v1/audit/verify", get(audit::verify))
             .route("/graphql", get(graphiql).post(graphql))
+            .route("/graphql/ws", get(subscriptions::websocket))
             .route("/health", get(|| async { "ok" }))
             .fallback(not_found)
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;
-        Ok(Self { server })
+        Ok(Self {
+            server,
+            changes: listening,
+        })
     }
 
     /// The bound port.
@@ -118,6 +134,10 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), std::io::Error> {
-        self.server.serve_until(shutdown).await
+        let Self { server, changes } = self;
+        let served = server.serve_until(shutdown).await;
+        // Stops listening only once no request can subscribe any more.
+        drop(changes);
+        served
     }
 }

@@ -23,6 +23,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::Result;
+use crate::changes::{Change, ChangeFeed};
 use crate::consistency::ConsistencyGate;
 use crate::read_model::{ReadModel, WorkflowView};
 
@@ -204,6 +205,28 @@ impl ReadCache {
         if let Err(error) = raised {
             warn!(%error, "read cache invalidation failed");
         }
+    }
+
+    /// Invalidates on every change the projection commits, for as long as the feed runs;
+    /// when changes may have been missed, every entry so far.
+    pub fn follow(&self, feed: &ChangeFeed) {
+        let cache = self.clone();
+        let mut changes = feed.subscribe();
+        if cache.redis.is_none() {
+            return;
+        }
+        tokio::spawn(async move {
+            while let Some(change) = changes.next().await {
+                match change {
+                    Change::Workflow(change) => {
+                        cache
+                            .invalidate(&change.tenant, change.workflow_id, change.version)
+                            .await
+                    }
+                    Change::Resync => cache.invalidate_all().await,
+                }
+            }
+        });
     }
 
     /// Notifications may have been missed: no entry cached so far may be served.

@@ -1,23 +1,24 @@
 //! The GraphQL schema.
 
-use async_graphql::{
-    Context, EmptyMutation, EmptySubscription, ErrorExtensions, Object, Schema, SimpleObject,
-};
+use async_graphql::{Context, EmptyMutation, ErrorExtensions, Object, Schema, SimpleObject};
 use uuid::Uuid;
 
 use crate::Error;
+use crate::changes::ChangeFeed;
 use crate::read_model::{ListFilter, ReadModel, WorkflowView};
+use crate::subscriptions::SubscriptionRoot;
 
 /// The tenant of the request, put into the GraphQL context by the HTTP handler.
 pub struct Tenant(pub String);
 
 /// The schema type.
-pub type QuerySchema = Schema<QueryRoot, EmptyMutation, EmptySubscription>;
+pub type QuerySchema = Schema<QueryRoot, EmptyMutation, SubscriptionRoot>;
 
-/// Builds the schema over `read_model`.
-pub fn schema(read_model: ReadModel) -> QuerySchema {
-    Schema::build(QueryRoot, EmptyMutation, EmptySubscription)
+/// Builds the schema over `read_model`; subscriptions follow `changes`.
+pub fn schema(read_model: ReadModel, changes: ChangeFeed) -> QuerySchema {
+    Schema::build(QueryRoot, EmptyMutation, SubscriptionRoot)
         .data(read_model)
+        .data(changes)
         .limit_depth(12)
         .limit_complexity(5_000)
         .finish()

@@ -8,13 +8,16 @@ mod api;
 mod application;
 mod audit;
 pub mod cache;
+pub mod changes;
 pub mod config;
 pub mod consistency;
 mod error;
 mod graph_rest;
 mod graphql;
+mod log_cursor;
 mod read_model;
 mod rest;
+mod subscriptions;
 
 pub use application::Application;
 pub use config::Config;

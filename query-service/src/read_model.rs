@@ -549,3 +549,130 @@ impl ReadModel {
         .await?)
     }
 }
+
+/// An event with its stream and its place on the log, for readers that follow the log.
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    /// The stream (workflow) it belongs to.
+    pub workflow_id: Uuid,
+    /// Its log partition.
+    pub log_partition: i32,
+    /// Its offset in that partition.
+    pub log_offset: i64,
+    /// The event.
+    pub event: EventView,
+}
+
+/// Which events a log reader wants; both optional.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only this workflow's.
+    pub workflow_id: Option<Uuid>,
+    /// Only these event types.
+    pub types: Option<Vec<String>>,
+}
+
+impl EventFilter {
+    /// Whether a change of `workflow_id` may concern this filter.
+    pub fn may_concern(&self, workflow_id: Uuid) -> bool {
+        self.workflow_id.is_none_or(|wanted| wanted == workflow_id)
+    }
+}
+
+/// Reads that follow the log through the read model (subscriptions).
+impl ReadModel {
+    /// The tenant's latest projected offset per partition: where a reader of new events
+    /// starts.
+    pub async fn latest_positions(&self, tenant: &str) -> Result<crate::log_cursor::LogCursor> {
+        // One index probe per partition; every partition that has events has a checkpoint.
+        let positions: Vec<(i32, i64)> = sqlx::query_as(
+            "SELECT p.partition, latest.last_offset FROM \
+               (SELECT DISTINCT partition FROM projection_checkpoints) AS p \
+             CROSS JOIN LATERAL (SELECT max(log_offset) AS last_offset FROM workflow_events \
+               WHERE tenant = $1 AND log_partition = p.partition) AS latest \
+             WHERE latest.last_offset IS NOT NULL",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(crate::log_cursor::LogCursor::from_positions(positions))
+    }
+
+    /// Up to `limit` of the tenant's events past `cursor`, partition by partition in
+    /// offset order.
+    pub async fn events_after(
+        &self,
+        tenant: &str,
+        cursor: &crate::log_cursor::LogCursor,
+        filter: &EventFilter,
+        limit: i64,
+    ) -> Result<Vec<LoggedEvent>> {
+        let (partitions, offsets) = cursor.positions();
+        type Row = (
+            Uuid,
+            i32,
+            i64,
+            i64,
+            Uuid,
+            String,
+            DateTime<Utc>,
+            Uuid,
+            Uuid,
+            serde_json::Value,
+        );
+        // Per partition a range scan of (tenant, log_partition, log_offset).
+        let rows: Vec<Row> = sqlx::query_as(
+            "WITH seen AS ( \
+               SELECT p.partition, COALESCE(c.seen, -1) AS seen \
+               FROM (SELECT DISTINCT partition FROM projection_checkpoints) AS p \
+               LEFT JOIN unnest($2::int[], $3::bigint[]) AS c(partition, seen) USING (partition)) \
+             SELECT e.workflow_id, e.log_partition, e.log_offset, e.version, e.event_id, \
+                    e.event_type, e.occurred_at, e.correlation_id, e.causation_id, e.data \
+             FROM seen CROSS JOIN LATERAL ( \
+               SELECT * FROM workflow_events e \
+               WHERE e.tenant = $1 AND e.log_partition = seen.partition AND e.log_offset > seen.seen \
+                 AND ($4::uuid IS NULL OR e.workflow_id = $4) \
+                 AND ($5::text[] IS NULL OR e.event_type = ANY($5)) \
+               ORDER BY e.log_offset LIMIT $6) AS e \
+             ORDER BY e.log_partition, e.log_offset LIMIT $6",
+        )
+        .bind(tenant)
+        .bind(&partitions)
+        .bind(&offsets)
+        .bind(filter.workflow_id)
+        .bind(filter.types.as_deref())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    workflow_id,
+                    log_partition,
+                    log_offset,
+                    version,
+                    event_id,
+                    event_type,
+                    occurred_at,
+                    correlation_id,
+                    causation_id,
+                    data,
+                )| LoggedEvent {
+                    workflow_id,
+                    log_partition,
+                    log_offset,
+                    event: EventView {
+                        version,
+                        event_id,
+                        event_type,
+                        occurred_at,
+                        correlation_id,
+                        causation_id,
+                        data: async_graphql::Json(data),
+                    },
+                },
+            )
+            .collect())
+    }
+}

@@ -18,7 +18,17 @@ pub fn tenant(headers: &HeaderMap) -> Result<String, Problem> {
     let Some(value) = headers.get(TENANT_HEADER) else {
         return Ok(DEFAULT_TENANT.to_owned());
     };
-    let tenant = value.to_str().unwrap_or_default().trim();
+    valid_tenant(value.to_str().unwrap_or_default(), "header", "X-Tenant-Id")
+}
+
+/// `tenant` if it is a valid tenant name, else a 400 problem naming where it came from
+/// (`kind` is `header`, `parameter` or `field`; `name` its name).
+pub fn valid_tenant(
+    tenant: &str,
+    kind: &'static str,
+    name: &'static str,
+) -> Result<String, Problem> {
+    let tenant = tenant.trim();
     let valid = !tenant.is_empty()
         && tenant.len() <= 64
         && tenant
@@ -29,11 +39,11 @@ pub fn tenant(headers: &HeaderMap) -> Result<String, Problem> {
     } else {
         Err(Problem::new(
             StatusCode::BAD_REQUEST,
-            "invalid-header",
-            "Invalid header",
-            "X-Tenant-Id must be 1-64 ASCII letters, digits, '_', '-' or '.'",
+            &format!("invalid-{kind}"),
+            &format!("Invalid {kind}"),
+            format!("{name} must be 1-64 ASCII letters, digits, '_', '-' or '.'"),
         )
-        .with("header", "X-Tenant-Id"))
+        .with(kind, name))
     }
 }
 

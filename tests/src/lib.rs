@@ -14,6 +14,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub mod js_clients;
+
 /// The projectors' admin token in tests.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
@@ -406,6 +408,14 @@ impl TestSystem {
         .await
         .expect("projectors build");
         spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+    }
+
+    /// A query service as its own process.
+    pub async fn query_process(&self) -> ServiceProcess {
+        let port = free_port();
+        let mut env = self.process_env();
+        env.push(("QUERY_ADDR".into(), format!("127.0.0.1:{port}")));
+        ServiceProcess::start("query-service", port, env).await
     }
 
     /// A command service as its own process.

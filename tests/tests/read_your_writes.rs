@@ -87,6 +87,15 @@ async fn a_query_with_the_token_sees_the_write_without_polling() {
     assert_eq!(after.body["version"], 2);
     assert_eq!(after.body["status"], "cancelled");
 
+    // Without a token, the committed cancel invalidates the cached version 1 (which would
+    // otherwise be served for READ_CACHE_TTL_SECONDS = 300 s).
+    let invalidated = system_tests::eventually(std::time::Duration::from_secs(10), || async {
+        let reply = system.get(&detail_url).await;
+        (reply.body["version"] == 2).then_some(())
+    })
+    .await;
+    assert!(invalidated.is_some(), "the cache kept serving version 1");
+
     // Lists, events and GraphQL take the token too.
     let events = get_with_token(
         &system,
