@@ -66,10 +66,16 @@ impl Application {
         let pool = config.database.prepare().await?;
         let read_model = ReadModel::new(pool.clone());
         let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
+        let graph = config.graph.store(pool.clone());
         let state = AppState {
-            graph: config.graph.store(pool.clone()),
+            schema: schema(
+                read_model.clone(),
+                repository.clone(),
+                graph.clone(),
+                config.graphql,
+            ),
+            graph,
             repository,
-            schema: schema(read_model.clone()),
             read_model,
         };
         let router = Router::new()

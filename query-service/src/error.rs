@@ -36,6 +36,27 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A GraphQL query nests deeper than allowed.
+    #[error(
+        "the query is nested {depth} levels deep; at most {limit} are allowed (GRAPHQL_MAX_DEPTH)"
+    )]
+    QueryTooDeep {
+        /// The query's depth.
+        depth: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A GraphQL query would cost more than allowed.
+    #[error(
+        "the query's complexity is {complexity}; at most {limit} is allowed (GRAPHQL_MAX_COMPLEXITY): \
+         ask for fewer items (first, depth) or fewer nested lists"
+    )]
+    QueryTooComplex {
+        /// The query's complexity.
+        complexity: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// A header is invalid.
     #[error("{}", .0.detail)]
     Request(Problem),
@@ -85,6 +106,22 @@ impl Error {
                 self.to_string(),
             )
             .with("parameter", *parameter),
+            Error::QueryTooDeep { depth, limit } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "query-too-deep",
+                "Query too deep",
+                self.to_string(),
+            )
+            .with("depth", *depth)
+            .with("limit", *limit),
+            Error::QueryTooComplex { complexity, limit } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "query-too-complex",
+                "Query too complex",
+                self.to_string(),
+            )
+            .with("complexity", *complexity)
+            .with("limit", *limit),
             Error::Request(problem) => problem.clone(),
             Error::Database(_) | Error::Store(_) | Error::Graph(_) | Error::Startup(_) => {
                 Problem::internal(self)

@@ -14,7 +14,7 @@ use crate::application::AppState;
 use crate::{Error, Result};
 
 /// Deepest walk a caller may ask for.
-const MAX_DEPTH: u32 = 50;
+pub(crate) const MAX_DEPTH: u32 = 50;
 
 /// Query of `GET /v1/graph/runs`.
 #[derive(Debug, Deserialize)]

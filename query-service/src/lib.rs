@@ -12,5 +12,5 @@ mod read_model;
 mod rest;
 
 pub use application::Application;
-pub use config::Config;
+pub use config::{Config, GraphqlLimits};
 pub use error::{Error, Result};

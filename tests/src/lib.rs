@@ -146,10 +146,17 @@ impl TestSystem {
 
     /// Starts a query service.
     pub async fn query_service(&self) -> Running {
+        self.query_service_with(query_service::GraphqlLimits::default())
+            .await
+    }
+
+    /// Starts a query service with the given GraphQL limits.
+    pub async fn query_service_with(&self, graphql: query_service::GraphqlLimits) -> Running {
         let app = query_service::Application::build(QueryConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: self.database(),
             graph: flowline_graph::GraphSettings { dgraph_url: None },
+            graphql,
         })
         .await
         .expect("query service builds");
