@@ -256,7 +256,7 @@ fn tenant<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a str> {
     Ok(ctx.data::<Tenant>()?.0.as_str())
 }
 
-#[Object]
+#[Object(name = "Query")]
 impl QueryRoot {
     /// One workflow run, or null when it does not exist for this tenant. With `asOf` the
     /// run as it was at that time, rebuilt from the event store (from the newest snapshot

@@ -446,8 +446,8 @@ async fn queries_over_the_limits_are_refused_with_a_clear_error() {
     let deep = system
         .graphql(
             &queries.url,
-            "{ workflows { edges { node { steps { dependencies { dependencies { dependencies \
-               { dependencies { dependencies { dependencies { dependencies { id } } } } } } } } } } } }",
+            "{ workflows { edges { node { steps { dependencies { dependencies { dependencies { dependencies \
+               { dependencies { dependencies { dependencies { dependencies { id } } } } } } } } } } } } }",
         )
         .await;
     let (code, message) = error_code(&deep);
