@@ -7,7 +7,7 @@
 
 mod loaders;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use async_graphql::dataloader::DataLoader;
@@ -18,7 +18,7 @@ use async_graphql::{
 };
 use chrono::{DateTime, Utc};
 use flowline_event_store::{AsOf, WorkflowRepository};
-use flowline_graph::{AnyGraph, model_of, tool_of};
+use flowline_graph::{AnyGraph, RunRef, model_of, tool_of};
 use uuid::Uuid;
 
 use crate::Error;
@@ -27,7 +27,7 @@ use crate::graph_rest::MAX_DEPTH;
 use crate::read_model::{
     EventView, ListFilter, ReadModel, Sort, SortField, StepView, WorkflowView,
 };
-use loaders::{EventsLoader, UsageRunsLoader, Used, WalkLoader, WorkflowLoader};
+use loaders::{EventsLoader, UsageRunsLoader, Used, WalkLoader, WorkflowKey, WorkflowLoader};
 
 /// The tenant of the request, put into the GraphQL context by the HTTP handler.
 pub struct Tenant(pub String);
@@ -298,10 +298,14 @@ impl QueryRoot {
             .list(tenant, &filter)
             .await
             .map_err(graphql_error)?;
-        let nodes: Vec<Workflow> = page
-            .items
+        let views: Vec<Arc<WorkflowView>> = page.items.into_iter().map(Arc::new).collect();
+        let page_data = Arc::new(prefetch(ctx, &views).await?);
+        let nodes: Vec<Workflow> = views
             .into_iter()
-            .map(|view| Workflow::current(Arc::new(view)))
+            .map(|view| Workflow {
+                page: Some(page_data.clone()),
+                ..Workflow::current(view)
+            })
             .collect();
         let edges = nodes
             .iter()
@@ -354,6 +358,52 @@ impl QueryRoot {
     ) -> async_graphql::Result<Option<Workflow>> {
         load_workflow(ctx, tenant(ctx)?, id).await
     }
+}
+
+/// Loads what the selected nested fields of a page's workflows need, one loader call per
+/// kind of data.
+async fn prefetch(
+    ctx: &Context<'_>,
+    views: &[Arc<WorkflowView>],
+) -> async_graphql::Result<PageData> {
+    let look = ctx.look_ahead();
+    let wants = |field: &str| {
+        look.field("edges").field("node").field(field).exists()
+            || look.field("nodes").field(field).exists()
+    };
+    let mut data = PageData::default();
+    if wants("events") {
+        let keys = views.iter().map(|view| (view.tenant.clone(), view.id));
+        data.events = ctx
+            .data::<DataLoader<EventsLoader>>()?
+            .load_many(keys)
+            .await
+            .map_err(graphql_error)?;
+    }
+    let mut used = BTreeSet::new();
+    for (field, kind) in [
+        ("runsUsingSameTools", Used::Tool),
+        ("runsUsingSameModels", Used::Model),
+    ] {
+        if wants(field) {
+            for view in views {
+                used.extend(
+                    view.steps
+                        .iter()
+                        .filter_map(|step| used_by(step, kind))
+                        .map(|name| (view.tenant.clone(), kind, name)),
+                );
+            }
+        }
+    }
+    if !used.is_empty() {
+        data.runs = ctx
+            .data::<DataLoader<UsageRunsLoader>>()?
+            .load_many(used)
+            .await
+            .map_err(graphql_error)?;
+    }
+    Ok(data)
 }
 
 async fn load_workflow(
@@ -433,6 +483,7 @@ async fn workflow_as_of(
     Ok(Some(Workflow {
         view: Arc::new(view),
         as_of: Some(time),
+        page: None,
     }))
 }
 
@@ -441,11 +492,25 @@ async fn workflow_as_of(
 pub struct Workflow {
     view: Arc<WorkflowView>,
     as_of: Option<DateTime<Utc>>,
+    page: Option<Arc<PageData>>,
+}
+
+/// What a page's nested fields need, loaded for the whole page at once: a data loader
+/// batches only the keys that arrive within its delay, which a large page can outlast, so
+/// the connection hands all of its keys to the loaders in one call.
+#[derive(Default)]
+struct PageData {
+    events: HashMap<WorkflowKey, Arc<[EventView]>>,
+    runs: HashMap<(String, Used, String), Arc<[RunRef]>>,
 }
 
 impl Workflow {
     fn current(view: Arc<WorkflowView>) -> Self {
-        Self { view, as_of: None }
+        Self {
+            view,
+            as_of: None,
+            page: None,
+        }
     }
 
     fn step(&self, index: usize) -> Step {
@@ -473,11 +538,16 @@ impl Workflow {
             .used(kind)
             .into_iter()
             .map(|name| (self.view.tenant.clone(), kind, name));
-        let runs = ctx
-            .data::<DataLoader<UsageRunsLoader>>()?
-            .load_many(keys)
-            .await
-            .map_err(graphql_error)?;
+        let runs = match &self.page {
+            Some(page) => keys
+                .filter_map(|key| page.runs.get(&key).map(|runs| (key, runs.clone())))
+                .collect(),
+            None => ctx
+                .data::<DataLoader<UsageRunsLoader>>()?
+                .load_many(keys)
+                .await
+                .map_err(graphql_error)?,
+        };
         let mut related: std::collections::BTreeMap<Uuid, RelatedRun> = Default::default();
         for ((_, _, name), refs) in runs {
             for run in refs.iter().filter(|run| run.run != self.view.id) {
@@ -566,12 +636,16 @@ impl Workflow {
     /// The stream's events in version order, up to `version` (batched across workflows).
     #[graphql(complexity = "20 * child_complexity")]
     async fn events(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<EventView>> {
-        let events = ctx
-            .data::<DataLoader<EventsLoader>>()?
-            .load_one((self.view.tenant.clone(), self.view.id))
-            .await
-            .map_err(graphql_error)?
-            .unwrap_or_default();
+        let key = (self.view.tenant.clone(), self.view.id);
+        let events = match &self.page {
+            Some(page) => page.events.get(&key).cloned(),
+            None => ctx
+                .data::<DataLoader<EventsLoader>>()?
+                .load_one(key)
+                .await
+                .map_err(graphql_error)?,
+        }
+        .unwrap_or_default();
         Ok(events
             .iter()
             .filter(|event| event.version <= self.view.version)

@@ -75,7 +75,7 @@ impl Loader<WorkflowKey> for EventsLoader {
 }
 
 /// What a run uses: a tool or a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Used {
     /// A tool (`server/tool`).
     Tool,
