@@ -543,7 +543,8 @@ async fn federation_resolves_workflow_entities_of_the_callers_tenant() {
     let sdl = system.graphql(&queries.url, "{ _service { sdl } }").await;
     let sdl = sdl["data"]["_service"]["sdl"].as_str().unwrap();
     assert!(
-        sdl.contains("@link(url: \"https://specs.apollo.dev/federation/v2"),
+        sdl.contains("extend schema @link(")
+            && sdl.contains("url: \"https://specs.apollo.dev/federation/v2."),
         "{sdl}"
     );
     assert!(sdl.contains("type Workflow @key(fields: \"id\")"), "{sdl}");
