@@ -7,6 +7,8 @@
 //!
 //! `bench subscribe`: command 2xx → event received by a `graphql-ws` client subscribed to
 //! `workflowEvents`, p50/p99, next to 2xx → visible to a client polling the REST API.
+//! `bench graphql`: N concurrent clients read pages of 100 workflows over GraphQL; reports
+//! pages/s and latency p50/p99 next to the same page from the REST list endpoint.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,6 +84,19 @@ enum Command {
         /// Partitions of the topic.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+    },
+    /// GraphQL reads: clients query pages of 100 workflows with their steps (and with
+    /// events and graph fields), next to the same page from the REST list endpoint.
+    Graphql {
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds each phase runs.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Workflow runs in the read model (4 events each).
+        #[arg(long, default_value_t = 1_000)]
+        runs: u64,
     },
     /// Aggregate load time of a long stream, with and without a snapshot.
     Load {
@@ -936,6 +951,69 @@ async fn subscribe(commands: usize, partitions: i32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Pages of 100 workflows over REST and GraphQL, from a read model built from `runs` runs.
+async fn graphql(clients: usize, seconds: u64, runs: u64) -> anyhow::Result<()> {
+    let system = TestSystem::new(3).await;
+    fill_log(&system, runs * 4, 3).await?;
+    time_rebuild(&system, projectors::workflow_read_model::NAME).await?;
+    time_rebuild(&system, projectors::workflow_graph::NAME).await?;
+    let queries = system.query_service().await;
+    let rest_url = format!("{}/v1/workflows?limit=100", queries.url);
+    let graphql_url = format!("{}/graphql", queries.url);
+    println!(
+        "bench graphql: {runs} runs, {clients} clients, {seconds} s per phase, pages of 100 workflows"
+    );
+    println!(
+        "{:<40} {:>10} {:>9} {:>9}",
+        "", "pages/s", "p50 ms", "p99 ms"
+    );
+    let http = reqwest::Client::new();
+    let duration = Duration::from_secs(seconds);
+    let rest = {
+        let http = http.clone();
+        run_clients(clients, duration, move |_| {
+            let request = http.get(&rest_url);
+            async move {
+                let page: Value = request.send().await?.error_for_status()?.json().await?;
+                anyhow::ensure!(page["items"].as_array().map(Vec::len) == Some(100));
+                Ok(None)
+            }
+        })
+        .await?
+    };
+    let rest_rate = report_row("REST list (steps inline)", &rest);
+    for (label, query) in [
+        (
+            "GraphQL workflows + steps",
+            "{ workflows(first: 100) { edges { cursor node { id name status version              steps { id kind status dependsOn } } } pageInfo { hasNextPage endCursor } } }",
+        ),
+        (
+            "GraphQL + events + runsUsingSameTools",
+            "{ workflows(first: 100) { edges { node { id name status              steps { id status dependents { id } } events { version type }              runsUsingSameTools(first: 5) { id } } } pageInfo { hasNextPage } } }",
+        ),
+    ] {
+        let http = http.clone();
+        let url = graphql_url.clone();
+        let body = json!({ "query": query });
+        let measured = run_clients(clients, duration, move |_| {
+            let request = http.post(&url).json(&body);
+            async move {
+                let reply: Value = request.send().await?.error_for_status()?.json().await?;
+                anyhow::ensure!(reply["errors"].is_null(), "{}", reply["errors"]);
+                anyhow::ensure!(
+                    reply["data"]["workflows"]["edges"].as_array().map(Vec::len) == Some(100)
+                );
+                Ok(None)
+            }
+        })
+        .await?;
+        let rate = report_row(label, &measured);
+        println!("{:<40} {:>10.2}", "  ÷ REST pages/s", rate / rest_rate);
+    }
+    queries.stop().await;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     flowline_service_kit::telemetry::init("bench");
@@ -966,6 +1044,11 @@ async fn main() -> anyhow::Result<()> {
             commands,
             partitions,
         } => subscribe(commands, partitions).await,
+        Command::Graphql {
+            clients,
+            seconds,
+            runs,
+        } => graphql(clients, seconds, runs).await,
         Command::Rebuild { events, partitions } => rebuild(events, partitions).await,
     }
 }

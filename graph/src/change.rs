@@ -80,6 +80,26 @@ fn text(config: &serde_json::Value, key: &str) -> Option<String> {
     config.get(key).and_then(|v| v.as_str()).map(str::to_owned)
 }
 
+/// The tool a step calls: `mcp_tool` steps name it `config.server/config.tool` (or just
+/// `config.tool`); other kinds call none.
+pub fn tool_of(kind: StepKind, config: &serde_json::Value) -> Option<String> {
+    if kind != StepKind::McpTool {
+        return None;
+    }
+    match (text(config, "server"), text(config, "tool")) {
+        (Some(server), Some(tool)) => Some(format!("{server}/{tool}")),
+        (None, Some(tool)) => Some(tool),
+        _ => None,
+    }
+}
+
+/// The model a step uses: `llm` steps name it `config.model`.
+pub fn model_of(kind: StepKind, config: &serde_json::Value) -> Option<String> {
+    (kind == StepKind::Llm)
+        .then(|| text(config, "model"))
+        .flatten()
+}
+
 impl GraphChange {
     /// The graph change of an event.
     pub fn of(envelope: &EventEnvelope) -> Self {
@@ -95,18 +115,8 @@ impl GraphChange {
                         id: step.id.clone(),
                         kind: step.kind.as_str().to_owned(),
                         depends_on: step.depends_on.clone(),
-                        tool: (step.kind == StepKind::McpTool)
-                            .then(|| {
-                                match (text(&step.config, "server"), text(&step.config, "tool")) {
-                                    (Some(server), Some(tool)) => Some(format!("{server}/{tool}")),
-                                    (None, Some(tool)) => Some(tool),
-                                    _ => None,
-                                }
-                            })
-                            .flatten(),
-                        model: (step.kind == StepKind::Llm)
-                            .then(|| text(&step.config, "model"))
-                            .flatten(),
+                        tool: tool_of(step.kind, &step.config),
+                        model: model_of(step.kind, &step.config),
                     })
                     .collect(),
             },

@@ -14,7 +14,7 @@ mod change;
 mod dgraph;
 mod postgres;
 
-pub use change::{GraphChange, RunChange, StepNode, xid};
+pub use change::{GraphChange, RunChange, StepNode, model_of, tool_of, xid};
 pub use dgraph::DgraphGraph;
 
 /// The Dgraph adapter's schema and request bodies, public for golden tests.

@@ -89,17 +89,22 @@ impl Application {
         let (changes, listening) = ChangeFeed::start(pool.clone());
         let cache = ReadCache::connect(&config.cache).await;
         cache.follow(&changes);
-        let reads = WorkflowReads::new(
-            read_model.clone(),
-            ConsistencyGate::new(pool.clone(), &config.consistency),
-            cache,
-        );
+        let gate = ConsistencyGate::new(pool.clone(), &config.consistency);
+        let reads = WorkflowReads::new(read_model.clone(), gate.clone(), cache);
         let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
+        let graph = config.graph.store(pool.clone());
         let state = AppState {
-            graph: config.graph.store(pool.clone()),
+            schema: schema(
+                read_model.clone(),
+                repository.clone(),
+                graph.clone(),
+                config.graphql,
+                changes,
+                gate,
+            ),
+            graph,
             repository,
             reads,
-            schema: schema(read_model.clone(), changes),
             read_model,
             audit: AuditAccess {
                 reader: flowline_audit::LogReader::new(&config.kafka.brokers, &config.kafka.topic),

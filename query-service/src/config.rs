@@ -29,4 +29,37 @@ pub struct Config {
     /// Graph view settings.
     #[command(flatten)]
     pub graph: flowline_graph::GraphSettings,
+    /// GraphQL limits.
+    #[command(flatten)]
+    pub graphql: GraphqlLimits,
+}
+
+/// How big a GraphQL query may be before it is refused unexecuted.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct GraphqlLimits {
+    /// Deepest selection nesting a GraphQL query may have.
+    #[arg(
+        long = "graphql-max-depth",
+        env = "GRAPHQL_MAX_DEPTH",
+        default_value_t = 12
+    )]
+    pub max_depth: usize,
+    /// Highest complexity a GraphQL query may have: every field costs 1, list fields
+    /// multiply their selection by their size (`first`, `depth`, or an assumed 10 steps /
+    /// 20 events per workflow).
+    #[arg(
+        long = "graphql-max-complexity",
+        env = "GRAPHQL_MAX_COMPLEXITY",
+        default_value_t = 20_000
+    )]
+    pub max_complexity: usize,
+}
+
+impl Default for GraphqlLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 12,
+            max_complexity: 20_000,
+        }
+    }
 }

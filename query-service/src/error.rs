@@ -46,6 +46,27 @@ pub enum Error {
         /// How long the query waited.
         waited_ms: u64,
     },
+    /// A GraphQL query nests deeper than allowed.
+    #[error(
+        "the query is nested {depth} levels deep; at most {limit} are allowed (GRAPHQL_MAX_DEPTH)"
+    )]
+    QueryTooDeep {
+        /// The query's depth.
+        depth: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A GraphQL query would cost more than allowed.
+    #[error(
+        "the query's complexity is {complexity}; at most {limit} is allowed (GRAPHQL_MAX_COMPLEXITY): \
+         ask for fewer items (first, depth) or fewer nested lists"
+    )]
+    QueryTooComplex {
+        /// The query's complexity.
+        complexity: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// A header is invalid.
     #[error("{}", .0.detail)]
     Request(Problem),
@@ -107,6 +128,22 @@ impl Error {
             .with("consistency_token", token.as_str())
             .with("retryable", true)
             .retry_after(1),
+            Error::QueryTooDeep { depth, limit } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "query-too-deep",
+                "Query too deep",
+                self.to_string(),
+            )
+            .with("depth", *depth)
+            .with("limit", *limit),
+            Error::QueryTooComplex { complexity, limit } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "query-too-complex",
+                "Query too complex",
+                self.to_string(),
+            )
+            .with("complexity", *complexity)
+            .with("limit", *limit),
             Error::Request(problem) => problem.clone(),
             Error::Audit(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -17,7 +17,7 @@ use crate::application::AppState;
 use crate::{Error, Result, rest};
 
 /// Deepest walk a caller may ask for.
-const MAX_DEPTH: u32 = 50;
+pub(crate) const MAX_DEPTH: u32 = 50;
 
 /// Query of `GET /v1/graph/runs`: exactly one of `tool` and `model`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -1,12 +1,36 @@
-//! The GraphQL schema.
+//! The GraphQL schema: workflows (a Relay connection with filters and sort), one workflow
+//! now or as it was at a time (rebuilt from the event store), status counts, graph
+//! questions on steps and runs, and the Apollo Federation v2 entity `Workflow`.
+//!
+//! Nested lists are resolved through batching data loaders ([`loaders`]), so a page costs
+//! a fixed number of SQL statements whatever its size.
 
-use async_graphql::{Context, EmptyMutation, ErrorExtensions, Object, Schema, SimpleObject};
+mod loaders;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
+use async_graphql::{
+    Context, EmptyMutation, Enum, ErrorExtensions, InputObject, Object, Pos, Schema, ServerError,
+    SimpleObject, ValidationResult,
+};
+use chrono::{DateTime, Utc};
+use flowline_event_store::{AsOf, WorkflowRepository};
+use flowline_graph::{AnyGraph, RunRef, model_of, tool_of};
 use uuid::Uuid;
 
 use crate::Error;
 use crate::changes::ChangeFeed;
-use crate::read_model::{ListFilter, ReadModel, WorkflowView};
+use crate::config::GraphqlLimits;
+use crate::consistency::{ConsistencyGate, token_from_argument};
+use crate::graph_rest::MAX_DEPTH;
+use crate::read_model::{
+    EventView, ListFilter, ReadModel, Sort, SortField, StepView, WorkflowView,
+};
 use crate::subscriptions::SubscriptionRoot;
+use loaders::{EventsLoader, UsageRunsLoader, Used, WalkLoader, WorkflowKey, WorkflowLoader};
 
 /// The tenant of the request, put into the GraphQL context by the HTTP handler.
 pub struct Tenant(pub String);
@@ -14,32 +38,37 @@ pub struct Tenant(pub String);
 /// The schema type.
 pub type QuerySchema = Schema<QueryRoot, EmptyMutation, SubscriptionRoot>;
 
-/// Builds the schema over `read_model`; subscriptions follow `changes`.
-pub fn schema(read_model: ReadModel, changes: ChangeFeed) -> QuerySchema {
+/// Builds the schema: its roots, the data its resolvers read, its data loaders and limits;
+/// subscriptions follow `changes`.
+pub fn schema(
+    read_model: ReadModel,
+    repository: WorkflowRepository,
+    graph: AnyGraph,
+    limits: GraphqlLimits,
+    changes: ChangeFeed,
+    gate: ConsistencyGate,
+) -> QuerySchema {
     Schema::build(QueryRoot, EmptyMutation, SubscriptionRoot)
+        .enable_federation()
+        .extension(QueryLimits(limits))
+        .data(DataLoader::new(
+            WorkflowLoader(read_model.clone()),
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            EventsLoader(read_model.clone()),
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            UsageRunsLoader(graph.clone()),
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(WalkLoader(graph), tokio::spawn))
         .data(read_model)
+        .data(repository)
         .data(changes)
-        .limit_depth(12)
-        .limit_complexity(5_000)
+        .data(gate)
         .finish()
-}
-
-/// A page of workflows.
-#[derive(SimpleObject)]
-pub struct WorkflowConnection {
-    /// The page's workflows, newest first.
-    nodes: Vec<WorkflowView>,
-    /// Pagination state.
-    page_info: PageInfo,
-}
-
-/// Where a page ends.
-#[derive(SimpleObject)]
-pub struct PageInfo {
-    /// Whether another page follows.
-    has_next_page: bool,
-    /// Pass as `after` for the next page.
-    end_cursor: Option<String>,
 }
 
 impl ErrorExtensions for Error {
@@ -51,54 +80,797 @@ impl ErrorExtensions for Error {
                 problem.kind.trim_start_matches("/problems/").to_owned(),
             );
             extensions.set("status", problem.status);
+            for (key, value) in &problem.extensions {
+                if let Ok(value) = async_graphql::Value::from_json(value.clone()) {
+                    extensions.set(key, value);
+                }
+            }
         })
     }
+}
+
+fn graphql_error(error: impl std::borrow::Borrow<Error>) -> async_graphql::Error {
+    error.borrow().extend()
+}
+
+/// Refuses queries deeper or more complex than configured, before anything runs, with an
+/// error naming the measured value, the limit and the setting.
+struct QueryLimits(GraphqlLimits);
+
+impl ExtensionFactory for QueryLimits {
+    fn create(&self) -> Arc<dyn Extension> {
+        Arc::new(QueryLimitsCheck(self.0))
+    }
+}
+
+struct QueryLimitsCheck(GraphqlLimits);
+
+#[async_graphql::async_trait::async_trait]
+impl Extension for QueryLimitsCheck {
+    async fn validation(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        next: NextValidation<'_>,
+    ) -> Result<ValidationResult, Vec<ServerError>> {
+        let result = next.run(ctx).await?;
+        let refusal = if result.depth > self.0.max_depth {
+            Some(Error::QueryTooDeep {
+                depth: result.depth,
+                limit: self.0.max_depth,
+            })
+        } else if result.complexity > self.0.max_complexity {
+            Some(Error::QueryTooComplex {
+                complexity: result.complexity,
+                limit: self.0.max_complexity,
+            })
+        } else {
+            None
+        };
+        match refusal {
+            Some(error) => Err(vec![
+                error.extend().into_server_error(Pos { line: 1, column: 1 }),
+            ]),
+            None => Ok(result),
+        }
+    }
+}
+
+/// Filters of `workflows` and `workflowCounts`; every field is optional, they combine
+/// with AND.
+#[derive(Debug, Default, InputObject)]
+pub struct WorkflowFilter {
+    /// Only this status: `pending`, `running`, `succeeded`, `failed` or `cancelled`.
+    status: Option<String>,
+    /// Only runs whose name contains this text (case-insensitive).
+    name: Option<String>,
+    /// Only runs submitted at or after this time.
+    submitted_after: Option<DateTime<Utc>>,
+    /// Only runs submitted before this time.
+    submitted_before: Option<DateTime<Utc>>,
+    /// Only runs with an `mcp_tool` step calling this tool (`server/tool`).
+    tool: Option<String>,
+    /// Only runs with an `llm` step using this model.
+    model: Option<String>,
+}
+
+impl WorkflowFilter {
+    fn into_list_filter(self) -> ListFilter {
+        ListFilter {
+            status: self.status,
+            name: self.name,
+            submitted_after: self.submitted_after,
+            submitted_before: self.submitted_before,
+            tool: self.tool,
+            model: self.model,
+            ..ListFilter::default()
+        }
+    }
+}
+
+/// What `workflows` is ordered by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum WorkflowSortField {
+    /// Submission time.
+    SubmittedAt,
+    /// Time of the last event.
+    UpdatedAt,
+    /// Name, then id.
+    Name,
+}
+
+/// A sort direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Enum)]
+pub enum SortDirection {
+    /// Smallest first.
+    Asc,
+    /// Largest (newest) first.
+    Desc,
+}
+
+/// Order of `workflows`; default newest submitted first.
+#[derive(Debug, Clone, Copy, InputObject)]
+pub struct WorkflowSort {
+    /// The field.
+    field: WorkflowSortField,
+    /// The direction.
+    #[graphql(default_with = "SortDirection::Desc")]
+    direction: SortDirection,
+}
+
+impl From<WorkflowSort> for Sort {
+    fn from(sort: WorkflowSort) -> Self {
+        Sort {
+            field: match sort.field {
+                WorkflowSortField::SubmittedAt => SortField::SubmittedAt,
+                WorkflowSortField::UpdatedAt => SortField::UpdatedAt,
+                WorkflowSortField::Name => SortField::Name,
+            },
+            descending: sort.direction == SortDirection::Desc,
+        }
+    }
+}
+
+/// A page of workflows (a Relay connection).
+#[derive(SimpleObject)]
+pub struct WorkflowConnection {
+    /// The page's workflows with their cursors.
+    edges: Vec<WorkflowEdge>,
+    /// The page's workflows (the edges' nodes, for clients that need no cursors).
+    nodes: Vec<Workflow>,
+    /// Pagination state.
+    page_info: PageInfo,
+}
+
+/// A workflow in a page.
+#[derive(SimpleObject)]
+pub struct WorkflowEdge {
+    /// Pass as `after` to continue after this workflow.
+    cursor: String,
+    /// The workflow.
+    node: Workflow,
+}
+
+/// Where a page ends.
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    /// Whether another page follows.
+    has_next_page: bool,
+    /// Pass as `after` for the next page; null when the page is empty.
+    end_cursor: Option<String>,
+}
+
+/// How many workflows match, per status.
+#[derive(SimpleObject)]
+pub struct WorkflowCounts {
+    /// All matching workflows.
+    total: i64,
+    /// Per status, in lifecycle order, zeros included.
+    by_status: Vec<StatusCount>,
+}
+
+/// The number of workflows with one status.
+#[derive(SimpleObject)]
+pub struct StatusCount {
+    /// The status.
+    status: String,
+    /// How many.
+    count: i64,
 }
 
 /// Read queries.
 pub struct QueryRoot;
 
-#[Object]
+fn tenant<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a str> {
+    Ok(ctx.data::<Tenant>()?.0.as_str())
+}
+
+/// Read-your-writes: with a command's `consistencyToken`, waits until the read model has
+/// passed it (the same bound and error as the `X-Consistency-Token` header).
+async fn reach(ctx: &Context<'_>, token: Option<&str>) -> async_graphql::Result<()> {
+    if let Some(token) = token {
+        let token = token_from_argument(token).map_err(graphql_error)?;
+        ctx.data::<ConsistencyGate>()?
+            .wait_for(&token)
+            .await
+            .map_err(graphql_error)?;
+    }
+    Ok(())
+}
+
+#[Object(name = "Query")]
 impl QueryRoot {
-    /// One workflow run, or null when it does not exist for this tenant.
+    /// One workflow run, or null when it does not exist for this tenant. With `asOf` the
+    /// run as it was at that time, rebuilt from the event store (from the newest snapshot
+    /// before it): status, version and steps (with their status) as they were then.
     async fn workflow(
         &self,
         ctx: &Context<'_>,
         id: Uuid,
-    ) -> async_graphql::Result<Option<WorkflowView>> {
-        let tenant = ctx.data::<Tenant>()?;
-        ctx.data::<ReadModel>()?
-            .workflow(&tenant.0, id)
-            .await
-            .map_err(|e| e.extend())
+        as_of: Option<DateTime<Utc>>,
+        consistency_token: Option<String>,
+    ) -> async_graphql::Result<Option<Workflow>> {
+        let tenant = tenant(ctx)?;
+        reach(ctx, consistency_token.as_deref()).await?;
+        match as_of {
+            None => load_workflow(ctx, tenant, id).await,
+            Some(time) => workflow_as_of(ctx, tenant, id, time).await,
+        }
     }
 
-    /// Workflow runs, newest first, with cursor pagination.
+    /// Workflow runs matching `filter`, in `sort` order (default newest first), `first`
+    /// (1 to 100) per page; pass `pageInfo.endCursor` as `after` for the next page.
+    #[graphql(complexity = "(first.clamp(1, 100) as usize) * child_complexity")]
     async fn workflows(
         &self,
         ctx: &Context<'_>,
-        status: Option<String>,
-        #[graphql(default = 20)] first: i64,
+        filter: Option<WorkflowFilter>,
+        #[graphql(default = 20)] first: i32,
         after: Option<String>,
+        sort: Option<WorkflowSort>,
+        consistency_token: Option<String>,
     ) -> async_graphql::Result<WorkflowConnection> {
-        let tenant = ctx.data::<Tenant>()?;
+        let tenant = tenant(ctx)?;
+        reach(ctx, consistency_token.as_deref()).await?;
+        let sort: Sort = sort.map(Sort::from).unwrap_or_default();
         let filter = ListFilter {
-            status,
-            limit: Some(first),
+            sort,
+            limit: Some(first.into()),
             cursor: after,
-            ..ListFilter::default()
+            ..filter.unwrap_or_default().into_list_filter()
         };
         let page = ctx
             .data::<ReadModel>()?
-            .list(&tenant.0, &filter)
+            .list(tenant, &filter)
             .await
-            .map_err(|e| e.extend())?;
+            .map_err(graphql_error)?;
+        let views: Vec<Arc<WorkflowView>> = page.items.into_iter().map(Arc::new).collect();
+        let page_data = Arc::new(prefetch(ctx, &views).await?);
+        let nodes: Vec<Workflow> = views
+            .into_iter()
+            .map(|view| Workflow {
+                page: Some(page_data.clone()),
+                ..Workflow::current(view)
+            })
+            .collect();
+        let edges = nodes
+            .iter()
+            .map(|node| WorkflowEdge {
+                cursor: ReadModel::cursor_after(&node.view, sort),
+                node: node.clone(),
+            })
+            .collect();
         Ok(WorkflowConnection {
             page_info: PageInfo {
                 has_next_page: page.next_cursor.is_some(),
-                end_cursor: page.next_cursor,
+                end_cursor: nodes
+                    .last()
+                    .map(|node| ReadModel::cursor_after(&node.view, sort)),
             },
-            nodes: page.items,
+            edges,
+            nodes,
         })
     }
+
+    /// How many workflows match `filter`, in total and per status.
+    async fn workflow_counts(
+        &self,
+        ctx: &Context<'_>,
+        filter: Option<WorkflowFilter>,
+        consistency_token: Option<String>,
+    ) -> async_graphql::Result<WorkflowCounts> {
+        let tenant = tenant(ctx)?;
+        reach(ctx, consistency_token.as_deref()).await?;
+        let counts = ctx
+            .data::<ReadModel>()?
+            .counts(tenant, &filter.unwrap_or_default().into_list_filter())
+            .await
+            .map_err(graphql_error)?;
+        Ok(WorkflowCounts {
+            total: counts.by_status.iter().map(|(_, count)| count).sum(),
+            by_status: counts
+                .by_status
+                .into_iter()
+                .map(|(status, count)| StatusCount { status, count })
+                .collect(),
+        })
+    }
+
+    /// Federation: resolves `Workflow` representations (`@key(fields: "id")`) of the
+    /// request's tenant; null for ids this tenant does not have.
+    #[graphql(entity)]
+    async fn find_workflow_by_id(
+        &self,
+        ctx: &Context<'_>,
+        id: Uuid,
+    ) -> async_graphql::Result<Option<Workflow>> {
+        load_workflow(ctx, tenant(ctx)?, id).await
+    }
+}
+
+/// Loads what the selected nested fields of a page's workflows need, one loader call per
+/// kind of data.
+async fn prefetch(
+    ctx: &Context<'_>,
+    views: &[Arc<WorkflowView>],
+) -> async_graphql::Result<PageData> {
+    let look = ctx.look_ahead();
+    let wants = |field: &str| {
+        look.field("edges").field("node").field(field).exists()
+            || look.field("nodes").field(field).exists()
+    };
+    let mut data = PageData::default();
+    if wants("events") {
+        let keys = views.iter().map(|view| (view.tenant.clone(), view.id));
+        data.events = ctx
+            .data::<DataLoader<EventsLoader>>()?
+            .load_many(keys)
+            .await
+            .map_err(graphql_error)?;
+    }
+    let mut used = BTreeSet::new();
+    for (field, kind) in [
+        ("runsUsingSameTools", Used::Tool),
+        ("runsUsingSameModels", Used::Model),
+    ] {
+        if wants(field) {
+            for view in views {
+                used.extend(
+                    view.steps
+                        .iter()
+                        .filter_map(|step| used_by(step, kind))
+                        .map(|name| (view.tenant.clone(), kind, name)),
+                );
+            }
+        }
+    }
+    if !used.is_empty() {
+        data.runs = ctx
+            .data::<DataLoader<UsageRunsLoader>>()?
+            .load_many(used)
+            .await
+            .map_err(graphql_error)?;
+    }
+    Ok(data)
+}
+
+async fn load_workflow(
+    ctx: &Context<'_>,
+    tenant: &str,
+    id: Uuid,
+) -> async_graphql::Result<Option<Workflow>> {
+    Ok(ctx
+        .data::<DataLoader<WorkflowLoader>>()?
+        .load_one((tenant.to_owned(), id))
+        .await
+        .map_err(graphql_error)?
+        .map(Workflow::current))
+}
+
+async fn workflow_as_of(
+    ctx: &Context<'_>,
+    tenant: &str,
+    id: Uuid,
+    time: DateTime<Utc>,
+) -> async_graphql::Result<Option<Workflow>> {
+    if time > Utc::now() {
+        return Err(graphql_error(Error::InvalidParameter {
+            parameter: "asOf",
+            message: format!("{} is in the future", time.to_rfc3339()),
+        }));
+    }
+    let past = ctx
+        .data::<WorkflowRepository>()?
+        .load_as_of(tenant, id, AsOf::Time(time))
+        .await
+        .map_err(|e| graphql_error(Error::Store(Box::new(e))))?;
+    if past.current_version == 0 {
+        return Ok(None);
+    }
+    if past.workflow.version == 0 {
+        return Err(graphql_error(Error::NotYetExisting(time.to_rfc3339())));
+    }
+    // The aggregate has no timestamps; they are those of its first and its last event.
+    let events = ctx
+        .data::<DataLoader<EventsLoader>>()?
+        .load_one((tenant.to_owned(), id))
+        .await
+        .map_err(graphql_error)?
+        .unwrap_or_default();
+    let version = past.workflow.version as i64;
+    let at = |v: i64| {
+        events
+            .iter()
+            .find(|event| event.version == v)
+            .map_or(time, |event| event.occurred_at)
+    };
+    let state = past.workflow.state;
+    let view = WorkflowView {
+        id,
+        tenant: tenant.to_owned(),
+        name: state.name,
+        status: state.status.as_str().to_owned(),
+        version,
+        input: async_graphql::Json(state.input),
+        cancel_reason: state.cancel_reason,
+        submitted_by: state.submitted_by,
+        submitted_at: at(1),
+        updated_at: at(version),
+        steps: state
+            .steps
+            .into_iter()
+            .map(|step| StepView {
+                id: step.id,
+                kind: step.kind.as_str().to_owned(),
+                status: step.status.as_str().to_owned(),
+                depends_on: step.depends_on,
+                config: async_graphql::Json(step.config),
+            })
+            .collect(),
+    };
+    Ok(Some(Workflow {
+        view: Arc::new(view),
+        as_of: Some(time),
+        page: None,
+    }))
+}
+
+/// A workflow run: from the read model, or as it was at `asOf`.
+#[derive(Clone)]
+pub struct Workflow {
+    view: Arc<WorkflowView>,
+    as_of: Option<DateTime<Utc>>,
+    page: Option<Arc<PageData>>,
+}
+
+/// What a page's nested fields need, loaded for the whole page at once: a data loader
+/// batches only the keys that arrive within its delay, which a large page can outlast, so
+/// the connection hands all of its keys to the loaders in one call.
+#[derive(Default)]
+struct PageData {
+    events: HashMap<WorkflowKey, Arc<[EventView]>>,
+    runs: HashMap<(String, Used, String), Arc<[RunRef]>>,
+}
+
+impl Workflow {
+    /// The run as the read model has it now.
+    pub(crate) fn current(view: Arc<WorkflowView>) -> Self {
+        Self {
+            view,
+            as_of: None,
+            page: None,
+        }
+    }
+
+    fn step(&self, index: usize) -> Step {
+        Step {
+            workflow: self.view.clone(),
+            index,
+        }
+    }
+
+    fn used(&self, kind: Used) -> BTreeSet<String> {
+        self.view
+            .steps
+            .iter()
+            .filter_map(|step| used_by(step, kind))
+            .collect()
+    }
+
+    async fn runs_sharing(
+        &self,
+        ctx: &Context<'_>,
+        kind: Used,
+        first: i32,
+    ) -> async_graphql::Result<Vec<RelatedRun>> {
+        let keys = self
+            .used(kind)
+            .into_iter()
+            .map(|name| (self.view.tenant.clone(), kind, name));
+        let runs = match &self.page {
+            Some(page) => keys
+                .filter_map(|key| page.runs.get(&key).map(|runs| (key, runs.clone())))
+                .collect(),
+            None => ctx
+                .data::<DataLoader<UsageRunsLoader>>()?
+                .load_many(keys)
+                .await
+                .map_err(graphql_error)?,
+        };
+        let mut related: std::collections::BTreeMap<Uuid, RelatedRun> = Default::default();
+        for ((_, _, name), refs) in runs {
+            for run in refs.iter().filter(|run| run.run != self.view.id) {
+                related
+                    .entry(run.run)
+                    .or_insert_with(|| RelatedRun {
+                        id: run.run,
+                        name: run.name.clone(),
+                        shared: Vec::new(),
+                    })
+                    .shared
+                    .push(name.clone());
+            }
+        }
+        let mut related: Vec<RelatedRun> = related.into_values().collect();
+        for run in &mut related {
+            run.shared.sort();
+        }
+        // Newest first (ids are UUIDv7).
+        related.reverse();
+        related.truncate(first.clamp(0, 100) as usize);
+        Ok(related)
+    }
+}
+
+fn used_by(step: &StepView, kind: Used) -> Option<String> {
+    let step_kind = flowline_domain::StepKind::parse(&step.kind)?;
+    match kind {
+        Used::Tool => tool_of(step_kind, &step.config.0),
+        Used::Model => model_of(step_kind, &step.config.0),
+    }
+}
+
+/// A workflow run.
+#[Object]
+impl Workflow {
+    /// The run's id.
+    async fn id(&self) -> Uuid {
+        self.view.id
+    }
+    /// Tenant owning it.
+    async fn tenant(&self) -> &str {
+        &self.view.tenant
+    }
+    /// Human-readable name.
+    async fn name(&self) -> &str {
+        &self.view.name
+    }
+    /// Lifecycle status: `pending`, `running`, `succeeded`, `failed` or `cancelled`.
+    async fn status(&self) -> &str {
+        &self.view.status
+    }
+    /// Version of the stream this view reflects.
+    async fn version(&self) -> i64 {
+        self.view.version
+    }
+    /// The time this view was rebuilt for (`workflow(asOf:)`); null for the current view.
+    async fn as_of(&self) -> Option<DateTime<Utc>> {
+        self.as_of
+    }
+    /// The run's input.
+    async fn input(&self) -> &async_graphql::Json<serde_json::Value> {
+        &self.view.input
+    }
+    /// Why it was cancelled, if it was.
+    async fn cancel_reason(&self) -> Option<&str> {
+        self.view.cancel_reason.as_deref()
+    }
+    /// Who submitted it, when known.
+    async fn submitted_by(&self) -> Option<&str> {
+        self.view.submitted_by.as_deref()
+    }
+    /// When it was submitted.
+    async fn submitted_at(&self) -> DateTime<Utc> {
+        self.view.submitted_at
+    }
+    /// When its last event (up to `version`) happened.
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.view.updated_at
+    }
+    /// Steps in submission order (loaded with the workflow, one statement per page).
+    #[graphql(complexity = "10 * child_complexity")]
+    async fn steps(&self) -> Vec<Step> {
+        (0..self.view.steps.len()).map(|i| self.step(i)).collect()
+    }
+    /// The stream's events in version order, up to `version` (batched across workflows).
+    #[graphql(complexity = "20 * child_complexity")]
+    async fn events(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<EventView>> {
+        let key = (self.view.tenant.clone(), self.view.id);
+        let events = match &self.page {
+            Some(page) => page.events.get(&key).cloned(),
+            None => ctx
+                .data::<DataLoader<EventsLoader>>()?
+                .load_one(key)
+                .await
+                .map_err(graphql_error)?,
+        }
+        .unwrap_or_default();
+        Ok(events
+            .iter()
+            .filter(|event| event.version <= self.view.version)
+            .cloned()
+            .collect())
+    }
+    /// Tools its `mcp_tool` steps call (`server/tool`), sorted.
+    async fn tools(&self) -> Vec<String> {
+        self.used(Used::Tool).into_iter().collect()
+    }
+    /// Models its `llm` steps use, sorted.
+    async fn models(&self) -> Vec<String> {
+        self.used(Used::Model).into_iter().collect()
+    }
+    /// Other runs of the tenant calling at least one of the tools this run calls (from the
+    /// graph view), newest first, at most `first` (up to 100).
+    #[graphql(complexity = "(first.clamp(0, 100) as usize) * child_complexity")]
+    async fn runs_using_same_tools(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: i32,
+    ) -> async_graphql::Result<Vec<RelatedRun>> {
+        self.runs_sharing(ctx, Used::Tool, first).await
+    }
+    /// Other runs of the tenant using at least one of the models this run uses (from the
+    /// graph view), newest first, at most `first` (up to 100).
+    #[graphql(complexity = "(first.clamp(0, 100) as usize) * child_complexity")]
+    async fn runs_using_same_models(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 20)] first: i32,
+    ) -> async_graphql::Result<Vec<RelatedRun>> {
+        self.runs_sharing(ctx, Used::Model, first).await
+    }
+}
+
+/// Another run sharing tools or models with a workflow.
+pub struct RelatedRun {
+    id: Uuid,
+    name: String,
+    shared: Vec<String>,
+}
+
+/// Another run sharing tools or models with a workflow.
+#[Object]
+impl RelatedRun {
+    /// Its id.
+    async fn id(&self) -> Uuid {
+        self.id
+    }
+    /// Its name.
+    async fn name(&self) -> &str {
+        &self.name
+    }
+    /// The tools (or models) both runs use, sorted.
+    async fn shared(&self) -> &[String] {
+        &self.shared
+    }
+    /// The run itself (batched), null if the read model does not have it yet.
+    async fn workflow(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<Workflow>> {
+        load_workflow(ctx, tenant(ctx)?, self.id).await
+    }
+}
+
+/// A step of a workflow run.
+pub struct Step {
+    workflow: Arc<WorkflowView>,
+    index: usize,
+}
+
+impl Step {
+    fn view(&self) -> &StepView {
+        &self.workflow.steps[self.index]
+    }
+
+    fn sibling(&self, id: &str) -> Option<Step> {
+        self.workflow
+            .steps
+            .iter()
+            .position(|step| step.id == id)
+            .map(|index| Step {
+                workflow: self.workflow.clone(),
+                index,
+            })
+    }
+
+    async fn walk(
+        &self,
+        ctx: &Context<'_>,
+        depth: i32,
+        upstream: bool,
+    ) -> async_graphql::Result<Vec<StepAtDepth>> {
+        let depth = u32::try_from(depth)
+            .ok()
+            .filter(|depth| (1..=MAX_DEPTH).contains(depth))
+            .ok_or_else(|| {
+                Error::InvalidParameter {
+                    parameter: "depth",
+                    message: format!("must be between 1 and {MAX_DEPTH}"),
+                }
+                .extend()
+            })?;
+        let reached = ctx
+            .data::<DataLoader<WalkLoader>>()?
+            .load_one((self.workflow.id, self.view().id.clone(), depth, upstream))
+            .await
+            .map_err(graphql_error)?
+            .unwrap_or_default();
+        Ok(reached
+            .iter()
+            .filter_map(|reached| {
+                self.sibling(&reached.step).map(|step| StepAtDepth {
+                    depth: reached.depth,
+                    step,
+                })
+            })
+            .collect())
+    }
+}
+
+/// A step of a workflow run, with its place in the step graph.
+#[Object]
+impl Step {
+    /// Unique within the workflow.
+    async fn id(&self) -> &str {
+        &self.view().id
+    }
+    /// `llm`, `mcp_tool`, `template` or `http`.
+    async fn kind(&self) -> &str {
+        &self.view().kind
+    }
+    /// Lifecycle status (as of the workflow's `asOf`, when given).
+    async fn status(&self) -> &str {
+        &self.view().status
+    }
+    /// Ids of the steps that must finish first.
+    async fn depends_on(&self) -> &[String] {
+        &self.view().depends_on
+    }
+    /// Kind-specific settings.
+    async fn config(&self) -> &async_graphql::Json<serde_json::Value> {
+        &self.view().config
+    }
+    /// The tool it calls (`mcp_tool` steps), `server/tool`.
+    async fn tool(&self) -> Option<String> {
+        used_by(self.view(), Used::Tool)
+    }
+    /// The model it uses (`llm` steps).
+    async fn model(&self) -> Option<String> {
+        used_by(self.view(), Used::Model)
+    }
+    /// The steps it directly depends on (no query: read from the workflow).
+    async fn dependencies(&self) -> Vec<Step> {
+        self.view()
+            .depends_on
+            .iter()
+            .filter_map(|id| self.sibling(id))
+            .collect()
+    }
+    /// The steps directly depending on it (no query: read from the workflow).
+    async fn dependents(&self) -> Vec<Step> {
+        let id = &self.view().id;
+        (0..self.workflow.steps.len())
+            .filter(|&i| self.workflow.steps[i].depends_on.contains(id))
+            .map(|index| Step {
+                workflow: self.workflow.clone(),
+                index,
+            })
+            .collect()
+    }
+    /// Every step it depends on, transitively, up to `depth` hops (1 to 50), nearest
+    /// first, each at its shortest distance (from the graph view).
+    #[graphql(complexity = "(depth.clamp(1, 50) as usize) * child_complexity")]
+    async fn transitive_dependencies(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 10)] depth: i32,
+    ) -> async_graphql::Result<Vec<StepAtDepth>> {
+        self.walk(ctx, depth, true).await
+    }
+    /// Every step depending on it, transitively, up to `depth` hops (1 to 50), nearest
+    /// first, each at its shortest distance (from the graph view).
+    #[graphql(complexity = "(depth.clamp(1, 50) as usize) * child_complexity")]
+    async fn transitive_dependents(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 10)] depth: i32,
+    ) -> async_graphql::Result<Vec<StepAtDepth>> {
+        self.walk(ctx, depth, false).await
+    }
+}
+
+/// A step reached by a walk, with the number of hops to it.
+#[derive(SimpleObject)]
+pub struct StepAtDepth {
+    /// Hops from the starting step (1 = direct).
+    depth: u32,
+    /// The step.
+    step: Step,
 }

@@ -20,5 +20,5 @@ mod rest;
 mod subscriptions;
 
 pub use application::Application;
-pub use config::Config;
+pub use config::{Config, GraphqlLimits};
 pub use error::{Error, Result};

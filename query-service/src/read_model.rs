@@ -19,7 +19,7 @@ pub const DEFAULT_PAGE: i64 = 20;
 pub const STATUSES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
 
 /// A step as readers see it.
-#[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepView {
     /// Unique within the workflow.
     pub id: String,
@@ -35,7 +35,7 @@ pub struct StepView {
 }
 
 /// A workflow run as readers see it.
-#[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkflowView {
     /// The run's id.
     pub id: Uuid,
@@ -64,6 +64,7 @@ pub struct WorkflowView {
 
 /// One event of a stream.
 #[derive(Debug, Clone, Serialize, async_graphql::SimpleObject, utoipa::ToSchema)]
+#[graphql(name = "Event")]
 pub struct EventView {
     /// Position in the stream.
     pub version: i64,
@@ -272,16 +273,47 @@ fn invalid_cursor(message: &str) -> Error {
     }
 }
 
-fn encode_cursor(sort: Sort, row: &WorkflowRow) -> String {
+/// The fields of a workflow that a cursor may be keyed by.
+struct CursorFields<'a> {
+    id: Uuid,
+    name: &'a str,
+    submitted_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl<'a> From<&'a WorkflowRow> for CursorFields<'a> {
+    fn from(row: &'a WorkflowRow) -> Self {
+        Self {
+            id: row.id,
+            name: &row.name,
+            submitted_at: row.submitted_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+impl<'a> From<&'a WorkflowView> for CursorFields<'a> {
+    fn from(view: &'a WorkflowView) -> Self {
+        Self {
+            id: view.id,
+            name: &view.name,
+            submitted_at: view.submitted_at,
+            updated_at: view.updated_at,
+        }
+    }
+}
+
+fn encode_cursor<'a>(sort: Sort, item: impl Into<CursorFields<'a>>) -> String {
+    let item = item.into();
     let key = match sort.field {
-        SortField::SubmittedAt => serde_json::json!(row.submitted_at.timestamp_micros()),
-        SortField::UpdatedAt => serde_json::json!(row.updated_at.timestamp_micros()),
-        SortField::Name => serde_json::json!(row.name),
+        SortField::SubmittedAt => serde_json::json!(item.submitted_at.timestamp_micros()),
+        SortField::UpdatedAt => serde_json::json!(item.updated_at.timestamp_micros()),
+        SortField::Name => serde_json::json!(item.name),
     };
     let cursor = Cursor {
         sort: sort.as_string(),
         key,
-        id: row.id,
+        id: item.id,
     };
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&cursor).expect("a cursor serializes"))
 }
@@ -674,5 +706,122 @@ impl ReadModel {
                 },
             )
             .collect())
+    }
+}
+
+/// How many workflows have each status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatusCounts {
+    /// Per status, in lifecycle order, zeros included.
+    pub by_status: Vec<(String, i64)>,
+}
+
+/// Batch reads: one statement for any number of workflows, so that GraphQL data loaders
+/// answer a whole page with a fixed number of queries.
+impl ReadModel {
+    /// The workflows (with their steps) among `ids` that exist for `tenant`, in no order.
+    pub async fn workflows(&self, tenant: &str, ids: &[Uuid]) -> Result<Vec<WorkflowView>> {
+        let rows: Vec<WorkflowRow> =
+            sqlx::query_as("SELECT * FROM workflows WHERE tenant = $1 AND id = ANY($2)")
+                .bind(tenant)
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await?;
+        self.with_steps(rows).await
+    }
+
+    /// The cursor that continues a list (sorted by `sort`) after `view`.
+    pub fn cursor_after(view: &WorkflowView, sort: Sort) -> String {
+        encode_cursor(sort, view)
+    }
+
+    /// The events of the streams among `ids` that belong to `tenant`, each in version order.
+    pub async fn events_of(
+        &self,
+        tenant: &str,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Vec<EventView>>> {
+        let rows = sqlx::query_as::<_, (Uuid, i64, Uuid, String, DateTime<Utc>, Uuid, Uuid, serde_json::Value)>(
+            "SELECT workflow_id, version, event_id, event_type, occurred_at, correlation_id, causation_id, data \
+             FROM workflow_events WHERE tenant = $1 AND workflow_id = ANY($2) ORDER BY workflow_id, version",
+        )
+        .bind(tenant)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_workflow: HashMap<Uuid, Vec<EventView>> = HashMap::new();
+        for (
+            workflow_id,
+            version,
+            event_id,
+            event_type,
+            occurred_at,
+            correlation_id,
+            causation_id,
+            data,
+        ) in rows
+        {
+            by_workflow.entry(workflow_id).or_default().push(EventView {
+                version,
+                event_id,
+                event_type,
+                occurred_at,
+                correlation_id,
+                causation_id,
+                data: async_graphql::Json(data),
+            });
+        }
+        Ok(by_workflow)
+    }
+
+    /// How many workflows of `tenant` match `filter` (its page and sort are ignored), per
+    /// status.
+    pub async fn counts(&self, tenant: &str, filter: &ListFilter) -> Result<StatusCounts> {
+        if let Some(status) = &filter.status
+            && !STATUSES.contains(&status.as_str())
+        {
+            return Err(Error::InvalidParameter {
+                parameter: "status",
+                message: format!(
+                    "unknown status '{status}'; expected one of {}",
+                    STATUSES.join(", ")
+                ),
+            });
+        }
+        // Tools and models are matched on the step config the way the graph view names
+        // them (`flowline_graph::tool_of` / `model_of`).
+        let counted: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM workflows w WHERE tenant = $1 \
+             AND ($2::text IS NULL OR status = $2) \
+             AND ($3::text IS NULL OR strpos(lower(name), lower($3)) > 0) \
+             AND ($4::timestamptz IS NULL OR submitted_at >= $4) \
+             AND ($5::timestamptz IS NULL OR submitted_at < $5) \
+             AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
+                  AND s.kind = 'mcp_tool' AND (CASE WHEN s.config ->> 'server' IS NULL THEN s.config ->> 'tool' \
+                  ELSE (s.config ->> 'server') || '/' || (s.config ->> 'tool') END) = $6)) \
+             AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
+                  AND s.kind = 'llm' AND s.config->>'model' = $7)) \
+             GROUP BY status",
+        )
+        .bind(tenant)
+        .bind(&filter.status)
+        .bind(&filter.name)
+        .bind(filter.submitted_after)
+        .bind(filter.submitted_before)
+        .bind(&filter.tool)
+        .bind(&filter.model)
+        .fetch_all(&self.pool)
+        .await?;
+        let by_status = STATUSES
+            .iter()
+            .map(|status| {
+                let count = counted
+                    .iter()
+                    .find(|(s, _)| s == status)
+                    .map_or(0, |(_, count)| *count);
+                ((*status).to_owned(), count)
+            })
+            .collect();
+        Ok(StatusCounts { by_status })
     }
 }

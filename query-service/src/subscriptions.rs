@@ -23,8 +23,9 @@ use uuid::Uuid;
 use crate::application::AppState;
 use crate::changes::{Change, ChangeFeed, Changes};
 use crate::graphql::Tenant;
+use crate::graphql::Workflow;
 use crate::log_cursor::LogCursor;
-use crate::read_model::{EventFilter, EventView, LoggedEvent, ReadModel, WorkflowView};
+use crate::read_model::{EventFilter, EventView, LoggedEvent, ReadModel};
 use crate::{Error, Result};
 
 /// Events read from the database per round trip while catching up.
@@ -140,8 +141,7 @@ impl SubscriptionRoot {
         &self,
         ctx: &Context<'_>,
         id: Uuid,
-    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<WorkflowView>> + use<>>
-    {
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Workflow>> + use<>> {
         let tenant = ctx.data::<Tenant>()?.0.clone();
         let read_model = ctx.data::<ReadModel>()?.clone();
         let changes = ctx.data::<ChangeFeed>()?.subscribe();
@@ -192,7 +192,7 @@ fn workflow_updates(
     changes: Changes,
     tenant: String,
     id: Uuid,
-) -> impl Stream<Item = async_graphql::Result<WorkflowView>> {
+) -> impl Stream<Item = async_graphql::Result<Workflow>> {
     let state = Some((read_model, changes, 0_i64, true));
     futures::stream::unfold(state, move |state| {
         let tenant = tenant.clone();
@@ -203,6 +203,7 @@ fn workflow_updates(
                     match read_model.workflow(&tenant, id).await {
                         Ok(Some(workflow)) if workflow.version > seen => {
                             seen = workflow.version;
+                            let workflow = Workflow::current(std::sync::Arc::new(workflow));
                             return Some((Ok(workflow), Some((read_model, changes, seen, false))));
                         }
                         Ok(_) => {}

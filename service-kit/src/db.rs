@@ -6,6 +6,7 @@ use std::time::Duration;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Executor, PgPool};
+use tracing::log::LevelFilter;
 
 use crate::Result;
 
@@ -14,7 +15,11 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Opens a pool on `url`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
-    let options = PgConnectOptions::from_str(url)?.disable_statement_logging();
+    // Statements log at trace level only (`RUST_LOG=sqlx::query=trace` shows them, and
+    // tests count them); no slow-statement warnings, since rebuild batches are slow by design.
+    let options = PgConnectOptions::from_str(url)?
+        .log_statements(LevelFilter::Trace)
+        .log_slow_statements(LevelFilter::Off, Duration::from_secs(1));
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))

@@ -149,11 +149,26 @@ impl TestSystem {
 
     /// Starts a query service.
     pub async fn query_service(&self) -> Running {
-        self.query_service_with(5_000).await
+        self.query_service_configured(5_000, query_service::GraphqlLimits::default())
+            .await
+    }
+
+    /// Starts a query service with the given GraphQL limits.
+    pub async fn query_service_with(&self, graphql: query_service::GraphqlLimits) -> Running {
+        self.query_service_configured(5_000, graphql).await
     }
 
     /// Starts a query service that waits at most `consistency_wait_ms` for a token.
-    pub async fn query_service_with(&self, consistency_wait_ms: u64) -> Running {
+    pub async fn query_service_waiting(&self, consistency_wait_ms: u64) -> Running {
+        self.query_service_configured(consistency_wait_ms, query_service::GraphqlLimits::default())
+            .await
+    }
+
+    async fn query_service_configured(
+        &self,
+        consistency_wait_ms: u64,
+        graphql: query_service::GraphqlLimits,
+    ) -> Running {
         let app = query_service::Application::build(QueryConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: self.database(),
@@ -169,6 +184,7 @@ impl TestSystem {
                 redis_key_prefix: self.redis_prefix(),
                 read_cache_ttl_seconds: 300,
             },
+            graphql,
         })
         .await
         .expect("query service builds");

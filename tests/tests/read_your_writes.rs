@@ -115,13 +115,33 @@ async fn a_query_with_the_token_sees_the_write_without_polling() {
         )
         .await;
     assert_eq!(graphql.body["data"]["workflow"]["version"], 2);
+    let by_argument = system
+        .graphql(
+            &queries.url,
+            &format!(
+                "{{ workflow(id: \"{id}\", consistencyToken: \"{}\") {{ status version }} }}",
+                token_of(&cancelled)
+            ),
+        )
+        .await;
+    assert_eq!(by_argument["data"]["workflow"]["status"], "cancelled");
+    let malformed = system
+        .graphql(
+            &queries.url,
+            &format!("{{ workflow(id: \"{id}\", consistencyToken: \"soon\") {{ version }} }}"),
+        )
+        .await;
+    assert_eq!(
+        malformed["errors"][0]["extensions"]["code"], "invalid-parameter",
+        "{malformed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_bound_a_query_answers_a_retryable_503_then_succeeds_once_projected() {
     let system = TestSystem::new(3).await;
     let commands = system.command_service().await;
-    let queries = system.query_service_with(300).await;
+    let queries = system.query_service_waiting(300).await;
 
     let submitted = system
         .post(&format!("{}/v1/workflows", commands.url), &workflow())

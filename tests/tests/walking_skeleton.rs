@@ -242,7 +242,7 @@ async fn listing_filters_by_status_and_pages_with_a_cursor() {
     let pending = system
         .graphql(
             &queries.url,
-            "{ workflows(status: \"pending\", first: 10) { nodes { id status } pageInfo { hasNextPage } } }",
+            "{ workflows(filter: {status: \"pending\"}, first: 10) { nodes { id status } pageInfo { hasNextPage } } }",
         )
         .await;
     assert_eq!(
@@ -412,7 +412,7 @@ async fn graphiql_is_served_and_graphql_errors_are_clear() {
     let invalid = system
         .graphql(
             &queries.url,
-            "{ workflows(status: \"sleeping\") { nodes { id } } }",
+            "{ workflows(filter: {status: \"sleeping\"}) { nodes { id } } }",
         )
         .await;
     assert_eq!(
