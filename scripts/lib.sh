@@ -118,6 +118,8 @@ ensure_python_venv() {
     echo "$hash" >"$venv/.requirements.sha256"
   fi
   export FLOWLINE_PYTHON="$venv/bin/python"
+}
+
 # Installs the npm GraphQL clients the system tests drive (tests/clients/js, versions
 # pinned by its package-lock.json) when they are missing or older than the lock; npm's
 # download cache lives under $FLOWLINE_CACHE.
