@@ -3,11 +3,12 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use flowline_service_kit::Problem;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
+use flowline_service_kit::request::admin_bearer;
 use serde::{Deserialize, Serialize};
 
 use crate::application::AdminState;
@@ -91,28 +92,7 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<impl IntoRespons
 
 /// Checks `Authorization: Bearer <ADMIN_TOKEN>`.
 fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Problem> {
-    let Some(expected) = &state.admin_token else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "admin-disabled",
-            "Admin endpoints disabled",
-            "set ADMIN_TOKEN on the projectors to enable this endpoint",
-        ));
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(expected.as_str()) {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "send Authorization: Bearer <ADMIN_TOKEN>",
-        ))
-    }
+    admin_bearer(headers, state.admin_token.as_deref(), "projectors")
 }
 
 /// Query of `GET /admin/dead-letters`.

@@ -4,10 +4,11 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use flowline_audit::{EventLine, Filter, Finding, LogReader, Summary, query::parse_time};
 use flowline_service_kit::Problem;
+use flowline_service_kit::request::admin_bearer;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -52,31 +53,10 @@ pub struct Verification {
     summary: Summary,
 }
 
+/// Checks `Authorization: Bearer <ADMIN_TOKEN>`.
 fn authorize(access: &AuditAccess, headers: &HeaderMap) -> Result<()> {
-    let Some(expected) = &access.admin_token else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "admin-disabled",
-            "Admin endpoints disabled",
-            "set ADMIN_TOKEN on the query service to enable the audit endpoints",
-        )
-        .into());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(expected.as_str()) {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "send Authorization: Bearer <ADMIN_TOKEN>",
-        )
-        .into())
-    }
+    admin_bearer(headers, access.admin_token.as_deref(), "query service")?;
+    Ok(())
 }
 
 fn invalid(parameter: &'static str, message: impl Into<String>) -> Error {

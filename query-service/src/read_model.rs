@@ -360,6 +360,63 @@ fn contains_pattern(text: &str) -> String {
     pattern
 }
 
+/// Refuses filters no run can match for a reason the caller should hear about.
+fn validate(filter: &ListFilter) -> Result<()> {
+    if let Some(status) = &filter.status
+        && !STATUSES.contains(&status.as_str())
+    {
+        return Err(Error::InvalidParameter {
+            parameter: "status",
+            message: format!(
+                "unknown status '{status}'; expected one of {}",
+                STATUSES.join(", ")
+            ),
+        });
+    }
+    if let (Some(after), Some(before)) = (filter.submitted_after, filter.submitted_before)
+        && after >= before
+    {
+        return Err(Error::InvalidParameter {
+            parameter: "submitted_before",
+            message: "must be later than submitted_after".into(),
+        });
+    }
+    Ok(())
+}
+
+/// Appends the conditions of `filter` (not its page or sort) on `workflows w`.
+fn push_filter(query: &mut QueryBuilder<Postgres>, tenant: &str, filter: &ListFilter) {
+    query.push("w.tenant = ").push_bind(tenant);
+    if let Some(status) = &filter.status {
+        query.push(" AND w.status = ").push_bind(status);
+    }
+    if let Some(name) = &filter.name {
+        query
+            .push(" AND w.name ILIKE ")
+            .push_bind(contains_pattern(name));
+    }
+    if let Some(after) = filter.submitted_after {
+        query.push(" AND w.submitted_at >= ").push_bind(after);
+    }
+    if let Some(before) = filter.submitted_before {
+        query.push(" AND w.submitted_at < ").push_bind(before);
+    }
+    if let Some(tool) = &filter.tool {
+        query.push(format!(
+            " AND EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
+             AND s.kind = 'mcp_tool' AND {STEP_TOOL} = "
+        ));
+        query.push_bind(tool).push(")");
+    }
+    if let Some(model) = &filter.model {
+        query.push(
+            " AND EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
+             AND s.kind = 'llm' AND config ->> 'model' = ",
+        );
+        query.push_bind(model).push(")");
+    }
+}
+
 /// Read access to the workflow read model.
 #[derive(Debug, Clone)]
 pub struct ReadModel {
@@ -394,25 +451,7 @@ impl ReadModel {
                 message: format!("must be between 1 and {MAX_PAGE}"),
             });
         }
-        if let Some(status) = &filter.status
-            && !STATUSES.contains(&status.as_str())
-        {
-            return Err(Error::InvalidParameter {
-                parameter: "status",
-                message: format!(
-                    "unknown status '{status}'; expected one of {}",
-                    STATUSES.join(", ")
-                ),
-            });
-        }
-        if let (Some(after), Some(before)) = (filter.submitted_after, filter.submitted_before)
-            && after >= before
-        {
-            return Err(Error::InvalidParameter {
-                parameter: "submitted_before",
-                message: "must be later than submitted_after".into(),
-            });
-        }
+        validate(filter)?;
         let sort = filter.sort;
         let position = filter
             .cursor
@@ -420,36 +459,8 @@ impl ReadModel {
             .map(|cursor| decode_cursor(cursor, sort))
             .transpose()?;
 
-        let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM workflows w WHERE tenant = ");
-        query.push_bind(tenant);
-        if let Some(status) = &filter.status {
-            query.push(" AND status = ").push_bind(status);
-        }
-        if let Some(name) = &filter.name {
-            query
-                .push(" AND name ILIKE ")
-                .push_bind(contains_pattern(name));
-        }
-        if let Some(after) = filter.submitted_after {
-            query.push(" AND submitted_at >= ").push_bind(after);
-        }
-        if let Some(before) = filter.submitted_before {
-            query.push(" AND submitted_at < ").push_bind(before);
-        }
-        if let Some(tool) = &filter.tool {
-            query.push(format!(
-                " AND EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
-                 AND s.kind = 'mcp_tool' AND {STEP_TOOL} = "
-            ));
-            query.push_bind(tool).push(")");
-        }
-        if let Some(model) = &filter.model {
-            query.push(
-                " AND EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
-                 AND s.kind = 'llm' AND config ->> 'model' = ",
-            );
-            query.push_bind(model).push(")");
-        }
+        let mut query = QueryBuilder::<Postgres>::new("SELECT * FROM workflows w WHERE ");
+        push_filter(&mut query, tenant, filter);
         let column = sort.field.column();
         let (direction, comparison) = if sort.descending {
             ("DESC", "<")
@@ -777,41 +788,12 @@ impl ReadModel {
     /// How many workflows of `tenant` match `filter` (its page and sort are ignored), per
     /// status.
     pub async fn counts(&self, tenant: &str, filter: &ListFilter) -> Result<StatusCounts> {
-        if let Some(status) = &filter.status
-            && !STATUSES.contains(&status.as_str())
-        {
-            return Err(Error::InvalidParameter {
-                parameter: "status",
-                message: format!(
-                    "unknown status '{status}'; expected one of {}",
-                    STATUSES.join(", ")
-                ),
-            });
-        }
-        // Tools and models are matched on the step config the way the graph view names
-        // them (`flowline_graph::tool_of` / `model_of`).
-        let counted: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, count(*) FROM workflows w WHERE tenant = $1 \
-             AND ($2::text IS NULL OR status = $2) \
-             AND ($3::text IS NULL OR strpos(lower(name), lower($3)) > 0) \
-             AND ($4::timestamptz IS NULL OR submitted_at >= $4) \
-             AND ($5::timestamptz IS NULL OR submitted_at < $5) \
-             AND ($6::text IS NULL OR EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
-                  AND s.kind = 'mcp_tool' AND (CASE WHEN s.config ->> 'server' IS NULL THEN s.config ->> 'tool' \
-                  ELSE (s.config ->> 'server') || '/' || (s.config ->> 'tool') END) = $6)) \
-             AND ($7::text IS NULL OR EXISTS (SELECT 1 FROM workflow_steps s WHERE s.workflow_id = w.id \
-                  AND s.kind = 'llm' AND s.config->>'model' = $7)) \
-             GROUP BY status",
-        )
-        .bind(tenant)
-        .bind(&filter.status)
-        .bind(&filter.name)
-        .bind(filter.submitted_after)
-        .bind(filter.submitted_before)
-        .bind(&filter.tool)
-        .bind(&filter.model)
-        .fetch_all(&self.pool)
-        .await?;
+        validate(filter)?;
+        let mut query =
+            QueryBuilder::<Postgres>::new("SELECT status, count(*) FROM workflows w WHERE ");
+        push_filter(&mut query, tenant, filter);
+        query.push(" GROUP BY status");
+        let counted: Vec<(String, i64)> = query.build_query_as().fetch_all(&self.pool).await?;
         let by_status = STATUSES
             .iter()
             .map(|status| {

@@ -91,3 +91,34 @@ pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
         }
     }
 }
+
+/// Checks `Authorization: Bearer <ADMIN_TOKEN>` for an operators' endpoint of `service`:
+/// 403 while no token is configured (the endpoints are off), 401 for a missing or wrong one.
+pub fn admin_bearer(
+    headers: &HeaderMap,
+    expected: Option<&str>,
+    service: &str,
+) -> Result<(), Problem> {
+    let Some(expected) = expected else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "admin-disabled",
+            "Admin endpoints disabled",
+            format!("set ADMIN_TOKEN on the {service} to enable this endpoint"),
+        ));
+    };
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(expected) {
+        Ok(())
+    } else {
+        Err(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "send Authorization: Bearer <ADMIN_TOKEN>",
+        ))
+    }
+}
