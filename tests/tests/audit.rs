@@ -683,3 +683,53 @@ async fn the_store_chains_each_stream_and_restarts_after_unchained_events() {
             .unwrap();
     assert_eq!(prev, chain::GENESIS.to_vec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_tail_prints_the_log_and_follows_new_events() {
+    use std::io::BufRead;
+
+    let system = TestSystem::new(3).await;
+    let commands = system.command_service().await;
+    let before = submit(&system, &commands.url, "acme", "before").await;
+
+    let mut tail = Command::new(bin_dir().join("audit"))
+        .args(["tail", "--from-beginning"])
+        .env("KAFKA_BROKERS", &system.kafka.brokers)
+        .env("KAFKA_TOPIC", &system.kafka.topic)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("audit tail starts");
+    let stdout = tail.stdout.take().unwrap();
+    let (lines_tx, mut lines_rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx
+                .send(serde_json::from_str(&line).expect("a JSON line"))
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let first = next_line(&mut lines_rx).await;
+    assert_eq!(first["stream_id"], before.as_str());
+    assert_eq!(first["event_type"], "WorkflowSubmitted");
+
+    // Written after the tail started: it follows the log.
+    let after = submit(&system, &commands.url, "acme", "after").await;
+    let second = next_line(&mut lines_rx).await;
+    assert_eq!(second["stream_id"], after.as_str());
+    assert_eq!(second["stream_version"], 1);
+    tail.kill().unwrap();
+    let _ = tail.wait();
+}
+
+async fn next_line(lines: &mut tokio::sync::mpsc::UnboundedReceiver<Value>) -> Value {
+    tokio::time::timeout(std::time::Duration::from_secs(30), lines.recv())
+        .await
+        .ok()
+        .flatten()
+        .expect("a line from audit tail")
+}
