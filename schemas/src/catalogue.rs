@@ -43,7 +43,8 @@ pub struct SchemaEntry {
     pub version: u32,
     /// The parsed schema.
     pub schema: Schema,
-    /// CRC-64-AVRO (Rabin) fingerprint of the schema's canonical form.
+    /// CRC-64-AVRO (Rabin) fingerprint of the schema's Parsing Canonical Form, as the Avro
+    /// specification defines it (what new payloads carry).
     pub fingerprint: u64,
     /// The file it came from, relative to `schemas/avro/`.
     pub file: String,
@@ -60,14 +61,59 @@ pub struct Catalogue {
 static EMBEDDED: LazyLock<Catalogue> =
     LazyLock::new(|| Catalogue::parse(FILES).expect("embedded schemas are valid"));
 
-/// The 8 fingerprint bytes as the single-object encoding stores them (little endian).
-pub(crate) fn fingerprint_of(schema: &Schema) -> u64 {
+/// The fingerprint apache-avro 0.22 computes (and wrote into single-object headers before
+/// the spec's was used): over its canonical form, which keeps `{"type":"string"}` for a
+/// primitive carrying a logical type where the specification reduces it to `"string"`.
+/// Payloads already on logs carry it, so it stays a way to find their schema.
+pub(crate) fn legacy_fingerprint_of(schema: &Schema) -> u64 {
     let bytes = schema.fingerprint::<Rabin>().bytes;
     u64::from_le_bytes(
         bytes[..8]
             .try_into()
             .expect("Rabin fingerprints are 8 bytes"),
     )
+}
+
+/// The schema's Parsing Canonical Form as the Avro specification (and Java, fastavro, ...)
+/// define it: apache-avro's canonical form with logical-type leftovers of primitives
+/// (`{"type":"long"}`) reduced to the primitive's name.
+pub fn parsing_canonical_form(schema: &Schema) -> String {
+    const PRIMITIVES: [&str; 8] = [
+        "null", "boolean", "int", "long", "float", "double", "bytes", "string",
+    ];
+    let mut form = schema.canonical_form();
+    for primitive in PRIMITIVES {
+        form = form.replace(
+            &format!("{{\"type\":\"{primitive}\"}}"),
+            &format!("\"{primitive}\""),
+        );
+    }
+    form
+}
+
+/// CRC-64-AVRO (the Rabin fingerprint of the specification) of `bytes`.
+pub fn crc64_avro(bytes: &[u8]) -> u64 {
+    const EMPTY: u64 = 0xc15d_213a_a4d7_a795;
+    static TABLE: LazyLock<[u64; 256]> = LazyLock::new(|| {
+        let mut table = [0u64; 256];
+        for (i, slot) in table.iter_mut().enumerate() {
+            let mut fingerprint = i as u64;
+            for _ in 0..8 {
+                fingerprint = (fingerprint >> 1) ^ (EMPTY & 0u64.wrapping_sub(fingerprint & 1));
+            }
+            *slot = fingerprint;
+        }
+        table
+    });
+    bytes.iter().fold(EMPTY, |fingerprint, &byte| {
+        (fingerprint >> 8) ^ TABLE[((fingerprint ^ u64::from(byte)) & 0xff) as usize]
+    })
+}
+
+/// The fingerprint other Avro implementations compute for the same `.avsc`, and the one
+/// written into new single-object headers.
+pub(crate) fn fingerprint_of(schema: &Schema) -> u64 {
+    crc64_avro(parsing_canonical_form(schema).as_bytes())
 }
 
 impl Catalogue {
@@ -98,6 +144,10 @@ impl Catalogue {
                 file,
             });
             catalogue.by_fingerprint.insert(fingerprint, index);
+            catalogue.by_fingerprint.insert(
+                legacy_fingerprint_of(&catalogue.entries[index].schema),
+                index,
+            );
             let newer = catalogue
                 .latest
                 .get(event_type)

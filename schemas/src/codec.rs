@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use apache_avro::Schema;
-use apache_avro::headers::{HeaderBuilder, RabinFingerprintHeader};
 use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
 use apache_avro::writer::datum::GenericDatumWriter;
@@ -46,7 +45,8 @@ static PREPARED: LazyLock<Prepared> = LazyLock::new(|| {
             .latest(entry.event_type)
             .expect("entry has a type");
         if latest.fingerprint == entry.fingerprint {
-            let header = RabinFingerprintHeader::from_schema(&entry.schema).build_header();
+            let mut header = MAGIC.to_vec();
+            header.extend_from_slice(&entry.fingerprint.to_le_bytes());
             let writer = GenericDatumWriter::builder(&entry.schema)
                 .build()
                 .expect("embedded schema resolves");
@@ -250,20 +250,61 @@ mod tests {
     }
 
     #[test]
-    fn the_framing_is_avro_single_object_encoding() {
-        // Another single-object writer (the library's own) must produce the same header,
-        // so any Avro implementation can read our payloads by fingerprint.
+    fn the_framing_is_avro_single_object_encoding_with_the_specs_fingerprint() {
+        // C3 01, then the CRC-64-AVRO of the Parsing Canonical Form, little endian: the
+        // fingerprints fastavro computes for the same files (checked by hand with
+        // `fastavro.schema.fingerprint(to_parsing_canonical_form(...), "CRC-64-AVRO")`,
+        // and on the log by tests/clients/python/read_log.py).
+        let spec = [
+            ("SignalReceived", 0xec82_d443_c22f_8259_u64),
+            ("WorkflowCancelled", 0xe040_142d_79d7_c8eb),
+            ("WorkflowSubmitted", 0x9fe5_6cba_c2f0_b836),
+        ];
+        let codec = EventCodec::default();
+        for event in every_event() {
+            let encoded = codec.encode(&event).unwrap();
+            let (_, expected) = spec
+                .iter()
+                .find(|(name, _)| *name == encoded.event_type)
+                .unwrap();
+            assert_eq!(encoded.payload[..2], MAGIC);
+            assert_eq!(
+                encoded.payload[2..HEADER_LEN],
+                expected.to_be_bytes(),
+                "{}",
+                encoded.event_type
+            );
+        }
+    }
+
+    #[test]
+    fn payloads_framed_with_apache_avros_own_fingerprint_still_decode() {
+        // What this codec wrote before it used the specification's fingerprint (and what
+        // apache-avro's single-object writer writes): still on logs, still readable.
         let codec = EventCodec::default();
         let event = &every_event()[1];
-        let encoded = codec.encode(event).unwrap();
         let schema: &Schema = &Catalogue::embedded()
             .latest("WorkflowCancelled")
             .unwrap()
             .schema;
         let mut writer = GenericSingleObjectWriter::new_with_capacity(schema, 1024).unwrap();
-        let mut expected = Vec::new();
-        writer.write_value(to_value(event), &mut expected).unwrap();
-        assert_eq!(encoded.payload, expected);
+        let mut legacy = Vec::new();
+        writer.write_value(to_value(event), &mut legacy).unwrap();
+        assert_ne!(
+            legacy[..HEADER_LEN],
+            codec.encode(event).unwrap().payload[..HEADER_LEN]
+        );
+        assert_eq!(&codec.decode(&legacy).unwrap(), event);
+    }
+
+    #[test]
+    fn the_crc_is_the_one_apache_avro_computes_over_the_same_text() {
+        for entry in Catalogue::embedded().entries() {
+            assert_eq!(
+                crate::catalogue::crc64_avro(entry.schema.canonical_form().as_bytes()),
+                crate::catalogue::legacy_fingerprint_of(&entry.schema)
+            );
+        }
     }
 
     #[test]

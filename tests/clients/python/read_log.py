@@ -7,10 +7,8 @@ content-type header, strips the Avro single-object header (C3 01 + the 8-byte CR
 fingerprint of the writer schema) and decodes the value with fastavro using that schema.
 Prints one JSON line per record; exits non-zero at the first record it cannot read.
 
-The fingerprint is reported, not enforced: apache-avro 0.22 (the Rust writer) fingerprints
-a canonical form that keeps `{"type": "string"}` for logical-typed primitives where the
-specification (and fastavro, and Java) reduce it to `"string"`, so the bytes differ from
-what fastavro computes for the same file (see docs/adr/0009-cloudevents-and-hash-chain.md).
+The fingerprint is enforced: it must be the CRC-64-AVRO that fastavro computes from the
+named .avsc's Parsing Canonical Form, as the Avro specification defines it.
 
 Usage: read_log.py --brokers HOST:PORT --topic TOPIC [--schemas DIR]
 """
@@ -131,6 +129,11 @@ def main():
         schema_file = check_headers(headers, key)
         schema, fingerprint = load_schema(args.schemas, schema_file, schemas)
         written_fingerprint, value = decode(message.value(), schema)
+        if written_fingerprint != fingerprint:
+            fail(
+                f"{partition}:{offset}: fingerprint {written_fingerprint.hex()} is not the "
+                f"specification's {fingerprint.hex()} of {schema_file}"
+            )
         print(
             json.dumps(
                 {
