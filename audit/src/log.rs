@@ -49,6 +49,22 @@ impl LogReader {
         Ok(flowline_event_log::consumer_config(&self.brokers, "flowline-audit").create()?)
     }
 
+    /// Per partition, the offset `start` names: the first at or after its time, the end of
+    /// the log; none for the beginning (each partition's low watermark).
+    fn explicit_starts(&self, start: Start) -> Result<HashMap<i32, i64>> {
+        Ok(match start {
+            Start::Time(time) => flowline_event_log::offsets_at_time(
+                &self.brokers,
+                &self.topic,
+                time.timestamp_millis(),
+            )?,
+            Start::End => flowline_event_log::high_watermarks(&self.brokers, &self.topic)?
+                .into_iter()
+                .collect(),
+            Start::Beginning => HashMap::new(),
+        })
+    }
+
     /// Calls `each` on every record from `start` up to the high watermark each partition
     /// had when the scan began, partition order preserved, until `each` breaks.
     pub fn scan(
@@ -58,14 +74,7 @@ impl LogReader {
     ) -> Result<()> {
         let consumer = self.consumer()?;
         let highs = flowline_event_log::high_watermarks(&self.brokers, &self.topic)?;
-        let starts: HashMap<i32, i64> = match start {
-            Start::Time(time) => flowline_event_log::offsets_at_time(
-                &self.brokers,
-                &self.topic,
-                time.timestamp_millis(),
-            )?,
-            Start::Beginning | Start::End => HashMap::new(),
-        };
+        let starts = self.explicit_starts(start)?;
         let mut assignment = TopicPartitionList::new();
         let mut remaining: HashMap<i32, i64> = HashMap::new();
         for (partition, high) in highs {
@@ -128,17 +137,7 @@ impl LogReader {
     ) -> Result<()> {
         let consumer = self.consumer()?;
         let partitions = flowline_event_log::topic_partitions(&self.brokers, &self.topic)?;
-        let starts: HashMap<i32, i64> = match start {
-            Start::Time(time) => flowline_event_log::offsets_at_time(
-                &self.brokers,
-                &self.topic,
-                time.timestamp_millis(),
-            )?,
-            Start::End => flowline_event_log::high_watermarks(&self.brokers, &self.topic)?
-                .into_iter()
-                .collect(),
-            Start::Beginning => HashMap::new(),
-        };
+        let starts = self.explicit_starts(start)?;
         let mut assignment = TopicPartitionList::new();
         for partition in 0..partitions {
             let offset = starts
