@@ -100,7 +100,7 @@ impl Application {
                 graph.clone(),
                 config.graphql,
                 changes,
-                gate,
+                reads.clone(),
             ),
             graph,
             repository,
