@@ -273,6 +273,42 @@ fn invalid_cursor(message: &str) -> Error {
     }
 }
 
+/// A `workflow_events` row.
+#[derive(sqlx::FromRow)]
+struct EventRow {
+    workflow_id: Uuid,
+    version: i64,
+    event_id: Uuid,
+    event_type: String,
+    occurred_at: DateTime<Utc>,
+    correlation_id: Uuid,
+    causation_id: Uuid,
+    data: serde_json::Value,
+}
+
+/// A `workflow_events` row with its place on the log.
+#[derive(sqlx::FromRow)]
+struct LoggedRow {
+    log_partition: i32,
+    log_offset: i64,
+    #[sqlx(flatten)]
+    event: EventRow,
+}
+
+impl From<EventRow> for EventView {
+    fn from(row: EventRow) -> Self {
+        Self {
+            version: row.version,
+            event_id: row.event_id,
+            event_type: row.event_type,
+            occurred_at: row.occurred_at,
+            correlation_id: row.correlation_id,
+            causation_id: row.causation_id,
+            data: async_graphql::Json(row.data),
+        }
+    }
+}
+
 /// The fields of a workflow that a cursor may be keyed by.
 struct CursorFields<'a> {
     id: Uuid,
@@ -557,24 +593,17 @@ impl ReadModel {
     /// The stream's events in version order; `None` when the workflow is unknown.
     pub async fn events(&self, tenant: &str, id: Uuid) -> Result<Option<Vec<EventView>>> {
         if self.workflow_exists(tenant, id).await? {
-            let events = sqlx::query_as::<_, (i64, Uuid, String, DateTime<Utc>, Uuid, Uuid, serde_json::Value)>(
-                "SELECT version, event_id, event_type, occurred_at, correlation_id, causation_id, data \
-                 FROM workflow_events WHERE tenant = $1 AND workflow_id = $2 ORDER BY version",
+            let events = sqlx::query_as::<_, EventRow>(
+                "SELECT workflow_id, version, event_id, event_type, occurred_at, correlation_id, \
+                 causation_id, data FROM workflow_events WHERE tenant = $1 AND workflow_id = $2 \
+                 ORDER BY version",
             )
             .bind(tenant)
             .bind(id)
             .fetch_all(&self.pool)
             .await?
             .into_iter()
-            .map(|(version, event_id, event_type, occurred_at, correlation_id, causation_id, data)| EventView {
-                version,
-                event_id,
-                event_type,
-                occurred_at,
-                correlation_id,
-                causation_id,
-                data: async_graphql::Json(data),
-            })
+            .map(EventView::from)
             .collect();
             Ok(Some(events))
         } else {
@@ -651,20 +680,8 @@ impl ReadModel {
         limit: i64,
     ) -> Result<Vec<LoggedEvent>> {
         let (partitions, offsets) = cursor.positions();
-        type Row = (
-            Uuid,
-            i32,
-            i64,
-            i64,
-            Uuid,
-            String,
-            DateTime<Utc>,
-            Uuid,
-            Uuid,
-            serde_json::Value,
-        );
         // Per partition a range scan of (tenant, log_partition, log_offset).
-        let rows: Vec<Row> = sqlx::query_as(
+        let rows: Vec<LoggedRow> = sqlx::query_as(
             "WITH seen AS ( \
                SELECT p.partition, COALESCE(c.seen, -1) AS seen \
                FROM (SELECT DISTINCT partition FROM projection_checkpoints) AS p \
@@ -689,33 +706,12 @@ impl ReadModel {
         .await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(
-                    workflow_id,
-                    log_partition,
-                    log_offset,
-                    version,
-                    event_id,
-                    event_type,
-                    occurred_at,
-                    correlation_id,
-                    causation_id,
-                    data,
-                )| LoggedEvent {
-                    workflow_id,
-                    log_partition,
-                    log_offset,
-                    event: EventView {
-                        version,
-                        event_id,
-                        event_type,
-                        occurred_at,
-                        correlation_id,
-                        causation_id,
-                        data: async_graphql::Json(data),
-                    },
-                },
-            )
+            .map(|row| LoggedEvent {
+                workflow_id: row.event.workflow_id,
+                log_partition: row.log_partition,
+                log_offset: row.log_offset,
+                event: row.event.into(),
+            })
             .collect())
     }
 }
@@ -752,35 +748,21 @@ impl ReadModel {
         tenant: &str,
         ids: &[Uuid],
     ) -> Result<HashMap<Uuid, Vec<EventView>>> {
-        let rows = sqlx::query_as::<_, (Uuid, i64, Uuid, String, DateTime<Utc>, Uuid, Uuid, serde_json::Value)>(
-            "SELECT workflow_id, version, event_id, event_type, occurred_at, correlation_id, causation_id, data \
-             FROM workflow_events WHERE tenant = $1 AND workflow_id = ANY($2) ORDER BY workflow_id, version",
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT workflow_id, version, event_id, event_type, occurred_at, correlation_id, \
+             causation_id, data FROM workflow_events WHERE tenant = $1 AND workflow_id = ANY($2) \
+             ORDER BY workflow_id, version",
         )
         .bind(tenant)
         .bind(ids)
         .fetch_all(&self.pool)
         .await?;
         let mut by_workflow: HashMap<Uuid, Vec<EventView>> = HashMap::new();
-        for (
-            workflow_id,
-            version,
-            event_id,
-            event_type,
-            occurred_at,
-            correlation_id,
-            causation_id,
-            data,
-        ) in rows
-        {
-            by_workflow.entry(workflow_id).or_default().push(EventView {
-                version,
-                event_id,
-                event_type,
-                occurred_at,
-                correlation_id,
-                causation_id,
-                data: async_graphql::Json(data),
-            });
+        for row in rows {
+            by_workflow
+                .entry(row.workflow_id)
+                .or_default()
+                .push(row.into());
         }
         Ok(by_workflow)
     }
