@@ -152,17 +152,16 @@ impl EventStore {
     pub async fn append(&self, envelope: &EventEnvelope, fingerprint: Option<&str>) -> Result<i64> {
         let encoded = self.codec.encode(envelope)?;
         let metadata = &envelope.metadata;
-        // The previous event is read in the appending transaction; a concurrent append of
-        // the same version loses on UNIQUE(stream_id, stream_version), so the chain cannot
-        // fork in the store.
-        let mut transaction = self.pool.begin().await?;
+        // Stored events never change, so the predecessor's hash needs no transaction around
+        // this read and the insert; a concurrent append of the same version loses on
+        // UNIQUE(stream_id, stream_version), so the chain cannot fork in the store.
         let prev_hash = if metadata.stream_version > 1 {
             let previous: Option<Option<Vec<u8>>> = sqlx::query_scalar(
                 "SELECT event_hash FROM event_store WHERE stream_id = $1 AND stream_version = $2",
             )
             .bind(metadata.stream_id)
             .bind(metadata.stream_version as i64 - 1)
-            .fetch_optional(&mut *transaction)
+            .fetch_optional(&self.pool)
             .await?;
             // A predecessor from before the chain existed (NULL) starts a new chain.
             previous
@@ -207,10 +206,9 @@ impl EventStore {
         .bind(fingerprint)
         .bind(prev_hash.as_slice())
         .bind(event_hash.as_slice())
-        .fetch_one(&mut *transaction)
+        .fetch_one(&self.pool)
         .await;
         let position = inserted.map_err(|error| classify_insert_error(error, envelope))?;
-        transaction.commit().await?;
         self.waker.local.notify_one();
         if !self.waker.leading.load(Ordering::Relaxed) {
             notify(&self.pool, APPENDED_CHANNEL, "").await?;

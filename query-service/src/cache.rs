@@ -31,8 +31,11 @@ use crate::read_model::{ReadModel, WorkflowView};
 const FLOOR_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// Raises a floor, never lowers it (notifications of one workflow may arrive out of order
-/// across query-service replicas).
-const RAISE_FLOOR: &str = r"
+/// across query-service replicas). Built once: `Script::new` hashes the source.
+static RAISE_FLOOR: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(RAISE_FLOOR_SOURCE));
+
+const RAISE_FLOOR_SOURCE: &str = r"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tonumber(ARGV[1]) > current then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -195,7 +198,7 @@ impl ReadCache {
         let Some(mut redis) = self.redis.clone() else {
             return;
         };
-        let raised: redis::RedisResult<i64> = redis::Script::new(RAISE_FLOOR)
+        let raised: redis::RedisResult<i64> = RAISE_FLOOR
             .key(self.floor_key(tenant, id))
             .key(self.entry_key(tenant, id))
             .arg(version)
@@ -210,11 +213,11 @@ impl ReadCache {
     /// Invalidates on every change the projection commits, for as long as the feed runs;
     /// when changes may have been missed, every entry so far.
     pub fn follow(&self, feed: &ChangeFeed) {
-        let cache = self.clone();
-        let mut changes = feed.subscribe();
-        if cache.redis.is_none() {
+        if self.redis.is_none() {
             return;
         }
+        let cache = self.clone();
+        let mut changes = feed.subscribe();
         tokio::spawn(async move {
             while let Some(change) = changes.next().await {
                 match change {
@@ -280,13 +283,20 @@ impl WorkflowReads {
         id: Uuid,
         token: Option<&ConsistencyToken>,
     ) -> Result<Option<WorkflowView>> {
-        self.gate.wait_for_any(token).await?;
+        let reached = match token {
+            Some(token) => Some(self.gate.wait_for(token).await?),
+            None => None,
+        };
         let generation = match self.cache.lookup(tenant, id, token).await {
             Lookup::Hit(workflow) => return Ok(Some(*workflow)),
             Lookup::Miss { generation } => generation,
         };
-        // Checkpoints first: the row read after them is at least as fresh.
-        let checkpoints = self.gate.checkpoints().await?;
+        // Checkpoints read before the row (the row is at least as fresh); those the wait
+        // just read will do.
+        let checkpoints = match reached {
+            Some(checkpoints) => checkpoints,
+            None => self.gate.checkpoints().await?,
+        };
         let workflow = self.read_model.workflow(tenant, id).await?;
         if let Some(workflow) = &workflow {
             self.cache
