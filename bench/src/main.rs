@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use flowline_domain::{EventEnvelope, EventMetadata, SubmitWorkflow, WorkflowEvent};
+use flowline_domain::{
+    EventEnvelope, EventMetadata, SubmitWorkflow, WorkflowEvent, WorkflowSubmitted,
+};
 use flowline_event_log::{KafkaSettings, LogProducer, OutgoingRecord, partition_for};
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
@@ -74,6 +76,9 @@ enum Command {
         /// Partitions of the topic.
         #[arg(long, default_value_t = 3)]
         partitions: i32,
+        /// Also read the log from the broker alone, and rebuild from it (slow on tansu).
+        #[arg(long)]
+        with_log: bool,
     },
     /// Delivery latency of GraphQL subscriptions (command 2xx → event at a graphql-ws
     /// client), next to a client polling the REST API for the same workflows.
@@ -605,12 +610,36 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Puts `events` events on the log as the relay would (runs of one submission and three
-/// signals), produced in large pipelined batches.
-async fn fill_log(system: &TestSystem, events: u64, partitions: i32) -> anyhow::Result<()> {
+/// The `version`th event of a bench run (one submission, then signals).
+fn bench_event(stream: Uuid, version: u64, submitted: &WorkflowSubmitted) -> EventEnvelope {
     use flowline_domain::SignalReceived;
-    let codec = flowline_schemas::EventCodec::default();
-    let producer = LogProducer::new(&system.kafka)?;
+    let id = Uuid::now_v7();
+    EventEnvelope {
+        metadata: EventMetadata {
+            event_id: id,
+            tenant: "default".into(),
+            stream_id: stream,
+            stream_version: version,
+            occurred_at: chrono::Utc::now(),
+            command_id: id,
+            correlation_id: stream,
+            causation_id: id,
+            traceparent: None,
+            tracestate: None,
+        },
+        event: if version == 1 {
+            WorkflowEvent::Submitted(submitted.clone())
+        } else {
+            WorkflowEvent::SignalReceived(SignalReceived {
+                name: "tick".into(),
+                payload: json!({"n": version}),
+            })
+        },
+    }
+}
+
+/// The two-step workflow every bench run submits.
+fn bench_submission() -> anyhow::Result<WorkflowSubmitted> {
     let body = json!({
         "name": "bench",
         "steps": [
@@ -618,38 +647,23 @@ async fn fill_log(system: &TestSystem, events: u64, partitions: i32) -> anyhow::
             {"id": "summarize", "kind": "llm", "depends_on": ["search"], "config": {"model": "gpt-x"}}
         ]
     });
-    let submitted = serde_json::from_value::<SubmitWorkflow>(body)?.validate()?;
+    Ok(serde_json::from_value::<SubmitWorkflow>(body)?.validate()?)
+}
+
+/// Puts `events` events on the log directly (runs of one submission and three signals),
+/// produced in large pipelined batches: a read model to query, without the write path.
+async fn fill_log(system: &TestSystem, events: u64, partitions: i32) -> anyhow::Result<()> {
+    let codec = flowline_schemas::EventCodec::default();
+    let producer = LogProducer::new(&system.kafka)?;
+    let submitted = bench_submission()?;
     let mut records = Vec::with_capacity(10_000);
-    let mut produced = 0u64;
     let mut stream = Uuid::now_v7();
-    while produced < events {
+    for produced in 0..events {
         let version = produced % 4 + 1;
         if version == 1 {
             stream = Uuid::now_v7();
         }
-        let id = Uuid::now_v7();
-        let envelope = EventEnvelope {
-            metadata: EventMetadata {
-                event_id: id,
-                tenant: "default".into(),
-                stream_id: stream,
-                stream_version: version,
-                occurred_at: chrono::Utc::now(),
-                command_id: id,
-                correlation_id: stream,
-                causation_id: id,
-                traceparent: None,
-                tracestate: None,
-            },
-            event: if version == 1 {
-                WorkflowEvent::Submitted(submitted.clone())
-            } else {
-                WorkflowEvent::SignalReceived(SignalReceived {
-                    name: "tick".into(),
-                    payload: json!({"n": version}),
-                })
-            },
-        };
+        let envelope = bench_event(stream, version, &submitted);
         let key = stream.to_string().into_bytes();
         records.push(OutgoingRecord {
             partition: partition_for(&key, partitions),
@@ -657,8 +671,7 @@ async fn fill_log(system: &TestSystem, events: u64, partitions: i32) -> anyhow::
             payload: codec.encode(&envelope)?.payload,
             headers: vec![],
         });
-        produced += 1;
-        if records.len() == 10_000 || produced == events {
+        if records.len() == 10_000 || produced + 1 == events {
             producer.publish(&records).await?;
             records.clear();
         }
@@ -666,8 +679,65 @@ async fn fill_log(system: &TestSystem, events: u64, partitions: i32) -> anyhow::
     Ok(())
 }
 
+/// Appends `events` events through the event store, as the command service does (16
+/// writers, runs of one submission and three signals, hash chained), while the outbox
+/// relay publishes them with their headers; returns once every one is on the log.
+async fn fill_store_and_log(system: &TestSystem, events: u64) -> anyhow::Result<()> {
+    use flowline_event_store::{EventStore, OutboxRelay, RelayConfig};
+    use std::sync::atomic::AtomicU64;
+    let relay = OutboxRelay::new(
+        system.pool.clone(),
+        system.kafka.clone(),
+        RelayConfig::default(),
+    );
+    let store = EventStore::with_waker(system.pool.clone(), relay.waker());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let relay_task = tokio::spawn(relay.run(stop.clone()));
+    let submitted = Arc::new(bench_submission()?);
+    let next_run = Arc::new(AtomicU64::new(0));
+    let writers: Vec<_> = (0..16)
+        .map(|_| {
+            let (store, submitted, next_run) = (store.clone(), submitted.clone(), next_run.clone());
+            tokio::spawn(async move {
+                loop {
+                    let run = next_run.fetch_add(1, Ordering::Relaxed);
+                    if run * 4 >= events {
+                        return anyhow::Ok(());
+                    }
+                    let stream = Uuid::now_v7();
+                    for version in 1..=(events - run * 4).min(4) {
+                        store
+                            .append(&bench_event(stream, version, &submitted), None)
+                            .await?;
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await??;
+    }
+    loop {
+        let unpublished: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM event_store WHERE published_at IS NULL")
+                .fetch_one(&system.pool)
+                .await?;
+        if unpublished == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.cancel();
+    relay_task.await?;
+    Ok(())
+}
+
 /// Rebuilds `projection` from the beginning and returns how long it took.
-async fn time_rebuild(system: &TestSystem, projection: &'static str) -> anyhow::Result<Duration> {
+async fn time_rebuild(
+    system: &TestSystem,
+    projection: &'static str,
+    from_event_store: bool,
+) -> anyhow::Result<Duration> {
     use projectors::rebuild::{self, RebuildSettings, StartAt};
     let (record, _) =
         rebuild::start(&system.pool, &system.kafka, projection, StartAt::Beginning).await?;
@@ -678,6 +748,13 @@ async fn time_rebuild(system: &TestSystem, projection: &'static str) -> anyhow::
         batch_size: 10_000,
         grace: Duration::from_secs(3600),
         dead_letters: projectors::runner::dead_letter_producer(&system.kafka).await?,
+        history: from_event_store.then(|| {
+            flowline_event_store::PublishedHistory::new(
+                system.pool.clone(),
+                &system.kafka.topic,
+                flowline_event_store::headers::cloudevents::DEFAULT_SOURCE,
+            )
+        }),
     };
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
@@ -727,37 +804,38 @@ async fn time_copy(system: &TestSystem, tables: &[&str]) -> anyhow::Result<(Dura
     Ok((started.elapsed(), rows))
 }
 
-/// Reads and decodes the whole log into memory.
-async fn read_log(
+/// Reads and decodes the whole published history from the event store, partition by
+/// partition in offset order, as a rebuild does.
+async fn read_history(
     system: &TestSystem,
-    events: u64,
+    partitions: i32,
 ) -> anyhow::Result<Vec<(EventEnvelope, projectors::projection::LogPlace)>> {
-    let kafka = system.kafka.clone();
-    tokio::task::spawn_blocking(move || {
-        let codec = flowline_schemas::EventCodec::default();
-        let config = flowline_event_log::consumer_config(
-            &kafka.brokers,
-            &format!("bench-{}", Uuid::new_v4()),
-        );
-        let consumer = flowline_event_log::PartitionConsumer::new(&config, &kafka.topic)?;
-        let partitions = flowline_event_log::topic_partitions(&kafka.brokers, &kafka.topic)?;
-        consumer.assign(&(0..partitions).map(|p| (p, None)).collect())?;
-        let mut log = Vec::with_capacity(events as usize);
-        while (log.len() as u64) < events {
-            for record in consumer.poll_batch(10_000, Duration::from_millis(100))? {
+    let history = flowline_event_store::PublishedHistory::new(
+        system.pool.clone(),
+        &system.kafka.topic,
+        flowline_event_store::headers::cloudevents::DEFAULT_SOURCE,
+    );
+    let codec = flowline_schemas::EventCodec::default();
+    let mut log = Vec::new();
+    for partition in 0..partitions {
+        let mut next = 0;
+        loop {
+            let records = history.read(partition, next..next + 10_000).await?;
+            let Some(last) = records.last() else { break };
+            next = last.offset + 1;
+            for record in records {
                 let place = projectors::projection::LogPlace {
-                    partition: rdkafka::Message::partition(&record),
-                    offset: rdkafka::Message::offset(&record),
+                    partition,
+                    offset: record.offset,
                 };
                 log.push((
-                    codec.decode(rdkafka::Message::payload(&record).unwrap_or_default())?,
+                    codec.decode(record.payload.as_deref().unwrap_or_default())?,
                     place,
                 ));
             }
         }
-        anyhow::Ok(log)
-    })
-    .await?
+    }
+    Ok(log)
 }
 
 /// Applies decoded events straight from memory into empty copies of a projection's tables,
@@ -830,24 +908,38 @@ async fn time_consume(system: &TestSystem, events: u64) -> anyhow::Result<Durati
     .await?
 }
 
-async fn rebuild(events: u64, partitions: i32) -> anyhow::Result<()> {
+async fn rebuild(events: u64, partitions: i32, with_log: bool) -> anyhow::Result<()> {
     let system = TestSystem::new(partitions).await;
     let filling = Instant::now();
-    fill_log(&system, events, partitions).await?;
+    fill_store_and_log(&system, events).await?;
     let fill_time = filling.elapsed();
     println!(
-        "bench rebuild: {events} events on {partitions} partitions (filled in {:.1} s)",
+        "bench rebuild: {events} events on {partitions} partitions, appended through the event store and published by the relay in {:.1} s",
         fill_time.as_secs_f64()
     );
-    let consumed = time_consume(&system, events).await?;
-    println!(
-        "consume + decode only (broker ceiling): {:.1} s, {:.0} events/s",
-        consumed.as_secs_f64(),
-        events as f64 / consumed.as_secs_f64()
+    let reading = Instant::now();
+    let log = read_history(&system, partitions).await?;
+    let read = reading.elapsed();
+    anyhow::ensure!(
+        log.len() as u64 == events,
+        "history holds {} events",
+        log.len()
     );
-    let log = read_log(&system, events).await?;
     println!(
-        "{:<44} {:>10} {:>12} {:>14} {:>8}",
+        "read + decode the history from the event store, nothing written: {:.1} s, {:.0} events/s",
+        read.as_secs_f64(),
+        events as f64 / read.as_secs_f64()
+    );
+    if with_log {
+        let consumed = time_consume(&system, events).await?;
+        println!(
+            "read + decode the log from the broker, nothing written: {:.1} s, {:.0} events/s",
+            consumed.as_secs_f64(),
+            events as f64 / consumed.as_secs_f64()
+        );
+    }
+    println!(
+        "{:<52} {:>8} {:>10} {:>13} {:>6}",
         "", "seconds", "events/s", "COPY seconds", "ratio"
     );
     for (projection, tables) in [
@@ -860,18 +952,19 @@ async fn rebuild(events: u64, partitions: i32) -> anyhow::Result<()> {
             &["graph_nodes", "graph_edges"][..],
         ),
     ] {
-        let took = time_rebuild(&system, projection).await?;
+        let took = time_rebuild(&system, projection, true).await?;
         let (copy, rows) = time_copy(&system, tables).await?;
+        let mut runs = vec![(format!("{projection} rebuild"), took)];
+        if with_log {
+            let from_log = time_rebuild(&system, projection, false).await?;
+            runs.push((format!("{projection} rebuild, log only"), from_log));
+        }
         let applied = time_apply_only(&system, &log, projection, tables).await?;
-        for (label, seconds) in [
-            (format!("{projection} rebuild"), took.as_secs_f64()),
-            (
-                format!("{projection} apply only (no broker)"),
-                applied.as_secs_f64(),
-            ),
-        ] {
+        runs.push((format!("{projection} apply only (from memory)"), applied));
+        for (label, took) in runs {
+            let seconds = took.as_secs_f64();
             println!(
-                "{:<44} {:>10.1} {:>12.0} {:>14.1} {:>8.2}   ({rows} rows)",
+                "{:<52} {:>8.1} {:>10.0} {:>13.1} {:>6.2}   ({rows} rows)",
                 label,
                 seconds,
                 events as f64 / seconds,
@@ -955,8 +1048,8 @@ async fn subscribe(commands: usize, partitions: i32) -> anyhow::Result<()> {
 async fn graphql(clients: usize, seconds: u64, runs: u64) -> anyhow::Result<()> {
     let system = TestSystem::new(3).await;
     fill_log(&system, runs * 4, 3).await?;
-    time_rebuild(&system, projectors::workflow_read_model::NAME).await?;
-    time_rebuild(&system, projectors::workflow_graph::NAME).await?;
+    time_rebuild(&system, projectors::workflow_read_model::NAME, false).await?;
+    time_rebuild(&system, projectors::workflow_graph::NAME, false).await?;
     let queries = system.query_service().await;
     let rest_url = format!("{}/v1/workflows?limit=100", queries.url);
     let graphql_url = format!("{}/graphql", queries.url);
@@ -1049,6 +1142,10 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             runs,
         } => graphql(clients, seconds, runs).await,
-        Command::Rebuild { events, partitions } => rebuild(events, partitions).await,
+        Command::Rebuild {
+            events,
+            partitions,
+            with_log,
+        } => rebuild(events, partitions, with_log).await,
     }
 }

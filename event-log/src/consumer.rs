@@ -12,7 +12,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, Message};
 use tracing::warn;
 
-use crate::Result;
+use crate::{LogRecord, Result};
 
 /// Base settings for every consumer of the log.
 pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
@@ -63,6 +63,15 @@ impl PartitionConsumer {
         }
         self.consumer.assign(&list)?;
         Ok(())
+    }
+
+    /// [`PartitionConsumer::poll_batch`], as [`LogRecord`]s.
+    pub fn poll_records(&self, max: usize, wait: Duration) -> Result<Vec<LogRecord>> {
+        Ok(self
+            .poll_batch(max, wait)?
+            .into_iter()
+            .map(LogRecord::from)
+            .collect())
     }
 
     /// Waits up to `wait` for a first record, then takes whatever else is ready, up to `max`.

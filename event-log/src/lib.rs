@@ -10,12 +10,14 @@ mod consumer;
 mod partitioner;
 mod position;
 mod producer;
+mod record;
 
 pub use admin::{ensure_topic, high_watermarks, offsets_at_time, topic_partitions};
 pub use consumer::{PartitionConsumer, consumer_config, read_partition_tails};
 pub use partitioner::{murmur2, partition_for};
 pub use position::{ConsistencyToken, InvalidToken};
 pub use producer::{Delivery, LogProducer, OutgoingRecord};
+pub use record::LogRecord;
 
 /// Connection settings shared by every client of the log (flattened into each binary's
 /// command line, so every `--help` documents them the same way).

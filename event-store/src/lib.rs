@@ -7,11 +7,13 @@
 
 pub mod chain;
 pub mod headers;
+mod history;
 mod publications;
 mod relay;
 mod repository;
 mod store;
 
+pub use history::PublishedHistory;
 pub use publications::{LogPosition, Publications};
 pub use relay::{OutboxRelay, RelayConfig};
 pub use repository::{AsOf, PastState, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository};

@@ -67,30 +67,42 @@ pub struct OutboxRelay {
     waker: Arc<RelayWaker>,
 }
 
+/// An event as stored, with what the relay needs to publish it.
 #[derive(sqlx::FromRow)]
-struct OutboxRow {
-    position: i64,
-    tenant: String,
-    stream_id: Uuid,
-    stream_version: i64,
-    event_id: Uuid,
-    command_id: Uuid,
-    event_type: String,
-    schema_version: i32,
-    correlation_id: Uuid,
-    causation_id: Uuid,
-    traceparent: Option<String>,
-    tracestate: Option<String>,
-    payload: Vec<u8>,
-    occurred_at: DateTime<Utc>,
-    prev_hash: Option<Vec<u8>>,
-    event_hash: Option<Vec<u8>>,
+pub(crate) struct OutboxRow {
+    pub(crate) position: i64,
+    pub(crate) tenant: String,
+    pub(crate) stream_id: Uuid,
+    pub(crate) stream_version: i64,
+    pub(crate) event_id: Uuid,
+    pub(crate) command_id: Uuid,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i32,
+    pub(crate) correlation_id: Uuid,
+    pub(crate) causation_id: Uuid,
+    pub(crate) traceparent: Option<String>,
+    pub(crate) tracestate: Option<String>,
+    pub(crate) payload: Vec<u8>,
+    pub(crate) occurred_at: DateTime<Utc>,
+    pub(crate) prev_hash: Option<Vec<u8>>,
+    pub(crate) event_hash: Option<Vec<u8>>,
 }
 
+/// The columns of [`OutboxRow`], for queries selecting one.
+pub(crate) const OUTBOX_COLUMNS: &str = "position, tenant, stream_id, stream_version, event_id, \
+     command_id, event_type, schema_version, correlation_id, causation_id, traceparent, \
+     tracestate, payload, occurred_at, prev_hash, event_hash";
+
 impl OutboxRow {
-    fn into_record(self, partitions: i32, source_template: &str) -> OutgoingRecord {
+    /// The record key: the stream id.
+    pub(crate) fn key(&self) -> Vec<u8> {
+        self.stream_id.to_string().into_bytes()
+    }
+
+    /// The headers the relay publishes the event with (CloudEvents binary mode, the
+    /// engine's own routing headers, the hash chain and the trace context).
+    pub(crate) fn headers(&self, source_template: &str) -> Vec<(String, Vec<u8>)> {
         use headers::cloudevents as ce;
-        let key = self.stream_id.to_string().into_bytes();
         let text = |name: &str, value: String| (name.to_owned(), value.into_bytes());
         let schema_version = self.schema_version as u32;
         let mut record_headers = vec![
@@ -108,10 +120,10 @@ impl OutboxRow {
                 headers::CONTENT_TYPE,
                 headers::content_type(&self.event_type, schema_version),
             ),
-            text(headers::EVENT_TYPE, self.event_type),
+            text(headers::EVENT_TYPE, self.event_type.clone()),
             text(headers::SCHEMA_VERSION, self.schema_version.to_string()),
             text(headers::EVENT_ID, self.event_id.to_string()),
-            text(headers::TENANT, self.tenant),
+            text(headers::TENANT, self.tenant.clone()),
             text(headers::STREAM_ID, self.stream_id.to_string()),
             text(headers::STREAM_VERSION, self.stream_version.to_string()),
             text(headers::COMMAND_ID, self.command_id.to_string()),
@@ -128,17 +140,22 @@ impl OutboxRow {
             record_headers.push(text(headers::PREV_HASH, chain::to_hex(&prev_hash)));
             record_headers.push(text(headers::HASH, chain::to_hex(&event_hash)));
         }
-        if let Some(traceparent) = self.traceparent {
-            record_headers.push(text(headers::TRACEPARENT, traceparent));
+        if let Some(traceparent) = &self.traceparent {
+            record_headers.push(text(headers::TRACEPARENT, traceparent.clone()));
         }
-        if let Some(tracestate) = self.tracestate {
-            record_headers.push(text(headers::TRACESTATE, tracestate));
+        if let Some(tracestate) = &self.tracestate {
+            record_headers.push(text(headers::TRACESTATE, tracestate.clone()));
         }
+        record_headers
+    }
+
+    fn into_record(self, partitions: i32, source_template: &str) -> OutgoingRecord {
+        let key = self.key();
         OutgoingRecord {
             partition: partition_for(&key, partitions),
+            headers: self.headers(source_template),
             key,
             payload: self.payload,
-            headers: record_headers,
         }
     }
 }
@@ -255,13 +272,10 @@ impl OutboxRelay {
                 }
                 lock_checked = Instant::now();
             }
-            let rows: Vec<OutboxRow> = sqlx::query_as(
-                "SELECT position, tenant, stream_id, stream_version, event_id, command_id, \
-                 event_type, schema_version, correlation_id, causation_id, traceparent, \
-                 tracestate, payload, occurred_at, prev_hash, event_hash \
-                 FROM event_store WHERE published_at IS NULL \
-                 ORDER BY position LIMIT $1",
-            )
+            let rows: Vec<OutboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {OUTBOX_COLUMNS} FROM event_store WHERE published_at IS NULL \
+                 ORDER BY position LIMIT $1"
+            )))
             .bind(self.config.batch_size)
             .fetch_all(&self.pool)
             .await?;

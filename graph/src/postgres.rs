@@ -1,6 +1,7 @@
 //! The default graph store: node and edge tables in PostgreSQL, recursive CTEs with depth
 //! bounds and cycle safety.
 
+use flowline_pg_copy::CopyRows;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -137,79 +138,93 @@ impl GraphStore for PostgresGraph {
             .await?
             .into_iter()
             .collect();
-            let mut nodes: Vec<(String, String, &str, Option<&str>)> = Vec::new();
-            let mut edges: Vec<(String, String, &str, String)> = Vec::new();
-            for (change, _, steps, submitted_by) in &submitted {
+            // Steps and edges belong to one run and are written only with their run's node,
+            // so they are new: COPY. Tools, models and principals are shared across runs.
+            let mut steps = CopyRows::new();
+            let mut shared: Vec<(String, &str, &str, &str)> = Vec::new();
+            let mut edges: Vec<(&str, String, &str, String)> = Vec::new();
+            for (change, _, run_steps, submitted_by) in &submitted {
                 let run = xid::run(change.run);
                 if !created.contains(&run) {
                     continue; // replayed: written with its run node
                 }
-                let tenant = &change.tenant;
-                for step in steps.iter() {
+                let tenant = change.tenant.as_str();
+                for step in run_steps.iter() {
                     let step_xid = xid::step(change.run, &step.id);
-                    nodes.push((step_xid.clone(), tenant.clone(), "step", Some(&step.id)));
-                    edges.push((tenant.clone(), run.clone(), "has_step", step_xid.clone()));
+                    steps
+                        .field(&step_xid)
+                        .field(tenant)
+                        .field("step")
+                        .field(step.id.as_str())
+                        .field(0_i64)
+                        .end_row();
+                    edges.push((tenant, run.clone(), "has_step", step_xid.clone()));
                     for dependency in &step.depends_on {
                         edges.push((
-                            tenant.clone(),
+                            tenant,
                             step_xid.clone(),
                             "depends_on",
                             xid::step(change.run, dependency),
                         ));
                     }
                     if let Some(tool) = &step.tool {
-                        nodes.push((xid::tool(tenant, tool), tenant.clone(), "tool", Some(tool)));
-                        edges.push((
-                            tenant.clone(),
-                            step_xid.clone(),
-                            "calls_tool",
-                            xid::tool(tenant, tool),
-                        ));
+                        let node = xid::tool(tenant, tool);
+                        shared.push((node.clone(), tenant, "tool", tool));
+                        edges.push((tenant, step_xid.clone(), "calls_tool", node));
                     }
                     if let Some(model) = &step.model {
-                        nodes.push((
-                            xid::model(tenant, model),
-                            tenant.clone(),
-                            "model",
-                            Some(model),
-                        ));
-                        edges.push((
-                            tenant.clone(),
-                            step_xid.clone(),
-                            "uses_model",
-                            xid::model(tenant, model),
-                        ));
+                        let node = xid::model(tenant, model);
+                        shared.push((node.clone(), tenant, "model", model));
+                        edges.push((tenant, step_xid.clone(), "uses_model", node));
                     }
                 }
                 if let Some(principal) = submitted_by {
                     let node = xid::principal(tenant, principal);
-                    nodes.push((node.clone(), tenant.clone(), "principal", Some(principal)));
-                    edges.push((tenant.clone(), run.clone(), "submitted_by", node));
+                    shared.push((node.clone(), tenant, "principal", principal));
+                    edges.push((tenant, run.clone(), "submitted_by", node));
                 }
             }
+            steps
+                .copy_into(
+                    &mut transaction,
+                    "graph_nodes",
+                    &["xid", "tenant", "kind", "name", "version"],
+                )
+                .await?;
             // One row per node, or the insert would touch a row twice.
-            nodes.sort_by(|a, b| a.0.cmp(&b.0));
-            nodes.dedup_by(|a, b| a.0 == b.0);
-            sqlx::query(
-                "INSERT INTO graph_nodes (xid, tenant, kind, name) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (xid) DO NOTHING",
-            )
-            .bind(nodes.iter().map(|n| n.0.as_str()).collect::<Vec<_>>())
-            .bind(nodes.iter().map(|n| n.1.as_str()).collect::<Vec<_>>())
-            .bind(nodes.iter().map(|n| n.2).collect::<Vec<_>>())
-            .bind(nodes.iter().map(|n| n.3).collect::<Vec<_>>())
-            .execute(&mut *transaction)
-            .await?;
-            sqlx::query(
-                "INSERT INTO graph_edges (tenant, from_xid, predicate, to_xid) \
-                 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING",
-            )
-            .bind(edges.iter().map(|e| e.0.as_str()).collect::<Vec<_>>())
-            .bind(edges.iter().map(|e| e.1.as_str()).collect::<Vec<_>>())
-            .bind(edges.iter().map(|e| e.2).collect::<Vec<_>>())
-            .bind(edges.iter().map(|e| e.3.as_str()).collect::<Vec<_>>())
-            .execute(&mut *transaction)
-            .await?;
+            shared.sort_by(|a, b| a.0.cmp(&b.0));
+            shared.dedup_by(|a, b| a.0 == b.0);
+            if !shared.is_empty() {
+                sqlx::query(
+                    "INSERT INTO graph_nodes (xid, tenant, kind, name) \
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (xid) DO NOTHING",
+                )
+                .bind(shared.iter().map(|n| n.0.as_str()).collect::<Vec<_>>())
+                .bind(shared.iter().map(|n| n.1).collect::<Vec<_>>())
+                .bind(shared.iter().map(|n| n.2).collect::<Vec<_>>())
+                .bind(shared.iter().map(|n| n.3).collect::<Vec<_>>())
+                .execute(&mut *transaction)
+                .await?;
+            }
+            // A step listing a dependency twice would repeat an edge.
+            edges.sort_unstable_by(|a, b| (&a.1, a.2, &a.3).cmp(&(&b.1, b.2, &b.3)));
+            edges.dedup_by(|a, b| (&a.1, a.2, &a.3) == (&b.1, b.2, &b.3));
+            let mut edge_rows = CopyRows::new();
+            for (tenant, from, predicate, to) in &edges {
+                edge_rows
+                    .field(*tenant)
+                    .field(from)
+                    .field(*predicate)
+                    .field(to)
+                    .end_row();
+            }
+            edge_rows
+                .copy_into(
+                    &mut transaction,
+                    "graph_edges",
+                    &["tenant", "from_xid", "predicate", "to_xid"],
+                )
+                .await?;
         }
         // The newest version (and status, if it changed) of each run touched by the batch.
         let mut latest: std::collections::BTreeMap<String, (i64, Option<&str>)> =

@@ -147,7 +147,10 @@ pub async fn rebuild(config: &Config, projection: &str, from: Option<&str>) -> R
             let eta = progress
                 .eta_seconds
                 .map_or_else(|| "ETA -".to_owned(), |s| format!("ETA {s:.0} s"));
-            progress_bar.set_message(format!("{:.0}/s, {eta}", progress.rate));
+            progress_bar.set_message(format!(
+                "{:.0}/s, {eta} ({} from the event store, {} from the log)",
+                progress.rate, progress.from_event_store, progress.from_log
+            ));
         })
     })
     .await

@@ -34,6 +34,20 @@ pub struct Config {
     /// Most records applied in one transaction.
     #[arg(long, env = "PROJECTOR_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: usize,
+    /// Most records applied in one transaction by a rebuild (larger batches load faster;
+    /// nobody reads the shadow tables yet).
+    #[arg(long, env = "REBUILD_BATCH_SIZE", default_value_t = 10_000)]
+    pub rebuild_batch_size: usize,
+    /// Where a rebuild reads the history published before it started: `event-store` (the
+    /// store's copy of every published record, by partition and offset; offsets it does
+    /// not hold are read from the log) or `log` (the broker only). Records published
+    /// after the start are always read from the log.
+    #[arg(long, env = "REBUILD_HISTORY", value_enum, default_value_t = HistorySource::EventStore)]
+    pub rebuild_history: HistorySource,
+    /// `ce_source` template the command service publishes with (`CLOUDEVENTS_SOURCE`
+    /// there): records a rebuild reads from the event store carry the same headers.
+    #[arg(long, env = "CLOUDEVENTS_SOURCE", default_value = flowline_event_store::headers::cloudevents::DEFAULT_SOURCE)]
+    pub cloudevents_source: String,
     /// PostgreSQL settings.
     #[command(flatten)]
     pub database: DatabaseSettings,
@@ -43,6 +57,15 @@ pub struct Config {
     /// Graph view settings.
     #[command(flatten)]
     pub graph: flowline_graph::GraphSettings,
+}
+
+/// Where a rebuild reads the history published before it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HistorySource {
+    /// The event store, with the log filling any offset it does not hold.
+    EventStore,
+    /// The log only.
+    Log,
 }
 
 /// One-off operations.

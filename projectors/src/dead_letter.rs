@@ -5,9 +5,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
+use flowline_event_log::LogRecord;
 use flowline_schemas::EventCodec;
-use rdkafka::Message;
-use rdkafka::message::{Headers, OwnedMessage};
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -56,26 +55,12 @@ fn as_base64<S: serde::Serializer>(
     }
 }
 
-/// The record's headers as a JSON object of strings.
-pub fn headers_json(message: &OwnedMessage) -> serde_json::Value {
-    let mut object = serde_json::Map::new();
-    if let Some(headers) = message.headers() {
-        for header in headers.iter() {
-            let value = header
-                .value
-                .map(|v| String::from_utf8_lossy(v).into_owned());
-            object.insert(header.key.to_owned(), value.into());
-        }
-    }
-    object.into()
-}
-
 /// Records a failed record in the batch's transaction (so the checkpoint moves past it only
 /// together with its dead letter).
 pub async fn record(
     transaction: &mut Transaction<'_, Postgres>,
     projection: &str,
-    message: &OwnedMessage,
+    message: &LogRecord,
     reason: &str,
     attempts: i32,
 ) -> sqlx::Result<()> {
@@ -87,12 +72,12 @@ pub async fn record(
                        failed_at = now(), redriven_at = NULL",
     )
     .bind(projection)
-    .bind(message.topic())
-    .bind(message.partition())
-    .bind(message.offset())
-    .bind(message.key().map(|k| String::from_utf8_lossy(k).into_owned()))
-    .bind(message.payload())
-    .bind(headers_json(message))
+    .bind(&message.topic)
+    .bind(message.partition)
+    .bind(message.offset)
+    .bind(message.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()))
+    .bind(message.payload.as_deref())
+    .bind(message.headers_json())
     .bind(reason)
     .bind(attempts)
     .execute(&mut **transaction)

@@ -18,6 +18,9 @@ pub enum Error {
     /// The log failed.
     #[error("log: {0}")]
     Log(#[from] flowline_event_log::Error),
+    /// Reading history from the event store failed.
+    #[error("event store: {0}")]
+    History(#[from] flowline_event_store::Error),
     /// The database or the listener could not be prepared at start.
     #[error(transparent)]
     Startup(#[from] flowline_service_kit::Error),

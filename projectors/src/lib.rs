@@ -21,5 +21,5 @@ pub mod workflow_graph;
 pub mod workflow_read_model;
 
 pub use application::{Application, Projections};
-pub use config::Config;
+pub use config::{Config, HistorySource};
 pub use error::{Error, Result};

@@ -11,7 +11,10 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use flowline_event_log::{KafkaSettings, LogProducer, PartitionConsumer, consumer_config};
+use flowline_event_log::{
+    KafkaSettings, LogProducer, LogRecord, PartitionConsumer, consumer_config,
+};
+use flowline_event_store::PublishedHistory;
 use flowline_graph::{AnyGraph, PostgresGraph};
 use serde::Serialize;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -22,8 +25,9 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::checkpoint;
+use crate::config::HistorySource;
 use crate::projection::Projection;
-use crate::runner::{Runner, RunnerSettings};
+use crate::runner::{DecodedBatch, Runner, RunnerSettings};
 use crate::workflow_graph::{self, WorkflowGraph};
 use crate::workflow_read_model::{self, WorkflowReadModel};
 use crate::{Error, Result};
@@ -51,6 +55,10 @@ pub enum StartAt {
 pub struct Progress {
     /// Records applied by this run of the rebuild.
     pub applied: u64,
+    /// Of those, read from the event store's copy of the published history.
+    pub from_event_store: u64,
+    /// Of those, read from the log (the broker).
+    pub from_log: u64,
     /// Records still to read up to the current head of the log.
     pub remaining: u64,
     /// Records per second over this run.
@@ -215,6 +223,8 @@ pub struct RebuildSettings {
     pub grace: Duration,
     /// Producer of the dead-letter topic.
     pub dead_letters: LogProducer,
+    /// Where history is read from, when not from the log alone.
+    pub history: Option<PublishedHistory>,
 }
 
 impl RebuildSettings {
@@ -222,11 +232,18 @@ impl RebuildSettings {
     pub async fn from_config(config: &crate::Config, pool: PgPool) -> Result<Self> {
         Ok(RebuildSettings {
             database_url: config.database.url.clone(),
-            pool,
+            pool: pool.clone(),
             kafka: config.kafka.clone(),
-            batch_size: config.batch_size,
+            batch_size: config.rebuild_batch_size,
             grace: std::time::Duration::from_secs(config.rebuild_grace_seconds),
             dead_letters: crate::runner::dead_letter_producer(&config.kafka).await?,
+            history: (config.rebuild_history == HistorySource::EventStore).then(|| {
+                PublishedHistory::new(
+                    pool.clone(),
+                    &config.kafka.topic,
+                    &config.cloudevents_source,
+                )
+            }),
         })
     }
 }
@@ -276,7 +293,8 @@ pub fn run(
                 Some(record.checkpoint()),
                 runner_settings,
                 settings.dead_letters.clone(),
-            );
+            )
+            .with_history(settings.history.clone());
             catch_up_and_swap(&settings, &record, &runner, &runtime, &stop, &mut report)
         }
         _ => {
@@ -285,7 +303,8 @@ pub fn run(
                 Some(record.checkpoint()),
                 runner_settings,
                 settings.dead_letters.clone(),
-            );
+            )
+            .with_history(settings.history.clone());
             catch_up_and_swap(&settings, &record, &runner, &runtime, &stop, &mut report)
         }
     };
@@ -296,6 +315,62 @@ pub fn run(
     runtime
         .block_on(find(&settings.pool, record.id))?
         .ok_or_else(|| Error::Rebuild("rebuild vanished".into()))
+}
+
+/// Reports progress about once a second (and whenever asked to): records applied, what is
+/// left up to the head of the log, rate and ETA; also kept on the rebuild's record.
+struct ProgressReporter<'a, R> {
+    settings: &'a RebuildSettings,
+    record: &'a RebuildRecord,
+    runtime: &'a Handle,
+    report: &'a mut R,
+    started: Instant,
+    reported: Option<Instant>,
+    progress: Progress,
+}
+
+impl<R: FnMut(&Progress)> ProgressReporter<'_, R> {
+    fn applied(&mut self, from_event_store: usize, from_log: usize) {
+        self.progress.applied += (from_event_store + from_log) as u64;
+        self.progress.from_event_store += from_event_store as u64;
+        self.progress.from_log += from_log as u64;
+    }
+
+    fn due(&self) -> bool {
+        self.reported
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+    }
+
+    /// Measures and reports; returns the records still to read.
+    fn report(&mut self) -> Result<u64> {
+        let topic = &self.settings.kafka.topic;
+        let highs = flowline_event_log::high_watermarks(&self.settings.kafka.brokers, topic)?;
+        let done = self.runtime.block_on(checkpoint::all(
+            &self.settings.pool,
+            &self.record.checkpoint(),
+            topic,
+        ))?;
+        let progress = &mut self.progress;
+        progress.remaining = highs
+            .iter()
+            .map(|(partition, high)| {
+                (high - done.get(partition).copied().unwrap_or(0)).max(0) as u64
+            })
+            .sum();
+        progress.rate = progress.applied as f64 / self.started.elapsed().as_secs_f64().max(0.001);
+        progress.eta_seconds =
+            (progress.rate > 0.0).then(|| progress.remaining as f64 / progress.rate);
+        (self.report)(progress);
+        self.reported = Some(Instant::now());
+        let progress_json = serde_json::to_value(&*progress).expect("serializable");
+        self.runtime.block_on(
+            sqlx::query("UPDATE projection_rebuilds SET progress = $2 WHERE id = $1")
+                .bind(self.record.id)
+                .bind(progress_json)
+                .execute(&self.settings.pool),
+        )?;
+        Ok(progress.remaining)
+    }
 }
 
 fn catch_up_and_swap<P: Projection>(
@@ -309,6 +384,27 @@ fn catch_up_and_swap<P: Projection>(
     let topic = &settings.kafka.topic;
     let partitions = flowline_event_log::topic_partitions(&settings.kafka.brokers, topic)?;
     let all: BTreeSet<i32> = (0..partitions).collect();
+    let mut reporter = ProgressReporter {
+        settings,
+        record,
+        runtime,
+        report,
+        started: Instant::now(),
+        reported: None,
+        progress: Progress::default(),
+    };
+    if let Some(history) = &settings.history {
+        replay_history(
+            settings,
+            record,
+            runner,
+            runtime,
+            stop,
+            history,
+            partitions,
+            &mut reporter,
+        )?;
+    }
     let consumer = PartitionConsumer::new(
         &consumer_config(&settings.kafka.brokers, &record.checkpoint()),
         topic,
@@ -320,11 +416,9 @@ fn catch_up_and_swap<P: Projection>(
         &all,
     ))?;
     consumer.assign(&positions)?;
-    let started = Instant::now();
-    let mut progress = Progress::default();
-    let mut reported = Instant::now() - Duration::from_secs(10);
     while !stop.is_cancelled() {
-        let batch = consumer.poll_batch(settings.batch_size, Duration::from_millis(100))?;
+        let batch =
+            runner.decode(consumer.poll_records(settings.batch_size, Duration::from_millis(100))?);
         if !batch.is_empty() {
             if runtime
                 .block_on(runner.apply_with_retries(&batch, stop))
@@ -332,37 +426,221 @@ fn catch_up_and_swap<P: Projection>(
             {
                 break;
             }
-            progress.applied += batch.len() as u64;
+            reporter.applied(0, batch.len());
         }
-        if batch.is_empty() || reported.elapsed() >= Duration::from_secs(1) {
-            let highs = flowline_event_log::high_watermarks(&settings.kafka.brokers, topic)?;
-            let done =
-                runtime.block_on(checkpoint::all(&settings.pool, &record.checkpoint(), topic))?;
-            progress.remaining = highs
-                .iter()
-                .map(|(partition, high)| {
-                    (high - done.get(partition).copied().unwrap_or(0)).max(0) as u64
-                })
-                .sum();
-            progress.rate = progress.applied as f64 / started.elapsed().as_secs_f64().max(0.001);
-            progress.eta_seconds =
-                (progress.rate > 0.0).then(|| progress.remaining as f64 / progress.rate);
-            report(&progress);
-            reported = Instant::now();
-            let progress_json = serde_json::to_value(&progress).expect("serializable");
-            runtime.block_on(
-                sqlx::query("UPDATE projection_rebuilds SET progress = $2 WHERE id = $1")
-                    .bind(record.id)
-                    .bind(progress_json)
-                    .execute(&settings.pool),
-            )?;
-            if progress.remaining == 0 && runtime.block_on(swap(settings, record, partitions))? {
-                info!(id = %record.id, projection = record.projection, "rebuild swapped in");
-                return Ok(());
-            }
+        if (batch.is_empty() || reporter.due())
+            && reporter.report()? == 0
+            && runtime.block_on(swap(settings, record, partitions))?
+        {
+            info!(id = %record.id, projection = record.projection, "rebuild swapped in");
+            return Ok(());
         }
     }
     Err(Error::Rebuild("stopped before catching up".into()))
+}
+
+/// Applies everything published before the rebuild started (up to the high watermarks read
+/// now), reading each partition from the event store in offset order. Offsets the store
+/// does not hold (records of another producer, a stale relay's duplicates, a batch the
+/// relay has not marked yet) are read from the log, so the projection sees exactly the
+/// records a replay of the log would show, in the same order.
+///
+/// A reader thread reads and decodes the next batches while this one writes the current
+/// one: reading, decoding and writing each take a core's share, and the database does its
+/// part of the reading on a connection of its own.
+#[allow(clippy::too_many_arguments)]
+fn replay_history<P: Projection, R: FnMut(&Progress)>(
+    settings: &RebuildSettings,
+    record: &RebuildRecord,
+    runner: &Runner<P>,
+    runtime: &Handle,
+    stop: &CancellationToken,
+    history: &PublishedHistory,
+    partitions: i32,
+    reporter: &mut ProgressReporter<'_, R>,
+) -> Result<()> {
+    let topic = &settings.kafka.topic;
+    let heads = flowline_event_log::high_watermarks(&settings.kafka.brokers, topic)?;
+    let start = runtime.block_on(checkpoint::all(&settings.pool, &record.checkpoint(), topic))?;
+    let (batches, ready) = std::sync::mpsc::sync_channel::<Result<HistoryBatch>>(2);
+    std::thread::scope(|scope| {
+        let reader = HistoryReader {
+            history,
+            gaps: GapReader::new(settings, record),
+            runtime,
+            heads,
+            next: start,
+            share: (settings.batch_size / partitions.max(1) as usize).max(1) as i64,
+            decode: |records| runner.decode(records),
+        };
+        scope.spawn(move || reader.run(&batches, stop));
+        // Ends when the reader has sent everything (or failed); returning early drops
+        // `ready`, which stops the reader at its next send.
+        for batch in ready {
+            let HistoryBatch {
+                batch,
+                from_event_store,
+                from_log,
+            } = batch?;
+            if runtime
+                .block_on(runner.apply_with_retries(&batch, stop))
+                .is_none()
+            {
+                return Err(Error::Rebuild("stopped before catching up".into()));
+            }
+            reporter.applied(from_event_store, from_log);
+            if reporter.due() {
+                reporter.report()?;
+            }
+        }
+        if stop.is_cancelled() {
+            return Err(Error::Rebuild("stopped before catching up".into()));
+        }
+        Ok(())
+    })
+}
+
+/// One batch of history, decoded, with where its records came from.
+struct HistoryBatch {
+    batch: DecodedBatch,
+    from_event_store: usize,
+    from_log: usize,
+}
+
+/// Reads history ahead of the writer: from the event store, gaps from the log.
+struct HistoryReader<'a, D> {
+    history: &'a PublishedHistory,
+    gaps: GapReader<'a>,
+    runtime: &'a Handle,
+    /// Where history ends: the high watermarks when the rebuild (re)started.
+    heads: Vec<(i32, i64)>,
+    /// The next offset to read per partition.
+    next: HashMap<i32, i64>,
+    /// Records per partition and batch.
+    share: i64,
+    decode: D,
+}
+
+impl<D: Fn(Vec<LogRecord>) -> DecodedBatch> HistoryReader<'_, D> {
+    fn run(
+        mut self,
+        batches: &std::sync::mpsc::SyncSender<Result<HistoryBatch>>,
+        stop: &CancellationToken,
+    ) {
+        while !stop.is_cancelled() {
+            let batch = match self.read_batch() {
+                Ok(Some(batch)) => Ok(batch),
+                Ok(None) => return,
+                Err(error) => Err(error),
+            };
+            let failed = batch.is_err();
+            if batches.send(batch).is_err() || failed {
+                return;
+            }
+        }
+    }
+
+    /// The next batch, or `None` when every partition is read up to its head.
+    fn read_batch(&mut self) -> Result<Option<HistoryBatch>> {
+        let mut records: Vec<LogRecord> = Vec::new();
+        let mut from_log = 0;
+        for &(partition, head) in &self.heads {
+            let from = self.next.get(&partition).copied().unwrap_or(0);
+            if from >= head {
+                continue;
+            }
+            let until = head.min(from + self.share);
+            let stored = self
+                .runtime
+                .block_on(self.history.read(partition, from..until))?;
+            // The store's records up to its first gap; the gap itself comes from the log.
+            let first = stored.first().map_or(until, |record| record.offset);
+            let taken: Vec<LogRecord> = if first > from {
+                let missing = self.gaps.read(partition, from, first)?;
+                from_log += missing.len();
+                missing
+            } else {
+                stored
+                    .into_iter()
+                    .zip(from..)
+                    .take_while(|(record, expected)| record.offset == *expected)
+                    .map(|(record, _)| record)
+                    .collect()
+            };
+            // Past the gap even when retention left nothing of it on the log.
+            let reached = taken
+                .last()
+                .map_or(first, |record| record.offset + 1)
+                .max(first.min(until));
+            self.next.insert(partition, reached);
+            records.extend(taken);
+        }
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let from_event_store = records.len() - from_log;
+        Ok(Some(HistoryBatch {
+            batch: (self.decode)(records),
+            from_event_store,
+            from_log,
+        }))
+    }
+}
+
+/// Reads offset ranges of single partitions from the log, for the offsets the event store
+/// does not hold. One consumer, created on first use and re-pointed for each range.
+struct GapReader<'a> {
+    settings: &'a RebuildSettings,
+    group_id: String,
+    consumer: Option<PartitionConsumer>,
+}
+
+impl<'a> GapReader<'a> {
+    fn new(settings: &'a RebuildSettings, record: &RebuildRecord) -> Self {
+        Self {
+            settings,
+            group_id: record.checkpoint(),
+            consumer: None,
+        }
+    }
+
+    /// The records of `partition` at offsets `from..until`, in order (fewer when retention
+    /// deleted some: the log then starts later).
+    fn read(&mut self, partition: i32, from: i64, until: i64) -> Result<Vec<LogRecord>> {
+        let consumer = match &mut self.consumer {
+            Some(consumer) => consumer,
+            empty => empty.insert(PartitionConsumer::new(
+                &consumer_config(&self.settings.kafka.brokers, &self.group_id),
+                &self.settings.kafka.topic,
+            )?),
+        };
+        consumer.assign(&HashMap::from([(partition, Some(from))]))?;
+        let mut records = Vec::new();
+        let mut expected = from;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while expected < until {
+            if Instant::now() >= deadline {
+                return Err(Error::Rebuild(format!(
+                    "partition {partition}: offsets {expected}..{until} are not in the event store and could not be read from the log"
+                )));
+            }
+            let polled =
+                consumer.poll_records((until - expected) as usize, Duration::from_millis(200))?;
+            // A re-pointed consumer may still hand out records fetched for the previous
+            // range: only this partition's, at or after the next expected offset, count.
+            for record in polled {
+                if record.partition != partition || record.offset < expected {
+                    continue;
+                }
+                if record.offset >= until {
+                    return Ok(records);
+                }
+                expected = record.offset + 1;
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
 }
 
 /// Swaps the shadow tables in if the rebuild is at least as far as the live projection on

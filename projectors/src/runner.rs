@@ -1,6 +1,7 @@
 //! Runs a projection: a consumer on its own thread, batches applied in one transaction
 //! each, checkpoints committed with the rows, records that cannot be applied dead-lettered.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -8,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use flowline_domain::EventEnvelope;
 use flowline_event_log::{
-    KafkaSettings, LogProducer, OutgoingRecord, PartitionConsumer, consumer_config,
+    KafkaSettings, LogProducer, LogRecord, OutgoingRecord, PartitionConsumer, consumer_config,
 };
+use flowline_event_store::PublishedHistory;
 use flowline_schemas::EventCodec;
-use rdkafka::Message;
-use rdkafka::message::{Headers, OwnedMessage};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -84,11 +84,65 @@ pub(crate) struct Runner<P> {
     settings: RunnerSettings,
     dead_letters: LogProducer,
     codec: EventCodec,
+    /// Where records read from the event store get their headers.
+    history: Option<PublishedHistory>,
+}
+
+/// Records with their events decoded: decoding is pure work that a reader can do ahead,
+/// on its own thread, while the previous batch is being written.
+pub(crate) struct DecodedBatch {
+    records: Vec<LogRecord>,
+    /// The decodable records' events, in batch order, with their places.
+    events: Vec<(EventEnvelope, LogPlace)>,
+    /// For each event, the index of its record.
+    sources: Vec<usize>,
+    /// Records that cannot be decoded, with why.
+    undecodable: Vec<(usize, String)>,
+}
+
+impl DecodedBatch {
+    pub(crate) fn decode(codec: &EventCodec, records: Vec<LogRecord>) -> Self {
+        let mut events = Vec::with_capacity(records.len());
+        let mut sources = Vec::with_capacity(records.len());
+        let mut undecodable = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let place = LogPlace {
+                partition: record.partition,
+                offset: record.offset,
+            };
+            match record
+                .payload
+                .as_deref()
+                .map(|payload| codec.decode(payload))
+            {
+                Some(Ok(envelope)) => {
+                    events.push((envelope, place));
+                    sources.push(index);
+                }
+                Some(Err(error)) => undecodable.push((index, format!("undecodable: {error}"))),
+                None => undecodable.push((index, "record has no value".to_owned())),
+            }
+        }
+        Self {
+            records,
+            events,
+            sources,
+            undecodable,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
 }
 
 /// A record the batch dead-lettered, to copy to the dead-letter topic after commit.
 struct Rejected {
-    message: OwnedMessage,
+    message: LogRecord,
     reason: String,
 }
 
@@ -124,7 +178,19 @@ impl<P: Projection> Runner<P> {
             settings,
             dead_letters,
             codec: EventCodec::default(),
+            history: None,
         }
+    }
+
+    /// Decodes the events of `records`.
+    pub(crate) fn decode(&self, records: Vec<LogRecord>) -> DecodedBatch {
+        DecodedBatch::decode(&self.codec, records)
+    }
+
+    /// Gives records read from `history` their headers when they are dead-lettered.
+    pub(crate) fn with_history(mut self, history: Option<PublishedHistory>) -> Self {
+        self.history = history;
+        self
     }
 
     /// Renews the leases and, when the owned partitions changed, reads exactly those from
@@ -174,8 +240,8 @@ impl<P: Projection> Runner<P> {
                 renewed = Some(Instant::now());
             }
             let batch =
-                match consumer.poll_batch(self.settings.batch_size, Duration::from_millis(100)) {
-                    Ok(batch) => batch,
+                match consumer.poll_records(self.settings.batch_size, Duration::from_millis(100)) {
+                    Ok(batch) => self.decode(batch),
                     Err(error) => {
                         warn!(%error, "poll failed");
                         std::thread::sleep(Duration::from_millis(200));
@@ -210,7 +276,7 @@ impl<P: Projection> Runner<P> {
     /// and copies its dead letters to the dead-letter topic. `None` once `stop` is cancelled.
     pub(crate) async fn apply_with_retries(
         &self,
-        batch: &[OwnedMessage],
+        batch: &DecodedBatch,
         stop: &CancellationToken,
     ) -> Option<HashMap<i32, i64>> {
         let mut failures = 0;
@@ -236,14 +302,15 @@ impl<P: Projection> Runner<P> {
     /// dead-lettered.
     async fn apply_batch(
         &self,
-        batch: &[OwnedMessage],
+        batch: &DecodedBatch,
         isolation: Isolation,
     ) -> Result<(HashMap<i32, i64>, Vec<Rejected>), BatchError> {
         let name = self.checkpoint.as_str();
         let topic = &self.settings.kafka.topic;
         let partitions: Vec<i32> = batch
+            .records
             .iter()
-            .map(|m| m.partition())
+            .map(|m| m.partition)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -253,30 +320,40 @@ impl<P: Projection> Runner<P> {
             .begin()
             .await
             .map_err(BatchError::other)?;
-        let mut next = checkpoint::lock(&mut transaction, name, topic, &partitions)
+        let checkpointed = checkpoint::lock(&mut transaction, name, topic, &partitions)
             .await
             .map_err(BatchError::other)?;
+        // Records below the checkpoint were applied by an earlier batch (redelivery after a
+        // rebalance or a crash).
+        let is_new = |index: usize| {
+            let record = &batch.records[index];
+            record.offset >= checkpointed.get(&record.partition).copied().unwrap_or(0)
+        };
         let mut advanced = HashMap::new();
-        let mut events: Vec<(EventEnvelope, LogPlace)> = Vec::with_capacity(batch.len());
-        let mut sources: Vec<usize> = Vec::with_capacity(batch.len());
-        let mut failures: Vec<(usize, String, i32)> = Vec::new();
-        for (index, message) in batch.iter().enumerate() {
-            let partition = message.partition();
-            let offset = message.offset();
-            if offset < next.get(&partition).copied().unwrap_or(0) {
-                continue; // applied by an earlier batch (redelivery after a rebalance or crash)
+        for (index, record) in batch.records.iter().enumerate() {
+            if is_new(index) {
+                advanced.insert(record.partition, record.offset + 1);
             }
-            match message.payload().map(|payload| self.codec.decode(payload)) {
-                Some(Ok(envelope)) => {
-                    events.push((envelope, LogPlace { partition, offset }));
-                    sources.push(index);
-                }
-                Some(Err(error)) => failures.push((index, format!("undecodable: {error}"), 1)),
-                None => failures.push((index, "record has no value".to_owned(), 1)),
-            }
-            next.insert(partition, offset + 1);
-            advanced.insert(partition, offset + 1);
         }
+        let mut failures: Vec<(usize, String, i32)> = batch
+            .undecodable
+            .iter()
+            .filter(|(index, _)| is_new(*index))
+            .map(|(index, reason)| (*index, reason.clone(), 1))
+            .collect();
+        let (events, sources): (Cow<'_, [(EventEnvelope, LogPlace)]>, Vec<usize>) =
+            if batch.sources.iter().all(|index| is_new(*index)) {
+                (Cow::Borrowed(&batch.events), batch.sources.clone())
+            } else {
+                let (events, sources) = batch
+                    .events
+                    .iter()
+                    .zip(&batch.sources)
+                    .filter(|(_, index)| is_new(**index))
+                    .map(|(event, index)| (event.clone(), *index))
+                    .unzip::<_, _, Vec<_>, Vec<_>>();
+                (Cow::Owned(events), sources)
+            };
         match isolation {
             Isolation::Batch if !events.is_empty() => {
                 match self.projection.apply_all(&mut transaction, &events).await {
@@ -299,15 +376,12 @@ impl<P: Projection> Runner<P> {
         failures.sort_by_key(|(index, _, _)| *index);
         let mut rejected = Vec::with_capacity(failures.len());
         for (index, reason, attempts) in failures {
-            let message = &batch[index];
-            error!(projection = name, partition = message.partition(), offset = message.offset(), %reason, "record dead-lettered");
-            dead_letter::record(&mut transaction, name, message, &reason, attempts)
+            let message = self.with_headers(&batch.records[index]).await?;
+            error!(projection = name, partition = message.partition, offset = message.offset, %reason, "record dead-lettered");
+            dead_letter::record(&mut transaction, name, &message, &reason, attempts)
                 .await
                 .map_err(BatchError::other)?;
-            rejected.push(Rejected {
-                message: message.clone(),
-                reason,
-            });
+            rejected.push(Rejected { message, reason });
         }
         if !advanced.is_empty() {
             checkpoint::advance(&mut transaction, name, topic, &advanced)
@@ -316,6 +390,21 @@ impl<P: Projection> Runner<P> {
         }
         transaction.commit().await.map_err(BatchError::other)?;
         Ok((advanced, rejected))
+    }
+
+    /// The record as dead letters keep it: records read from the event store come without
+    /// their headers, which are built only now.
+    async fn with_headers(&self, message: &LogRecord) -> Result<LogRecord, BatchError> {
+        let mut message = message.clone();
+        if message.headers.is_empty()
+            && let Some(history) = &self.history
+        {
+            message.headers = history
+                .headers(message.partition, message.offset)
+                .await
+                .map_err(BatchError::other)?;
+        }
+        Ok(message)
     }
 
     /// Applies one record in a savepoint of its own; `Some((reason, attempts))` when it
@@ -362,13 +451,10 @@ impl<P: Projection> Runner<P> {
             .into_iter()
             .map(|Rejected { message, reason }| {
                 let mut headers: Vec<(String, Vec<u8>)> = message
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                    .headers
+                    .into_iter()
+                    .map(|(key, value)| (key, value.unwrap_or_default()))
+                    .collect();
                 headers.push(("dlq-reason".into(), reason.into_bytes()));
                 headers.push((
                     "dlq-projection".into(),
@@ -376,16 +462,16 @@ impl<P: Projection> Runner<P> {
                 ));
                 headers.push((
                     "dlq-source-partition".into(),
-                    message.partition().to_string().into_bytes(),
+                    message.partition.to_string().into_bytes(),
                 ));
                 headers.push((
                     "dlq-source-offset".into(),
-                    message.offset().to_string().into_bytes(),
+                    message.offset.to_string().into_bytes(),
                 ));
                 OutgoingRecord {
-                    key: message.key().unwrap_or_default().to_vec(),
+                    key: message.key.unwrap_or_default(),
                     partition: 0,
-                    payload: message.payload().unwrap_or_default().to_vec(),
+                    payload: message.payload.unwrap_or_default(),
                     headers,
                 }
             })

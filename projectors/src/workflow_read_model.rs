@@ -1,9 +1,10 @@
 //! The `workflow_read_model` projection: `workflows`, `workflow_steps`, `workflow_events`.
 //!
 //! A batch is folded in memory first (per stream, in log order, against the versions
-//! already projected) and then written with a handful of set-based statements, whatever
-//! its size: replays and rebuilds run at bulk-insert speed rather than a round trip per
-//! event.
+//! already projected) and then written with a handful of statements whatever its size:
+//! new workflows, their steps and every event as `COPY` data, known workflows with one
+//! set-based `UPDATE`. Replays and rebuilds run at bulk-load speed rather than a round
+//! trip per event.
 //!
 //! The live instance also announces every workflow whose version advanced with
 //! `pg_notify` ([`flowline_domain::change::CHANNEL`]) in the batch's transaction, so
@@ -14,6 +15,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use flowline_domain::{EventEnvelope, StepStatus, WorkflowChange, WorkflowEvent, WorkflowStatus};
+use flowline_pg_copy::{CopyRows, Json, TextArray};
 use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
@@ -239,67 +241,72 @@ impl Changes<'_> {
         let (new, known): (Vec<_>, Vec<_>) = rows.into_iter().partition(|(_, row)| row.new);
 
         if !new.is_empty() {
-            sqlx::query(
-                "INSERT INTO workflows (id, tenant, name, status, version, input, cancel_reason, \
-                 submitted_by, submitted_at, updated_at) \
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-                 $6::jsonb[], $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[]) \
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(new.iter().map(|(id, _)| **id).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.tenant).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.name).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.version).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.input).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.cancel_reason).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.submitted_by).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.submitted_at).collect::<Vec<_>>())
-            .bind(new.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
-            .execute(&mut **transaction)
-            .await?;
-
-            let mut step_workflow = Vec::new();
-            let mut step_id = Vec::new();
-            let mut step_position = Vec::new();
-            let mut step_kind = Vec::new();
-            let mut step_status = Vec::new();
-            // Arrays of arrays must be rectangular, so dependencies travel as JSON.
-            let mut step_depends_on = Vec::new();
-            let mut step_config = Vec::new();
+            // Rows the fold found unknown under the checkpoint lock: new by construction.
+            let mut workflows = CopyRows::new();
+            let mut steps = CopyRows::new();
             for (id, row) in &new {
+                workflows
+                    .field(**id)
+                    .field(row.tenant)
+                    .field(row.name)
+                    .field(row.status.as_str())
+                    .field(row.version)
+                    .field(Json(row.input))
+                    .field(row.cancel_reason)
+                    .field(row.submitted_by)
+                    .field(row.submitted_at)
+                    .field(row.updated_at)
+                    .end_row();
                 let status = if row.cancelled {
                     StepStatus::Cancelled
                 } else {
                     StepStatus::Pending
                 };
                 for (position, step) in row.steps.unwrap_or_default().iter().enumerate() {
-                    step_workflow.push(**id);
-                    step_id.push(step.id.as_str());
-                    step_position.push(position as i32);
-                    step_kind.push(step.kind.as_str());
-                    step_status.push(status.as_str());
-                    step_depends_on.push(serde_json::json!(step.depends_on));
-                    step_config.push(&step.config);
+                    steps
+                        .field(**id)
+                        .field(&step.id)
+                        .field(position as i32)
+                        .field(step.kind.as_str())
+                        .field(status.as_str())
+                        .field(TextArray(&step.depends_on))
+                        .field(Json(&step.config))
+                        .end_row();
                 }
             }
-            sqlx::query(
-                "INSERT INTO workflow_steps (workflow_id, step_id, position, kind, status, depends_on, config) \
-                 SELECT s.w, s.id, s.position, s.kind, s.status, \
-                        ARRAY(SELECT jsonb_array_elements_text(s.depends_on)), s.config \
-                 FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], $6::jsonb[], $7::jsonb[]) \
-                      AS s(w, id, position, kind, status, depends_on, config) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(&step_workflow)
-            .bind(&step_id)
-            .bind(&step_position)
-            .bind(&step_kind)
-            .bind(&step_status)
-            .bind(&step_depends_on)
-            .bind(&step_config)
-            .execute(&mut **transaction)
-            .await?;
+            workflows
+                .copy_into(
+                    transaction,
+                    "workflows",
+                    &[
+                        "id",
+                        "tenant",
+                        "name",
+                        "status",
+                        "version",
+                        "input",
+                        "cancel_reason",
+                        "submitted_by",
+                        "submitted_at",
+                        "updated_at",
+                    ],
+                )
+                .await?;
+            steps
+                .copy_into(
+                    transaction,
+                    "workflow_steps",
+                    &[
+                        "workflow_id",
+                        "step_id",
+                        "position",
+                        "kind",
+                        "status",
+                        "depends_on",
+                        "config",
+                    ],
+                )
+                .await?;
         }
 
         if !known.is_empty() {
@@ -335,29 +342,43 @@ impl Changes<'_> {
             }
         }
 
-        if !self.events.is_empty() {
-            let events = &self.events;
-            sqlx::query(
-                "INSERT INTO workflow_events (workflow_id, version, tenant, event_id, event_type, occurred_at, \
-                 correlation_id, causation_id, data, log_partition, log_offset) \
-                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::uuid[], $5::text[], \
-                 $6::timestamptz[], $7::uuid[], $8::uuid[], $9::jsonb[], $10::int[], $11::bigint[]) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(events.iter().map(|(e, _)| e.metadata.stream_id).collect::<Vec<_>>())
-            .bind(events.iter().map(|(e, _)| e.metadata.stream_version as i64).collect::<Vec<_>>())
-            .bind(events.iter().map(|(e, _)| e.metadata.tenant.as_str()).collect::<Vec<_>>())
-            .bind(events.iter().map(|(e, _)| e.metadata.event_id).collect::<Vec<_>>())
-            .bind(events.iter().map(|(e, _)| e.event.event_type()).collect::<Vec<_>>())
-            .bind(events.iter().map(|(e, _)| e.metadata.occurred_at).collect::<Vec<_>>())
-            .bind(events.iter().map(|(e, _)| e.metadata.correlation_id).collect::<Vec<_>>())
-            .bind(events.iter().map(|(e, _)| e.metadata.causation_id).collect::<Vec<_>>())
-            .bind(events.iter().map(|(e, _)| event_data(&e.event)).collect::<Vec<_>>())
-            .bind(events.iter().map(|(_, p)| p.partition).collect::<Vec<_>>())
-            .bind(events.iter().map(|(_, p)| p.offset).collect::<Vec<_>>())
-            .execute(&mut **transaction)
-            .await?;
+        // Only events past the projected version reach here, so each row is new.
+        let mut events = CopyRows::new();
+        for (envelope, place) in &self.events {
+            let metadata = &envelope.metadata;
+            events
+                .field(metadata.stream_id)
+                .field(metadata.stream_version as i64)
+                .field(metadata.tenant.as_str())
+                .field(metadata.event_id)
+                .field(envelope.event.event_type())
+                .field(metadata.occurred_at)
+                .field(metadata.correlation_id)
+                .field(metadata.causation_id)
+                .field(Json(&event_data(&envelope.event)))
+                .field(place.partition)
+                .field(place.offset)
+                .end_row();
         }
+        events
+            .copy_into(
+                transaction,
+                "workflow_events",
+                &[
+                    "workflow_id",
+                    "version",
+                    "tenant",
+                    "event_id",
+                    "event_type",
+                    "occurred_at",
+                    "correlation_id",
+                    "causation_id",
+                    "data",
+                    "log_partition",
+                    "log_offset",
+                ],
+            )
+            .await?;
         Ok(())
     }
 }

@@ -212,6 +212,33 @@ impl TestSystem {
         self.send(self.http.post(url).json(body)).await
     }
 
+    /// Rebuilds `projection` through the projectors' admin API at `projectors_url` and
+    /// waits until it swapped in; returns the rebuild's final status.
+    pub async fn rebuild_through_admin(&self, projectors_url: &str, projection: &str) -> Value {
+        let started = self
+            .send(
+                self.http
+                    .post(format!("{projectors_url}/admin/rebuilds"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .json(&serde_json::json!({"projection": projection})),
+            )
+            .await;
+        assert_eq!(started.status, 202, "{:?}", started.body);
+        let id = started.body["id"].as_str().expect("rebuild id").to_owned();
+        eventually(Duration::from_secs(60), || async {
+            let status = self
+                .send(
+                    self.http
+                        .get(format!("{projectors_url}/admin/rebuilds/{id}"))
+                        .bearer_auth(ADMIN_TOKEN),
+                )
+                .await;
+            (status.body["status"] == "swapped").then_some(status.body)
+        })
+        .await
+        .expect("the rebuild caught up and swapped in")
+    }
+
     /// Sends a request and reads the reply.
     pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
         let response = request.send().await.expect("request sent");
@@ -412,6 +439,9 @@ impl TestSystem {
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             group_prefix: group_prefix.to_owned(),
             batch_size: 500,
+            rebuild_batch_size: 500,
+            rebuild_history: projectors::HistorySource::EventStore,
+            cloudevents_source: flowline_event_store::headers::cloudevents::DEFAULT_SOURCE.into(),
             fetch_wait_ms: 10,
             rebuild_grace_seconds: 2,
             database: DatabaseSettings {

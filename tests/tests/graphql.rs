@@ -189,13 +189,21 @@ async fn a_workflow_shows_its_steps_events_and_place_in_the_graph() {
     let queries_url = queries.url.clone();
     let system = &system;
     let query = &query;
-    // The read model and the graph view are projected independently; wait for both.
+    // The read model and the graph view are projected independently, and the three runs
+    // may sit on different partitions: wait for this run's graph and its neighbours'.
     let workflow = eventually(Duration::from_secs(30), || {
         let url = queries_url.clone();
         async move {
             let reply = system.graphql(&url, query).await;
             let workflow = reply["data"]["workflow"].clone();
-            (workflow["runsUsingSameModels"].as_array().map(Vec::len) == Some(2))
+            let own_graph = workflow["steps"].as_array().is_some_and(|steps| {
+                steps.iter().any(|step| {
+                    step["transitiveDependencies"]
+                        .as_array()
+                        .is_some_and(|d| !d.is_empty())
+                })
+            });
+            (own_graph && workflow["runsUsingSameModels"].as_array().map(Vec::len) == Some(2))
                 .then_some(workflow)
         }
     })

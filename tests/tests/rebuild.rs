@@ -177,7 +177,7 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
         command
             .args(["rebuild", "workflow_graph", "--from-beginning"])
             .envs(system.process_env())
-            .env("PROJECTOR_BATCH_SIZE", "1")
+            .env("REBUILD_BATCH_SIZE", "1")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
         command
@@ -265,4 +265,108 @@ async fn a_rebuild_from_a_point_in_time_starts_at_the_offsets_of_that_time() {
     // offsets_for_times put the start after the first five submissions: only the last
     // three workflows are in the rebuilt read model.
     assert_eq!(system.count("SELECT count(*) FROM workflows").await, 3);
+}
+
+/// A rebuild reads the history from the event store's copy of what was published, and from
+/// the log only the records the store does not hold; the result is the same as the live
+/// projection read from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rebuild_reads_history_from_the_event_store_and_the_rest_from_the_log() {
+    use flowline_domain::{EventEnvelope, EventMetadata, SubmitWorkflow, WorkflowEvent};
+    use flowline_event_log::{LogProducer, OutgoingRecord, partition_for};
+
+    let system = TestSystem::new(2).await;
+    let commands = system.command_service().await;
+    let projectors = system.projectors().await;
+    submit_many(&system, &commands.url, 40).await;
+
+    // Two records the store does not hold: an event another producer wrote straight to the
+    // topic, and a second copy of a stored event (what a relay that lost its lock while
+    // publishing can leave behind).
+    let stream = uuid::Uuid::now_v7();
+    let submitted = serde_json::from_value::<SubmitWorkflow>(
+        json!({"name": "foreign", "steps": [{"id": "a", "kind": "llm"}]}),
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    let foreign = EventEnvelope {
+        metadata: EventMetadata {
+            event_id: uuid::Uuid::now_v7(),
+            tenant: "default".into(),
+            stream_id: stream,
+            stream_version: 1,
+            occurred_at: chrono::Utc::now(),
+            command_id: uuid::Uuid::now_v7(),
+            correlation_id: stream,
+            causation_id: stream,
+            traceparent: None,
+            tracestate: None,
+        },
+        event: WorkflowEvent::Submitted(submitted),
+    };
+    let (stored_stream, stored_payload): (uuid::Uuid, Vec<u8>) = sqlx::query_as(
+        "SELECT stream_id, payload FROM event_store WHERE stream_version = 1 ORDER BY position LIMIT 1",
+    )
+    .fetch_one(&system.pool)
+    .await
+    .unwrap();
+    let record = |stream: uuid::Uuid, payload: Vec<u8>| {
+        let key = stream.to_string().into_bytes();
+        OutgoingRecord {
+            partition: partition_for(&key, 2),
+            key,
+            payload,
+            headers: vec![],
+        }
+    };
+    LogProducer::new(&system.kafka)
+        .unwrap()
+        .publish(&[
+            record(
+                stream,
+                flowline_schemas::EventCodec::default()
+                    .encode(&foreign)
+                    .unwrap()
+                    .payload,
+            ),
+            record(stored_stream, stored_payload),
+        ])
+        .await
+        .unwrap();
+    // Stored events after the gaps.
+    submit_many(&system, &commands.url, 10).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflow_events", 51)
+        .await;
+    let read_model = || async {
+        sqlx::query_scalar::<_, serde_json::Value>(
+            "SELECT jsonb_build_array( \
+               (SELECT jsonb_agg(w ORDER BY w.id) FROM workflows w), \
+               (SELECT jsonb_agg(s ORDER BY s.workflow_id, s.step_id) FROM workflow_steps s), \
+               (SELECT jsonb_agg(e ORDER BY e.workflow_id, e.version) FROM workflow_events e))",
+        )
+        .fetch_one(&system.pool)
+        .await
+        .unwrap()
+    };
+    let live = read_model().await;
+
+    let swapped = system
+        .rebuild_through_admin(&projectors.url, "workflow_read_model")
+        .await;
+    assert_eq!(
+        swapped["progress"]["from_event_store"], 50,
+        "every stored event came from the store: {swapped}"
+    );
+    assert_eq!(
+        swapped["progress"]["from_log"], 2,
+        "only the two records the store lacks came from the log: {swapped}"
+    );
+    assert_eq!(
+        read_model().await,
+        live,
+        "the rebuilt read model equals the live one"
+    );
+    assert!(live.to_string().contains("foreign"));
 }

@@ -336,31 +336,9 @@ async fn the_change_feed_announces_committed_changes_and_rebuilds_announce_nothi
     );
 
     // A rebuild replays that history into shadow tables and swaps them in, silently.
-    let admin = |path: &str| format!("{}{path}", projectors.url);
-    let started = system
-        .send(
-            system
-                .http
-                .post(admin("/admin/rebuilds"))
-                .bearer_auth(system_tests::ADMIN_TOKEN)
-                .json(&json!({"projection": "workflow_read_model"})),
-        )
+    system
+        .rebuild_through_admin(&projectors.url, "workflow_read_model")
         .await;
-    assert_eq!(started.status, 202, "{:?}", started.body);
-    let id = started.body["id"].as_str().unwrap().to_owned();
-    let swapped = system_tests::eventually(std::time::Duration::from_secs(60), || async {
-        let status = system
-            .send(
-                system
-                    .http
-                    .get(admin(&format!("/admin/rebuilds/{id}")))
-                    .bearer_auth(system_tests::ADMIN_TOKEN),
-            )
-            .await;
-        (status.body["status"] == "swapped").then_some(())
-    })
-    .await;
-    assert!(swapped.is_some(), "the rebuild swapped in");
 
     // The next announcement is the next live change, not a replayed one.
     let next = submit(&system, &commands.url, "acme", "after the rebuild").await;
