@@ -1,6 +1,8 @@
 //! The default graph store: node and edge tables in PostgreSQL, recursive CTEs with depth
 //! bounds and cycle safety.
 
+use std::collections::{BTreeMap, HashSet};
+
 use flowline_pg_copy::CopyRows;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -101,11 +103,25 @@ impl GraphStore for PostgresGraph {
         self.apply_all(std::slice::from_ref(change)).await
     }
 
-    /// One transaction and a few set-based statements per batch: run nodes first (a run
-    /// that already exists was written with all its nodes and edges, so those are skipped),
-    /// then the nodes and edges of the new runs, then the newest version and status of
-    /// every run, folded in memory so each run is updated once.
+    /// One transaction and a few set-based statements per batch. The newest version and
+    /// status of every run are folded in memory first; run nodes are inserted with them (a
+    /// run that already exists was written with all its nodes and edges, so those are
+    /// skipped), then the nodes and edges of the new runs; only runs that existed before
+    /// the batch are updated, once each.
     async fn apply_all(&self, changes: &[GraphChange]) -> Result<()> {
+        let mut latest: BTreeMap<Uuid, (i64, Option<&str>)> = BTreeMap::new();
+        for change in changes {
+            let status = match &change.change {
+                RunChange::Status(status) => Some(status.as_str()),
+                RunChange::Touched | RunChange::Submitted { .. } => None,
+            };
+            let entry = latest.entry(change.run).or_insert((0, None));
+            if change.version as i64 > entry.0 {
+                entry.0 = change.version as i64;
+                entry.1 = status.or(entry.1);
+            }
+        }
+        let mut created: HashSet<String> = HashSet::new();
         let mut transaction = self.pool.begin().await?;
         let submitted: Vec<(
             &GraphChange,
@@ -124,16 +140,44 @@ impl GraphStore for PostgresGraph {
             })
             .collect();
         if !submitted.is_empty() {
-            let created: std::collections::HashSet<String> = sqlx::query_scalar(
+            let folded = |run: &Uuid| latest.get(run).copied().unwrap_or((0, None));
+            created = sqlx::query_scalar(
                 "INSERT INTO graph_nodes (xid, tenant, kind, name, status, version) \
-                 SELECT r.xid, r.tenant, 'run', r.name, 'pending', r.version \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) AS r(xid, tenant, name, version) \
+                 SELECT r.xid, r.tenant, 'run', r.name, r.status, r.version \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) \
+                      AS r(xid, tenant, name, status, version) \
                  ON CONFLICT (xid) DO NOTHING RETURNING xid",
             )
-            .bind(submitted.iter().map(|(c, ..)| xid::run(c.run)).collect::<Vec<_>>())
-            .bind(submitted.iter().map(|(c, ..)| c.tenant.as_str()).collect::<Vec<_>>())
-            .bind(submitted.iter().map(|(_, name, ..)| name.as_str()).collect::<Vec<_>>())
-            .bind(submitted.iter().map(|(c, ..)| c.version as i64).collect::<Vec<_>>())
+            .bind(
+                submitted
+                    .iter()
+                    .map(|(c, ..)| xid::run(c.run))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                submitted
+                    .iter()
+                    .map(|(c, ..)| c.tenant.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                submitted
+                    .iter()
+                    .map(|(_, name, ..)| name.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                submitted
+                    .iter()
+                    .map(|(c, ..)| folded(&c.run).1.unwrap_or("pending"))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                submitted
+                    .iter()
+                    .map(|(c, ..)| folded(&c.run).0)
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(&mut *transaction)
             .await?
             .into_iter()
@@ -226,30 +270,21 @@ impl GraphStore for PostgresGraph {
                 )
                 .await?;
         }
-        // The newest version (and status, if it changed) of each run touched by the batch.
-        let mut latest: std::collections::BTreeMap<String, (i64, Option<&str>)> =
-            std::collections::BTreeMap::new();
-        for change in changes {
-            let status = match &change.change {
-                RunChange::Status(status) => Some(status.as_str()),
-                RunChange::Touched => None,
-                RunChange::Submitted { .. } => continue,
-            };
-            let entry = latest.entry(xid::run(change.run)).or_insert((0, None));
-            if change.version as i64 > entry.0 {
-                entry.0 = change.version as i64;
-                entry.1 = status.or(entry.1);
-            }
-        }
-        if !latest.is_empty() {
+        // Runs that existed before the batch: their newest version and status, if newer.
+        let known: Vec<(String, i64, Option<&str>)> = latest
+            .iter()
+            .map(|(run, (version, status))| (xid::run(*run), *version, *status))
+            .filter(|(run, ..)| !created.contains(run))
+            .collect();
+        if !known.is_empty() {
             sqlx::query(
                 "UPDATE graph_nodes n SET version = c.version, status = COALESCE(c.status, n.status) \
                  FROM unnest($1::text[], $2::bigint[], $3::text[]) AS c(xid, version, status) \
                  WHERE n.xid = c.xid AND n.version < c.version",
             )
-            .bind(latest.keys().map(String::as_str).collect::<Vec<_>>())
-            .bind(latest.values().map(|v| v.0).collect::<Vec<_>>())
-            .bind(latest.values().map(|v| v.1).collect::<Vec<_>>())
+            .bind(known.iter().map(|k| k.0.as_str()).collect::<Vec<_>>())
+            .bind(known.iter().map(|k| k.1).collect::<Vec<_>>())
+            .bind(known.iter().map(|k| k.2).collect::<Vec<_>>())
             .execute(&mut *transaction)
             .await?;
         }

@@ -394,16 +394,7 @@ fn catch_up_and_swap<P: Projection>(
         progress: Progress::default(),
     };
     if let Some(history) = &settings.history {
-        replay_history(
-            settings,
-            record,
-            runner,
-            runtime,
-            stop,
-            history,
-            partitions,
-            &mut reporter,
-        )?;
+        replay_history(runner, stop, history, &mut reporter)?;
     }
     let consumer = PartitionConsumer::new(
         &consumer_config(&settings.kafka.brokers, &record.checkpoint()),
@@ -448,20 +439,17 @@ fn catch_up_and_swap<P: Projection>(
 /// A reader thread reads and decodes the next batches while this one writes the current
 /// one: reading, decoding and writing each take a core's share, and the database does its
 /// part of the reading on a connection of its own.
-#[allow(clippy::too_many_arguments)]
 fn replay_history<P: Projection, R: FnMut(&Progress)>(
-    settings: &RebuildSettings,
-    record: &RebuildRecord,
     runner: &Runner<P>,
-    runtime: &Handle,
     stop: &CancellationToken,
     history: &PublishedHistory,
-    partitions: i32,
     reporter: &mut ProgressReporter<'_, R>,
 ) -> Result<()> {
+    let (settings, record, runtime) = (reporter.settings, reporter.record, reporter.runtime);
     let topic = &settings.kafka.topic;
     let heads = flowline_event_log::high_watermarks(&settings.kafka.brokers, topic)?;
     let start = runtime.block_on(checkpoint::all(&settings.pool, &record.checkpoint(), topic))?;
+    let share = (settings.batch_size / heads.len().max(1)).max(1) as i64;
     let (batches, ready) = std::sync::mpsc::sync_channel::<Result<HistoryBatch>>(2);
     std::thread::scope(|scope| {
         let reader = HistoryReader {
@@ -470,7 +458,7 @@ fn replay_history<P: Projection, R: FnMut(&Progress)>(
             runtime,
             heads,
             next: start,
-            share: (settings.batch_size / partitions.max(1) as usize).max(1) as i64,
+            share,
             decode: |records| runner.decode(records),
         };
         scope.spawn(move || reader.run(&batches, stop));
