@@ -172,17 +172,20 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
     .await
     .unwrap();
 
-    let cli = || {
+    // The first run reads the history from the broker, the resumed one from the event
+    // store: either source continues from the other's checkpoints.
+    let cli = |history: &str| {
         let mut command = std::process::Command::new(bin_dir().join("projectors"));
         command
             .args(["rebuild", "workflow_graph", "--from-beginning"])
             .envs(system.process_env())
             .env("REBUILD_BATCH_SIZE", "1")
+            .env("REBUILD_HISTORY", history)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
         command
     };
-    let mut first = cli().spawn().unwrap();
+    let mut first = cli("log").spawn().unwrap();
     let started = eventually(Duration::from_secs(60), || async {
         let running: Option<uuid::Uuid> =
             sqlx::query_scalar("SELECT id FROM projection_rebuilds WHERE status = 'running'")
@@ -193,8 +196,17 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
     })
     .await;
     assert!(started.is_some(), "the rebuild started");
-    // One record per batch: 600 records take several seconds, so this is mid-rebuild.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // One record per batch: 600 records take several seconds; kill it once it is going.
+    let rebuilt_so_far = || async {
+        system
+            .count("SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_checkpoints WHERE projection LIKE '%@rebuild-%'")
+            .await
+    };
+    let going = eventually(Duration::from_secs(60), || async {
+        (rebuilt_so_far().await >= 20).then_some(())
+    })
+    .await;
+    assert!(going.is_some(), "the rebuild applies records");
     first.kill().unwrap(); // kill -9
     first.wait().unwrap();
     assert_eq!(
@@ -204,7 +216,12 @@ async fn an_interrupted_rebuild_resumes_where_it_stopped() {
         1
     );
 
-    let second = cli().output().unwrap();
+    let read_before_the_kill = rebuilt_so_far().await;
+    assert!(
+        (1..600).contains(&read_before_the_kill),
+        "killed mid-rebuild, after {read_before_the_kill} records"
+    );
+    let second = cli("event-store").output().unwrap();
     let said = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success(), "{said}");
     assert!(said.contains("resuming rebuild"), "{said}");
