@@ -190,7 +190,11 @@ async fn a_workflow_shows_its_steps_events_and_place_in_the_graph() {
     let system = &system;
     let query = &query;
     // The read model and the graph view are projected independently, and the three runs
-    // may sit on different partitions: wait for this run's graph and its neighbours'.
+    // may sit on different partitions: wait for all three in the read model, then for this
+    // run's graph and its neighbours'.
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 3)
+        .await;
     let workflow = eventually(Duration::from_secs(30), || {
         let url = queries_url.clone();
         async move {
