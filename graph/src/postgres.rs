@@ -187,10 +187,14 @@ impl GraphStore for PostgresGraph {
             let mut steps = CopyRows::new();
             let mut shared: Vec<(String, &str, &str, &str)> = Vec::new();
             let mut edges: Vec<(&str, String, &str, String)> = Vec::new();
+            let mut written: HashSet<&str> = HashSet::new();
             for (change, _, run_steps, submitted_by) in &submitted {
                 let run = xid::run(change.run);
-                if !created.contains(&run) {
-                    continue; // replayed: written with its run node
+                // A run that already existed was written with its run node; a second copy
+                // of the submission in this batch (a stale relay's duplicate) adds nothing.
+                match created.get(&run) {
+                    Some(created_run) if written.insert(created_run.as_str()) => {}
+                    _ => continue,
                 }
                 let tenant = change.tenant.as_str();
                 for step in run_steps.iter() {

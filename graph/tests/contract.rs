@@ -116,7 +116,11 @@ async fn contract<G: GraphStore>(graph: &G) {
             change: RunChange::Status("cancelled".into()),
         },
     ];
-    // Every write is idempotent: applying the log twice (a replay) changes nothing.
+    // One batch holding every change twice (a stale relay's duplicates next to the
+    // originals) writes each run once, with its newest version and status.
+    let doubled: Vec<GraphChange> = changes.iter().chain(&changes).cloned().collect();
+    graph.apply_all(&doubled).await.unwrap();
+    // Every write is idempotent: applying the log again, twice (a replay), changes nothing.
     for _ in 0..2 {
         for change in &changes {
             graph.apply(change).await.unwrap();
