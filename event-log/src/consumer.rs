@@ -65,6 +65,14 @@ impl PartitionConsumer {
         Ok(())
     }
 
+    /// The first offset the log still holds in `partition` and the next offset it will
+    /// write (low and high watermarks).
+    pub fn watermarks(&self, partition: i32) -> Result<(i64, i64)> {
+        Ok(self
+            .consumer
+            .fetch_watermarks(&self.topic, partition, Duration::from_secs(10))?)
+    }
+
     /// [`PartitionConsumer::poll_batch`], as [`LogRecord`]s.
     pub fn poll_records(&self, max: usize, wait: Duration) -> Result<Vec<LogRecord>> {
         Ok(self

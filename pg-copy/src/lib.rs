@@ -91,16 +91,17 @@ impl CopyRows {
         let statement = format!("COPY {table} ({}) FROM STDIN", columns.join(", "));
         let mut copy = connection.copy_in_raw(&statement).await?;
         for chunk in chunks(&self.buffer) {
-            copy.send(chunk.as_bytes()).await?;
+            copy.send(chunk).await?;
         }
         copy.finish().await
     }
 }
 
 /// Splits at line ends into pieces of about [`CHUNK_BYTES`] (the server accepts any split;
-/// whole lines keep the pieces readable in a packet capture).
-fn chunks(text: &str) -> impl Iterator<Item = &str> {
-    let mut rest = text;
+/// whole lines keep the pieces readable in a packet capture). Works on bytes: a newline
+/// byte never occurs inside a multi-byte UTF-8 character, so every cut is valid.
+fn chunks(text: &str) -> impl Iterator<Item = &[u8]> {
+    let mut rest = text.as_bytes();
     std::iter::from_fn(move || {
         if rest.is_empty() {
             return None;
@@ -109,7 +110,8 @@ fn chunks(text: &str) -> impl Iterator<Item = &str> {
             rest.len()
         } else {
             rest[CHUNK_BYTES..]
-                .find('\n')
+                .iter()
+                .position(|byte| *byte == b'\n')
                 .map_or(rest.len(), |at| CHUNK_BYTES + at + 1)
         };
         let (chunk, tail) = rest.split_at(cut);
@@ -173,7 +175,9 @@ impl CopyField for i32 {
 
 impl CopyField for DateTime<Utc> {
     fn write_to(&self, out: &mut String) {
-        out.push_str(&self.to_rfc3339_opts(SecondsFormat::AutoSi, true));
+        // Whole microseconds, PostgreSQL's precision, cut the way sqlx's binary encoding
+        // cuts them (text input would round instead).
+        out.push_str(&self.to_rfc3339_opts(SecondsFormat::Micros, true));
     }
 }
 
@@ -243,9 +247,27 @@ mod tests {
     fn chunks_split_at_line_ends_and_keep_everything() {
         let line = "x".repeat(1000) + "\n";
         let text = line.repeat(3000);
-        let pieces: Vec<&str> = chunks(&text).collect();
+        let pieces: Vec<&[u8]> = chunks(&text).collect();
         assert!(pieces.len() > 1);
-        assert!(pieces.iter().all(|piece| piece.ends_with('\n')));
-        assert_eq!(pieces.concat(), text);
+        assert!(pieces.iter().all(|piece| piece.ends_with(b"\n")));
+        assert_eq!(pieces.concat(), text.as_bytes());
+    }
+
+    #[test]
+    fn a_chunk_boundary_inside_a_multibyte_character_is_safe() {
+        let text = "x".repeat(CHUNK_BYTES - 1) + "é\n" + &"y".repeat(10) + "\n";
+        let pieces: Vec<&[u8]> = chunks(&text).collect();
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces.concat(), text.as_bytes());
+    }
+
+    #[test]
+    fn timestamps_carry_whole_microseconds() {
+        let time = chrono::DateTime::parse_from_rfc3339("2026-11-26T07:00:00.123456789Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut rows = CopyRows::new();
+        rows.field(time).end_row();
+        assert_eq!(rows.as_text(), "2026-11-26T07:00:00.123456Z\n");
     }
 }

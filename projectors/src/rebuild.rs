@@ -516,7 +516,7 @@ impl<D: Fn(Vec<LogRecord>) -> DecodedBatch> HistoryReader<'_, D> {
         stop: &CancellationToken,
     ) {
         while !stop.is_cancelled() {
-            let batch = match self.read_batch() {
+            let batch = match self.read_batch(stop) {
                 Ok(Some(batch)) => Ok(batch),
                 Ok(None) => return,
                 Err(error) => Err(error),
@@ -529,7 +529,7 @@ impl<D: Fn(Vec<LogRecord>) -> DecodedBatch> HistoryReader<'_, D> {
     }
 
     /// The next batch, or `None` when every partition is read up to its head.
-    fn read_batch(&mut self) -> Result<Option<HistoryBatch>> {
+    fn read_batch(&mut self, stop: &CancellationToken) -> Result<Option<HistoryBatch>> {
         let mut records: Vec<LogRecord> = Vec::new();
         let mut from_log = 0;
         for &(partition, head) in &self.heads {
@@ -544,7 +544,7 @@ impl<D: Fn(Vec<LogRecord>) -> DecodedBatch> HistoryReader<'_, D> {
             // The store's records up to its first gap; the gap itself comes from the log.
             let first = stored.first().map_or(until, |record| record.offset);
             let taken: Vec<LogRecord> = if first > from {
-                let missing = self.gaps.read(partition, from, first)?;
+                let missing = self.gaps.read(partition, from, first, stop)?;
                 from_log += missing.len();
                 missing
             } else {
@@ -593,8 +593,14 @@ impl<'a> GapReader<'a> {
     }
 
     /// The records of `partition` at offsets `from..until`, in order (fewer when retention
-    /// deleted some: the log then starts later).
-    fn read(&mut self, partition: i32, from: i64, until: i64) -> Result<Vec<LogRecord>> {
+    /// deleted some: the log then starts later; none when it deleted them all).
+    fn read(
+        &mut self,
+        partition: i32,
+        from: i64,
+        until: i64,
+        stop: &CancellationToken,
+    ) -> Result<Vec<LogRecord>> {
         let consumer = match &mut self.consumer {
             Some(consumer) => consumer,
             empty => empty.insert(PartitionConsumer::new(
@@ -602,11 +608,18 @@ impl<'a> GapReader<'a> {
                 &self.settings.kafka.topic,
             )?),
         };
-        consumer.assign(&HashMap::from([(partition, Some(from))]))?;
+        let (first_held, _) = consumer.watermarks(partition)?;
+        let mut expected = from.max(first_held);
+        if expected >= until {
+            return Ok(Vec::new());
+        }
+        consumer.assign(&HashMap::from([(partition, Some(expected))]))?;
         let mut records = Vec::new();
-        let mut expected = from;
         let deadline = Instant::now() + Duration::from_secs(60);
         while expected < until {
+            if stop.is_cancelled() {
+                return Err(Error::Rebuild("stopped before catching up".into()));
+            }
             if Instant::now() >= deadline {
                 return Err(Error::Rebuild(format!(
                     "partition {partition}: offsets {expected}..{until} are not in the event store and could not be read from the log"

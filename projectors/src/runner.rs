@@ -324,17 +324,23 @@ impl<P: Projection> Runner<P> {
             .await
             .map_err(BatchError::other)?;
         // Records below the checkpoint were applied by an earlier batch (redelivery after a
-        // rebalance or a crash).
-        let is_new = |index: usize| {
-            let record = &batch.records[index];
-            record.offset >= checkpointed.get(&record.partition).copied().unwrap_or(0)
-        };
+        // rebalance or a crash), and so was a record the batch already holds once.
+        let mut next = checkpointed;
         let mut advanced = HashMap::new();
-        for (index, record) in batch.records.iter().enumerate() {
-            if is_new(index) {
-                advanced.insert(record.partition, record.offset + 1);
-            }
-        }
+        let fresh: Vec<bool> = batch
+            .records
+            .iter()
+            .map(|record| {
+                let next = next.entry(record.partition).or_insert(0);
+                let fresh = record.offset >= *next;
+                if fresh {
+                    *next = record.offset + 1;
+                    advanced.insert(record.partition, *next);
+                }
+                fresh
+            })
+            .collect();
+        let is_new = |index: usize| fresh[index];
         let mut failures: Vec<(usize, String, i32)> = batch
             .undecodable
             .iter()
