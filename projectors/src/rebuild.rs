@@ -323,6 +323,10 @@ struct ProgressReporter<'a, R> {
     settings: &'a RebuildSettings,
     record: &'a RebuildRecord,
     runtime: &'a Handle,
+    /// Asks the broker for the heads of the log: one client for the whole rebuild rather
+    /// than a connection per report.
+    log: PartitionConsumer,
+    partitions: i32,
     report: &'a mut R,
     started: Instant,
     reported: Option<Instant>,
@@ -341,10 +345,17 @@ impl<R: FnMut(&Progress)> ProgressReporter<'_, R> {
             .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
     }
 
+    /// The next offset the log will write, per partition.
+    fn heads(&self) -> Result<Vec<(i32, i64)>> {
+        (0..self.partitions)
+            .map(|partition| Ok((partition, self.log.watermarks(partition)?.1)))
+            .collect()
+    }
+
     /// Measures and reports; returns the records still to read.
     fn report(&mut self) -> Result<u64> {
         let topic = &self.settings.kafka.topic;
-        let highs = flowline_event_log::high_watermarks(&self.settings.kafka.brokers, topic)?;
+        let highs = self.heads()?;
         let done = self.runtime.block_on(checkpoint::all(
             &self.settings.pool,
             &self.record.checkpoint(),
@@ -388,6 +399,11 @@ fn catch_up_and_swap<P: Projection>(
         settings,
         record,
         runtime,
+        log: PartitionConsumer::new(
+            &consumer_config(&settings.kafka.brokers, &record.checkpoint()),
+            topic,
+        )?,
+        partitions,
         report,
         started: Instant::now(),
         reported: None,
@@ -447,7 +463,7 @@ fn replay_history<P: Projection, R: FnMut(&Progress)>(
 ) -> Result<()> {
     let (settings, record, runtime) = (reporter.settings, reporter.record, reporter.runtime);
     let topic = &settings.kafka.topic;
-    let heads = flowline_event_log::high_watermarks(&settings.kafka.brokers, topic)?;
+    let heads = reporter.heads()?;
     let start = runtime.block_on(checkpoint::all(&settings.pool, &record.checkpoint(), topic))?;
     let share = (settings.batch_size / heads.len().max(1)).max(1) as i64;
     let (batches, ready) = std::sync::mpsc::sync_channel::<Result<HistoryBatch>>(2);
@@ -530,6 +546,23 @@ impl<D: Fn(Vec<LogRecord>) -> DecodedBatch> HistoryReader<'_, D> {
 
     /// The next batch, or `None` when every partition is read up to its head.
     fn read_batch(&mut self, stop: &CancellationToken) -> Result<Option<HistoryBatch>> {
+        loop {
+            let done = self
+                .heads
+                .iter()
+                .all(|(partition, head)| self.next.get(partition).copied().unwrap_or(0) >= *head);
+            if done {
+                return Ok(None);
+            }
+            // A round can come back empty (a gap retention deleted): go on past it.
+            if let Some(batch) = self.read_round(stop)? {
+                return Ok(Some(batch));
+            }
+        }
+    }
+
+    /// One read of up to `share` offsets from every partition not yet at its head.
+    fn read_round(&mut self, stop: &CancellationToken) -> Result<Option<HistoryBatch>> {
         let mut records: Vec<LogRecord> = Vec::new();
         let mut from_log = 0;
         for &(partition, head) in &self.heads {
@@ -559,7 +592,7 @@ impl<D: Fn(Vec<LogRecord>) -> DecodedBatch> HistoryReader<'_, D> {
             let reached = taken
                 .last()
                 .map_or(first, |record| record.offset + 1)
-                .max(first.min(until));
+                .max(first);
             self.next.insert(partition, reached);
             records.extend(taken);
         }

@@ -88,6 +88,9 @@ pub(crate) struct Runner<P> {
     history: Option<PublishedHistory>,
 }
 
+/// An event with its place on the log.
+type Placed = (EventEnvelope, LogPlace);
+
 /// Records with their events decoded: decoding is pure work that a reader can do ahead,
 /// on its own thread, while the previous batch is being written.
 pub(crate) struct DecodedBatch {
@@ -347,9 +350,9 @@ impl<P: Projection> Runner<P> {
             .filter(|(index, _)| is_new(*index))
             .map(|(index, reason)| (*index, reason.clone(), 1))
             .collect();
-        let (events, sources): (Cow<'_, [(EventEnvelope, LogPlace)]>, Vec<usize>) =
+        let (events, sources): (Cow<'_, [Placed]>, Cow<'_, [usize]>) =
             if batch.sources.iter().all(|index| is_new(*index)) {
-                (Cow::Borrowed(&batch.events), batch.sources.clone())
+                (Cow::Borrowed(&batch.events), Cow::Borrowed(&batch.sources))
             } else {
                 let (events, sources) = batch
                     .events
@@ -358,7 +361,7 @@ impl<P: Projection> Runner<P> {
                     .filter(|(_, index)| is_new(**index))
                     .map(|(event, index)| (event.clone(), *index))
                     .unzip::<_, _, Vec<_>, Vec<_>>();
-                (Cow::Owned(events), sources)
+                (Cow::Owned(events), Cow::Owned(sources))
             };
         match isolation {
             Isolation::Batch if !events.is_empty() => {
@@ -370,7 +373,7 @@ impl<P: Projection> Runner<P> {
             }
             Isolation::Batch => {}
             Isolation::PerRecord => {
-                for (event, index) in events.iter().zip(sources) {
+                for (event, &index) in events.iter().zip(sources.iter()) {
                     if let Some((reason, attempts)) =
                         self.apply_isolated(&mut transaction, event).await?
                     {
