@@ -34,6 +34,11 @@ pub struct Config {
     pub graphql: GraphqlLimits,
 }
 
+/// Default of [`GraphqlLimits::max_depth`].
+const DEFAULT_MAX_DEPTH: usize = 12;
+/// Default of [`GraphqlLimits::max_complexity`].
+const DEFAULT_MAX_COMPLEXITY: usize = 20_000;
+
 /// How big a GraphQL query may be before it is refused unexecuted.
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct GraphqlLimits {
@@ -41,7 +46,7 @@ pub struct GraphqlLimits {
     #[arg(
         long = "graphql-max-depth",
         env = "GRAPHQL_MAX_DEPTH",
-        default_value_t = 12
+        default_value_t = DEFAULT_MAX_DEPTH
     )]
     pub max_depth: usize,
     /// Highest complexity a GraphQL query may have: every field costs 1, list fields
@@ -50,7 +55,7 @@ pub struct GraphqlLimits {
     #[arg(
         long = "graphql-max-complexity",
         env = "GRAPHQL_MAX_COMPLEXITY",
-        default_value_t = 20_000
+        default_value_t = DEFAULT_MAX_COMPLEXITY
     )]
     pub max_complexity: usize,
 }
@@ -58,8 +63,8 @@ pub struct GraphqlLimits {
 impl Default for GraphqlLimits {
     fn default() -> Self {
         Self {
-            max_depth: 12,
-            max_complexity: 20_000,
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_complexity: DEFAULT_MAX_COMPLEXITY,
         }
     }
 }

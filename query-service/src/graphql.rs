@@ -17,6 +17,7 @@ use async_graphql::{
     SimpleObject, ValidationResult,
 };
 use chrono::{DateTime, Utc};
+use flowline_event_log::ConsistencyToken;
 use flowline_event_store::{AsOf, WorkflowRepository};
 use flowline_graph::{AnyGraph, RunRef, model_of, tool_of};
 use uuid::Uuid;
@@ -265,18 +266,22 @@ fn tenant<'a>(ctx: &'a Context<'_>) -> async_graphql::Result<&'a str> {
     Ok(ctx.data::<Tenant>()?.0.as_str())
 }
 
+/// A `consistencyToken` argument, parsed.
+fn token_argument(token: Option<&str>) -> async_graphql::Result<Option<ConsistencyToken>> {
+    token
+        .map(token_from_argument)
+        .transpose()
+        .map_err(graphql_error)
+}
+
 /// Read-your-writes: with a command's `consistencyToken`, waits until the read model has
 /// passed it (the same bound and error as the `X-Consistency-Token` header).
-async fn reach(ctx: &Context<'_>, token: Option<&str>) -> async_graphql::Result<()> {
-    if let Some(token) = token {
-        let token = token_from_argument(token).map_err(graphql_error)?;
-        ctx.data::<WorkflowReads>()?
-            .gate()
-            .wait_for(&token)
-            .await
-            .map_err(graphql_error)?;
-    }
-    Ok(())
+async fn reach(ctx: &Context<'_>, token: Option<&ConsistencyToken>) -> async_graphql::Result<()> {
+    ctx.data::<WorkflowReads>()?
+        .gate()
+        .wait_for_any(token)
+        .await
+        .map_err(graphql_error)
 }
 
 #[Object(name = "Query")]
@@ -292,11 +297,7 @@ impl QueryRoot {
         consistency_token: Option<String>,
     ) -> async_graphql::Result<Option<Workflow>> {
         let tenant = tenant(ctx)?;
-        let token = consistency_token
-            .as_deref()
-            .map(token_from_argument)
-            .transpose()
-            .map_err(graphql_error)?;
+        let token = token_argument(consistency_token.as_deref())?;
         match as_of {
             // The hot read: through the Redis cache, never older than the token.
             None => Ok(ctx
@@ -306,7 +307,7 @@ impl QueryRoot {
                 .map_err(graphql_error)?
                 .map(|view| Workflow::current(Arc::new(view)))),
             Some(time) => {
-                reach(ctx, consistency_token.as_deref()).await?;
+                reach(ctx, token.as_ref()).await?;
                 workflow_as_of(ctx, tenant, id, time).await
             }
         }
@@ -325,7 +326,7 @@ impl QueryRoot {
         consistency_token: Option<String>,
     ) -> async_graphql::Result<WorkflowConnection> {
         let tenant = tenant(ctx)?;
-        reach(ctx, consistency_token.as_deref()).await?;
+        reach(ctx, token_argument(consistency_token.as_deref())?.as_ref()).await?;
         let sort: Sort = sort.map(Sort::from).unwrap_or_default();
         let filter = ListFilter {
             sort,
@@ -347,7 +348,7 @@ impl QueryRoot {
                 ..Workflow::current(view)
             })
             .collect();
-        let edges = nodes
+        let edges: Vec<WorkflowEdge> = nodes
             .iter()
             .map(|node| WorkflowEdge {
                 cursor: ReadModel::cursor_after(&node.view, sort),
@@ -357,9 +358,7 @@ impl QueryRoot {
         Ok(WorkflowConnection {
             page_info: PageInfo {
                 has_next_page: page.next_cursor.is_some(),
-                end_cursor: nodes
-                    .last()
-                    .map(|node| ReadModel::cursor_after(&node.view, sort)),
+                end_cursor: edges.last().map(|edge| edge.cursor.clone()),
             },
             edges,
             nodes,
@@ -374,7 +373,7 @@ impl QueryRoot {
         consistency_token: Option<String>,
     ) -> async_graphql::Result<WorkflowCounts> {
         let tenant = tenant(ctx)?;
-        reach(ctx, consistency_token.as_deref()).await?;
+        reach(ctx, token_argument(consistency_token.as_deref())?.as_ref()).await?;
         let counts = ctx
             .data::<ReadModel>()?
             .counts(tenant, &filter.unwrap_or_default().into_list_filter())

@@ -467,14 +467,7 @@ impl ReadModel {
 
     /// One workflow with its steps.
     pub async fn workflow(&self, tenant: &str, id: Uuid) -> Result<Option<WorkflowView>> {
-        let row: Option<WorkflowRow> =
-            sqlx::query_as("SELECT * FROM workflows WHERE tenant = $1 AND id = $2")
-                .bind(tenant)
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(self.with_steps(vec![row]).await?.pop())
+        Ok(self.workflows(tenant, &[id]).await?.pop())
     }
 
     /// A page of workflows matching `filter`, in its sort order (newest first by default),
@@ -526,6 +519,9 @@ impl ReadModel {
     }
 
     async fn with_steps(&self, rows: Vec<WorkflowRow>) -> Result<Vec<WorkflowView>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let steps: Vec<StepRow> = sqlx::query_as(
             "SELECT workflow_id, step_id, kind, status, depends_on, config FROM workflow_steps \
@@ -592,23 +588,15 @@ impl ReadModel {
 
     /// The stream's events in version order; `None` when the workflow is unknown.
     pub async fn events(&self, tenant: &str, id: Uuid) -> Result<Option<Vec<EventView>>> {
-        if self.workflow_exists(tenant, id).await? {
-            let events = sqlx::query_as::<_, EventRow>(
-                "SELECT workflow_id, version, event_id, event_type, occurred_at, correlation_id, \
-                 causation_id, data FROM workflow_events WHERE tenant = $1 AND workflow_id = $2 \
-                 ORDER BY version",
-            )
-            .bind(tenant)
-            .bind(id)
-            .fetch_all(&self.pool)
-            .await?
-            .into_iter()
-            .map(EventView::from)
-            .collect();
-            Ok(Some(events))
-        } else {
-            Ok(None)
+        if !self.workflow_exists(tenant, id).await? {
+            return Ok(None);
         }
+        Ok(Some(
+            self.events_of(tenant, &[id])
+                .await?
+                .remove(&id)
+                .unwrap_or_default(),
+        ))
     }
 
     async fn workflow_exists(&self, tenant: &str, id: Uuid) -> Result<bool> {
