@@ -111,7 +111,11 @@ impl TestSystem {
         Self {
             database_url,
             kafka,
-            http: reqwest::Client::new(),
+            // A hung request fails its test in a minute instead of at nextest's limit.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("HTTP client"),
             pool,
         }
     }
@@ -366,17 +370,28 @@ impl ServiceProcess {
 
     /// Starts it again (after a kill) and waits until it answers.
     pub async fn restart(&mut self) {
-        self.child = Some(self.command.spawn().expect("service process starts"));
+        let mut child = self.command.spawn().expect("service process starts");
         let http = reqwest::Client::new();
         let health = format!("{}/health", self.url);
-        let up = eventually(Duration::from_secs(30), || async {
-            http.get(&health)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
+        // A child that exited (its port taken meanwhile, say) must not pass for healthy
+        // because something else answers on that port.
+        let up = eventually(Duration::from_secs(30), || {
+            let exited = child.try_wait().ok().flatten();
+            let http = &http;
+            let health = &health;
+            async move {
+                if let Some(status) = exited {
+                    panic!("service process exited before it was healthy: {status}");
+                }
+                http.get(health)
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
         })
         .await;
+        self.child = Some(child);
         assert!(up.is_some(), "{} did not become healthy", self.url);
     }
 
@@ -656,6 +671,8 @@ where
         if Instant::now() > deadline {
             return None;
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Often enough to see a change soon, seldom enough that a hundred tests polling
+        // at once do not load the machine they are waiting on.
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

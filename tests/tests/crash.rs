@@ -83,7 +83,7 @@ impl Load {
 }
 
 async fn wait_for_acks(load: &Load, at_least: usize) {
-    let reached = eventually(Duration::from_secs(30), || async {
+    let reached = eventually(Duration::from_secs(90), || async {
         (load.acknowledged_count().await >= at_least).then_some(())
     })
     .await;

@@ -126,7 +126,9 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
     })
     .await
     .expect("the rebuild caught up and swapped in");
-    assert!(swapped["progress"]["applied"].as_u64().unwrap() >= 170);
+    // The 20 written meanwhile may land before or after the swap (a rebuild read from the
+    // event store can be that quick); the counts below show none was lost either way.
+    assert!(swapped["progress"]["applied"].as_u64().unwrap() >= 150);
 
     // After the swap the live projection goes on, into the new tables.
     submit_many(&system, &commands.url, 10).await;
@@ -136,11 +138,15 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
     system
         .wait_for_count("SELECT count(*) FROM workflow_events", 180)
         .await;
+    let enough_reads = eventually(Duration::from_secs(30), || async {
+        (reads.load(Ordering::Relaxed) > 20).then_some(())
+    })
+    .await;
     reading.store(false, Ordering::Relaxed);
+    assert!(enough_reads.is_some(), "readers ran throughout");
     for reader in readers {
         reader.await.unwrap();
     }
-    assert!(reads.load(Ordering::Relaxed) > 20, "readers ran throughout");
     assert_eq!(
         failures.load(Ordering::Relaxed),
         0,
