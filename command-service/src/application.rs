@@ -29,6 +29,7 @@ pub(crate) struct AppState {
 pub struct Application {
     server: HttpServer,
     background: CancellationToken,
+    relay: tokio::task::JoinHandle<()>,
 }
 
 impl Application {
@@ -48,7 +49,7 @@ impl Application {
         );
         let store = EventStore::with_waker(pool.clone(), relay.waker());
         let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
-        tokio::spawn(relay.run(background.clone()));
+        let relay = tokio::spawn(relay.run(background.clone()));
 
         let handler = CommandHandler::new(repository, publications, config.publish_timeout());
         let answers = AnswerCache::connect(
@@ -70,7 +71,11 @@ impl Application {
             .layer(TraceLayer::new_for_http())
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;
-        Ok(Self { server, background })
+        Ok(Self {
+            server,
+            background,
+            relay,
+        })
     }
 
     /// The bound port.
@@ -78,7 +83,8 @@ impl Application {
         self.server.port()
     }
 
-    /// Serves until `shutdown` resolves, then stops the relay.
+    /// Serves until `shutdown` resolves, then stops the relay and waits until it has: a
+    /// stopped service publishes nothing more.
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -86,6 +92,9 @@ impl Application {
         let _stop_on_drop = self.background.clone().drop_guard();
         let served = self.server.serve_until(shutdown).await;
         self.background.cancel();
+        if let Err(error) = self.relay.await {
+            tracing::warn!(%error, "outbox relay ended abnormally");
+        }
         served
     }
 }

@@ -99,7 +99,8 @@ pub struct CommandHandler {
     publish_timeout: Duration,
 }
 
-/// How long a command without `If-Match` keeps retrying when other writers win the race.
+/// How long a command without `If-Match` keeps retrying once other writers (other
+/// instances) started winning the race.
 const CONTENTION_BUDGET: Duration = Duration::from_secs(10);
 
 impl CommandHandler {
@@ -133,7 +134,9 @@ impl CommandHandler {
         {
             return self.replay(context, existing).await;
         }
-        let started = Instant::now();
+        // Counted from the first lost race: waiting for this instance's own turn on the
+        // stream is queueing, not contention.
+        let mut first_conflict: Option<Instant> = None;
         let mut attempt = 0u32;
         let (workflow_id, mut known_new) = match stream {
             Stream::New(id) => (id, true),
@@ -203,7 +206,8 @@ impl CommandHandler {
                             .await?;
                         return Err(Error::VersionMismatch { expected, current });
                     }
-                    if started.elapsed() > CONTENTION_BUDGET {
+                    if first_conflict.get_or_insert_with(Instant::now).elapsed() > CONTENTION_BUDGET
+                    {
                         return Err(Error::Contention(workflow_id));
                     }
                     attempt += 1;

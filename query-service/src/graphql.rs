@@ -484,19 +484,13 @@ async fn workflow_as_of(
         return Err(graphql_error(Error::NotYetExisting(time.to_rfc3339())));
     }
     // The aggregate has no timestamps; they are those of its first and its last event.
-    let events = ctx
-        .data::<DataLoader<EventsLoader>>()?
-        .load_one((tenant.to_owned(), id))
-        .await
-        .map_err(graphql_error)?
-        .unwrap_or_default();
     let version = past.workflow.version as i64;
-    let at = |v: i64| {
-        events
-            .iter()
-            .find(|event| event.version == v)
-            .map_or(time, |event| event.occurred_at)
-    };
+    let times = ctx
+        .data::<ReadModel>()?
+        .occurred_at(tenant, id, &[1, version])
+        .await
+        .map_err(graphql_error)?;
+    let at = |v: i64| times.get(&v).copied().unwrap_or(time);
     let state = past.workflow.state;
     let view = WorkflowView {
         id,

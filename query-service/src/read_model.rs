@@ -755,6 +755,26 @@ impl ReadModel {
         Ok(by_workflow)
     }
 
+    /// When the events of `versions` of one workflow happened (versions the read model
+    /// does not hold yet are absent).
+    pub async fn occurred_at(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        versions: &[i64],
+    ) -> Result<HashMap<i64, DateTime<Utc>>> {
+        let rows: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT version, occurred_at FROM workflow_events \
+             WHERE tenant = $1 AND workflow_id = $2 AND version = ANY($3)",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(versions)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
     /// How many workflows of `tenant` match `filter` (its page and sort are ignored), per
     /// status.
     pub async fn counts(&self, tenant: &str, filter: &ListFilter) -> Result<StatusCounts> {

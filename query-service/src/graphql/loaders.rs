@@ -30,6 +30,26 @@ fn by_tenant(keys: &[WorkflowKey]) -> HashMap<&str, Vec<Uuid>> {
     grouped
 }
 
+/// Asks the graph port once per key, all keys at once, and keys each answer by its question.
+async fn one_graph_call_per_key<'k, K, V, F, Fut>(
+    keys: &'k [K],
+    ask: F,
+) -> Result<HashMap<K, Arc<[V]>>, SharedError>
+where
+    K: Clone + Eq + std::hash::Hash,
+    F: Fn(&'k K) -> Fut,
+    Fut: Future<Output = flowline_graph::Result<Vec<V>>>,
+{
+    let answers = try_join_all(keys.iter().map(ask))
+        .await
+        .map_err(|e| Arc::new(Error::Graph(e.to_string())))?;
+    Ok(keys
+        .iter()
+        .cloned()
+        .zip(answers.into_iter().map(Arc::from))
+        .collect())
+}
+
 /// Workflows with their steps: one statement for the workflows and one for their steps.
 pub struct WorkflowLoader(pub ReadModel);
 
@@ -95,19 +115,13 @@ impl Loader<(String, Used, String)> for UsageRunsLoader {
         &self,
         keys: &[(String, Used, String)],
     ) -> Result<HashMap<(String, Used, String), Arc<[RunRef]>>, SharedError> {
-        let answers = try_join_all(keys.iter().map(|(tenant, used, name)| async move {
+        one_graph_call_per_key(keys, |(tenant, used, name)| async move {
             match used {
                 Used::Tool => self.0.runs_using_tool(tenant, name).await,
                 Used::Model => self.0.runs_using_model(tenant, name).await,
             }
-        }))
+        })
         .await
-        .map_err(|e| Arc::new(Error::Graph(e.to_string())))?;
-        Ok(keys
-            .iter()
-            .cloned()
-            .zip(answers.into_iter().map(Arc::from))
-            .collect())
     }
 }
 
@@ -126,20 +140,14 @@ impl Loader<WalkKey> for WalkLoader {
         &self,
         keys: &[WalkKey],
     ) -> Result<HashMap<WalkKey, Arc<[StepRef]>>, SharedError> {
-        let answers = try_join_all(keys.iter().map(|(run, step, depth, upstream)| {
+        one_graph_call_per_key(keys, |(run, step, depth, upstream)| {
             let direction = if *upstream {
                 Direction::Upstream
             } else {
                 Direction::Downstream
             };
             self.0.walk(*run, step, *depth, direction)
-        }))
+        })
         .await
-        .map_err(|e| Arc::new(Error::Graph(e.to_string())))?;
-        Ok(keys
-            .iter()
-            .cloned()
-            .zip(answers.into_iter().map(Arc::from))
-            .collect())
     }
 }
