@@ -162,9 +162,32 @@ enum Isolation {
 fn is_record_failure(error: &ApplyError) -> bool {
     match error {
         ApplyError::OutOfOrder { .. } => true,
-        ApplyError::Database(sqlx::Error::Database(_)) => true,
+        ApplyError::Database(sqlx::Error::Database(refused)) => {
+            !refused.code().is_some_and(|code| is_transient(&code))
+        }
         ApplyError::Database(_) | ApplyError::External(_) => false,
     }
+}
+
+/// SQLSTATEs that say nothing about the record: the same statement may succeed when tried
+/// again (connection lost, deadlock or serialization failure, server short of resources or
+/// shutting down, statement cancelled, lock not available), or it fails for every record
+/// alike (a table or column missing, a privilege revoked: a deployment to fix, while the
+/// lag shows the projection stalled). Dead-lettering on them would set aside good records,
+/// and every later event of their streams after them.
+fn is_transient(sqlstate: &str) -> bool {
+    const TRANSIENT_CLASSES: [&str; 7] = [
+        "08", // connection exception
+        "40", // transaction rollback: serialization failure, deadlock
+        "42", // syntax error or access rule violation: the schema, not the record
+        "53", // insufficient resources
+        "55", // object not in prerequisite state: lock not available
+        "57", // operator intervention: cancelled, shutting down
+        "58", // system error
+    ];
+    TRANSIENT_CLASSES
+        .iter()
+        .any(|class| sqlstate.starts_with(class))
 }
 
 impl<P: Projection> Runner<P> {
@@ -502,5 +525,22 @@ enum BatchError {
 impl BatchError {
     fn other(error: impl Into<Error>) -> Self {
         Self::Other(error.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_transient;
+
+    #[test]
+    fn infrastructure_failures_are_retried_and_refused_records_dead_lettered() {
+        for retried in [
+            "40001", "40P01", "57014", "57P01", "08006", "53300", "55P03", "42P01",
+        ] {
+            assert!(is_transient(retried), "{retried}");
+        }
+        for refused in ["23514", "23505", "23502", "22P02", "22001"] {
+            assert!(!is_transient(refused), "{refused}");
+        }
     }
 }

@@ -429,9 +429,15 @@ impl TestSystem {
 
     /// Projectors as their own process.
     pub async fn projector_process(&self) -> ServiceProcess {
+        self.projector_process_with(Vec::new()).await
+    }
+
+    /// Projectors as their own process, with `overrides` of its environment.
+    pub async fn projector_process_with(&self, overrides: Vec<(String, String)>) -> ServiceProcess {
         let port = free_port();
         let mut env = self.process_env();
         env.push(("PROJECTOR_ADMIN_ADDR".into(), format!("127.0.0.1:{port}")));
+        env.extend(overrides);
         ServiceProcess::start("projectors", port, env).await
     }
 

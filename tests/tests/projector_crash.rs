@@ -70,11 +70,31 @@ async fn load(system: &TestSystem, url: &str, count: usize, clients: usize) {
 async fn projectors_killed_mid_batch_end_equal_to_a_fresh_rebuild() {
     let system = TestSystem::new(3).await;
     let commands = system.command_service().await;
-    let mut projector = system.projector_process().await;
+    // Named connections, so the killer can see the projector's transactions.
+    let database_url = format!(
+        "{}?application_name=projector-under-test",
+        system.database_url
+    );
+    let mut projector = system
+        .projector_process_with(vec![("DATABASE_URL".into(), database_url)])
+        .await;
     let loaded = load(&system, &commands.url, 600, 8);
     let killer = async {
         for _ in 0..5 {
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Aim for a batch in flight: a transaction of the projector is open. Batches
+            // take milliseconds, so this is a best effort; the kill comes either way.
+            let _ = eventually(Duration::from_secs(2), || async {
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = 'projector-under-test' AND xact_start IS NOT NULL",
+                )
+                .fetch_one(&system.pool)
+                .await
+                .unwrap();
+                (open > 0).then_some(())
+            })
+            .await;
             projector.kill();
             tokio::time::sleep(Duration::from_millis(100)).await;
             projector.restart().await;
@@ -88,10 +108,15 @@ async fn projectors_killed_mid_batch_end_equal_to_a_fresh_rebuild() {
     wait_for_events(&fresh_pool, 1_200).await;
     let survived = read_model(&system.pool).await;
     let rebuilt = read_model(&fresh_pool).await;
-    for (table, (a, b)) in ["workflows", "workflow_steps", "workflow_events"]
-        .iter()
-        .zip(survived.iter().zip(&rebuilt))
-    {
+    let tables = [
+        "workflows",
+        "workflow_steps",
+        "workflow_events",
+        "graph_nodes",
+        "graph_edges",
+    ];
+    assert_eq!(survived.len(), tables.len());
+    for (table, (a, b)) in tables.iter().zip(survived.iter().zip(&rebuilt)) {
         assert!(a == b, "{table} differs from a fresh rebuild");
     }
     assert_eq!(survived[0].as_array().unwrap().len(), 600);
@@ -105,6 +130,21 @@ async fn two_projector_processes_share_partitions_and_survive_each_other() {
     let _second = system.projector_process().await;
     load(&system, &commands.url, 200, 4).await;
     wait_for_events(&system.pool, 400).await;
+    let shared = eventually(Duration::from_secs(30), || async {
+        let members: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT member) FROM projection_leases \
+             WHERE projection = 'workflow_read_model.v1' AND expires_at > now()",
+        )
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+        (members == 2).then_some(())
+    })
+    .await;
+    assert!(
+        shared.is_some(),
+        "both processes hold partitions before the kill"
+    );
     first.kill();
     load(&system, &commands.url, 200, 4).await;
     wait_for_events(&system.pool, 800).await;
@@ -121,4 +161,75 @@ async fn two_projector_processes_share_partitions_and_survive_each_other() {
     .await
     .unwrap();
     assert_eq!(duplicates, 0);
+    // Every record applied exactly once, none set aside: the checkpoints of both
+    // projections stand at the head of the log, and no dead letter was needed.
+    let on_log = system.records_on_log().await;
+    for projection in ["workflow_read_model.v1", "workflow_graph.v1"] {
+        let checkpointed = || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_checkpoints \
+                 WHERE projection = $1",
+            )
+            .bind(projection)
+            .fetch_one(&system.pool)
+            .await
+            .unwrap()
+        };
+        let at_head = eventually(Duration::from_secs(30), || async {
+            (checkpointed().await == on_log).then_some(())
+        })
+        .await;
+        assert!(
+            at_head.is_some(),
+            "{projection} checkpoints at {} of {on_log} records",
+            checkpointed().await
+        );
+    }
+    assert_eq!(system.count("SELECT count(*) FROM dead_letters").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_that_are_not_the_records_are_retried_not_dead_lettered() {
+    let system = TestSystem::new(3).await;
+    let commands = system.command_service().await;
+    let database_url = format!("{}?application_name=projector-cut-off", system.database_url);
+    let _projector = system
+        .projector_process_with(vec![("DATABASE_URL".into(), database_url)])
+        .await;
+    let loaded = load(&system, &commands.url, 200, 4);
+    // PostgreSQL ends the projector's sessions (as a failover, an operator or a restart
+    // would): whatever batch was in flight fails, through no fault of its records.
+    let cutter = async {
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE application_name = 'projector-cut-off'",
+            )
+            .execute(&system.pool)
+            .await
+            .unwrap();
+        }
+    };
+    tokio::join!(loaded, cutter);
+    wait_for_events(&system.pool, 400).await;
+    assert_eq!(system.count("SELECT count(*) FROM dead_letters").await, 0);
+
+    // A table away for a while (a botched migration): every record would fail alike, so
+    // none is the record's fault. The projection waits, then applies them all.
+    sqlx::query("ALTER TABLE workflow_steps RENAME TO workflow_steps_away")
+        .execute(&system.pool)
+        .await
+        .unwrap();
+    load(&system, &commands.url, 10, 2).await;
+    // Long enough for several failed tries of each batch.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(system.count("SELECT count(*) FROM workflows").await, 200);
+    sqlx::query("ALTER TABLE workflow_steps_away RENAME TO workflow_steps")
+        .execute(&system.pool)
+        .await
+        .unwrap();
+    wait_for_events(&system.pool, 420).await;
+    assert_eq!(system.count("SELECT count(*) FROM dead_letters").await, 0);
+    assert_eq!(system.count("SELECT count(*) FROM workflows").await, 210);
 }
