@@ -8,6 +8,11 @@ use uuid::Uuid;
 /// The `LISTEN`/`NOTIFY` channel of the feed.
 pub const CHANNEL: &str = "workflow_changes";
 
+/// The channel a rebuild announces its swap on (the payload is the projection's name): the
+/// tables readers read were replaced as a whole, so anything read or cached before may
+/// differ from them now.
+pub const TABLES_REPLACED_CHANNEL: &str = "workflow_tables_replaced";
+
 /// One workflow whose projected version advanced in a committed batch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkflowChange {

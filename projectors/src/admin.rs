@@ -242,6 +242,9 @@ pub async fn start_rebuild(
             ),
         )
     })?;
+    if let Some(refusal) = rebuild::refusal(projection, &state.graph) {
+        return Err(invalid("projection", refusal));
+    }
     let at = match &request.from {
         None => StartAt::Beginning,
         Some(text) => StartAt::Time(

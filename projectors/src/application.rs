@@ -26,6 +26,7 @@ pub(crate) struct AdminState {
     pub(crate) admin_token: Option<String>,
     pub(crate) projections: Projections,
     pub(crate) rebuilds: Rebuilds,
+    pub(crate) graph: flowline_graph::GraphSettings,
 }
 
 /// Runs rebuilds inside the service (started over the admin endpoint, or resumed at start).
@@ -155,6 +156,7 @@ impl Application {
                 admin_token: config.admin_token.clone(),
                 projections,
                 rebuilds: rebuilds.clone(),
+                graph: config.graph.clone(),
             });
         let server = HttpServer::bind(config.admin_listen, router).await?;
         Ok(Self {

@@ -33,6 +33,8 @@ pub async fn dead_letters(config: &Config, action: &DlqAction) -> Result<bool> {
                     letter.reason,
                     if letter.redriven_at.is_some() {
                         " (re-driven)"
+                    } else if letter.superseded_at.is_some() {
+                        " (superseded by a rebuild)"
                     } else {
                         ""
                     }
@@ -101,10 +103,8 @@ pub async fn rebuild(config: &Config, projection: &str, from: Option<&str>) -> R
             }
         },
     };
-    if config.graph.dgraph_url.is_some() && projection == crate::workflow_graph::NAME {
-        eprintln!(
-            "error: projection: the graph view lives in Dgraph (DGRAPH_URL); shadow rebuilds are PostgreSQL only"
-        );
+    if let Some(refusal) = rebuild::refusal(projection, &config.graph) {
+        eprintln!("error: projection: {refusal}");
         return Ok(false);
     }
     let pool = config.database.prepare().await?;

@@ -43,6 +43,9 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
     /// When a re-drive applied it, if one did.
     pub redriven_at: Option<DateTime<Utc>>,
+    /// When a rebuild replaced the tables it was missing from (the rebuild keeps its own
+    /// dead letters for whatever failed again); a superseded letter is no longer pending.
+    pub superseded_at: Option<DateTime<Utc>>,
 }
 
 fn as_base64<S: serde::Serializer>(
@@ -67,7 +70,7 @@ pub async fn record(
     sqlx::query(
         "INSERT INTO dead_letters (projection, topic, partition, log_offset, record_key, payload, \
          headers, reason, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-         ON CONFLICT (projection, topic, partition, log_offset) \
+         ON CONFLICT (projection, topic, partition, log_offset) WHERE superseded_at IS NULL \
          DO UPDATE SET reason = excluded.reason, attempts = dead_letters.attempts + excluded.attempts, \
                        failed_at = now(), redriven_at = NULL",
     )
@@ -85,8 +88,8 @@ pub async fn record(
     Ok(())
 }
 
-/// Dead letters of `projection` (all projections when `None`), oldest first; re-driven ones
-/// only when `include_redriven`.
+/// Dead letters of `projection` (all projections when `None`), oldest first; re-driven and
+/// superseded ones only when `include_redriven`.
 pub async fn list(
     pool: &PgPool,
     projection: Option<&str>,
@@ -94,7 +97,7 @@ pub async fn list(
 ) -> sqlx::Result<Vec<DeadLetter>> {
     sqlx::query_as(
         "SELECT * FROM dead_letters WHERE ($1::text IS NULL OR projection = $1) \
-         AND ($2 OR redriven_at IS NULL) ORDER BY id",
+         AND ($2 OR (redriven_at IS NULL AND superseded_at IS NULL)) ORDER BY id",
     )
     .bind(projection)
     .bind(include_redriven)
@@ -137,7 +140,8 @@ pub enum Redrive {
 pub async fn redrive<P: Projection>(pool: &PgPool, projection: &P, id: i64) -> Result<Redrive> {
     let mut transaction = pool.begin().await?;
     let letter: Option<DeadLetter> = sqlx::query_as(
-        "SELECT * FROM dead_letters WHERE id = $1 AND projection = $2 AND redriven_at IS NULL FOR UPDATE",
+        "SELECT * FROM dead_letters WHERE id = $1 AND projection = $2 AND redriven_at IS NULL \
+         AND superseded_at IS NULL FOR UPDATE",
     )
     .bind(id)
     .bind(projection.name())
@@ -202,4 +206,27 @@ pub async fn redrive_all<P: Projection>(pool: &PgPool, projection: &P) -> Result
         outcomes.push(redrive(pool, projection, letter.id).await?);
     }
     Ok(outcomes)
+}
+
+/// At a rebuild's swap, in its transaction: the letters of the replaced tables are
+/// superseded, and the rebuild's own letters (kept under its checkpoint name while it ran)
+/// become the live projection's, so they can be re-driven into the tables now live.
+pub async fn hand_over(
+    transaction: &mut Transaction<'_, Postgres>,
+    projection: &str,
+    rebuild: &str,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE dead_letters SET superseded_at = now() \
+         WHERE projection = $1 AND superseded_at IS NULL",
+    )
+    .bind(projection)
+    .execute(&mut **transaction)
+    .await?;
+    sqlx::query("UPDATE dead_letters SET projection = $1 WHERE projection = $2")
+        .bind(projection)
+        .bind(rebuild)
+        .execute(&mut **transaction)
+        .await?;
+    Ok(())
 }

@@ -26,6 +26,7 @@ use uuid::Uuid;
 
 use crate::checkpoint;
 use crate::config::HistorySource;
+use crate::dead_letter;
 use crate::projection::Projection;
 use crate::runner::{DecodedBatch, Runner, RunnerSettings};
 use crate::workflow_graph::{self, WorkflowGraph};
@@ -125,8 +126,16 @@ pub async fn running(pool: &PgPool) -> Result<Vec<RebuildRecord>> {
     .await?)
 }
 
-/// Starts a rebuild of `projection`, or returns the one already running (to resume it).
-/// The flag says whether an interrupted rebuild is resumed.
+/// Why `projection` cannot be rebuilt with this graph store, if it cannot: a rebuild builds
+/// shadow PostgreSQL tables and swaps them in, and a graph view kept in Dgraph has none.
+pub fn refusal(projection: &str, graph: &flowline_graph::GraphSettings) -> Option<String> {
+    (graph.dgraph_url.is_some() && projection == workflow_graph::NAME).then(|| {
+        "the graph view lives in Dgraph (DGRAPH_URL); shadow rebuilds are PostgreSQL only".into()
+    })
+}
+
+/// Starts a rebuild of `projection`, or returns the one not finished (running, interrupted
+/// or failed) to resume it. The flag says whether an earlier rebuild is resumed.
 pub async fn start(
     pool: &PgPool,
     kafka: &KafkaSettings,
@@ -136,7 +145,11 @@ pub async fn start(
     let tables = tables_of(projection)
         .ok_or_else(|| Error::Rebuild(format!("unknown projection '{projection}'")))?;
     let running: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM projection_rebuilds WHERE projection = $1 AND status = 'running'",
+        "UPDATE projection_rebuilds SET status = 'running', error = NULL \
+         WHERE id = (SELECT id FROM projection_rebuilds \
+                     WHERE projection = $1 AND status IN ('running', 'failed') \
+                     ORDER BY started_at DESC LIMIT 1) \
+         RETURNING id",
     )
     .bind(projection)
     .fetch_optional(pool)
@@ -309,7 +322,23 @@ pub fn run(
         }
     };
     if let Err(error) = &outcome {
-        warn!(id = %record.id, %error, "rebuild interrupted; it resumes when started again");
+        warn!(id = %record.id, %error, "rebuild stopped; it resumes when started again");
+        // Stopped by a shutdown it stays running (the next start of the service resumes
+        // it); stopped by an error it says so, instead of running in name only.
+        if !stop.is_cancelled() {
+            let marked = runtime.block_on(
+                sqlx::query(
+                    "UPDATE projection_rebuilds SET status = 'failed', error = $2 \
+                     WHERE id = $1 AND status = 'running'",
+                )
+                .bind(record.id)
+                .bind(error.to_string())
+                .execute(&settings.pool),
+            );
+            if let Err(error) = marked {
+                warn!(id = %record.id, %error, "rebuild's failure not recorded");
+            }
+        }
     }
     outcome?;
     runtime
@@ -708,6 +737,13 @@ async fn swap(settings: &RebuildSettings, record: &RebuildRecord, partitions: i3
     checkpoint::advance(&mut transaction, &record.projection, topic, &next).await?;
     sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
         .bind(record.checkpoint())
+        .execute(&mut *transaction)
+        .await?;
+    dead_letter::hand_over(&mut transaction, &record.projection, &record.checkpoint()).await?;
+    // Delivered at commit: readers drop what they cached from the replaced tables.
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(flowline_domain::change::TABLES_REPLACED_CHANNEL)
+        .bind(&record.projection)
         .execute(&mut *transaction)
         .await?;
     sqlx::query(

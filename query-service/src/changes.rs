@@ -11,6 +11,7 @@
 use std::time::Duration;
 
 use flowline_domain::WorkflowChange;
+use flowline_domain::change::{CHANNEL, TABLES_REPLACED_CHANNEL};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
@@ -98,7 +99,9 @@ async fn listen_until_failed(
     sender: &broadcast::Sender<Change>,
 ) -> Result<std::convert::Infallible, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
-    listener.listen(flowline_domain::change::CHANNEL).await?;
+    listener
+        .listen_all([CHANNEL, TABLES_REPLACED_CHANNEL])
+        .await?;
     let _ = sender.send(Change::Resync);
     loop {
         let Some(notification) = listener.try_recv().await? else {
@@ -107,6 +110,14 @@ async fn listen_until_failed(
             let _ = sender.send(Change::Resync);
             continue;
         };
+        if notification.channel() == TABLES_REPLACED_CHANNEL {
+            tracing::info!(
+                projection = notification.payload(),
+                "tables replaced; readers re-read"
+            );
+            let _ = sender.send(Change::Resync);
+            continue;
+        }
         match serde_json::from_str::<WorkflowChange>(notification.payload()) {
             Ok(change) => {
                 let _ = sender.send(Change::Workflow(change));

@@ -109,6 +109,7 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
         )
         .await;
     assert_eq!(started.status, 202, "{:?}", started.body);
+    let reads_at_start = reads.load(Ordering::Relaxed);
     let id = started.body["id"].as_str().unwrap().to_owned();
     // Writes keep flowing while it rebuilds.
     submit_many(&system, &commands.url, 20).await;
@@ -126,6 +127,10 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
     })
     .await
     .expect("the rebuild caught up and swapped in");
+    assert!(
+        reads.load(Ordering::Relaxed) > reads_at_start,
+        "readers read while it rebuilt"
+    );
     // The 20 written meanwhile may land before or after the swap (a rebuild read from the
     // event store can be that quick); the counts below show none was lost either way.
     assert!(swapped["progress"]["applied"].as_u64().unwrap() >= 150);
@@ -392,4 +397,72 @@ async fn a_rebuild_reads_history_from_the_event_store_and_the_rest_from_the_log(
         "the rebuilt read model equals the live one"
     );
     assert!(live.to_string().contains("foreign"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_rebuild_says_why_and_resumes_when_started_again() {
+    let system = TestSystem::new(2).await;
+    let commands = system.command_service().await;
+    let projectors = system.projectors().await;
+    submit_many(&system, &commands.url, 20).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 20)
+        .await;
+
+    // The history it reads is away for a while (a botched maintenance, say).
+    sqlx::query("ALTER TABLE event_store RENAME TO event_store_away")
+        .execute(&system.pool)
+        .await
+        .unwrap();
+    let admin = |path: &str| format!("{}{path}", projectors.url);
+    let start = || {
+        system.send(
+            system
+                .http
+                .post(admin("/admin/rebuilds"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&json!({"projection": "workflow_read_model"})),
+        )
+    };
+    let started = start().await;
+    assert_eq!(started.status, 202, "{:?}", started.body);
+    let id = started.body["id"].as_str().unwrap().to_owned();
+    let status_url = admin(&format!("/admin/rebuilds/{id}"));
+    let status = || async {
+        system
+            .send(system.http.get(&status_url).bearer_auth(ADMIN_TOKEN))
+            .await
+            .body
+    };
+    let failed = eventually(Duration::from_secs(60), || async {
+        let body = status().await;
+        (body["status"] == "failed").then_some(body)
+    })
+    .await
+    .expect("the rebuild reports that it failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("event_store"),
+        "{failed}"
+    );
+
+    // Back in place, the same rebuild resumes when started again, and swaps in.
+    sqlx::query("ALTER TABLE event_store_away RENAME TO event_store")
+        .execute(&system.pool)
+        .await
+        .unwrap();
+    let resumed = start().await;
+    assert_eq!(resumed.status, 202, "{:?}", resumed.body);
+    assert_eq!(resumed.body["id"], id.as_str());
+    let swapped = eventually(Duration::from_secs(60), || async {
+        let body = status().await;
+        (body["status"] == "swapped").then_some(body)
+    })
+    .await
+    .expect("the resumed rebuild swapped in");
+    assert_eq!(swapped["error"], serde_json::Value::Null);
+    assert_eq!(
+        system.count("SELECT count(*) FROM workflows").await,
+        20,
+        "the rebuilt read model holds every run"
+    );
 }
