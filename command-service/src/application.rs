@@ -25,6 +25,9 @@ pub(crate) struct AppState {
     pub(crate) answers: AnswerCache,
 }
 
+/// How long a stopping service waits for its relay to finish what it is publishing.
+const RELAY_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A built, bound command service.
 pub struct Application {
     server: HttpServer,
@@ -92,8 +95,12 @@ impl Application {
         let _stop_on_drop = self.background.clone().drop_guard();
         let served = self.server.serve_until(shutdown).await;
         self.background.cancel();
-        if let Err(error) = self.relay.await {
-            tracing::warn!(%error, "outbox relay ended abnormally");
+        // Bounded: a relay stuck on an unreachable broker would hold shutdown up for its
+        // producer's whole delivery timeout. What it did not publish, the next leader does.
+        match tokio::time::timeout(RELAY_STOP_WAIT, self.relay).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "outbox relay ended abnormally"),
+            Err(_) => tracing::warn!("outbox relay still busy at shutdown; leaving it"),
         }
         served
     }

@@ -103,6 +103,10 @@ pub struct CommandHandler {
 /// instances) started winning the race.
 const CONTENTION_BUDGET: Duration = Duration::from_secs(10);
 
+/// How long a command waits for its turn on a busy stream behind this instance's other
+/// commands on it, in all.
+const QUEUE_BUDGET: Duration = Duration::from_secs(30);
+
 impl CommandHandler {
     /// A handler on `store`, answering once `publications` confirms the log has the event.
     pub fn new(
@@ -135,8 +139,9 @@ impl CommandHandler {
             return self.replay(context, existing).await;
         }
         // Counted from the first lost race: waiting for this instance's own turn on the
-        // stream is queueing, not contention.
+        // stream is queueing, not contention. Queueing has its own, wider bound.
         let mut first_conflict: Option<Instant> = None;
+        let deadline = tokio::time::Instant::now() + QUEUE_BUDGET;
         let mut attempt = 0u32;
         let (workflow_id, mut known_new) = match stream {
             Stream::New(id) => (id, true),
@@ -145,7 +150,9 @@ impl CommandHandler {
         loop {
             // Writers of this instance take turns per stream instead of racing each other
             // into version conflicts; the store still arbitrates between instances.
-            let turn = self.turns.take(workflow_id).await;
+            let turn = tokio::time::timeout_at(deadline, self.turns.take(workflow_id))
+                .await
+                .map_err(|_| Error::Contention(workflow_id))?;
             let mut current = if std::mem::take(&mut known_new) {
                 Versioned::<Workflow>::default()
             } else {

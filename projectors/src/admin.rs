@@ -210,11 +210,12 @@ pub struct RebuildRequest {
 /// `GET /admin/rebuilds/{id}`.
 #[utoipa::path(post, path = "/admin/rebuilds", tag = "admin", request_body = RebuildRequest,
     security(("admin_token" = [])), responses(
-    (status = 202, description = "Started (or resumed)", body = RebuildRecord),
+    (status = 202, description = "Started, or resumed (a rebuild from the same point that was interrupted or failed)", body = RebuildRecord),
     (status = 400, description = "Malformed JSON", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
-    (status = 422, description = "Unknown projection or invalid `from` (`errors` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 409, description = "A rebuild of the projection from another point is still running", body = ProblemDetails, content_type = PROBLEM_JSON),
+    (status = 422, description = "Unknown projection, invalid `from`, or a graph kept in Dgraph (`errors` names the field)", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 pub async fn start_rebuild(
     State(state): State<AdminState>,
@@ -257,6 +258,12 @@ pub async fn start_rebuild(
         .await
         .map_err(|e| match e {
             crate::Error::Rebuild(message) => invalid("from", message),
+            crate::Error::RebuildBusy(message) => Problem::new(
+                StatusCode::CONFLICT,
+                "rebuild-running",
+                "A rebuild is running",
+                message,
+            ),
             other => Problem::internal(&other),
         })?;
     state.rebuilds.launch(record.clone());

@@ -110,7 +110,7 @@ pub async fn rebuild(config: &Config, projection: &str, from: Option<&str>) -> R
     let pool = config.database.prepare().await?;
     let (record, resumed) = match rebuild::start(&pool, &config.kafka, projection, at).await {
         Ok(started) => started,
-        Err(Error::Rebuild(message)) => {
+        Err(Error::Rebuild(message) | Error::RebuildBusy(message)) => {
             eprintln!("error: {message}");
             return Ok(false);
         }

@@ -12,6 +12,9 @@ pub enum Error {
     /// A rebuild could not start or go on.
     #[error("rebuild: {0}")]
     Rebuild(String),
+    /// Another rebuild of the projection, from another point, is still running.
+    #[error("rebuild: {0}")]
+    RebuildBusy(String),
     /// The graph store could not be prepared.
     #[error("graph store: {0}")]
     Graph(String),

@@ -75,7 +75,8 @@ pub struct RebuildRecord {
     pub id: Uuid,
     /// The projection rebuilt.
     pub projection: String,
-    /// `running`, `swapped` or `failed`.
+    /// `running`, `swapped`, `failed` (resumed when started again from the same point) or
+    /// `abandoned` (a failed one replaced by a rebuild from another point).
     pub status: String,
     /// Where it started, when not from the beginning.
     pub from_time: Option<DateTime<Utc>>,
@@ -126,6 +127,37 @@ pub async fn running(pool: &PgPool) -> Result<Vec<RebuildRecord>> {
     .await?)
 }
 
+/// Gives up a failed rebuild: its tables, checkpoints and pending dead letters go.
+async fn abandon(pool: &PgPool, id: Uuid) -> Result<()> {
+    let record = find(pool, id)
+        .await?
+        .ok_or_else(|| Error::Rebuild("rebuild vanished".into()))?;
+    let mut transaction = pool.begin().await?;
+    sqlx::query("UPDATE projection_rebuilds SET status = 'abandoned' WHERE id = $1")
+        .bind(id)
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        record.shadow_schema()
+    )))
+    .execute(&mut *transaction)
+    .await?;
+    sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
+        .bind(record.checkpoint())
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query(
+        "UPDATE dead_letters SET superseded_at = now() \
+         WHERE projection = $1 AND superseded_at IS NULL",
+    )
+    .bind(record.checkpoint())
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
 /// Why `projection` cannot be rebuilt with this graph store, if it cannot: a rebuild builds
 /// shadow PostgreSQL tables and swaps them in, and a graph view kept in Dgraph has none.
 pub fn refusal(projection: &str, graph: &flowline_graph::GraphSettings) -> Option<String> {
@@ -144,21 +176,42 @@ pub async fn start(
 ) -> Result<(RebuildRecord, bool)> {
     let tables = tables_of(projection)
         .ok_or_else(|| Error::Rebuild(format!("unknown projection '{projection}'")))?;
-    let running: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE projection_rebuilds SET status = 'running', error = NULL \
-         WHERE id = (SELECT id FROM projection_rebuilds \
-                     WHERE projection = $1 AND status IN ('running', 'failed') \
-                     ORDER BY started_at DESC LIMIT 1) \
-         RETURNING id",
+    let requested_from = match at {
+        StartAt::Time(time) => Some(time),
+        StartAt::Beginning => None,
+    };
+    let unfinished: Option<(Uuid, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT id, status, from_time FROM projection_rebuilds \
+         WHERE projection = $1 AND status IN ('running', 'failed') \
+         ORDER BY started_at DESC LIMIT 1",
     )
     .bind(projection)
     .fetch_optional(pool)
     .await?;
-    if let Some(id) = running {
-        let record = find(pool, id)
-            .await?
-            .ok_or_else(|| Error::Rebuild("rebuild vanished".into()))?;
-        return Ok((record, true));
+    if let Some((id, status, from)) = unfinished {
+        // The stored time has microseconds; compare what both can say.
+        let micros = |time: Option<DateTime<Utc>>| time.map(|t| t.timestamp_micros());
+        if micros(from) == micros(requested_from) {
+            sqlx::query(
+                "UPDATE projection_rebuilds SET status = 'running', error = NULL WHERE id = $1",
+            )
+            .bind(id)
+            .execute(pool)
+            .await?;
+            let record = find(pool, id)
+                .await?
+                .ok_or_else(|| Error::Rebuild("rebuild vanished".into()))?;
+            return Ok((record, true));
+        }
+        if status == "running" {
+            let since = from.map_or("the beginning".to_owned(), |t| t.to_rfc3339());
+            return Err(Error::RebuildBusy(format!(
+                "rebuild {id} of {projection} from {since} is still running; \
+                 start one from another point once it has finished or failed"
+            )));
+        }
+        // A failed rebuild from another point: the new request replaces it.
+        abandon(pool, id).await?;
     }
     let start_offsets = match at {
         StartAt::Beginning => None,
@@ -283,6 +336,60 @@ pub fn run(
             record.id
         )));
     }
+    // Without its schema, the search path would send the rebuild's writes to the live
+    // tables.
+    let shadow_exists: bool = runtime.block_on(
+        sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+            .bind(record.shadow_schema())
+            .fetch_one(&mut guard),
+    )?;
+    let outcome = if shadow_exists {
+        rebuild_in_shadow(&settings, &record, &runtime, &stop, &mut report)
+    } else {
+        Err(Error::Rebuild(format!(
+            "its tables (schema {}) are gone",
+            record.shadow_schema()
+        )))
+    };
+    if let Err(error) = &outcome {
+        warn!(id = %record.id, %error, "rebuild stopped; it resumes when started again");
+        // Stopped by a shutdown it stays running (the next start of the service resumes
+        // it); stopped by an error it says so, instead of running in name only. The lock
+        // goes first, so a start right after the failure finds it free.
+        if !stop.is_cancelled() {
+            let marked = runtime.block_on(async {
+                sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+                    .bind(record.id.to_string())
+                    .execute(&mut guard)
+                    .await?;
+                sqlx::query(
+                    "UPDATE projection_rebuilds SET status = 'failed', error = $2 \
+                     WHERE id = $1 AND status = 'running'",
+                )
+                .bind(record.id)
+                .bind(error.to_string())
+                .execute(&settings.pool)
+                .await
+            });
+            if let Err(error) = marked {
+                warn!(id = %record.id, %error, "rebuild's failure not recorded");
+            }
+        }
+    }
+    outcome?;
+    runtime
+        .block_on(find(&settings.pool, record.id))?
+        .ok_or_else(|| Error::Rebuild("rebuild vanished".into()))
+}
+
+/// Builds the projection into the rebuild's shadow schema until it swapped in.
+fn rebuild_in_shadow(
+    settings: &RebuildSettings,
+    record: &RebuildRecord,
+    runtime: &Handle,
+    stop: &CancellationToken,
+    report: &mut impl FnMut(&Progress),
+) -> Result<()> {
     let options = PgConnectOptions::from_str(&settings.database_url)
         .map_err(Error::Database)?
         .options([("search_path", format!("{},public", record.shadow_schema()))]);
@@ -298,7 +405,7 @@ pub fn run(
         batch_size: settings.batch_size,
         fetch_wait_ms: 10,
     };
-    let outcome = match record.projection.as_str() {
+    match record.projection.as_str() {
         workflow_graph::NAME => {
             let graph = WorkflowGraph::new(AnyGraph::Postgres(PostgresGraph::new(shadow_pool)));
             let runner = Runner::new(
@@ -308,7 +415,7 @@ pub fn run(
                 settings.dead_letters.clone(),
             )
             .with_history(settings.history.clone());
-            catch_up_and_swap(&settings, &record, &runner, &runtime, &stop, &mut report)
+            catch_up_and_swap(settings, record, &runner, runtime, stop, report)
         }
         _ => {
             let runner = Runner::new(
@@ -318,32 +425,9 @@ pub fn run(
                 settings.dead_letters.clone(),
             )
             .with_history(settings.history.clone());
-            catch_up_and_swap(&settings, &record, &runner, &runtime, &stop, &mut report)
-        }
-    };
-    if let Err(error) = &outcome {
-        warn!(id = %record.id, %error, "rebuild stopped; it resumes when started again");
-        // Stopped by a shutdown it stays running (the next start of the service resumes
-        // it); stopped by an error it says so, instead of running in name only.
-        if !stop.is_cancelled() {
-            let marked = runtime.block_on(
-                sqlx::query(
-                    "UPDATE projection_rebuilds SET status = 'failed', error = $2 \
-                     WHERE id = $1 AND status = 'running'",
-                )
-                .bind(record.id)
-                .bind(error.to_string())
-                .execute(&settings.pool),
-            );
-            if let Err(error) = marked {
-                warn!(id = %record.id, %error, "rebuild's failure not recorded");
-            }
+            catch_up_and_swap(settings, record, &runner, runtime, stop, report)
         }
     }
-    outcome?;
-    runtime
-        .block_on(find(&settings.pool, record.id))?
-        .ok_or_else(|| Error::Rebuild("rebuild vanished".into()))
 }
 
 /// Reports progress about once a second (and whenever asked to): records applied, what is
@@ -722,6 +806,9 @@ async fn swap(settings: &RebuildSettings, record: &RebuildRecord, partitions: i3
     {
         return Ok(false); // the live projection is ahead: keep reading
     }
+    // Before the DDL: a re-drive locks its letter, then the tables; taking the letters
+    // first here keeps the two in one order.
+    dead_letter::hand_over(&mut transaction, &record.projection, &record.checkpoint()).await?;
     let (shadow, retired) = (record.shadow_schema(), record.retired_schema());
     let mut ddl = format!("CREATE SCHEMA {retired};");
     for table in tables {
@@ -739,7 +826,6 @@ async fn swap(settings: &RebuildSettings, record: &RebuildRecord, partitions: i3
         .bind(record.checkpoint())
         .execute(&mut *transaction)
         .await?;
-    dead_letter::hand_over(&mut transaction, &record.projection, &record.checkpoint()).await?;
     // Delivered at commit: readers drop what they cached from the replaced tables.
     sqlx::query("SELECT pg_notify($1, $2)")
         .bind(flowline_domain::change::TABLES_REPLACED_CHANNEL)

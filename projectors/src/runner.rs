@@ -185,9 +185,12 @@ fn is_transient(sqlstate: &str) -> bool {
         "57", // operator intervention: cancelled, shutting down
         "58", // system error
     ];
-    TRANSIENT_CLASSES
-        .iter()
-        .any(|class| sqlstate.starts_with(class))
+    // A read-only transaction: connected to a server that is (now) a standby.
+    const READ_ONLY: &str = "25006";
+    sqlstate == READ_ONLY
+        || TRANSIENT_CLASSES
+            .iter()
+            .any(|class| sqlstate.starts_with(class))
 }
 
 impl<P: Projection> Runner<P> {
@@ -539,7 +542,7 @@ mod tests {
         ] {
             assert!(is_transient(retried), "{retried}");
         }
-        for refused in ["23514", "23505", "23502", "22P02", "22001"] {
+        for refused in ["23514", "23505", "23502", "23503", "22P02", "22001"] {
             assert!(!is_transient(refused), "{refused}");
         }
     }

@@ -24,6 +24,12 @@ async fn read_model(pool: &PgPool) -> Vec<Value> {
     tables
 }
 
+/// `url` with connections named `name`, so the test can find them in `pg_stat_activity`.
+fn with_application_name(url: &str, name: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}application_name={name}")
+}
+
 /// Events projected into the read model, and runs whose graph reflects their last event.
 async fn events_in(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
@@ -192,7 +198,7 @@ async fn two_projector_processes_share_partitions_and_survive_each_other() {
 async fn failures_that_are_not_the_records_are_retried_not_dead_lettered() {
     let system = TestSystem::new(3).await;
     let commands = system.command_service().await;
-    let database_url = format!("{}?application_name=projector-cut-off", system.database_url);
+    let database_url = with_application_name(&system.database_url, "projector-cut-off");
     let _projector = system
         .projector_process_with(vec![("DATABASE_URL".into(), database_url)])
         .await;

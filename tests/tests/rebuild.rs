@@ -401,65 +401,93 @@ async fn a_rebuild_reads_history_from_the_event_store_and_the_rest_from_the_log(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_failed_rebuild_says_why_and_resumes_when_started_again() {
-    let system = TestSystem::new(2).await;
+    let before_everything = chrono::Utc::now() - chrono::Duration::seconds(1);
+    let system = &TestSystem::new(2).await;
     let commands = system.command_service().await;
     let projectors = system.projectors().await;
-    submit_many(&system, &commands.url, 20).await;
+    submit_many(system, &commands.url, 20).await;
     system
         .wait_for_count("SELECT count(*) FROM workflows", 20)
         .await;
 
-    // The history it reads is away for a while (a botched maintenance, say).
-    sqlx::query("ALTER TABLE event_store RENAME TO event_store_away")
+    // The history a rebuild reads goes away for a while (a botched maintenance, say).
+    let history_away = |away: bool| async move {
+        let (from, to) = if away {
+            ("event_store", "event_store_away")
+        } else {
+            ("event_store_away", "event_store")
+        };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "ALTER TABLE {from} RENAME TO {to}"
+        )))
         .execute(&system.pool)
         .await
         .unwrap();
-    let admin = |path: &str| format!("{}{path}", projectors.url);
-    let start = || {
-        system.send(
-            system
-                .http
-                .post(admin("/admin/rebuilds"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({"projection": "workflow_read_model"})),
-        )
     };
-    let started = start().await;
-    assert_eq!(started.status, 202, "{:?}", started.body);
-    let id = started.body["id"].as_str().unwrap().to_owned();
-    let status_url = admin(&format!("/admin/rebuilds/{id}"));
-    let status = || async {
-        system
-            .send(system.http.get(&status_url).bearer_auth(ADMIN_TOKEN))
+    let projectors_url = projectors.url.clone();
+    let admin = move |path: &str| format!("{projectors_url}{path}");
+    let start = |from: Option<String>| {
+        let mut body = json!({"projection": "workflow_read_model"});
+        if let Some(from) = from {
+            body["from"] = json!(from);
+        }
+        let request = system
+            .http
+            .post(admin("/admin/rebuilds"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body);
+        async move {
+            let started = system.send(request).await;
+            assert_eq!(started.status, 202, "{:?}", started.body);
+            started.body["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let reaches = |id: String, status: &'static str| {
+        let url = admin(&format!("/admin/rebuilds/{id}"));
+        async move {
+            eventually(Duration::from_secs(60), || async {
+                let body = system
+                    .send(system.http.get(&url).bearer_auth(ADMIN_TOKEN))
+                    .await
+                    .body;
+                (body["status"] == status).then_some(body)
+            })
             .await
-            .body
+            .unwrap_or_else(|| panic!("rebuild {id} never {status}"))
+        }
     };
-    let failed = eventually(Duration::from_secs(60), || async {
-        let body = status().await;
-        (body["status"] == "failed").then_some(body)
-    })
-    .await
-    .expect("the rebuild reports that it failed");
+
+    history_away(true).await;
+    let id = start(None).await;
+    let failed = reaches(id.clone(), "failed").await;
     assert!(
         failed["error"].as_str().unwrap().contains("event_store"),
         "{failed}"
     );
-
     // Back in place, the same rebuild resumes when started again, and swaps in.
-    sqlx::query("ALTER TABLE event_store_away RENAME TO event_store")
-        .execute(&system.pool)
+    history_away(false).await;
+    assert_eq!(start(None).await, id, "resumed, not started anew");
+    let swapped = reaches(id.clone(), "swapped").await;
+    assert_eq!(swapped["error"], serde_json::Value::Null);
+    assert_eq!(system.count("SELECT count(*) FROM workflows").await, 20);
+
+    // A failed rebuild does not stand in the way of one from another point: it is
+    // abandoned, its tables dropped.
+    history_away(true).await;
+    let failing = start(None).await;
+    reaches(failing.clone(), "failed").await;
+    history_away(false).await;
+    let from = before_everything.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let replacing = start(Some(from)).await;
+    assert_ne!(replacing, failing);
+    reaches(failing.clone(), "abandoned").await;
+    let shadow_left: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NOT NULL")
+        .bind(format!("rebuild_{}", failing.replace('-', "")))
+        .fetch_one(&system.pool)
         .await
         .unwrap();
-    let resumed = start().await;
-    assert_eq!(resumed.status, 202, "{:?}", resumed.body);
-    assert_eq!(resumed.body["id"], id.as_str());
-    let swapped = eventually(Duration::from_secs(60), || async {
-        let body = status().await;
-        (body["status"] == "swapped").then_some(body)
-    })
-    .await
-    .expect("the resumed rebuild swapped in");
-    assert_eq!(swapped["error"], serde_json::Value::Null);
+    assert!(!shadow_left, "the abandoned rebuild's tables are dropped");
+    reaches(replacing, "swapped").await;
     assert_eq!(
         system.count("SELECT count(*) FROM workflows").await,
         20,
