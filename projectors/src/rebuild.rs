@@ -137,12 +137,7 @@ async fn abandon(pool: &PgPool, id: Uuid) -> Result<()> {
         .bind(id)
         .execute(&mut *transaction)
         .await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS {} CASCADE",
-        record.shadow_schema()
-    )))
-    .execute(&mut *transaction)
-    .await?;
+    drop_schema(&mut transaction, &record.shadow_schema()).await?;
     sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")
         .bind(record.checkpoint())
         .execute(&mut *transaction)
@@ -853,12 +848,7 @@ pub async fn drop_retired(pool: &PgPool) -> Result<usize> {
     .await?;
     for id in &due {
         let mut transaction = pool.begin().await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP SCHEMA IF EXISTS retired_{} CASCADE",
-            id.simple()
-        )))
-        .execute(&mut *transaction)
-        .await?;
+        drop_schema(&mut transaction, &format!("retired_{}", id.simple())).await?;
         sqlx::query("UPDATE projection_rebuilds SET dropped_at = now() WHERE id = $1")
             .bind(id)
             .execute(&mut *transaction)
@@ -866,4 +856,14 @@ pub async fn drop_retired(pool: &PgPool) -> Result<usize> {
         transaction.commit().await?;
     }
     Ok(due.len())
+}
+
+/// Drops a rebuild's schema (shadow or retired) with its tables, if it is still there.
+async fn drop_schema(transaction: &mut sqlx::PgConnection, schema: &str) -> Result<()> {
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(transaction)
+    .await?;
+    Ok(())
 }

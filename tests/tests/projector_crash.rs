@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use system_tests::{TestSystem, eventually};
+use system_tests::{ServiceProcess, TestSystem, eventually};
 
 /// Every read-model table as JSON rows in a stable order.
 async fn read_model(pool: &PgPool) -> Vec<Value> {
@@ -24,10 +24,15 @@ async fn read_model(pool: &PgPool) -> Vec<Value> {
     tables
 }
 
-/// `url` with connections named `name`, so the test can find them in `pg_stat_activity`.
-fn with_application_name(url: &str, name: &str) -> String {
+/// A projectors process whose database sessions are named `name`, so the test can find
+/// them in `pg_stat_activity`.
+async fn projector_named(system: &TestSystem, name: &str) -> ServiceProcess {
+    let url = &system.database_url;
     let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}application_name={name}")
+    let named = format!("{url}{separator}application_name={name}");
+    system
+        .projector_process_with(vec![("DATABASE_URL".into(), named)])
+        .await
 }
 
 /// Events projected into the read model, and runs whose graph reflects their last event.
@@ -77,13 +82,7 @@ async fn projectors_killed_mid_batch_end_equal_to_a_fresh_rebuild() {
     let system = TestSystem::new(3).await;
     let commands = system.command_service().await;
     // Named connections, so the killer can see the projector's transactions.
-    let database_url = format!(
-        "{}?application_name=projector-under-test",
-        system.database_url
-    );
-    let mut projector = system
-        .projector_process_with(vec![("DATABASE_URL".into(), database_url)])
-        .await;
+    let mut projector = projector_named(&system, "projector-under-test").await;
     let loaded = load(&system, &commands.url, 600, 8);
     let killer = async {
         for _ in 0..5 {
@@ -136,21 +135,14 @@ async fn two_projector_processes_share_partitions_and_survive_each_other() {
     let _second = system.projector_process().await;
     load(&system, &commands.url, 200, 4).await;
     wait_for_events(&system.pool, 400).await;
-    let shared = eventually(Duration::from_secs(30), || async {
-        let members: i64 = sqlx::query_scalar(
+    // Both processes hold partitions before the kill.
+    system
+        .wait_for_count(
             "SELECT count(DISTINCT member) FROM projection_leases \
              WHERE projection = 'workflow_read_model.v1' AND expires_at > now()",
+            2,
         )
-        .fetch_one(&system.pool)
-        .await
-        .unwrap();
-        (members == 2).then_some(())
-    })
-    .await;
-    assert!(
-        shared.is_some(),
-        "both processes hold partitions before the kill"
-    );
+        .await;
     first.kill();
     load(&system, &commands.url, 200, 4).await;
     wait_for_events(&system.pool, 800).await;
@@ -198,10 +190,7 @@ async fn two_projector_processes_share_partitions_and_survive_each_other() {
 async fn failures_that_are_not_the_records_are_retried_not_dead_lettered() {
     let system = TestSystem::new(3).await;
     let commands = system.command_service().await;
-    let database_url = with_application_name(&system.database_url, "projector-cut-off");
-    let _projector = system
-        .projector_process_with(vec![("DATABASE_URL".into(), database_url)])
-        .await;
+    let _projector = projector_named(&system, "projector-cut-off").await;
     let loaded = load(&system, &commands.url, 200, 4);
     // PostgreSQL ends the projector's sessions (as a failover, an operator or a restart
     // would): whatever batch was in flight fails, through no fault of its records.
