@@ -748,13 +748,7 @@ async fn time_rebuild(
         batch_size: 10_000,
         grace: Duration::from_secs(3600),
         dead_letters: projectors::runner::dead_letter_producer(&system.kafka).await?,
-        history: from_event_store.then(|| {
-            flowline_event_store::PublishedHistory::new(
-                system.pool.clone(),
-                &system.kafka.topic,
-                flowline_event_store::headers::cloudevents::DEFAULT_SOURCE,
-            )
-        }),
+        history: from_event_store.then(|| published_history(system)),
     };
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
@@ -810,11 +804,7 @@ async fn read_history(
     system: &TestSystem,
     partitions: i32,
 ) -> anyhow::Result<Vec<(EventEnvelope, projectors::projection::LogPlace)>> {
-    let history = flowline_event_store::PublishedHistory::new(
-        system.pool.clone(),
-        &system.kafka.topic,
-        flowline_event_store::headers::cloudevents::DEFAULT_SOURCE,
-    );
+    let history = published_history(system);
     let codec = flowline_schemas::EventCodec::default();
     let mut log = Vec::new();
     for partition in 0..partitions {
@@ -1148,4 +1138,13 @@ async fn main() -> anyhow::Result<()> {
             with_log,
         } => rebuild(events, partitions, with_log).await,
     }
+}
+
+/// The bench log's history as the event store holds it.
+fn published_history(system: &TestSystem) -> flowline_event_store::PublishedHistory {
+    flowline_event_store::PublishedHistory::new(
+        system.pool.clone(),
+        &system.kafka.topic,
+        flowline_event_store::headers::cloudevents::DEFAULT_SOURCE,
+    )
 }

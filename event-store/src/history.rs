@@ -58,7 +58,7 @@ impl PublishedHistory {
                 topic: self.topic.clone(),
                 partition,
                 offset,
-                key: Some(stream_id.to_string().into_bytes()),
+                key: Some(crate::relay::record_key(stream_id)),
                 payload: Some(payload),
                 headers: Vec::new(),
             })

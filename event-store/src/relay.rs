@@ -93,10 +93,15 @@ pub(crate) const OUTBOX_COLUMNS: &str = "position, tenant, stream_id, stream_ver
      command_id, event_type, schema_version, correlation_id, causation_id, traceparent, \
      tracestate, payload, occurred_at, prev_hash, event_hash";
 
+/// The key an event's record has on the log (it decides the partition): its stream id.
+pub(crate) fn record_key(stream_id: Uuid) -> Vec<u8> {
+    stream_id.to_string().into_bytes()
+}
+
 impl OutboxRow {
     /// The record key: the stream id.
     pub(crate) fn key(&self) -> Vec<u8> {
-        self.stream_id.to_string().into_bytes()
+        record_key(self.stream_id)
     }
 
     /// The headers the relay publishes the event with (CloudEvents binary mode, the

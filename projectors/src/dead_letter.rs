@@ -216,6 +216,21 @@ pub async fn hand_over(
     projection: &str,
     rebuild: &str,
 ) -> sqlx::Result<()> {
+    supersede(transaction, projection).await?;
+    sqlx::query("UPDATE dead_letters SET projection = $1 WHERE projection = $2")
+        .bind(projection)
+        .bind(rebuild)
+        .execute(&mut **transaction)
+        .await?;
+    Ok(())
+}
+
+/// Marks the letters of `projection` (a live name or a rebuild's) superseded: the tables
+/// they were missing from are gone.
+pub async fn supersede(
+    transaction: &mut Transaction<'_, Postgres>,
+    projection: &str,
+) -> sqlx::Result<()> {
     sqlx::query(
         "UPDATE dead_letters SET superseded_at = now() \
          WHERE projection = $1 AND superseded_at IS NULL",
@@ -223,10 +238,5 @@ pub async fn hand_over(
     .bind(projection)
     .execute(&mut **transaction)
     .await?;
-    sqlx::query("UPDATE dead_letters SET projection = $1 WHERE projection = $2")
-        .bind(projection)
-        .bind(rebuild)
-        .execute(&mut **transaction)
-        .await?;
     Ok(())
 }

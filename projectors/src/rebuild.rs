@@ -142,13 +142,7 @@ async fn abandon(pool: &PgPool, id: Uuid) -> Result<()> {
         .bind(record.checkpoint())
         .execute(&mut *transaction)
         .await?;
-    sqlx::query(
-        "UPDATE dead_letters SET superseded_at = now() \
-         WHERE projection = $1 AND superseded_at IS NULL",
-    )
-    .bind(record.checkpoint())
-    .execute(&mut *transaction)
-    .await?;
+    dead_letter::supersede(&mut transaction, &record.checkpoint()).await?;
     transaction.commit().await?;
     Ok(())
 }
@@ -403,26 +397,32 @@ fn rebuild_in_shadow(
     match record.projection.as_str() {
         workflow_graph::NAME => {
             let graph = WorkflowGraph::new(AnyGraph::Postgres(PostgresGraph::new(shadow_pool)));
-            let runner = Runner::new(
-                graph,
-                Some(record.checkpoint()),
-                runner_settings,
-                settings.dead_letters.clone(),
-            )
-            .with_history(settings.history.clone());
+            let runner = shadow_runner(graph, settings, record, runner_settings);
             catch_up_and_swap(settings, record, &runner, runtime, stop, report)
         }
         _ => {
-            let runner = Runner::new(
-                WorkflowReadModel::shadow(),
-                Some(record.checkpoint()),
-                runner_settings,
-                settings.dead_letters.clone(),
-            )
-            .with_history(settings.history.clone());
+            let read_model = WorkflowReadModel::shadow();
+            let runner = shadow_runner(read_model, settings, record, runner_settings);
             catch_up_and_swap(settings, record, &runner, runtime, stop, report)
         }
     }
+}
+
+/// A runner of `projection` writing into the rebuild's shadow tables under its checkpoint
+/// name, reading history where the settings say.
+fn shadow_runner<P: Projection>(
+    projection: P,
+    settings: &RebuildSettings,
+    record: &RebuildRecord,
+    runner_settings: RunnerSettings,
+) -> Runner<P> {
+    Runner::new(
+        projection,
+        Some(record.checkpoint()),
+        runner_settings,
+        settings.dead_letters.clone(),
+    )
+    .with_history(settings.history.clone())
 }
 
 /// Reports progress about once a second (and whenever asked to): records applied, what is

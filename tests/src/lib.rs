@@ -219,28 +219,41 @@ impl TestSystem {
     /// Rebuilds `projection` through the projectors' admin API at `projectors_url` and
     /// waits until it swapped in; returns the rebuild's final status.
     pub async fn rebuild_through_admin(&self, projectors_url: &str, projection: &str) -> Value {
+        let id = self
+            .start_rebuild(
+                projectors_url,
+                serde_json::json!({"projection": projection}),
+            )
+            .await;
+        self.rebuild_reaches(projectors_url, &id, "swapped").await
+    }
+
+    /// Starts (or resumes) a rebuild through the admin API with `body`; its id.
+    pub async fn start_rebuild(&self, projectors_url: &str, body: Value) -> String {
         let started = self
             .send(
                 self.http
                     .post(format!("{projectors_url}/admin/rebuilds"))
                     .bearer_auth(ADMIN_TOKEN)
-                    .json(&serde_json::json!({"projection": projection})),
+                    .json(&body),
             )
             .await;
         assert_eq!(started.status, 202, "{:?}", started.body);
-        let id = started.body["id"].as_str().expect("rebuild id").to_owned();
+        started.body["id"].as_str().expect("rebuild id").to_owned()
+    }
+
+    /// Waits until rebuild `id` has `status`; returns its record.
+    pub async fn rebuild_reaches(&self, projectors_url: &str, id: &str, status: &str) -> Value {
+        let url = format!("{projectors_url}/admin/rebuilds/{id}");
         eventually(Duration::from_secs(60), || async {
-            let status = self
-                .send(
-                    self.http
-                        .get(format!("{projectors_url}/admin/rebuilds/{id}"))
-                        .bearer_auth(ADMIN_TOKEN),
-                )
-                .await;
-            (status.body["status"] == "swapped").then_some(status.body)
+            let record = self
+                .send(self.http.get(&url).bearer_auth(ADMIN_TOKEN))
+                .await
+                .body;
+            (record["status"] == status).then_some(record)
         })
         .await
-        .expect("the rebuild caught up and swapped in")
+        .unwrap_or_else(|| panic!("rebuild {id} never {status}"))
     }
 
     /// Sends a request and reads the reply.

@@ -162,26 +162,13 @@ async fn two_projector_processes_share_partitions_and_survive_each_other() {
     // Every record applied exactly once, none set aside: the checkpoints of both
     // projections stand at the head of the log, and no dead letter was needed.
     let on_log = system.records_on_log().await;
-    for projection in ["workflow_read_model.v1", "workflow_graph.v1"] {
-        let checkpointed = || async {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_checkpoints \
-                 WHERE projection = $1",
-            )
-            .bind(projection)
-            .fetch_one(&system.pool)
-            .await
-            .unwrap()
-        };
-        let at_head = eventually(Duration::from_secs(30), || async {
-            (checkpointed().await == on_log).then_some(())
-        })
-        .await;
-        assert!(
-            at_head.is_some(),
-            "{projection} checkpoints at {} of {on_log} records",
-            checkpointed().await
-        );
+    for sql in [
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_checkpoints \
+         WHERE projection = 'workflow_read_model.v1'",
+        "SELECT coalesce(sum(next_offset), 0)::bigint FROM projection_checkpoints \
+         WHERE projection = 'workflow_graph.v1'",
+    ] {
+        system.wait_for_count(sql, on_log).await;
     }
     assert_eq!(system.count("SELECT count(*) FROM dead_letters").await, 0);
 }

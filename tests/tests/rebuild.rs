@@ -99,34 +99,19 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
         .await;
     assert_eq!(bad.status, 422);
     assert_eq!(bad.body["errors"][0]["field"], "projection");
-    let started = system
-        .send(
-            system
-                .http
-                .post(admin("/admin/rebuilds"))
-                .bearer_auth(ADMIN_TOKEN)
-                .json(&json!({"projection": "workflow_read_model"})),
+    let id = system
+        .start_rebuild(
+            &projectors.url,
+            json!({"projection": "workflow_read_model"}),
         )
         .await;
-    assert_eq!(started.status, 202, "{:?}", started.body);
     let reads_at_start = reads.load(Ordering::Relaxed);
-    let id = started.body["id"].as_str().unwrap().to_owned();
     // Writes keep flowing while it rebuilds.
     submit_many(&system, &commands.url, 20).await;
 
-    let swapped = eventually(Duration::from_secs(60), || async {
-        let status = system
-            .send(
-                system
-                    .http
-                    .get(admin(&format!("/admin/rebuilds/{id}")))
-                    .bearer_auth(ADMIN_TOKEN),
-            )
-            .await;
-        (status.body["status"] == "swapped").then_some(status.body)
-    })
-    .await
-    .expect("the rebuild caught up and swapped in");
+    let swapped = system
+        .rebuild_reaches(&projectors.url, &id, "swapped")
+        .await;
     assert!(
         reads.load(Ordering::Relaxed) > reads_at_start,
         "readers read while it rebuilt"
@@ -424,37 +409,16 @@ async fn a_failed_rebuild_says_why_and_resumes_when_started_again() {
         .await
         .unwrap();
     };
-    let projectors_url = projectors.url.clone();
-    let admin = move |path: &str| format!("{projectors_url}{path}");
+    let url = projectors.url.as_str();
     let start = |from: Option<String>| {
         let mut body = json!({"projection": "workflow_read_model"});
         if let Some(from) = from {
             body["from"] = json!(from);
         }
-        let request = system
-            .http
-            .post(admin("/admin/rebuilds"))
-            .bearer_auth(ADMIN_TOKEN)
-            .json(&body);
-        async move {
-            let started = system.send(request).await;
-            assert_eq!(started.status, 202, "{:?}", started.body);
-            started.body["id"].as_str().unwrap().to_owned()
-        }
+        system.start_rebuild(url, body)
     };
-    let reaches = |id: String, status: &'static str| {
-        let url = admin(&format!("/admin/rebuilds/{id}"));
-        async move {
-            eventually(Duration::from_secs(60), || async {
-                let body = system
-                    .send(system.http.get(&url).bearer_auth(ADMIN_TOKEN))
-                    .await
-                    .body;
-                (body["status"] == status).then_some(body)
-            })
-            .await
-            .unwrap_or_else(|| panic!("rebuild {id} never {status}"))
-        }
+    let reaches = |id: String, status: &'static str| async move {
+        system.rebuild_reaches(url, &id, status).await
     };
 
     history_away(true).await;
