@@ -4,7 +4,11 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Deserialize;
 
-use crate::event::{StepDefinition, StepKind, WorkflowSubmitted};
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::event::{StepDefinition, StepError, StepKind, WorkflowSubmitted};
+use crate::policy::{StepPolicy, parse_duration};
 use crate::validation::ValidationErrors;
 
 /// Longest accepted workflow name, in characters.
@@ -43,6 +47,9 @@ pub struct SubmitWorkflow {
     /// The step graph; at least one step, acyclic.
     #[serde(default)]
     pub steps: Vec<StepSpec>,
+    /// The run's timeout, start to end (`30s`, `5m`…); none when absent.
+    #[serde(default)]
+    pub timeout: Option<String>,
     /// Who submits it; set by the service from the request, never from the body.
     #[serde(skip)]
     pub submitted_by: Option<String>,
@@ -65,6 +72,67 @@ pub struct SendSignal {
     pub payload: serde_json::Value,
 }
 
+/// Pause a run: running attempts finish, nothing new starts until it is resumed.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct PauseWorkflow {
+    /// Why, for the audit trail.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// What the executor records about a step attempt, decided against the run's state like
+/// every caller's command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepCommand {
+    /// Start the next attempt of a runnable step.
+    Start {
+        /// The attempt's id (fresh per attempt).
+        attempt_id: Uuid,
+        /// The rendered config it runs with.
+        input: serde_json::Value,
+        /// Now.
+        started_at: DateTime<Utc>,
+        /// When it times out.
+        deadline: Option<DateTime<Utc>>,
+    },
+    /// The running attempt succeeded.
+    Succeed {
+        /// Which attempt (a stale attempt's outcome is refused).
+        attempt_id: Uuid,
+        /// Its output (or `null` when kept by reference).
+        output: serde_json::Value,
+        /// The payload table's reference of a large output.
+        output_ref: Option<String>,
+        /// How long it ran.
+        duration_ms: u64,
+    },
+    /// The running attempt failed.
+    Fail {
+        /// Which attempt.
+        attempt_id: Uuid,
+        /// Why.
+        error: StepError,
+        /// Whether the failure allows another try.
+        retryable: bool,
+        /// When the next attempt is due; `None` = failed for good.
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
+    /// The running attempt passed its deadline.
+    TimeOut {
+        /// Which attempt.
+        attempt_id: Uuid,
+        /// When the next attempt is due; `None` = failed for good.
+        next_attempt_at: Option<DateTime<Utc>>,
+    },
+    /// The step will not run.
+    Skip {
+        /// Why.
+        reason: String,
+    },
+    /// A caller asks a failed step of a failed run to run again.
+    Retry,
+}
+
 /// Everything the `Workflow` aggregate accepts.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WorkflowCommand {
@@ -74,6 +142,31 @@ pub enum WorkflowCommand {
     Cancel(CancelWorkflow),
     /// See [`SendSignal`].
     Signal(SendSignal),
+    /// See [`PauseWorkflow`].
+    Pause(PauseWorkflow),
+    /// Resume a paused run.
+    Resume,
+    /// The executor takes up the run.
+    Start {
+        /// Now.
+        started_at: DateTime<Utc>,
+    },
+    /// Something about one step; see [`StepCommand`].
+    Step {
+        /// The step.
+        step_id: String,
+        /// What.
+        command: StepCommand,
+    },
+    /// Every step is done: the run succeeded.
+    Succeed,
+    /// The run fails for good.
+    Fail {
+        /// Why.
+        reason: String,
+        /// The step that failed it, if one did.
+        step_id: Option<String>,
+    },
 }
 
 fn object_or_empty(
@@ -89,6 +182,13 @@ fn object_or_empty(
             serde_json::Value::Null
         }
     }
+}
+
+/// Whether `value` is a valid step id or signal name.
+pub(crate) fn is_identifier(value: &str) -> bool {
+    let mut checked = ValidationErrors::default();
+    check_identifier(value, "", &mut checked);
+    checked.0.is_empty()
 }
 
 fn check_identifier(value: &str, field: &str, errors: &mut ValidationErrors) {
@@ -121,6 +221,18 @@ impl SubmitWorkflow {
             );
         }
         let input = object_or_empty(&self.input, "input", &mut errors);
+        let timeout_ms = match self.timeout.as_deref().map(parse_duration) {
+            None => None,
+            Some(Ok(timeout)) if !timeout.is_zero() => Some(timeout.as_millis() as u64),
+            Some(Ok(_)) => {
+                errors.push("timeout", "must be longer than 0");
+                None
+            }
+            Some(Err(message)) => {
+                errors.push("timeout", message);
+                None
+            }
+        };
         if self.steps.is_empty() {
             errors.push("steps", "must contain at least one step");
         } else if self.steps.len() > MAX_STEPS {
@@ -152,6 +264,13 @@ impl SubmitWorkflow {
                 );
             }
             let config = object_or_empty(&spec.config, &format!("{at}.config"), &mut errors);
+            if let Some(kind) = kind
+                && config.is_object()
+                && let Err(policy_errors) =
+                    StepPolicy::parse(kind, &config, &format!("{at}.config"))
+            {
+                errors.0.extend(policy_errors.0);
+            }
             steps.push((kind, config));
         }
         for (index, spec) in self.steps.iter().enumerate() {
@@ -189,6 +308,7 @@ impl SubmitWorkflow {
                 })
                 .collect(),
             submitted_by: self.submitted_by.clone(),
+            timeout_ms,
         })
     }
 }

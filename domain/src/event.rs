@@ -16,11 +16,19 @@ pub enum StepKind {
     Template,
     /// An HTTP request.
     Http,
+    /// Waiting for a named signal (human in the loop).
+    Wait,
 }
 
 impl StepKind {
     /// Every kind, in the order the API documents them.
-    pub const ALL: [StepKind; 4] = [Self::Llm, Self::McpTool, Self::Template, Self::Http];
+    pub const ALL: [StepKind; 5] = [
+        Self::Llm,
+        Self::McpTool,
+        Self::Template,
+        Self::Http,
+        Self::Wait,
+    ];
 
     /// The wire name (`llm`, `mcp_tool`, `template`, `http`).
     pub fn as_str(self) -> &'static str {
@@ -29,6 +37,7 @@ impl StepKind {
             Self::McpTool => "mcp_tool",
             Self::Template => "template",
             Self::Http => "http",
+            Self::Wait => "wait",
         }
     }
 
@@ -63,6 +72,9 @@ pub struct WorkflowSubmitted {
     /// The principal that submitted it, when known (recorded since schema v2).
     #[serde(default)]
     pub submitted_by: Option<String>,
+    /// The run's own timeout in milliseconds, from start to end (recorded since schema v3).
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
 }
 
 /// A workflow was cancelled; steps not yet finished will not run.
@@ -81,6 +93,128 @@ pub struct SignalReceived {
     pub payload: serde_json::Value,
 }
 
+/// The executor took up the run: its steps start from now on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowStarted {
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+    /// When the run times out, if it has a timeout.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// An attempt of a step started.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepStarted {
+    /// The step.
+    pub step_id: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+    /// Unique id of this attempt (sent to HTTP servers as `Idempotency-Key`).
+    pub attempt_id: Uuid,
+    /// The step's config with every template string rendered: what the attempt runs with.
+    pub input: serde_json::Value,
+    /// When the attempt started.
+    pub started_at: DateTime<Utc>,
+    /// When the attempt times out, if it has a timeout.
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+/// An attempt of a step succeeded; the step is done.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSucceeded {
+    /// The step.
+    pub step_id: String,
+    /// The attempt that succeeded.
+    pub attempt: u32,
+    /// Its id.
+    pub attempt_id: Uuid,
+    /// The output, when small enough to travel with the event (else `null`).
+    pub output: serde_json::Value,
+    /// `sha256:<hex>` of an output kept in the payload table instead of on the event.
+    pub output_ref: Option<String>,
+    /// How long the attempt ran, in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// Why an attempt failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepError {
+    /// A stable, machine-readable kind (`http_status`, `timed_out`, `undefined_reference`…).
+    pub kind: String,
+    /// For a person.
+    pub message: String,
+}
+
+/// An attempt of a step failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepFailed {
+    /// The step.
+    pub step_id: String,
+    /// The attempt that failed.
+    pub attempt: u32,
+    /// Its id.
+    pub attempt_id: Uuid,
+    /// Why.
+    pub error: StepError,
+    /// Whether the failure itself allows another try (a 503 does, a 400 does not).
+    pub retryable: bool,
+    /// When the next attempt is due; `None`: the step failed for good.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// An attempt of a step ran past its timeout (or a wait step's signal did not come).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepTimedOut {
+    /// The step.
+    pub step_id: String,
+    /// The attempt.
+    pub attempt: u32,
+    /// Its id.
+    pub attempt_id: Uuid,
+    /// When the next attempt is due; `None`: the step failed for good.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// A step will not run: a step it depends on failed for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepSkipped {
+    /// The step.
+    pub step_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A caller asked a failed step of a failed run to run again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepRetried {
+    /// The step.
+    pub step_id: String,
+}
+
+/// Every step finished and the run succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowSucceeded {}
+
+/// The run failed for good.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowFailed {
+    /// Why, for a person.
+    pub reason: String,
+    /// The step whose failure failed the run, if a step did.
+    pub step_id: Option<String>,
+}
+
+/// A caller paused the run: running attempts finish, nothing new starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowPaused {
+    /// Why, if the caller said.
+    pub reason: Option<String>,
+}
+
+/// A caller resumed a paused run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowResumed {}
+
 /// Every event of the `Workflow` stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -91,6 +225,28 @@ pub enum WorkflowEvent {
     Cancelled(WorkflowCancelled),
     /// See [`SignalReceived`].
     SignalReceived(SignalReceived),
+    /// See [`WorkflowStarted`].
+    Started(WorkflowStarted),
+    /// See [`StepStarted`].
+    StepStarted(StepStarted),
+    /// See [`StepSucceeded`].
+    StepSucceeded(StepSucceeded),
+    /// See [`StepFailed`].
+    StepFailed(StepFailed),
+    /// See [`StepTimedOut`].
+    StepTimedOut(StepTimedOut),
+    /// See [`StepSkipped`].
+    StepSkipped(StepSkipped),
+    /// See [`StepRetried`].
+    StepRetried(StepRetried),
+    /// See [`WorkflowSucceeded`].
+    Succeeded(WorkflowSucceeded),
+    /// See [`WorkflowFailed`].
+    Failed(WorkflowFailed),
+    /// See [`WorkflowPaused`].
+    Paused(WorkflowPaused),
+    /// See [`WorkflowResumed`].
+    Resumed(WorkflowResumed),
 }
 
 impl WorkflowEvent {
@@ -100,6 +256,30 @@ impl WorkflowEvent {
             Self::Submitted(_) => "WorkflowSubmitted",
             Self::Cancelled(_) => "WorkflowCancelled",
             Self::SignalReceived(_) => "SignalReceived",
+            Self::Started(_) => "WorkflowStarted",
+            Self::StepStarted(_) => "StepStarted",
+            Self::StepSucceeded(_) => "StepSucceeded",
+            Self::StepFailed(_) => "StepFailed",
+            Self::StepTimedOut(_) => "StepTimedOut",
+            Self::StepSkipped(_) => "StepSkipped",
+            Self::StepRetried(_) => "StepRetried",
+            Self::Succeeded(_) => "WorkflowSucceeded",
+            Self::Failed(_) => "WorkflowFailed",
+            Self::Paused(_) => "WorkflowPaused",
+            Self::Resumed(_) => "WorkflowResumed",
+        }
+    }
+
+    /// The step an event is about, for step-level events.
+    pub fn step_id(&self) -> Option<&str> {
+        match self {
+            Self::StepStarted(e) => Some(&e.step_id),
+            Self::StepSucceeded(e) => Some(&e.step_id),
+            Self::StepFailed(e) => Some(&e.step_id),
+            Self::StepTimedOut(e) => Some(&e.step_id),
+            Self::StepSkipped(e) => Some(&e.step_id),
+            Self::StepRetried(e) => Some(&e.step_id),
+            _ => None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The workflow domain: the `Workflow` aggregate, the commands it accepts, the events it
-//! emits, and the validation that guards them.
+//! emits, the validation that guards them, step policies, and the step scheduler's
+//! decisions.
 //!
 //! Nothing here does I/O. The aggregate is a pure function pair — `decide` turns a command
 //! into an event against the current state, `apply` folds an event into the state — so it is
@@ -10,15 +11,26 @@ pub mod aggregate;
 pub mod change;
 pub mod command;
 pub mod event;
+pub mod policy;
+pub mod schedule;
 pub mod validation;
 pub mod workflow;
 
 pub use aggregate::{Aggregate, Versioned};
 pub use change::WorkflowChange;
-pub use command::{CancelWorkflow, SendSignal, StepSpec, SubmitWorkflow, WorkflowCommand};
-pub use event::{
-    EventEnvelope, EventMetadata, SignalReceived, StepDefinition, StepKind, WorkflowCancelled,
-    WorkflowEvent, WorkflowSubmitted,
+pub use command::{
+    CancelWorkflow, PauseWorkflow, SendSignal, StepCommand, StepSpec, SubmitWorkflow,
+    WorkflowCommand,
 };
+pub use event::{
+    EventEnvelope, EventMetadata, SignalReceived, StepDefinition, StepError, StepFailed, StepKind,
+    StepRetried, StepSkipped, StepStarted, StepSucceeded, StepTimedOut, WorkflowCancelled,
+    WorkflowEvent, WorkflowFailed, WorkflowPaused, WorkflowResumed, WorkflowStarted,
+    WorkflowSubmitted, WorkflowSucceeded,
+};
+pub use policy::{OnFailure, RetryPolicy, StepPolicy};
+pub use schedule::{Decision, Plan};
 pub use validation::{FieldError, ValidationErrors};
-pub use workflow::{DomainError, StepState, StepStatus, Workflow, WorkflowStatus};
+pub use workflow::{
+    Attempt, AttemptOutcome, DomainError, StepState, StepStatus, Workflow, WorkflowStatus,
+};

@@ -1,24 +1,32 @@
-//! The `Workflow` aggregate.
+//! The `Workflow` aggregate: a run, its steps and their attempts.
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
 use crate::aggregate::Aggregate;
-use crate::command::WorkflowCommand;
-use crate::event::{SignalReceived, StepKind, WorkflowCancelled, WorkflowEvent, WorkflowSubmitted};
+use crate::command::{StepCommand, WorkflowCommand};
+use crate::event::{
+    SignalReceived, StepError, StepFailed, StepKind, StepRetried, StepSkipped, StepStarted,
+    StepSucceeded, StepTimedOut, WorkflowCancelled, WorkflowEvent, WorkflowFailed, WorkflowPaused,
+    WorkflowResumed, WorkflowStarted, WorkflowSubmitted, WorkflowSucceeded,
+};
 use crate::validation::ValidationErrors;
 
 /// Lifecycle of a workflow run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkflowStatus {
-    /// Accepted, no step started yet.
+    /// Accepted, not yet taken up by the executor.
     #[default]
     Pending,
-    /// At least one step started.
+    /// Its steps are being run.
     Running,
-    /// Every step succeeded.
+    /// Paused by a caller: running attempts finish, nothing new starts.
+    Paused,
+    /// Every step succeeded (or failed with `on_failure: continue`, or was skipped).
     Succeeded,
-    /// A step failed for good.
+    /// A step failed for good, or the run timed out.
     Failed,
     /// Cancelled by a caller.
     Cancelled,
@@ -26,9 +34,10 @@ pub enum WorkflowStatus {
 
 impl WorkflowStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [WorkflowStatus; 5] = [
+    pub const ALL: [WorkflowStatus; 6] = [
         Self::Pending,
         Self::Running,
+        Self::Paused,
         Self::Succeeded,
         Self::Failed,
         Self::Cancelled,
@@ -39,6 +48,7 @@ impl WorkflowStatus {
         match self {
             Self::Pending => "pending",
             Self::Running => "running",
+            Self::Paused => "paused",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -50,40 +60,105 @@ impl WorkflowStatus {
         Self::ALL.into_iter().find(|s| s.as_str() == name)
     }
 
-    /// No command changes a run in a terminal status.
+    /// No command but a step retry (of a failed run) changes a run in a terminal status.
     pub fn is_terminal(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled)
     }
 }
 
 /// Lifecycle of one step.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     /// Waiting for its dependencies or a worker.
     #[default]
     Pending,
-    /// Executing.
+    /// An attempt is executing (or, for a `wait` step, waiting for its signal).
     Running,
+    /// An attempt failed; the next one is due at `next_attempt_at`.
+    Retrying,
     /// Finished successfully.
     Succeeded,
-    /// Finished unsuccessfully.
+    /// Failed for good.
     Failed,
-    /// Will not run: its workflow was cancelled.
+    /// Will not run: a step it depends on failed for good.
+    Skipped,
+    /// Will not run (or was stopped): its run was cancelled or failed.
     Cancelled,
 }
 
 impl StepStatus {
+    /// Every status.
+    pub const ALL: [StepStatus; 7] = [
+        Self::Pending,
+        Self::Running,
+        Self::Retrying,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Skipped,
+        Self::Cancelled,
+    ];
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Running => "running",
+            Self::Retrying => "retrying",
             Self::Succeeded => "succeeded",
             Self::Failed => "failed",
+            Self::Skipped => "skipped",
             Self::Cancelled => "cancelled",
         }
     }
+
+    /// Parses a wire name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether nothing more will happen to the step (unless a caller retries it).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Skipped | Self::Cancelled
+        )
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// Still running.
+    #[default]
+    Running,
+    /// Succeeded.
+    Succeeded,
+    /// Failed.
+    Failed {
+        /// Why.
+        error: StepError,
+    },
+    /// Ran past its deadline.
+    TimedOut,
+    /// Stopped because its run was cancelled or failed.
+    Cancelled,
+}
+
+/// One attempt of a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based.
+    pub number: u32,
+    /// Unique id (the `Idempotency-Key` of an `http` attempt).
+    pub attempt_id: Uuid,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it times out.
+    pub deadline: Option<DateTime<Utc>>,
+    /// How it ended, so far.
+    pub outcome: AttemptOutcome,
 }
 
 /// A step inside the aggregate.
@@ -99,6 +174,33 @@ pub struct StepState {
     pub config: serde_json::Value,
     /// Where it is in its lifecycle.
     pub status: StepStatus,
+    /// Its attempts, oldest first.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    /// The output of its successful attempt (`null` while kept by reference).
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
+    /// The payload table's reference of a large output.
+    #[serde(default)]
+    pub output_ref: Option<String>,
+    /// When the next attempt is due (status `retrying`).
+    #[serde(default)]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The last failure.
+    #[serde(default)]
+    pub error: Option<StepError>,
+    /// Why it was skipped.
+    #[serde(default)]
+    pub skip_reason: Option<String>,
+}
+
+impl StepState {
+    /// The attempt running now, if any.
+    pub fn running_attempt(&self) -> Option<&Attempt> {
+        self.attempts
+            .last()
+            .filter(|a| a.outcome == AttemptOutcome::Running)
+    }
 }
 
 /// The state of one workflow run, as folded from its events.
@@ -120,6 +222,18 @@ pub struct Workflow {
     pub cancel_reason: Option<String>,
     /// Who submitted it, when known.
     pub submitted_by: Option<String>,
+    /// The run's timeout in milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// When the executor took it up.
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it times out.
+    #[serde(default)]
+    pub deadline: Option<DateTime<Utc>>,
+    /// Why it failed.
+    #[serde(default)]
+    pub failure: Option<WorkflowFailed>,
 }
 
 /// Why the aggregate refused a command.
@@ -131,6 +245,9 @@ pub enum DomainError {
     /// The stream has no workflow yet.
     #[error("workflow not found")]
     NotFound,
+    /// The workflow has no step of that id.
+    #[error("workflow has no step '{0}'")]
+    UnknownStep(String),
     /// A workflow with this id was already submitted.
     #[error("workflow already exists")]
     AlreadyExists,
@@ -141,6 +258,25 @@ pub enum DomainError {
         status: WorkflowStatus,
         /// What was attempted.
         action: &'static str,
+    },
+    /// The command does not fit the step's current status.
+    #[error("step '{step_id}' is {}: {action} is not possible", status.as_str())]
+    InvalidStepTransition {
+        /// The step.
+        step_id: String,
+        /// Its status.
+        status: StepStatus,
+        /// What was attempted.
+        action: &'static str,
+    },
+    /// An outcome for an attempt that is not the step's running one (a late or duplicate
+    /// report): refused, so an attempt's outcome is recorded once.
+    #[error("step '{step_id}' has no running attempt {attempt_id}")]
+    StaleAttempt {
+        /// The step.
+        step_id: String,
+        /// The reported attempt.
+        attempt_id: Uuid,
     },
 }
 
@@ -156,6 +292,194 @@ impl Workflow {
             });
         }
         Ok(())
+    }
+
+    fn require_status(
+        &self,
+        allowed: &[WorkflowStatus],
+        action: &'static str,
+    ) -> Result<(), DomainError> {
+        if !self.submitted {
+            return Err(DomainError::NotFound);
+        }
+        if !allowed.contains(&self.status) {
+            return Err(DomainError::InvalidTransition {
+                status: self.status,
+                action,
+            });
+        }
+        Ok(())
+    }
+
+    /// The step of that id.
+    pub fn step(&self, step_id: &str) -> Option<&StepState> {
+        self.steps.iter().find(|s| s.id == step_id)
+    }
+
+    fn step_mut(&mut self, step_id: &str) -> Option<&mut StepState> {
+        self.steps.iter_mut().find(|s| s.id == step_id)
+    }
+
+    fn known_step(&self, step_id: &str) -> Result<&StepState, DomainError> {
+        self.step(step_id)
+            .ok_or_else(|| DomainError::UnknownStep(step_id.to_owned()))
+    }
+
+    fn decide_step(
+        &self,
+        step_id: &str,
+        command: &StepCommand,
+    ) -> Result<WorkflowEvent, DomainError> {
+        let step = self.known_step(step_id)?;
+        let refuse = |action| DomainError::InvalidStepTransition {
+            step_id: step_id.to_owned(),
+            status: step.status,
+            action,
+        };
+        let running = |attempt_id: &Uuid| {
+            step.running_attempt()
+                .filter(|a| a.attempt_id == *attempt_id)
+                .ok_or_else(|| DomainError::StaleAttempt {
+                    step_id: step_id.to_owned(),
+                    attempt_id: *attempt_id,
+                })
+        };
+        let step_id = step_id.to_owned();
+        match command {
+            StepCommand::Start {
+                attempt_id,
+                input,
+                started_at,
+                deadline,
+            } => {
+                self.require_status(&[WorkflowStatus::Running], "starting a step")?;
+                if !matches!(step.status, StepStatus::Pending | StepStatus::Retrying) {
+                    return Err(refuse("start"));
+                }
+                let waiting_for = step.depends_on.iter().find(|dependency| {
+                    self.step(dependency).map(|d| d.status) != Some(StepStatus::Succeeded)
+                });
+                if waiting_for.is_some() {
+                    return Err(refuse("start before its dependencies succeeded"));
+                }
+                Ok(WorkflowEvent::StepStarted(StepStarted {
+                    step_id,
+                    attempt: step.attempts.len() as u32 + 1,
+                    attempt_id: *attempt_id,
+                    input: input.clone(),
+                    started_at: *started_at,
+                    deadline: *deadline,
+                }))
+            }
+            StepCommand::Succeed {
+                attempt_id,
+                output,
+                output_ref,
+                duration_ms,
+            } => {
+                self.require_live("completing a step")?;
+                let attempt = running(attempt_id)?;
+                Ok(WorkflowEvent::StepSucceeded(StepSucceeded {
+                    step_id,
+                    attempt: attempt.number,
+                    attempt_id: *attempt_id,
+                    output: output.clone(),
+                    output_ref: output_ref.clone(),
+                    duration_ms: *duration_ms,
+                }))
+            }
+            StepCommand::Fail {
+                attempt_id,
+                error,
+                retryable,
+                next_attempt_at,
+            } => {
+                self.require_live("failing a step")?;
+                let attempt = running(attempt_id)?;
+                Ok(WorkflowEvent::StepFailed(StepFailed {
+                    step_id,
+                    attempt: attempt.number,
+                    attempt_id: *attempt_id,
+                    error: error.clone(),
+                    retryable: *retryable,
+                    next_attempt_at: *next_attempt_at,
+                }))
+            }
+            StepCommand::TimeOut {
+                attempt_id,
+                next_attempt_at,
+            } => {
+                self.require_live("timing out a step")?;
+                let attempt = running(attempt_id)?;
+                Ok(WorkflowEvent::StepTimedOut(StepTimedOut {
+                    step_id,
+                    attempt: attempt.number,
+                    attempt_id: *attempt_id,
+                    next_attempt_at: *next_attempt_at,
+                }))
+            }
+            StepCommand::Skip { reason } => {
+                self.require_live("skipping a step")?;
+                if !matches!(step.status, StepStatus::Pending | StepStatus::Retrying) {
+                    return Err(refuse("skip"));
+                }
+                Ok(WorkflowEvent::StepSkipped(StepSkipped {
+                    step_id,
+                    reason: reason.clone(),
+                }))
+            }
+            StepCommand::Retry => {
+                self.require_status(&[WorkflowStatus::Failed], "retrying a step")?;
+                if step.status != StepStatus::Failed {
+                    return Err(refuse("retry"));
+                }
+                Ok(WorkflowEvent::StepRetried(StepRetried { step_id }))
+            }
+        }
+    }
+
+    /// Ends the running attempt of `step_id` with `outcome` and moves the step on.
+    fn end_attempt(
+        &mut self,
+        step_id: &str,
+        outcome: AttemptOutcome,
+        next_attempt_at: Option<DateTime<Utc>>,
+    ) {
+        let Some(step) = self.step_mut(step_id) else {
+            return;
+        };
+        step.error = match &outcome {
+            AttemptOutcome::Failed { error } => Some(error.clone()),
+            AttemptOutcome::TimedOut => Some(StepError {
+                kind: "timed_out".into(),
+                message: "the attempt ran past its timeout".into(),
+            }),
+            _ => step.error.take(),
+        };
+        if let Some(attempt) = step.attempts.last_mut() {
+            attempt.outcome = outcome;
+        }
+        step.next_attempt_at = next_attempt_at;
+        step.status = if next_attempt_at.is_some() {
+            StepStatus::Retrying
+        } else {
+            StepStatus::Failed
+        };
+    }
+
+    /// Marks every unfinished step cancelled and stops its running attempt.
+    fn stop_unfinished_steps(&mut self) {
+        for step in &mut self.steps {
+            if !step.status.is_finished() {
+                step.status = StepStatus::Cancelled;
+                step.next_attempt_at = None;
+                if let Some(attempt) = step.attempts.last_mut()
+                    && attempt.outcome == AttemptOutcome::Running
+                {
+                    attempt.outcome = AttemptOutcome::Cancelled;
+                }
+            }
+        }
     }
 }
 
@@ -190,6 +514,49 @@ impl Aggregate for Workflow {
                     payload: signal.payload.clone(),
                 }))
             }
+            WorkflowCommand::Pause(pause) => {
+                self.require_status(&[WorkflowStatus::Pending, WorkflowStatus::Running], "pause")?;
+                let reason = pause
+                    .reason
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|r| !r.is_empty())
+                    .map(str::to_owned);
+                Ok(WorkflowEvent::Paused(WorkflowPaused { reason }))
+            }
+            WorkflowCommand::Resume => {
+                self.require_status(&[WorkflowStatus::Paused], "resume")?;
+                Ok(WorkflowEvent::Resumed(WorkflowResumed {}))
+            }
+            WorkflowCommand::Start { started_at } => {
+                self.require_status(&[WorkflowStatus::Pending], "start")?;
+                Ok(WorkflowEvent::Started(WorkflowStarted {
+                    started_at: *started_at,
+                    deadline: crate::policy::deadline(
+                        *started_at,
+                        self.timeout_ms.map(std::time::Duration::from_millis),
+                    ),
+                }))
+            }
+            WorkflowCommand::Step { step_id, command } => self.decide_step(step_id, command),
+            WorkflowCommand::Succeed => {
+                self.require_status(&[WorkflowStatus::Running], "succeed")?;
+                if let Some(step) = self.steps.iter().find(|s| !s.status.is_finished()) {
+                    return Err(DomainError::InvalidStepTransition {
+                        step_id: step.id.clone(),
+                        status: step.status,
+                        action: "finishing the run",
+                    });
+                }
+                Ok(WorkflowEvent::Succeeded(WorkflowSucceeded {}))
+            }
+            WorkflowCommand::Fail { reason, step_id } => {
+                self.require_live("fail")?;
+                Ok(WorkflowEvent::Failed(WorkflowFailed {
+                    reason: reason.clone(),
+                    step_id: step_id.clone(),
+                }))
+            }
         }
     }
 
@@ -200,11 +567,13 @@ impl Aggregate for Workflow {
                 input,
                 steps,
                 submitted_by,
+                timeout_ms,
             }) => {
                 self.submitted = true;
                 self.submitted_by = submitted_by.clone();
                 self.name = name.clone();
                 self.input = input.clone();
+                self.timeout_ms = *timeout_ms;
                 self.status = WorkflowStatus::Pending;
                 self.steps = steps
                     .iter()
@@ -214,19 +583,96 @@ impl Aggregate for Workflow {
                         depends_on: step.depends_on.clone(),
                         config: step.config.clone(),
                         status: StepStatus::Pending,
+                        attempts: Vec::new(),
+                        output: None,
+                        output_ref: None,
+                        next_attempt_at: None,
+                        error: None,
+                        skip_reason: None,
                     })
                     .collect();
             }
             WorkflowEvent::Cancelled(WorkflowCancelled { reason }) => {
                 self.status = WorkflowStatus::Cancelled;
                 self.cancel_reason = reason.clone();
-                for step in &mut self.steps {
-                    if matches!(step.status, StepStatus::Pending | StepStatus::Running) {
-                        step.status = StepStatus::Cancelled;
+                self.stop_unfinished_steps();
+            }
+            WorkflowEvent::SignalReceived(signal) => self.signals.push(signal.clone()),
+            WorkflowEvent::Started(started) => {
+                self.status = WorkflowStatus::Running;
+                self.started_at = Some(started.started_at);
+                self.deadline = started.deadline;
+            }
+            WorkflowEvent::StepStarted(started) => {
+                if let Some(step) = self.step_mut(&started.step_id) {
+                    step.status = StepStatus::Running;
+                    step.next_attempt_at = None;
+                    step.attempts.push(Attempt {
+                        number: started.attempt,
+                        attempt_id: started.attempt_id,
+                        started_at: started.started_at,
+                        deadline: started.deadline,
+                        outcome: AttemptOutcome::Running,
+                    });
+                }
+            }
+            WorkflowEvent::StepSucceeded(succeeded) => {
+                if let Some(step) = self.step_mut(&succeeded.step_id) {
+                    step.status = StepStatus::Succeeded;
+                    step.output = Some(succeeded.output.clone());
+                    step.output_ref = succeeded.output_ref.clone();
+                    step.next_attempt_at = None;
+                    if let Some(attempt) = step.attempts.last_mut() {
+                        attempt.outcome = AttemptOutcome::Succeeded;
                     }
                 }
             }
-            WorkflowEvent::SignalReceived(signal) => self.signals.push(signal.clone()),
+            WorkflowEvent::StepFailed(failed) => self.end_attempt(
+                &failed.step_id,
+                AttemptOutcome::Failed {
+                    error: failed.error.clone(),
+                },
+                failed.next_attempt_at,
+            ),
+            WorkflowEvent::StepTimedOut(timed_out) => self.end_attempt(
+                &timed_out.step_id,
+                AttemptOutcome::TimedOut,
+                timed_out.next_attempt_at,
+            ),
+            WorkflowEvent::StepSkipped(skipped) => {
+                if let Some(step) = self.step_mut(&skipped.step_id) {
+                    step.status = StepStatus::Skipped;
+                    step.next_attempt_at = None;
+                    step.skip_reason = Some(skipped.reason.clone());
+                }
+            }
+            WorkflowEvent::StepRetried(retried) => {
+                self.status = WorkflowStatus::Running;
+                self.failure = None;
+                for step in &mut self.steps {
+                    // The retried step and whatever the run's failure stopped go again.
+                    if step.id == retried.step_id || step.status == StepStatus::Cancelled {
+                        step.status = StepStatus::Pending;
+                        step.next_attempt_at = None;
+                    }
+                }
+            }
+            WorkflowEvent::Succeeded(WorkflowSucceeded {}) => {
+                self.status = WorkflowStatus::Succeeded;
+            }
+            WorkflowEvent::Failed(failed) => {
+                self.status = WorkflowStatus::Failed;
+                self.failure = Some(failed.clone());
+                self.stop_unfinished_steps();
+            }
+            WorkflowEvent::Paused(WorkflowPaused { .. }) => self.status = WorkflowStatus::Paused,
+            WorkflowEvent::Resumed(WorkflowResumed {}) => {
+                self.status = if self.started_at.is_some() {
+                    WorkflowStatus::Running
+                } else {
+                    WorkflowStatus::Pending
+                };
+            }
         }
     }
 }
@@ -253,6 +699,7 @@ mod tests {
             name: "research".into(),
             input: Some(json!({"topic": "rust"})),
             steps,
+            timeout: None,
             submitted_by: Some("ana".into()),
         })
     }
@@ -321,6 +768,7 @@ mod tests {
             name: "  ".into(),
             input: Some(json!([1])),
             steps: vec![step("a", "http", &["missing"]), step("a", "teleport", &[])],
+            timeout: None,
             submitted_by: None,
         });
         assert_eq!(

@@ -12,7 +12,7 @@ use crate::store::EventStore;
 
 /// Shape of the serialized `Workflow` state. Bump it when the state's serde form changes:
 /// snapshots of other shapes are then ignored and rebuilt from events.
-pub const WORKFLOW_SNAPSHOT_SHAPE: i32 = 1;
+pub const WORKFLOW_SNAPSHOT_SHAPE: i32 = 2;
 
 /// Which past state to rebuild.
 #[derive(Debug, Clone, Copy, PartialEq)]
