@@ -14,7 +14,7 @@ mod repository;
 mod store;
 
 pub use history::PublishedHistory;
-pub use publications::{LogPosition, Publications};
+pub use publications::{LogPosition, PUBLISHED_CHANNEL, Publications, parse_published};
 pub use relay::{OutboxRelay, RelayConfig};
 pub use repository::{AsOf, PastState, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository};
 pub use store::{AppendedCommand, EventStore, RelayWaker, StoredEvent};

@@ -15,8 +15,8 @@ use tracing::warn;
 use crate::store::EventStore;
 use crate::{Error, Result};
 
-/// Channel the relay announces published positions on.
-pub(crate) const PUBLISHED_CHANNEL: &str = "event_store_published";
+/// Channel the relay announces published positions on (payload: see [`parse_published`]).
+pub const PUBLISHED_CHANNEL: &str = "event_store_published";
 /// How often a waiter re-reads its row, in case a notification was missed (the listener
 /// reconnected, or the batch was published before the waiter registered).
 const RECHECK: Duration = Duration::from_millis(250);
@@ -46,7 +46,8 @@ pub(crate) fn encode_payload(published: &[(i64, LogPosition)]) -> String {
         .join(",")
 }
 
-fn decode_payload(payload: &str) -> impl Iterator<Item = (i64, LogPosition)> + '_ {
+/// The store positions and log places a [`PUBLISHED_CHANNEL`] notification announces.
+pub fn parse_published(payload: &str) -> impl Iterator<Item = (i64, LogPosition)> + '_ {
     payload.split(',').filter_map(|entry| {
         let mut parts = entry.split(':');
         let position = parts.next()?.parse().ok()?;
@@ -86,7 +87,7 @@ impl Publications {
 
     fn dispatch(&self, payload: &str) {
         let mut waiters = self.waiters.lock().expect("waiters lock");
-        for (position, log) in decode_payload(payload) {
+        for (position, log) in parse_published(payload) {
             for waiter in waiters.remove(&position).unwrap_or_default() {
                 let _ = waiter.send(log);
             }
@@ -157,7 +158,7 @@ mod tests {
             ),
         ];
         assert_eq!(
-            decode_payload(&encode_payload(&batch)).collect::<Vec<_>>(),
+            parse_published(&encode_payload(&batch)).collect::<Vec<_>>(),
             batch
         );
     }

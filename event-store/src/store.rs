@@ -110,6 +110,29 @@ impl EventStore {
         rows.into_iter().map(|row| self.decode(row)).collect()
     }
 
+    /// Published events of `partition` from `from_offset` on, in log order, at most `limit`:
+    /// the log as the store holds it. The relay marks each published batch in one
+    /// statement, one batch after the other, so a reader that stopped at an offset never
+    /// sees an earlier one appear later; offsets the store does not hold (another
+    /// producer's record, a stale relay's duplicate) are simply absent.
+    pub async fn published(
+        &self,
+        partition: i32,
+        from_offset: i64,
+        limit: i64,
+    ) -> Result<Vec<StoredEvent>> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT position, payload, log_partition, log_offset FROM event_store \
+             WHERE log_partition = $1 AND log_offset >= $2 ORDER BY log_offset LIMIT $3",
+        )
+        .bind(partition)
+        .bind(from_offset)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|row| self.decode(row)).collect()
+    }
+
     /// The stream's current version and the version `as_of` designates (the last event at
     /// or before it; 0 when the stream did not exist yet).
     pub async fn versions(&self, tenant: &str, stream_id: Uuid, as_of: AsOf) -> Result<(u64, u64)> {

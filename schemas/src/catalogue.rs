@@ -23,6 +23,11 @@ const FILES: &[(&str, u32, &str)] = &[
         include_str!("../avro/WorkflowSubmitted.v2.avsc"),
     ),
     (
+        "WorkflowSubmitted",
+        3,
+        include_str!("../avro/WorkflowSubmitted.v3.avsc"),
+    ),
+    (
         "WorkflowCancelled",
         1,
         include_str!("../avro/WorkflowCancelled.v1.avsc"),
@@ -31,6 +36,57 @@ const FILES: &[(&str, u32, &str)] = &[
         "SignalReceived",
         1,
         include_str!("../avro/SignalReceived.v1.avsc"),
+    ),
+    (
+        "WorkflowStarted",
+        1,
+        include_str!("../avro/WorkflowStarted.v1.avsc"),
+    ),
+    (
+        "StepStarted",
+        1,
+        include_str!("../avro/StepStarted.v1.avsc"),
+    ),
+    (
+        "StepSucceeded",
+        1,
+        include_str!("../avro/StepSucceeded.v1.avsc"),
+    ),
+    ("StepFailed", 1, include_str!("../avro/StepFailed.v1.avsc")),
+    (
+        "StepTimedOut",
+        1,
+        include_str!("../avro/StepTimedOut.v1.avsc"),
+    ),
+    (
+        "StepSkipped",
+        1,
+        include_str!("../avro/StepSkipped.v1.avsc"),
+    ),
+    (
+        "StepRetried",
+        1,
+        include_str!("../avro/StepRetried.v1.avsc"),
+    ),
+    (
+        "WorkflowSucceeded",
+        1,
+        include_str!("../avro/WorkflowSucceeded.v1.avsc"),
+    ),
+    (
+        "WorkflowFailed",
+        1,
+        include_str!("../avro/WorkflowFailed.v1.avsc"),
+    ),
+    (
+        "WorkflowPaused",
+        1,
+        include_str!("../avro/WorkflowPaused.v1.avsc"),
+    ),
+    (
+        "WorkflowResumed",
+        1,
+        include_str!("../avro/WorkflowResumed.v1.avsc"),
     ),
 ];
 

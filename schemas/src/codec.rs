@@ -179,10 +179,12 @@ fn upcast(writer: &SchemaEntry, value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use apache_avro::GenericSingleObjectWriter;
-    use chrono::{TimeZone, Utc};
+    use chrono::{Duration, TimeZone, Utc};
     use flowline_domain::{
-        EventMetadata, SignalReceived, StepDefinition, StepKind, WorkflowCancelled, WorkflowEvent,
-        WorkflowSubmitted,
+        EventMetadata, SignalReceived, StepDefinition, StepError, StepFailed, StepKind,
+        StepRetried, StepSkipped, StepStarted, StepSucceeded, StepTimedOut, WorkflowCancelled,
+        WorkflowEvent, WorkflowFailed, WorkflowPaused, WorkflowResumed, WorkflowStarted,
+        WorkflowSubmitted, WorkflowSucceeded,
     };
     use serde_json::json;
     use uuid::Uuid;
@@ -208,6 +210,9 @@ mod tests {
     }
 
     fn every_event() -> Vec<EventEnvelope> {
+        let at =
+            Utc.with_ymd_and_hms(2026, 11, 26, 1, 2, 3).unwrap() + Duration::microseconds(456_789);
+        let attempt_id = Uuid::now_v7();
         vec![
             envelope(WorkflowEvent::Submitted(WorkflowSubmitted {
                 name: "research".into(),
@@ -225,8 +230,30 @@ mod tests {
                         depends_on: vec!["fetch".into()],
                         config: json!({}),
                     },
+                    StepDefinition {
+                        id: "approval".into(),
+                        kind: StepKind::Wait,
+                        depends_on: vec!["summarize".into()],
+                        config: json!({"signal": "approve", "timeout": "1h"}),
+                    },
                 ],
                 submitted_by: Some("ana@acme".into()),
+                timeout_ms: Some(3_600_000),
+            })),
+            envelope(WorkflowEvent::Submitted(WorkflowSubmitted {
+                name: "every kind".into(),
+                input: json!(null),
+                steps: StepKind::ALL
+                    .into_iter()
+                    .map(|kind| StepDefinition {
+                        id: kind.as_str().into(),
+                        kind,
+                        depends_on: vec![],
+                        config: json!({}),
+                    })
+                    .collect(),
+                submitted_by: None,
+                timeout_ms: None,
             })),
             envelope(WorkflowEvent::Cancelled(WorkflowCancelled {
                 reason: Some("stop".into()),
@@ -236,7 +263,133 @@ mod tests {
                 name: "approve".into(),
                 payload: json!([1, "two", null]),
             })),
+            envelope(WorkflowEvent::Started(WorkflowStarted {
+                started_at: at,
+                deadline: Some(at + Duration::hours(1)),
+            })),
+            envelope(WorkflowEvent::Started(WorkflowStarted {
+                started_at: at,
+                deadline: None,
+            })),
+            envelope(WorkflowEvent::StepStarted(StepStarted {
+                step_id: "fetch".into(),
+                attempt: 2,
+                attempt_id,
+                input: json!({"url": "http://example.test/rust"}),
+                started_at: at,
+                deadline: Some(at + Duration::seconds(30)),
+            })),
+            envelope(WorkflowEvent::StepStarted(StepStarted {
+                step_id: "approval".into(),
+                attempt: 1,
+                attempt_id,
+                input: json!({"signal": "approve"}),
+                started_at: at,
+                deadline: None,
+            })),
+            envelope(WorkflowEvent::StepSucceeded(StepSucceeded {
+                step_id: "fetch".into(),
+                attempt: 2,
+                attempt_id,
+                output: json!({"status": 200, "body": "ok"}),
+                output_ref: None,
+                duration_ms: 1_234,
+            })),
+            envelope(WorkflowEvent::StepSucceeded(StepSucceeded {
+                step_id: "summarize".into(),
+                attempt: 1,
+                attempt_id,
+                output: json!(null),
+                output_ref: Some(format!("sha256:{}", "ab".repeat(32))),
+                duration_ms: u64::try_from(i64::MAX).unwrap(),
+            })),
+            envelope(WorkflowEvent::StepFailed(StepFailed {
+                step_id: "fetch".into(),
+                attempt: 1,
+                attempt_id,
+                error: StepError {
+                    kind: "http_status".into(),
+                    message: "503 Service Unavailable".into(),
+                },
+                retryable: true,
+                next_attempt_at: Some(at + Duration::seconds(2)),
+            })),
+            envelope(WorkflowEvent::StepFailed(StepFailed {
+                step_id: "fetch".into(),
+                attempt: 3,
+                attempt_id,
+                error: StepError {
+                    kind: "http_status".into(),
+                    message: "400 Bad Request".into(),
+                },
+                retryable: false,
+                next_attempt_at: None,
+            })),
+            envelope(WorkflowEvent::StepTimedOut(StepTimedOut {
+                step_id: "fetch".into(),
+                attempt: 1,
+                attempt_id,
+                next_attempt_at: Some(at + Duration::seconds(4)),
+            })),
+            envelope(WorkflowEvent::StepTimedOut(StepTimedOut {
+                step_id: "approval".into(),
+                attempt: 1,
+                attempt_id,
+                next_attempt_at: None,
+            })),
+            envelope(WorkflowEvent::StepSkipped(StepSkipped {
+                step_id: "summarize".into(),
+                reason: "fetch failed".into(),
+            })),
+            envelope(WorkflowEvent::StepRetried(StepRetried {
+                step_id: "fetch".into(),
+            })),
+            envelope(WorkflowEvent::Succeeded(WorkflowSucceeded {})),
+            envelope(WorkflowEvent::Failed(WorkflowFailed {
+                reason: "step fetch failed".into(),
+                step_id: Some("fetch".into()),
+            })),
+            envelope(WorkflowEvent::Failed(WorkflowFailed {
+                reason: "the run timed out".into(),
+                step_id: None,
+            })),
+            envelope(WorkflowEvent::Paused(WorkflowPaused {
+                reason: Some("maintenance".into()),
+            })),
+            envelope(WorkflowEvent::Paused(WorkflowPaused { reason: None })),
+            envelope(WorkflowEvent::Resumed(WorkflowResumed {})),
         ]
+    }
+
+    /// The domain's event types, one per variant: `every_event` must cover all of them.
+    const EVENT_TYPES: [&str; 14] = [
+        "WorkflowSubmitted",
+        "WorkflowCancelled",
+        "SignalReceived",
+        "WorkflowStarted",
+        "StepStarted",
+        "StepSucceeded",
+        "StepFailed",
+        "StepTimedOut",
+        "StepSkipped",
+        "StepRetried",
+        "WorkflowSucceeded",
+        "WorkflowFailed",
+        "WorkflowPaused",
+        "WorkflowResumed",
+    ];
+
+    #[test]
+    fn every_event_type_is_covered_and_has_a_schema() {
+        let mut covered: Vec<&str> = every_event().iter().map(|e| e.event.event_type()).collect();
+        covered.sort_unstable();
+        covered.dedup();
+        let mut expected = EVENT_TYPES.to_vec();
+        expected.sort_unstable();
+        assert_eq!(covered, expected);
+        for event_type in EVENT_TYPES {
+            Catalogue::embedded().latest(event_type).unwrap();
+        }
     }
 
     #[test]
@@ -257,8 +410,19 @@ mod tests {
         // and on the log by tests/clients/python/read_log.py).
         let spec = [
             ("SignalReceived", 0xec82_d443_c22f_8259_u64),
+            ("StepFailed", 0x4080_7037_3b5b_552a),
+            ("StepRetried", 0x4ac0_758f_f870_c9b3),
+            ("StepSkipped", 0xf2ba_e5fc_fc82_26a6),
+            ("StepStarted", 0x8531_11a5_4969_922f),
+            ("StepSucceeded", 0xd465_b45d_7d81_a017),
+            ("StepTimedOut", 0xcb26_a7af_7bb7_b520),
             ("WorkflowCancelled", 0xe040_142d_79d7_c8eb),
-            ("WorkflowSubmitted", 0x9fe5_6cba_c2f0_b836),
+            ("WorkflowFailed", 0x5c98_f84a_d669_c976),
+            ("WorkflowPaused", 0x2aa2_f081_7124_f802),
+            ("WorkflowResumed", 0x7fb2_04a4_c0a2_7d1e),
+            ("WorkflowStarted", 0x7e7e_4b72_8c25_d096),
+            ("WorkflowSubmitted", 0x507b_0482_9d1f_2d17),
+            ("WorkflowSucceeded", 0x4546_a157_46b4_878d),
         ];
         let codec = EventCodec::default();
         for event in every_event() {
@@ -278,11 +442,49 @@ mod tests {
     }
 
     #[test]
+    fn every_schema_file_has_the_fingerprint_fastavro_computes() {
+        // Older versions too: payloads written with them name them by these values. Same
+        // computation as tests/clients/python/read_log.py, run with fastavro 1.13.1 over
+        // every file of schemas/avro/ (hex of the header bytes, as fastavro prints them).
+        let fastavro = [
+            ("SignalReceived.v1.avsc", 0xec82_d443_c22f_8259_u64),
+            ("StepFailed.v1.avsc", 0x4080_7037_3b5b_552a),
+            ("StepRetried.v1.avsc", 0x4ac0_758f_f870_c9b3),
+            ("StepSkipped.v1.avsc", 0xf2ba_e5fc_fc82_26a6),
+            ("StepStarted.v1.avsc", 0x8531_11a5_4969_922f),
+            ("StepSucceeded.v1.avsc", 0xd465_b45d_7d81_a017),
+            ("StepTimedOut.v1.avsc", 0xcb26_a7af_7bb7_b520),
+            ("WorkflowCancelled.v1.avsc", 0xe040_142d_79d7_c8eb),
+            ("WorkflowFailed.v1.avsc", 0x5c98_f84a_d669_c976),
+            ("WorkflowPaused.v1.avsc", 0x2aa2_f081_7124_f802),
+            ("WorkflowResumed.v1.avsc", 0x7fb2_04a4_c0a2_7d1e),
+            ("WorkflowStarted.v1.avsc", 0x7e7e_4b72_8c25_d096),
+            ("WorkflowSubmitted.v1.avsc", 0x604f_6d62_5387_d6c0),
+            ("WorkflowSubmitted.v2.avsc", 0x9fe5_6cba_c2f0_b836),
+            ("WorkflowSubmitted.v3.avsc", 0x507b_0482_9d1f_2d17),
+            ("WorkflowSucceeded.v1.avsc", 0x4546_a157_46b4_878d),
+        ];
+        let entries = Catalogue::embedded().entries();
+        assert_eq!(entries.len(), fastavro.len());
+        for (file, expected) in fastavro {
+            let entry = entries.iter().find(|e| e.file == file).unwrap();
+            assert_eq!(
+                entry.fingerprint.to_le_bytes(),
+                expected.to_be_bytes(),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
     fn payloads_framed_with_apache_avros_own_fingerprint_still_decode() {
         // What this codec wrote before it used the specification's fingerprint (and what
         // apache-avro's single-object writer writes): still on logs, still readable.
         let codec = EventCodec::default();
-        let event = &every_event()[1];
+        let event = &every_event()
+            .into_iter()
+            .find(|e| e.event.event_type() == "WorkflowCancelled")
+            .unwrap();
         let schema: &Schema = &Catalogue::embedded()
             .latest("WorkflowCancelled")
             .unwrap()
@@ -339,6 +541,36 @@ mod recorded {
 
     use super::*;
 
+    /// Single-object encodes `envelope` with an older schema version, as the build that
+    /// wrote that version did: the newest shape's record less the fields `schema` lacks
+    /// (fields added later are appended; renamed ones keep their newest name only where
+    /// `schema` has it).
+    fn encode_with_version(envelope: &EventEnvelope, version: u32) -> Vec<u8> {
+        let entry = Catalogue::embedded()
+            .entries()
+            .iter()
+            .find(|e| e.event_type == envelope.event.event_type() && e.version == version)
+            .unwrap();
+        let Schema::Record(record) = &entry.schema else {
+            panic!("{} is not a record", entry.file)
+        };
+        let Value::Record(fields) = to_value(envelope) else {
+            unreachable!("to_value builds records")
+        };
+        let fields = fields
+            .into_iter()
+            .filter(|(name, _)| record.fields.iter().any(|f| &f.name == name))
+            .collect();
+        let mut payload = MAGIC.to_vec();
+        payload.extend_from_slice(&entry.fingerprint.to_le_bytes());
+        GenericDatumWriter::builder(&entry.schema)
+            .build()
+            .unwrap()
+            .write_value(&mut payload, Value::Record(fields))
+            .unwrap();
+        payload
+    }
+
     fn fixture(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("testdata")
@@ -376,6 +608,7 @@ mod recorded {
                         config: json!({"url": "http://example.test"}),
                     }],
                     submitted_by: None,
+                    timeout_ms: None,
                 }),
             },
             EventEnvelope {
@@ -392,6 +625,87 @@ mod recorded {
                 }),
             },
         ]
+    }
+
+    /// Submissions as the v2 build wrote them (before `wait` steps and `timeout_ms`).
+    pub(super) fn v2_stream() -> Vec<EventEnvelope> {
+        let steps = [
+            StepKind::Llm,
+            StepKind::McpTool,
+            StepKind::Template,
+            StepKind::Http,
+        ];
+        vec![
+            EventEnvelope {
+                metadata: metadata(1),
+                event: WorkflowEvent::Submitted(WorkflowSubmitted {
+                    name: "v2".into(),
+                    input: json!({"topic": "avro", "n": 2}),
+                    steps: steps
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, kind)| StepDefinition {
+                            id: kind.as_str().into(),
+                            kind,
+                            depends_on: steps[..i].iter().map(|k| k.as_str().into()).collect(),
+                            config: json!({"i": i}),
+                        })
+                        .collect(),
+                    submitted_by: Some("ana@acme".into()),
+                    timeout_ms: None,
+                }),
+            },
+            EventEnvelope {
+                metadata: metadata(2),
+                event: WorkflowEvent::Submitted(WorkflowSubmitted {
+                    name: "v2 anonymous".into(),
+                    input: json!(null),
+                    steps: vec![],
+                    submitted_by: None,
+                    timeout_ms: None,
+                }),
+            },
+        ]
+    }
+
+    /// `WRITE_FIXTURES=1 cargo test -p flowline-schemas` records the v2 encoding (with the
+    /// v2 schema, whatever the newest is) of fixtures that are missing; never rerun it to
+    /// "fix" this test.
+    #[test]
+    fn records_written_by_v2_still_decode() {
+        let codec = EventCodec::default();
+        for (index, expected) in v2_stream().into_iter().enumerate() {
+            let path = fixture(&format!("v2-stream-{index}.avro"));
+            if std::env::var_os("WRITE_FIXTURES").is_some() && !path.exists() {
+                std::fs::write(&path, encode_with_version(&expected, 2)).unwrap();
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let writer = codec.writer_schema(&bytes).unwrap();
+            assert_eq!(
+                (writer.event_type, writer.version),
+                ("WorkflowSubmitted", 2)
+            );
+            // Resolution fills the v3 default: no timeout.
+            assert_eq!(
+                codec.decode(&bytes).unwrap(),
+                expected,
+                "{}",
+                path.display()
+            );
+        }
+    }
+
+    #[test]
+    fn a_wait_step_and_a_timeout_need_v3() {
+        let codec = EventCodec::default();
+        let mut submitted = v2_stream().remove(0);
+        if let WorkflowEvent::Submitted(s) = &mut submitted.event {
+            s.steps[0].kind = StepKind::Wait;
+            s.timeout_ms = Some(60_000);
+        }
+        let encoded = codec.encode(&submitted).unwrap();
+        assert_eq!(encoded.schema_version, 3);
+        assert_eq!(codec.decode(&encoded.payload).unwrap(), submitted);
     }
 
     /// `WRITE_FIXTURES=1 cargo test -p flowline-schemas` records the current encoding; run

@@ -6,10 +6,11 @@
 //! names its exact schema without a registry service, and any Avro library can find the
 //! schema by fingerprinting the published `.avsc` files (see `docs/adr/0002-avro-framing.md`).
 //!
-//! Decoding resolves the writer's schema into the newest version of the same event
-//! (Avro schema resolution: defaults for new fields, aliases for renamed ones) and then
-//! runs the upcasters for what resolution cannot express, so old events replay into the
-//! current model.
+//! Decoding reads a payload with its writer's schema, renames fields the newest version
+//! of the same event lists under `aliases`, runs the upcasters for what resolution cannot
+//! express, and then resolves into the newest version (Avro schema resolution: defaults
+//! for added fields, enum symbols by name), so old events replay into the current model.
+//! Records written by older builds are kept in `schemas/testdata/` and must keep decoding.
 
 mod catalogue;
 mod codec;

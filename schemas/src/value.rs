@@ -3,8 +3,10 @@
 use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use flowline_domain::{
-    EventEnvelope, EventMetadata, SignalReceived, StepDefinition, StepKind, WorkflowCancelled,
-    WorkflowEvent, WorkflowSubmitted,
+    EventEnvelope, EventMetadata, SignalReceived, StepDefinition, StepError, StepFailed, StepKind,
+    StepRetried, StepSkipped, StepStarted, StepSucceeded, StepTimedOut, WorkflowCancelled,
+    WorkflowEvent, WorkflowFailed, WorkflowPaused, WorkflowResumed, WorkflowStarted,
+    WorkflowSubmitted, WorkflowSucceeded,
 };
 use uuid::Uuid;
 
@@ -17,6 +19,28 @@ fn optional_string(value: &Option<String>) -> Value {
     }
 }
 
+fn timestamp(at: &DateTime<Utc>) -> Value {
+    Value::TimestampMicros(at.timestamp_micros())
+}
+
+fn optional_timestamp(at: &Option<DateTime<Utc>>) -> Value {
+    match at {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(at) => Value::Union(1, Box::new(timestamp(at))),
+    }
+}
+
+/// An unsigned count as an Avro `long`. Counts past `i64::MAX` (292 million years of
+/// milliseconds) do not occur; they saturate rather than wrap to a negative number.
+fn long(n: u64) -> Value {
+    Value::Long(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// An attempt number as an Avro `int`; retry policies cap attempts far below `i32::MAX`.
+fn attempt(n: u32) -> Value {
+    Value::Int(i32::try_from(n).unwrap_or(i32::MAX))
+}
+
 fn metadata_value(metadata: &EventMetadata) -> Value {
     Value::Record(vec![
         ("event_id".into(), Value::Uuid(metadata.event_id)),
@@ -26,10 +50,7 @@ fn metadata_value(metadata: &EventMetadata) -> Value {
             "stream_version".into(),
             Value::Long(metadata.stream_version as i64),
         ),
-        (
-            "occurred_at".into(),
-            Value::TimestampMicros(metadata.occurred_at.timestamp_micros()),
-        ),
+        ("occurred_at".into(), timestamp(&metadata.occurred_at)),
         ("command_id".into(), Value::Uuid(metadata.command_id)),
         (
             "correlation_id".into(),
@@ -85,6 +106,11 @@ pub(crate) fn to_value(envelope: &EventEnvelope) -> Value {
                 "submitted_by".into(),
                 optional_string(&submitted.submitted_by),
             ));
+            let timeout_ms = match submitted.timeout_ms {
+                None => Value::Union(0, Box::new(Value::Null)),
+                Some(ms) => Value::Union(1, Box::new(long(ms))),
+            };
+            fields.push(("timeout_ms".into(), timeout_ms));
         }
         WorkflowEvent::Cancelled(cancelled) => {
             fields.push(("reason".into(), optional_string(&cancelled.reason)));
@@ -92,6 +118,68 @@ pub(crate) fn to_value(envelope: &EventEnvelope) -> Value {
         WorkflowEvent::SignalReceived(signal) => {
             fields.push(("name".into(), Value::String(signal.name.clone())));
             fields.push(("payload_json".into(), json_text(&signal.payload)));
+        }
+        WorkflowEvent::Started(started) => {
+            fields.push(("started_at".into(), timestamp(&started.started_at)));
+            fields.push(("deadline".into(), optional_timestamp(&started.deadline)));
+        }
+        WorkflowEvent::StepStarted(step) => {
+            fields.push(("step_id".into(), Value::String(step.step_id.clone())));
+            fields.push(("attempt".into(), attempt(step.attempt)));
+            fields.push(("attempt_id".into(), Value::Uuid(step.attempt_id)));
+            fields.push(("input_json".into(), json_text(&step.input)));
+            fields.push(("started_at".into(), timestamp(&step.started_at)));
+            fields.push(("deadline".into(), optional_timestamp(&step.deadline)));
+        }
+        WorkflowEvent::StepSucceeded(step) => {
+            fields.push(("step_id".into(), Value::String(step.step_id.clone())));
+            fields.push(("attempt".into(), attempt(step.attempt)));
+            fields.push(("attempt_id".into(), Value::Uuid(step.attempt_id)));
+            fields.push(("output_json".into(), json_text(&step.output)));
+            fields.push(("output_ref".into(), optional_string(&step.output_ref)));
+            fields.push(("duration_ms".into(), long(step.duration_ms)));
+        }
+        WorkflowEvent::StepFailed(step) => {
+            fields.push(("step_id".into(), Value::String(step.step_id.clone())));
+            fields.push(("attempt".into(), attempt(step.attempt)));
+            fields.push(("attempt_id".into(), Value::Uuid(step.attempt_id)));
+            fields.push((
+                "error".into(),
+                Value::Record(vec![
+                    ("kind".into(), Value::String(step.error.kind.clone())),
+                    ("message".into(), Value::String(step.error.message.clone())),
+                ]),
+            ));
+            fields.push(("retryable".into(), Value::Boolean(step.retryable)));
+            fields.push((
+                "next_attempt_at".into(),
+                optional_timestamp(&step.next_attempt_at),
+            ));
+        }
+        WorkflowEvent::StepTimedOut(step) => {
+            fields.push(("step_id".into(), Value::String(step.step_id.clone())));
+            fields.push(("attempt".into(), attempt(step.attempt)));
+            fields.push(("attempt_id".into(), Value::Uuid(step.attempt_id)));
+            fields.push((
+                "next_attempt_at".into(),
+                optional_timestamp(&step.next_attempt_at),
+            ));
+        }
+        WorkflowEvent::StepSkipped(step) => {
+            fields.push(("step_id".into(), Value::String(step.step_id.clone())));
+            fields.push(("reason".into(), Value::String(step.reason.clone())));
+        }
+        WorkflowEvent::StepRetried(step) => {
+            fields.push(("step_id".into(), Value::String(step.step_id.clone())));
+        }
+        WorkflowEvent::Succeeded(WorkflowSucceeded {})
+        | WorkflowEvent::Resumed(WorkflowResumed {}) => {}
+        WorkflowEvent::Failed(failed) => {
+            fields.push(("reason".into(), Value::String(failed.reason.clone())));
+            fields.push(("step_id".into(), optional_string(&failed.step_id)));
+        }
+        WorkflowEvent::Paused(paused) => {
+            fields.push(("reason".into(), optional_string(&paused.reason)));
         }
     }
     Value::Record(fields)
@@ -161,6 +249,44 @@ impl<'a> Fields<'a> {
         }
     }
 
+    fn optional_long(&self, name: &str) -> Result<Option<i64>> {
+        match self.get(name)? {
+            Value::Null => Ok(None),
+            _ => self.long(name).map(Some),
+        }
+    }
+
+    fn unsigned(&self, name: &str) -> Result<u64> {
+        let n = self.long(name)?;
+        u64::try_from(n).map_err(|_| malformed(self.event_type, format!("{name}: {n} < 0")))
+    }
+
+    fn attempt(&self, name: &str) -> Result<u32> {
+        let n = self.long(name)?;
+        u32::try_from(n)
+            .map_err(|_| malformed(self.event_type, format!("{name}: {n} is no attempt number")))
+    }
+
+    fn boolean(&self, name: &str) -> Result<bool> {
+        match self.get(name)? {
+            Value::Boolean(b) => Ok(*b),
+            other => Err(self.wrong(name, "a boolean", other)),
+        }
+    }
+
+    fn timestamp(&self, name: &str) -> Result<DateTime<Utc>> {
+        let micros = self.long(name)?;
+        DateTime::<Utc>::from_timestamp_micros(micros)
+            .ok_or_else(|| malformed(self.event_type, format!("{name} {micros} out of range")))
+    }
+
+    fn optional_timestamp(&self, name: &str) -> Result<Option<DateTime<Utc>>> {
+        match self.get(name)? {
+            Value::Null => Ok(None),
+            _ => self.timestamp(name).map(Some),
+        }
+    }
+
     fn json(&self, name: &str) -> Result<serde_json::Value> {
         let text = self.string(name)?;
         serde_json::from_str(&text).map_err(|e| malformed(self.event_type, format!("{name}: {e}")))
@@ -190,9 +316,7 @@ fn malformed(event_type: &str, detail: String) -> Error {
 
 fn metadata_from(event_type: &str, value: &Value) -> Result<EventMetadata> {
     let fields = Fields::of(event_type, value)?;
-    let micros = fields.long("occurred_at")?;
-    let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros)
-        .ok_or_else(|| malformed(event_type, format!("occurred_at {micros} out of range")))?;
+    let occurred_at = fields.timestamp("occurred_at")?;
     let stream_version = fields.long("stream_version")?;
     Ok(EventMetadata {
         event_id: fields.uuid("event_id")?,
@@ -244,6 +368,13 @@ pub(crate) fn from_value(event_type: &str, value: &Value) -> Result<EventEnvelop
                 input: fields.json("input")?,
                 steps,
                 submitted_by: fields.optional_string("submitted_by")?,
+                timeout_ms: fields
+                    .optional_long("timeout_ms")?
+                    .map(|ms| {
+                        u64::try_from(ms)
+                            .map_err(|_| malformed(event_type, format!("timeout_ms: {ms} < 0")))
+                    })
+                    .transpose()?,
             })
         }
         "WorkflowCancelled" => WorkflowEvent::Cancelled(WorkflowCancelled {
@@ -253,6 +384,62 @@ pub(crate) fn from_value(event_type: &str, value: &Value) -> Result<EventEnvelop
             name: fields.string("name")?,
             payload: fields.json("payload_json")?,
         }),
+        "WorkflowStarted" => WorkflowEvent::Started(WorkflowStarted {
+            started_at: fields.timestamp("started_at")?,
+            deadline: fields.optional_timestamp("deadline")?,
+        }),
+        "StepStarted" => WorkflowEvent::StepStarted(StepStarted {
+            step_id: fields.string("step_id")?,
+            attempt: fields.attempt("attempt")?,
+            attempt_id: fields.uuid("attempt_id")?,
+            input: fields.json("input_json")?,
+            started_at: fields.timestamp("started_at")?,
+            deadline: fields.optional_timestamp("deadline")?,
+        }),
+        "StepSucceeded" => WorkflowEvent::StepSucceeded(StepSucceeded {
+            step_id: fields.string("step_id")?,
+            attempt: fields.attempt("attempt")?,
+            attempt_id: fields.uuid("attempt_id")?,
+            output: fields.json("output_json")?,
+            output_ref: fields.optional_string("output_ref")?,
+            duration_ms: fields.unsigned("duration_ms")?,
+        }),
+        "StepFailed" => {
+            let error = Fields::of(event_type, fields.get("error")?)?;
+            WorkflowEvent::StepFailed(StepFailed {
+                step_id: fields.string("step_id")?,
+                attempt: fields.attempt("attempt")?,
+                attempt_id: fields.uuid("attempt_id")?,
+                error: StepError {
+                    kind: error.string("kind")?,
+                    message: error.string("message")?,
+                },
+                retryable: fields.boolean("retryable")?,
+                next_attempt_at: fields.optional_timestamp("next_attempt_at")?,
+            })
+        }
+        "StepTimedOut" => WorkflowEvent::StepTimedOut(StepTimedOut {
+            step_id: fields.string("step_id")?,
+            attempt: fields.attempt("attempt")?,
+            attempt_id: fields.uuid("attempt_id")?,
+            next_attempt_at: fields.optional_timestamp("next_attempt_at")?,
+        }),
+        "StepSkipped" => WorkflowEvent::StepSkipped(StepSkipped {
+            step_id: fields.string("step_id")?,
+            reason: fields.string("reason")?,
+        }),
+        "StepRetried" => WorkflowEvent::StepRetried(StepRetried {
+            step_id: fields.string("step_id")?,
+        }),
+        "WorkflowSucceeded" => WorkflowEvent::Succeeded(WorkflowSucceeded {}),
+        "WorkflowFailed" => WorkflowEvent::Failed(WorkflowFailed {
+            reason: fields.string("reason")?,
+            step_id: fields.optional_string("step_id")?,
+        }),
+        "WorkflowPaused" => WorkflowEvent::Paused(WorkflowPaused {
+            reason: fields.optional_string("reason")?,
+        }),
+        "WorkflowResumed" => WorkflowEvent::Resumed(WorkflowResumed {}),
         other => return Err(Error::UnknownEventType(other.to_owned())),
     };
     Ok(EventEnvelope { metadata, event })

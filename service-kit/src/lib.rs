@@ -4,6 +4,7 @@
 
 pub mod db;
 pub mod http;
+pub mod leases;
 pub mod openapi;
 pub mod problem;
 pub mod request;

@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 pub mod js_clients;
+pub mod step_server;
 
 /// The projectors' admin token in tests.
 pub const ADMIN_TOKEN: &str = "test-admin-token";
@@ -496,6 +497,107 @@ impl TestSystem {
         let mut env = self.process_env();
         env.push(("QUERY_ADDR".into(), format!("127.0.0.1:{port}")));
         ServiceProcess::start("query-service", port, env).await
+    }
+
+    /// The executor in-process, with short leases (a test's partitions change hands fast).
+    pub async fn executor(&self) -> Running {
+        self.executor_with(|_| {}).await
+    }
+
+    /// The executor in-process, with its settings adjusted by `adjust`.
+    pub async fn executor_with(&self, adjust: impl FnOnce(&mut executor::Config)) -> Running {
+        use clap::Parser;
+        let mut config = executor::Config::parse_from(["executor"]);
+        config.admin_listen = "127.0.0.1:0".parse().unwrap();
+        config.lease_ttl_ms = 2_000;
+        config.database = self.database();
+        config.kafka = self.kafka.clone();
+        adjust(&mut config);
+        let app = executor::Application::build(config)
+            .await
+            .expect("executor builds");
+        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+    }
+
+    /// The executor as its own process (to `kill -9` it), with `overrides` of its
+    /// environment.
+    pub async fn executor_process(&self, overrides: Vec<(String, String)>) -> ServiceProcess {
+        let port = free_port();
+        let mut env = self.process_env();
+        env.push(("EXECUTOR_ADMIN_ADDR".into(), format!("127.0.0.1:{port}")));
+        env.push(("EXECUTOR_LEASE_TTL_MS".into(), "2000".into()));
+        env.extend(overrides);
+        ServiceProcess::start("executor", port, env).await
+    }
+
+    /// Submits `body` and returns the new run's id.
+    pub async fn submit(&self, command_url: &str, body: &Value) -> String {
+        let reply = self.post(&format!("{command_url}/v1/workflows"), body).await;
+        assert_eq!(reply.status, 201, "{}", reply.body);
+        reply.body["workflow_id"].as_str().expect("an id").to_owned()
+    }
+
+    /// The run's status, straight from the event store's events (independent of the
+    /// projections).
+    pub async fn run_status(&self, workflow_id: &str) -> Option<String> {
+        let last: Option<String> = sqlx::query_scalar(
+            "SELECT event_type FROM event_store WHERE stream_id = $1::uuid \
+             ORDER BY stream_version DESC LIMIT 1",
+        )
+        .bind(workflow_id)
+        .fetch_optional(&self.pool)
+        .await
+        .expect("event store readable");
+        last.map(|event_type| match event_type.as_str() {
+            "WorkflowSucceeded" => "succeeded",
+            "WorkflowFailed" => "failed",
+            "WorkflowCancelled" => "cancelled",
+            "WorkflowPaused" => "paused",
+            "WorkflowSubmitted" => "pending",
+            _ => "running",
+        }
+        .to_owned())
+    }
+
+    /// Waits (up to `within`) until the run's last event says `status`.
+    pub async fn wait_for_run(&self, workflow_id: &str, status: &str, within: Duration) {
+        let reached = eventually(within, || async {
+            (self.run_status(workflow_id).await.as_deref() == Some(status)).then_some(())
+        })
+        .await;
+        assert!(
+            reached.is_some(),
+            "run {workflow_id} did not become {status} within {within:?} (it is {:?}); events: {:?}",
+            self.run_status(workflow_id).await,
+            self.event_types(workflow_id).await
+        );
+    }
+
+    /// The run's event types in version order, from the event store.
+    pub async fn event_types(&self, workflow_id: &str) -> Vec<String> {
+        sqlx::query_scalar(
+            "SELECT event_type FROM event_store WHERE stream_id = $1::uuid ORDER BY stream_version",
+        )
+        .bind(workflow_id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("event store readable")
+    }
+
+    /// The run's events decoded, in version order, from the event store.
+    pub async fn events(&self, workflow_id: &str) -> Vec<flowline_domain::EventEnvelope> {
+        let payloads: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT payload FROM event_store WHERE stream_id = $1::uuid ORDER BY stream_version",
+        )
+        .bind(workflow_id)
+        .fetch_all(&self.pool)
+        .await
+        .expect("event store readable");
+        let codec = flowline_schemas::EventCodec::default();
+        payloads
+            .iter()
+            .map(|p| codec.decode(p).expect("decodable"))
+            .collect()
     }
 
     /// A command service as its own process.

@@ -1,0 +1,99 @@
+//! Wiring: database, topic, leases, runners, the feed and the admin endpoint.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use flowline_event_store::{EventStore, WorkflowRepository};
+use flowline_service_kit::http::HttpServer;
+use flowline_service_kit::leases::Leases;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::feed::{self, Parts, Shared};
+use crate::metrics::Metrics;
+use crate::payloads::Payloads;
+use crate::runners::Runners;
+use crate::runners::http::HttpRunner;
+use crate::{Error, Result};
+
+/// Snapshot cadence of the executor's appends (as the command service's default).
+const SNAPSHOT_EVERY: u64 = 100;
+
+/// Name under which executor processes share partitions.
+pub const LEASE_NAME: &str = "executor";
+
+/// A built executor with a bound admin endpoint.
+pub struct Application {
+    server: HttpServer,
+    stop: CancellationToken,
+    feed: tokio::task::JoinHandle<()>,
+}
+
+impl Application {
+    /// Prepares the database, learns the topic's partitions, starts the feed and binds
+    /// the admin port.
+    pub async fn build(config: Config) -> Result<Self> {
+        Self::build_with(config, |runners| runners).await
+    }
+
+    /// The same, with step runners replaced or added (the AI and MCP runners plug in here).
+    pub async fn build_with(
+        config: Config,
+        runners: impl FnOnce(Runners) -> Runners,
+    ) -> Result<Self> {
+        let pool = config.database.prepare().await?;
+        let partitions = flowline_event_log::ensure_topic(&config.kafka).await?;
+        let http = HttpRunner::new(&config.http).map_err(Error::Config)?;
+        let default_http_timeout = http.default_timeout();
+        let store = EventStore::new(pool.clone());
+        let shared = Shared::new(Parts {
+            repository: WorkflowRepository::new(store, pool.clone(), SNAPSHOT_EVERY),
+            pool: pool.clone(),
+            dispatcher: Dispatcher::new(
+                config.max_concurrent_attempts,
+                config.max_attempts_per_tenant,
+            ),
+            runners: runners(Runners::new(http)),
+            payloads: Payloads::new(pool.clone(), config.output_inline_bytes),
+            metrics: Arc::new(Metrics::default()),
+            default_http_timeout,
+            partitions,
+        });
+        let stop = CancellationToken::new();
+        let leases = Leases::new(pool, LEASE_NAME, partitions).with_ttl(config.lease_ttl());
+        let feed = tokio::spawn(feed::run(
+            Arc::clone(&shared),
+            leases,
+            config.lease_ttl(),
+            stop.clone(),
+        ));
+        let server =
+            HttpServer::bind(config.admin_listen, admin::router(AdminState { shared })).await?;
+        Ok(Self { server, stop, feed })
+    }
+
+    /// The admin endpoint's port.
+    pub fn port(&self) -> u16 {
+        self.server.port()
+    }
+
+    /// Serves until `shutdown`, then stops driving runs and gives its leases back.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let stop = self.stop.clone();
+        let served = self
+            .server
+            .serve_until(async move {
+                shutdown.await;
+                stop.cancel();
+            })
+            .await;
+        self.stop.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), self.feed).await;
+        served.map_err(|e| Error::Config(format!("admin endpoint: {e}")))
+    }
+}

@@ -1,0 +1,107 @@
+//! The executor's counters, rendered for Prometheus at `/metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Monotonic counters (gauges are read from their owners when rendered).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Runs taken up.
+    pub runs_started: AtomicU64,
+    /// Runs ended `succeeded`.
+    pub runs_succeeded: AtomicU64,
+    /// Runs ended `failed`.
+    pub runs_failed: AtomicU64,
+    /// Attempts started.
+    pub attempts_started: AtomicU64,
+    /// Attempts succeeded.
+    pub attempts_succeeded: AtomicU64,
+    /// Attempts failed (lost ones included).
+    pub attempts_failed: AtomicU64,
+    /// Attempts timed out.
+    pub attempts_timed_out: AtomicU64,
+    /// Attempts found running when a run was taken over (their executor stopped).
+    pub attempts_lost: AtomicU64,
+    /// Events appended.
+    pub appends: AtomicU64,
+    /// Appends that lost a race with another writer (the run was reloaded).
+    pub append_conflicts: AtomicU64,
+}
+
+impl Metrics {
+    /// Adds one.
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prometheus text format, with the gauges given.
+    pub fn render(&self, gauges: &[(&str, &str, Vec<(String, u64)>)]) -> String {
+        let mut text = String::new();
+        let counters = [
+            (
+                "flowline_executor_runs_started_total",
+                "Runs taken up",
+                &self.runs_started,
+            ),
+            (
+                "flowline_executor_runs_succeeded_total",
+                "Runs that succeeded",
+                &self.runs_succeeded,
+            ),
+            (
+                "flowline_executor_runs_failed_total",
+                "Runs that failed",
+                &self.runs_failed,
+            ),
+            (
+                "flowline_executor_attempts_started_total",
+                "Step attempts started",
+                &self.attempts_started,
+            ),
+            (
+                "flowline_executor_attempts_succeeded_total",
+                "Step attempts that succeeded",
+                &self.attempts_succeeded,
+            ),
+            (
+                "flowline_executor_attempts_failed_total",
+                "Step attempts that failed",
+                &self.attempts_failed,
+            ),
+            (
+                "flowline_executor_attempts_timed_out_total",
+                "Step attempts that timed out",
+                &self.attempts_timed_out,
+            ),
+            (
+                "flowline_executor_attempts_lost_total",
+                "Running attempts found orphaned on takeover",
+                &self.attempts_lost,
+            ),
+            (
+                "flowline_executor_appends_total",
+                "Events appended",
+                &self.appends,
+            ),
+            (
+                "flowline_executor_append_conflicts_total",
+                "Appends that lost a race",
+                &self.append_conflicts,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            let _ = writeln!(
+                text,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        for (name, help, values) in gauges {
+            let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (labels, value) in values {
+                let _ = writeln!(text, "{name}{labels} {value}");
+            }
+        }
+        text
+    }
+}
