@@ -7,6 +7,7 @@
 //!
 //! `bench subscribe`: command 2xx → event received by a `graphql-ws` client subscribed to
 //! `workflowEvents`, p50/p99, next to 2xx → visible to a client polling the REST API.
+//! `bench execute`: the executor driving template workflows, next to the write path.
 //! `bench graphql`: N concurrent clients read pages of 100 workflows over GraphQL; reports
 //! pages/s and latency p50/p99 next to the same page from the REST list endpoint.
 
@@ -24,6 +25,8 @@ use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use system_tests::TestSystem;
 use uuid::Uuid;
+
+mod execute;
 
 #[derive(Parser)]
 #[command(
@@ -102,6 +105,19 @@ enum Command {
         /// Workflow runs in the read model (4 events each).
         #[arg(long, default_value_t = 1_000)]
         runs: u64,
+    },
+    /// The executor driving 10-step template workflows to completion (runs/s, events/s,
+    /// per-step scheduling overhead), next to the write path's own events/s.
+    Execute {
+        /// Runs in the backlog of the throughput phase.
+        #[arg(long, default_value_t = 2_000)]
+        runs: usize,
+        /// Clients of the write-path baseline.
+        #[arg(long, default_value_t = 16)]
+        clients: usize,
+        /// Seconds of the baseline and of the latency phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Aggregate load time of a long stream, with and without a snapshot.
     Load {
@@ -1123,6 +1139,11 @@ async fn main() -> anyhow::Result<()> {
             streams,
         } => append(clients, seconds, streams).await,
         Command::Load { events, repeats } => load(events, repeats).await,
+        Command::Execute {
+            runs,
+            clients,
+            seconds,
+        } => execute::execute(runs, clients, seconds).await,
         Command::Subscribe {
             commands,
             partitions,

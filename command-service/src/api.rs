@@ -24,6 +24,71 @@ pub(crate) enum StepKindDoc {
     Template,
     /// An HTTP request.
     Http,
+    /// Waiting for a named signal (`config.signal`, required), e.g. a person's approval:
+    /// `POST /v1/workflows/{id}/signals/{signal}` completes it. With `config.timeout` it
+    /// fails once that passes; it is never retried.
+    Wait,
+}
+
+/// What a step's failure for good means for its run.
+#[derive(ToSchema)]
+#[schema(as = OnFailure, rename_all = "snake_case")]
+#[allow(dead_code)] // documentation only
+pub(crate) enum OnFailureDoc {
+    /// The run fails (the default).
+    Fail,
+    /// The run goes on; the steps depending on this one are skipped.
+    Continue,
+}
+
+/// Retries of a step's failed or timed-out attempts, with exponential backoff (each pause
+/// is jittered between half and all of its base value).
+#[derive(ToSchema)]
+#[schema(as = RetryPolicy)]
+#[allow(dead_code)] // documentation only
+pub(crate) struct RetryDoc {
+    /// Attempts in all, the first included (1 = no retry).
+    #[schema(default = 3, minimum = 1, maximum = 100)]
+    max_attempts: Option<u32>,
+    /// Pause before the second attempt (a duration).
+    #[schema(default = "1s", pattern = "^[0-9]+(ms|s|m|h)$")]
+    initial_interval: Option<String>,
+    /// Each further pause is the previous one times this.
+    #[schema(default = 2.0, minimum = 1.0, maximum = 10.0)]
+    backoff_coefficient: Option<f64>,
+    /// No pause is longer (a duration, not shorter than `initial_interval`); by default
+    /// 100 × `initial_interval` (at most 7 days).
+    #[schema(pattern = "^[0-9]+(ms|s|m|h)$")]
+    max_interval: Option<String>,
+    /// Error kinds (e.g. `http_status`) that are never retried; at most 32.
+    #[schema(default = json!([]), max_items = 32)]
+    non_retryable: Option<Vec<String>>,
+}
+
+/// A step's `config`: the kind's own settings (e.g. `model`, `server` and `tool`, `url`)
+/// next to the policy members below, which apply to every kind. Each is checked at
+/// submit: a bad one is a 422 naming it (`steps[0].config.retry.max_attempts`).
+///
+/// Durations are a whole number and one unit, `ms`, `s`, `m` or `h` (`500ms`, `30s`,
+/// `5m`, `2h`), longer than 0 and at most 7 days.
+#[derive(ToSchema)]
+#[schema(as = StepConfig)]
+#[allow(dead_code)] // documentation only
+pub(crate) struct StepConfigDoc {
+    /// Retries; defaults: 3 attempts, 1s initial interval, coefficient 2, max interval
+    /// 100 × the initial interval. A `wait` step is never retried.
+    retry: Option<RetryDoc>,
+    /// Per attempt, from start to end (a duration); no timeout unless set. For a `wait`
+    /// step: how long it waits for its signal.
+    #[schema(pattern = "^[0-9]+(ms|s|m|h)$")]
+    timeout: Option<String>,
+    /// What the step's failure for good means for the run.
+    #[schema(default = "fail")]
+    on_failure: Option<OnFailureDoc>,
+    /// `wait` steps only, and required for them: the name of the signal that completes the
+    /// step (1-128 ASCII letters, digits, '_', '-', '.').
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
+    signal: Option<String>,
 }
 
 /// A step of a submitted workflow.
@@ -37,9 +102,9 @@ pub(crate) struct StepDoc {
     /// Ids of steps that must finish first (no cycles).
     #[schema(default = json!([]))]
     depends_on: Option<Vec<String>>,
-    /// Kind-specific settings.
-    #[schema(value_type = Option<Object>)]
-    config: Option<serde_json::Value>,
+    /// The kind's settings and the step's policy (retries, timeout, `on_failure`, a
+    /// `wait` step's `signal`).
+    config: Option<StepConfigDoc>,
 }
 
 /// `POST /v1/workflows` body.
@@ -54,6 +119,20 @@ pub(crate) struct SubmitDoc {
     input: Option<serde_json::Value>,
     /// The step graph: 1 to 1000 steps, acyclic.
     steps: Vec<StepDoc>,
+    /// The run's timeout, from its start to its end (a duration: a whole number and `ms`,
+    /// `s`, `m` or `h`, longer than 0 and at most 7 days); none unless set. A run past it
+    /// fails.
+    #[schema(pattern = "^[0-9]+(ms|s|m|h)$", example = "30m")]
+    timeout: Option<String>,
+}
+
+/// `POST /v1/workflows/{id}/pause` body (optional).
+#[derive(ToSchema)]
+#[schema(as = PauseWorkflow)]
+#[allow(dead_code)] // documentation only
+pub(crate) struct PauseDoc {
+    /// Why, for the audit trail.
+    reason: Option<String>,
 }
 
 /// `POST /v1/workflows/{id}/cancel` body (optional).
@@ -73,16 +152,88 @@ pub(crate) struct CancelDoc {
             the log. Every error is `application/problem+json` (RFC 9457); refused bodies list \
             `errors: [{field, message}]`."
     ),
-    tags((name = "commands", description = "Submit, cancel and signal runs"))
+    tags((name = "commands", description = "Submit, cancel, signal, pause and resume runs; retry failed steps"))
 )]
 struct ApiDoc;
 
-/// The command routes and the routes serving their document.
-pub(crate) fn router() -> Router<AppState> {
+/// The command routes and their finished document.
+fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(routes::submit))
         .routes(routes!(routes::cancel))
         .routes(routes!(routes::signal))
+        .routes(routes!(routes::pause))
+        .routes(routes!(routes::resume))
+        .routes(routes!(routes::retry_step))
         .split_for_parts();
-    router.merge(openapi::docs(openapi::finish(api, &["/v1"])))
+    (router, openapi::finish(api, &["/v1"]))
+}
+
+/// The command routes and the routes serving their document.
+pub(crate) fn router() -> Router<AppState> {
+    let (router, api) = routes_and_document();
+    router.merge(openapi::docs(api))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn document() -> Value {
+        serde_json::to_value(routes_and_document().1).unwrap()
+    }
+
+    #[test]
+    fn run_control_routes_are_documented_with_the_headers_and_answers_of_every_command() {
+        let document = document();
+        for path in [
+            "/v1/workflows/{id}/pause",
+            "/v1/workflows/{id}/resume",
+            "/v1/workflows/{id}/steps/{step}/retry",
+        ] {
+            let operation = &document["paths"][path]["post"];
+            assert!(operation.is_object(), "{path} is documented");
+            // An empty body is accepted, so the document must not require one.
+            assert_ne!(operation["requestBody"]["required"], json!(true), "{path}");
+            for status in ["200", "404", "409", "412", "default"] {
+                assert!(
+                    !operation["responses"][status].is_null(),
+                    "{path} documents {status}"
+                );
+            }
+            let parameters: Vec<&str> = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            for name in ["id", "Idempotency-Key", "If-Match", "X-Tenant-Id"] {
+                assert!(
+                    parameters.contains(&name),
+                    "{path}: {name} in {parameters:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_submit_body_documents_the_run_timeout_wait_steps_and_step_policies() {
+        let document = document();
+        let schemas = &document["components"]["schemas"];
+        let kinds = serde_json::to_string(&schemas["StepKind"]).unwrap();
+        assert!(kinds.contains("\"wait\""), "{kinds}");
+        assert!(schemas["SubmitWorkflow"]["properties"]["timeout"].is_object());
+        for field in ["retry", "timeout", "on_failure", "signal"] {
+            assert!(
+                schemas["StepConfig"]["properties"][field].is_object(),
+                "StepConfig.{field}"
+            );
+        }
+        let retry = &schemas["RetryPolicy"]["properties"];
+        assert_eq!(retry["max_attempts"]["default"], json!(3));
+        assert_eq!(retry["initial_interval"]["default"], json!("1s"));
+        assert_eq!(retry["backoff_coefficient"]["default"], json!(2.0));
+    }
 }

@@ -2,7 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use flowline_domain::DomainError;
+use flowline_domain::{DomainError, WorkflowStatus};
 use flowline_service_kit::Problem;
 use uuid::Uuid;
 
@@ -12,6 +12,17 @@ pub enum Error {
     /// The aggregate refused the command.
     #[error(transparent)]
     Domain(#[from] DomainError),
+    /// A command about one step that the run's status forbids. The aggregate's refusal
+    /// names only the run's status; the caller also needs to know which step it was about.
+    #[error("workflow is {}: {action} is not possible (step '{step_id}')", status.as_str())]
+    StepRefused {
+        /// The step the command named.
+        step_id: String,
+        /// The run's status.
+        status: WorkflowStatus,
+        /// What was attempted.
+        action: &'static str,
+    },
     /// `If-Match` named another version than the current one.
     #[error("expected version {expected}, current version is {current}")]
     VersionMismatch {
@@ -57,6 +68,35 @@ impl From<Problem> for Error {
     }
 }
 
+impl Error {
+    /// This error as the answer to a command about step `step_id`: a refusal because of the
+    /// run's status becomes [`Error::StepRefused`], which names the step; anything else is
+    /// kept (the step's own refusals name it already).
+    pub(crate) fn about_step(self, step_id: &str) -> Self {
+        match self {
+            Error::Domain(DomainError::InvalidTransition { status, action }) => {
+                Error::StepRefused {
+                    step_id: step_id.to_owned(),
+                    status,
+                    action,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// 409 for a command the run's or a step's status forbids. Callers add the status as
+/// `workflow_status` or `step_status`: `status` is the HTTP status of every problem.
+fn invalid_transition(detail: String) -> Problem {
+    Problem::new(
+        StatusCode::CONFLICT,
+        "invalid-transition",
+        "Not possible in the current status",
+        detail,
+    )
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let problem = match self {
@@ -68,15 +108,33 @@ impl IntoResponse for Error {
             )
             .with_errors(errors.0.iter().map(|e| serde_json::json!(e))),
             Error::Domain(DomainError::NotFound) => Problem::not_found("no such workflow"),
+            Error::Domain(ref error @ DomainError::UnknownStep(ref step_id)) => {
+                Problem::not_found(error.to_string()).with("step", step_id.as_str())
+            }
             Error::Domain(error @ DomainError::AlreadyExists) => {
                 Problem::new(StatusCode::CONFLICT, "already-exists", "Already exists", error.to_string())
             }
-            Error::Domain(error @ DomainError::InvalidTransition { .. }) => Problem::new(
+            Error::Domain(ref error @ DomainError::InvalidTransition { status, .. }) => {
+                invalid_transition(error.to_string()).with("workflow_status", status.as_str())
+            }
+            ref error @ Error::StepRefused { ref step_id, status, .. } => {
+                invalid_transition(error.to_string())
+                    .with("workflow_status", status.as_str())
+                    .with("step", step_id.as_str())
+            }
+            Error::Domain(ref error @ DomainError::InvalidStepTransition { ref step_id, status, .. }) => {
+                invalid_transition(error.to_string())
+                    .with("step", step_id.as_str())
+                    .with("step_status", status.as_str())
+            }
+            Error::Domain(ref error @ DomainError::StaleAttempt { ref step_id, attempt_id }) => Problem::new(
                 StatusCode::CONFLICT,
-                "invalid-transition",
-                "Not possible in the current status",
+                "stale-attempt",
+                "Not the step's running attempt",
                 error.to_string(),
-            ),
+            )
+            .with("step", step_id.as_str())
+            .with("attempt_id", attempt_id.to_string()),
             Error::VersionMismatch { expected, current } => Problem::new(
                 StatusCode::PRECONDITION_FAILED,
                 "version-mismatch",

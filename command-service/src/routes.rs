@@ -6,7 +6,11 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use flowline_domain::{CancelWorkflow, SendSignal, SubmitWorkflow, WorkflowCommand};
+use flowline_domain::command::MAX_ID_CHARS;
+use flowline_domain::{
+    CancelWorkflow, DomainError, PauseWorkflow, SendSignal, StepCommand, SubmitWorkflow,
+    WorkflowCommand,
+};
 use flowline_event_log::ConsistencyToken;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
@@ -164,6 +168,29 @@ fn workflow_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| Problem::not_found(format!("no workflow with id '{raw}'")))
 }
 
+/// The step named by a path segment. Ids that no step can have (submit refuses them) are
+/// answered 404 at once, like malformed run ids, without loading the run; only the first
+/// `MAX_ID_CHARS` characters are echoed, so a huge segment does not come back in the answer.
+fn step_id(raw: String) -> Result<String, Error> {
+    let possible = !raw.is_empty()
+        && raw.chars().count() <= MAX_ID_CHARS
+        && raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if possible {
+        Ok(raw)
+    } else {
+        let shown = raw.chars().take(MAX_ID_CHARS).collect();
+        Err(DomainError::UnknownStep(shown).into())
+    }
+}
+
+/// Reads a body that carries nothing: empty, or a JSON object (whose members are ignored),
+/// so clients that always send `{}` work; anything else is refused as for other commands.
+fn no_body(body: &[u8]) -> Result<(), Problem> {
+    json_body::<Option<serde_json::Map<String, serde_json::Value>>>(body).map(drop)
+}
+
 /// Runs a parsed command for a request: answers a keyed retry from the cache, otherwise
 /// executes and caches the first answer.
 async fn dispatch(
@@ -266,7 +293,7 @@ pub async fn submit(
     post,
     path = "/v1/workflows/{id}/cancel",
     tag = "commands",
-    request_body(content = crate::api::CancelDoc, description = "Optional"),
+    request_body(content = Option<crate::api::CancelDoc>, description = "Optional"),
     params(
         ("id" = Uuid, Path, description = "The run's id"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
@@ -364,6 +391,171 @@ pub async fn signal(
         StatusCode::OK,
     )
     .await
+}
+
+/// Pauses a run: attempts already running finish, no new step starts until it is resumed.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/pause",
+    tag = "commands",
+    request_body(content = Option<crate::api::PauseDoc>, description = "Optional"),
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: apply only if the run is at this version, else 412 with `current_version`"),
+        ("X-Correlation-Id" = Option<Uuid>, Header, description = "Recorded on the event"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, recorded on the event"),
+    ),
+    responses(
+        (status = 200, description = "Paused (status `paused`) and on the log", body = AcceptedBody, headers(
+            ("ETag" = String, description = "The stream's version, quoted"),
+            ("X-Consistency-Token" = String, description = "Where the event landed on the log (`partition:offset`); send it to the query service to read your write"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
+        )),
+        (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run is not `pending` or `running` (already paused, or finished); `workflow_status` says its status", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 422, description = "Invalid fields (`errors` names each) or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id))]
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let stream = Stream::Existing(workflow_id(&id)?);
+    let body = body_bytes(body)?;
+    let command: Option<PauseWorkflow> = json_body(&body)?;
+    let command = WorkflowCommand::Pause(command.unwrap_or_default());
+    dispatch(
+        &state,
+        &headers,
+        uri.path(),
+        &body,
+        stream,
+        command,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// Resumes a paused run: it goes back to `running`, or to `pending` when it had not
+/// started yet.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/resume",
+    tag = "commands",
+    request_body(content = Option<Object>, description = "Optional and not read: empty, or a JSON object such as `{}`"),
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: apply only if the run is at this version, else 412 with `current_version`"),
+        ("X-Correlation-Id" = Option<Uuid>, Header, description = "Recorded on the event"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, recorded on the event"),
+    ),
+    responses(
+        (status = 200, description = "Resumed and on the log", body = AcceptedBody, headers(
+            ("ETag" = String, description = "The stream's version, quoted"),
+            ("X-Consistency-Token" = String, description = "Where the event landed on the log (`partition:offset`); send it to the query service to read your write"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
+        )),
+        (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run is not paused; `workflow_status` says its status", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 422, description = "A body that is not a JSON object, or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let stream = Stream::Existing(workflow_id(&id)?);
+    let body = body_bytes(body)?;
+    no_body(&body)?;
+    dispatch(
+        &state,
+        &headers,
+        uri.path(),
+        &body,
+        stream,
+        WorkflowCommand::Resume,
+        StatusCode::OK,
+    )
+    .await
+}
+
+/// Runs a failed step of a failed run again: the run goes back to `running`, the step and
+/// the steps the failure stopped go back to `pending`.
+#[utoipa::path(
+    post,
+    path = "/v1/workflows/{id}/steps/{step}/retry",
+    tag = "commands",
+    request_body(content = Option<Object>, description = "Optional and not read: empty, or a JSON object such as `{}`"),
+    params(
+        ("id" = Uuid, Path, description = "The run's id"),
+        ("step" = String, Path, description = "The step's id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
+        ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: apply only if the run is at this version, else 412 with `current_version`"),
+        ("X-Correlation-Id" = Option<Uuid>, Header, description = "Recorded on the event"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, recorded on the event"),
+    ),
+    responses(
+        (status = 200, description = "Retried (status `running`) and on the log", body = AcceptedBody, headers(
+            ("ETag" = String, description = "The stream's version, quoted"),
+            ("X-Consistency-Token" = String, description = "Where the event landed on the log (`partition:offset`); send it to the query service to read your write"),
+            ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
+        )),
+        (status = 404, description = "No such run for this tenant, or the run has no such step (`step` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run is not `failed` (`workflow_status`) or the step is not `failed` (`step_status`); `step` names the step", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 422, description = "A body that is not a JSON object, or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
+#[tracing::instrument(skip_all, fields(workflow_id = %id, step = %step))]
+pub async fn retry_step(
+    State(state): State<AppState>,
+    Path((id, step)): Path<(String, String)>,
+    OriginalUri(uri): OriginalUri,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response> {
+    let stream = Stream::Existing(workflow_id(&id)?);
+    let step_id = step_id(step)?;
+    let body = body_bytes(body)?;
+    no_body(&body)?;
+    // `Retry` is the one step command a caller may give; the others are the executor's
+    // record of attempts and have no route.
+    let command = WorkflowCommand::Step {
+        step_id: step_id.clone(),
+        command: StepCommand::Retry,
+    };
+    dispatch(
+        &state,
+        &headers,
+        uri.path(),
+        &body,
+        stream,
+        command,
+        StatusCode::OK,
+    )
+    .await
+    .map_err(|error| error.about_step(&step_id))
 }
 
 /// `GET /health`

@@ -330,6 +330,9 @@ impl Workflow {
         step_id: &str,
         command: &StepCommand,
     ) -> Result<WorkflowEvent, DomainError> {
+        if !self.submitted {
+            return Err(DomainError::NotFound);
+        }
         let step = self.known_step(step_id)?;
         let refuse = |action| DomainError::InvalidStepTransition {
             step_id: step_id.to_owned(),

@@ -3,6 +3,9 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// A gauge's name, help text, and values by label set (`{tenant="a"}` or empty).
+pub type Gauge<'a> = (&'a str, &'a str, Vec<(String, u64)>);
+
 /// Monotonic counters (gauges are read from their owners when rendered).
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -35,7 +38,7 @@ impl Metrics {
     }
 
     /// Prometheus text format, with the gauges given.
-    pub fn render(&self, gauges: &[(&str, &str, Vec<(String, u64)>)]) -> String {
+    pub fn render(&self, gauges: &[Gauge<'_>]) -> String {
         let mut text = String::new();
         let counters = [
             (

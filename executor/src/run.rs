@@ -192,7 +192,7 @@ impl RunActor {
                 {
                     return;
                 }
-                continue;
+                // Something arrived meanwhile: take it below, then try again.
             }
             let sleep = self.wake_at.map(|at| {
                 (at - Utc::now())
@@ -435,8 +435,15 @@ impl RunActor {
                     }
                 };
                 match outcome {
+                    // A refusal means the plan and the aggregate disagree about this
+                    // state; planning again would only repeat it. The next event or timer
+                    // plans afresh.
+                    Recorded::Refused => {
+                        warn!(workflow_id = %self.id, "the aggregate refused the scheduler's decision");
+                        return;
+                    }
                     Recorded::Stopped => return,
-                    Recorded::Applied | Recorded::Reloaded | Recorded::Refused => {
+                    Recorded::Applied | Recorded::Reloaded => {
                         moved = true;
                         break;
                     }

@@ -1,6 +1,6 @@
 //! What an event changes in the graph.
 
-use flowline_domain::{EventEnvelope, StepKind, WorkflowEvent};
+use flowline_domain::{EventEnvelope, StepKind, StepStatus, WorkflowEvent, WorkflowStatus};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -22,7 +22,7 @@ pub struct StepNode {
 /// What happened to a run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub enum RunChange {
-    /// The run and its step graph appeared.
+    /// The run and its step graph appeared (every step `pending`).
     Submitted {
         /// Run name.
         name: String,
@@ -31,10 +31,42 @@ pub enum RunChange {
         /// Who submitted it.
         submitted_by: Option<String>,
     },
-    /// The run's status changed.
+    /// The run's status changed, and nothing else.
     Status(String),
+    /// The executor took the run up: `running`, and remembered as started (see
+    /// [`RunChange::Resumed`]).
+    Started,
+    /// The run ended badly (`failed` or `cancelled`): every step not finished yet
+    /// (`pending`, `running`, `retrying`) becomes `cancelled`.
+    Stopped(String),
+    /// A step's status changed.
+    StepStatus {
+        /// The step id.
+        step: String,
+        /// Its new status.
+        status: String,
+    },
+    /// A failed step of a failed run is tried again: the run is `running`, the step and
+    /// every `cancelled` step are `pending`.
+    StepRetried {
+        /// The step id.
+        step: String,
+    },
+    /// A paused run goes on: `running` if it had started, else `pending` (as the
+    /// aggregate decides; the event does not say which).
+    Resumed,
     /// Nothing the graph shows changed, but the run's version moved on.
     Touched,
+}
+
+/// Step statuses after which nothing happens to a step unless a caller retries it: a
+/// stopped run leaves these as they are.
+pub(crate) fn finished_step_statuses() -> Vec<&'static str> {
+    StepStatus::ALL
+        .into_iter()
+        .filter(|status| status.is_finished())
+        .map(StepStatus::as_str)
+        .collect()
 }
 
 /// One event's effect on the graph.
@@ -100,6 +132,23 @@ pub fn model_of(kind: StepKind, config: &serde_json::Value) -> Option<String> {
         .flatten()
 }
 
+fn step_status(step: &str, status: StepStatus) -> RunChange {
+    RunChange::StepStatus {
+        step: step.to_owned(),
+        status: status.as_str().to_owned(),
+    }
+}
+
+/// A failed or timed-out attempt leaves its step `retrying` when another one is due, else
+/// `failed` (as the aggregate's `apply`).
+fn after_failure(retry_due: bool) -> StepStatus {
+    if retry_due {
+        StepStatus::Retrying
+    } else {
+        StepStatus::Failed
+    }
+}
+
 impl GraphChange {
     /// The graph change of an event.
     pub fn of(envelope: &EventEnvelope) -> Self {
@@ -120,8 +169,37 @@ impl GraphChange {
                     })
                     .collect(),
             },
-            WorkflowEvent::Cancelled(_) => RunChange::Status("cancelled".into()),
+            WorkflowEvent::Cancelled(_) => {
+                RunChange::Stopped(WorkflowStatus::Cancelled.as_str().into())
+            }
+            WorkflowEvent::Failed(_) => RunChange::Stopped(WorkflowStatus::Failed.as_str().into()),
             WorkflowEvent::SignalReceived(_) => RunChange::Touched,
+            WorkflowEvent::Started(_) => RunChange::Started,
+            WorkflowEvent::Succeeded(_) => {
+                RunChange::Status(WorkflowStatus::Succeeded.as_str().into())
+            }
+            WorkflowEvent::Paused(_) => RunChange::Status(WorkflowStatus::Paused.as_str().into()),
+            WorkflowEvent::Resumed(_) => RunChange::Resumed,
+            WorkflowEvent::StepRetried(retried) => RunChange::StepRetried {
+                step: retried.step_id.clone(),
+            },
+            WorkflowEvent::StepStarted(started) => {
+                step_status(&started.step_id, StepStatus::Running)
+            }
+            WorkflowEvent::StepSucceeded(succeeded) => {
+                step_status(&succeeded.step_id, StepStatus::Succeeded)
+            }
+            WorkflowEvent::StepFailed(failed) => step_status(
+                &failed.step_id,
+                after_failure(failed.next_attempt_at.is_some()),
+            ),
+            WorkflowEvent::StepTimedOut(timed_out) => step_status(
+                &timed_out.step_id,
+                after_failure(timed_out.next_attempt_at.is_some()),
+            ),
+            WorkflowEvent::StepSkipped(skipped) => {
+                step_status(&skipped.step_id, StepStatus::Skipped)
+            }
         };
         Self {
             tenant: metadata.tenant.clone(),

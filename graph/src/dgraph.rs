@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use tracing::warn;
 use uuid::Uuid;
 
-use crate::change::{GraphChange, RunChange, xid};
+use crate::change::{GraphChange, RunChange, finished_step_statuses, xid};
 use crate::{Direction, Error, GraphStore, Result, RunRef, StepRef, Usage};
 
 /// The schema sent to `/alter`.
@@ -24,6 +24,7 @@ tenant: string @index(exact) .
 name: string @index(exact) .
 status: string .
 version: int .
+started: bool .
 has_step: [uid] @reverse .
 depends_on: [uid] @reverse .
 calls_tool: [uid] @reverse .
@@ -37,6 +38,7 @@ type Run {
   name
   status
   version
+  started
   has_step
   submitted_by
 }
@@ -46,6 +48,7 @@ type Step {
   kind
   tenant
   name
+  status
   depends_on
   calls_tool
   uses_model
@@ -187,6 +190,7 @@ pub fn mutation(change: &GraphChange) -> Value {
                     &change.tenant,
                     &step.id,
                 );
+                step_node.insert("status".into(), json!("pending"));
                 if !step.depends_on.is_empty() {
                     step_node.insert(
                         "depends_on".into(),
@@ -213,21 +217,109 @@ pub fn mutation(change: &GraphChange) -> Value {
                 "mutations": [{ "cond": "@if(eq(len(run), 0))", "set": set }],
             })
         }
-        RunChange::Status(status) => json!({
-            "query": format!("{{\n  run as var(func: eq(xid, {})) @filter(lt(version, {version}))\n}}", quoted(&run)),
-            "mutations": [{
-                "cond": "@if(eq(len(run), 1))",
-                "set": [{ "uid": "uid(run)", "status": status, "version": version }],
-            }],
+        RunChange::Status(status) => run_update(&run, version, json!({ "status": status })),
+        RunChange::Started => run_update(
+            &run,
+            version,
+            json!({ "status": "running", "started": true }),
+        ),
+        RunChange::Touched => run_update(&run, version, json!({})),
+        RunChange::Stopped(status) => {
+            // The run's steps that are not finished yet, found only when the run takes
+            // the change (its version is older).
+            let finished =
+                serde_json::to_string(&finished_step_statuses()).expect("strings serialize");
+            json!({
+                "query": format!(
+                    "{{\n  run as var(func: eq(xid, {})) @filter(lt(version, {version})) {{\n    \
+                     unfinished as has_step @filter(NOT eq(status, {finished}))\n  }}\n}}",
+                    quoted(&run)
+                ),
+                "mutations": [
+                    {
+                        "cond": "@if(eq(len(run), 1))",
+                        "set": [{ "uid": "uid(run)", "status": status, "version": version }],
+                    },
+                    {
+                        "cond": "@if(eq(len(run), 1) AND gt(len(unfinished), 0))",
+                        "set": [{ "uid": "uid(unfinished)", "status": "cancelled" }],
+                    },
+                ],
+            })
+        }
+        RunChange::StepStatus { step, status } => json!({
+            "query": format!(
+                "{{\n  run as var(func: eq(xid, {})) @filter(lt(version, {version})) {{\n    \
+                 step as has_step @filter(eq(xid, {}))\n  }}\n}}",
+                quoted(&run),
+                quoted(&xid::step(change.run, step))
+            ),
+            "mutations": [
+                {
+                    "cond": "@if(eq(len(run), 1))",
+                    "set": [{ "uid": "uid(run)", "version": version }],
+                },
+                {
+                    "cond": "@if(eq(len(run), 1) AND eq(len(step), 1))",
+                    "set": [{ "uid": "uid(step)", "status": status }],
+                },
+            ],
         }),
-        RunChange::Touched => json!({
-            "query": format!("{{\n  run as var(func: eq(xid, {})) @filter(lt(version, {version}))\n}}", quoted(&run)),
-            "mutations": [{
-                "cond": "@if(eq(len(run), 1))",
-                "set": [{ "uid": "uid(run)", "version": version }],
-            }],
+        RunChange::StepRetried { step } => json!({
+            "query": format!(
+                "{{\n  run as var(func: eq(xid, {})) @filter(lt(version, {version})) {{\n    \
+                 again as has_step @filter(eq(xid, {}) OR eq(status, \"cancelled\"))\n  }}\n}}",
+                quoted(&run),
+                quoted(&xid::step(change.run, step))
+            ),
+            "mutations": [
+                {
+                    "cond": "@if(eq(len(run), 1))",
+                    "set": [{ "uid": "uid(run)", "status": "running", "version": version }],
+                },
+                {
+                    "cond": "@if(eq(len(run), 1) AND gt(len(again), 0))",
+                    "set": [{ "uid": "uid(again)", "status": "pending" }],
+                },
+            ],
+        }),
+        RunChange::Resumed => json!({
+            "query": format!(
+                "{{\n  run as var(func: eq(xid, {})) @filter(lt(version, {version}))\n  \
+                 begun as var(func: uid(run)) @filter(eq(started, true))\n}}",
+                quoted(&run)
+            ),
+            "mutations": [
+                {
+                    "cond": "@if(eq(len(run), 1) AND eq(len(begun), 1))",
+                    "set": [{ "uid": "uid(run)", "status": "running", "version": version }],
+                },
+                {
+                    "cond": "@if(eq(len(run), 1) AND eq(len(begun), 0))",
+                    "set": [{ "uid": "uid(run)", "status": "pending", "version": version }],
+                },
+            ],
         }),
     }
+}
+
+/// An upsert setting `fields` and the version on the run node, if the run is older than
+/// `version`. A variable that matched nothing would make `uid(run)` a new node, hence the
+/// condition.
+fn run_update(run: &str, version: u64, fields: Value) -> Value {
+    let mut set = serde_json::Map::new();
+    set.insert("uid".into(), json!("uid(run)"));
+    if let Value::Object(fields) = fields {
+        set.extend(fields);
+    }
+    set.insert("version".into(), json!(version));
+    json!({
+        "query": format!("{{\n  run as var(func: eq(xid, {})) @filter(lt(version, {version}))\n}}", quoted(run)),
+        "mutations": [{
+            "cond": "@if(eq(len(run), 1))",
+            "set": [Value::Object(set)],
+        }],
+    })
 }
 
 /// The `/query` body for the runs reaching `target` through a step's `predicate`.

@@ -1,7 +1,9 @@
 //! Graph views of the workflow log behind one small port, [`GraphStore`]:
 //!
 //! run —has_step→ step —depends_on→ step; step —calls_tool→ tool; step —uses_model→ model;
-//! run —submitted_by→ principal.
+//! run —submitted_by→ principal. Run and step nodes carry their current status, as the
+//! `Workflow` aggregate's `apply` defines it (a failed or cancelled run cancels its
+//! unfinished steps, a retried step reopens the run…).
 //!
 //! so one can ask which runs used a tool or a model, the transitive dependencies (and
 //! dependents) of a step, and the lineage of a step's output. [`PostgresGraph`] (node and

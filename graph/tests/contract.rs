@@ -2,7 +2,7 @@
 //! Dgraph when `DGRAPH_URL` names a running alpha.
 
 use flowline_graph::{
-    DgraphGraph, GraphChange, GraphStore, PostgresGraph, RunChange, RunRef, StepNode, StepRef,
+    DgraphGraph, GraphChange, GraphStore, PostgresGraph, RunChange, RunRef, StepNode, StepRef, xid,
 };
 use uuid::Uuid;
 
@@ -203,4 +203,164 @@ async fn dgraph_graph_honours_the_contract_when_dgraph_runs() {
         return;
     };
     contract(&DgraphGraph::new(&url)).await;
+}
+
+/// Statuses of `xids`, in that order (`None` for a node without one or not there).
+async fn statuses(pool: &sqlx::PgPool, xids: &[String]) -> Vec<Option<String>> {
+    let mut found = Vec::new();
+    for xid in xids {
+        let status: Option<Option<String>> =
+            sqlx::query_scalar("SELECT status FROM graph_nodes WHERE xid = $1")
+                .bind(xid)
+                .fetch_optional(pool)
+                .await
+                .unwrap();
+        found.push(status.flatten());
+    }
+    found
+}
+
+#[tokio::test]
+async fn postgres_graph_keeps_run_and_step_statuses_as_the_aggregate_does() {
+    let server = std::env::var("TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let url = flowline_service_kit::db::with_database(
+        &server,
+        &format!("test_{}", Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    let pool = flowline_service_kit::db::prepare(&url, 4).await.unwrap();
+    let graph = PostgresGraph::new(pool.clone());
+    let tenant = "acme";
+    let (run, fresh) = (Uuid::now_v7(), Uuid::now_v7());
+    let at = |run: Uuid, version: u64, change: RunChange| GraphChange {
+        tenant: tenant.into(),
+        run,
+        version,
+        change,
+    };
+    let step_status = |run: Uuid, version: u64, step: &str, status: &str| {
+        at(
+            run,
+            version,
+            RunChange::StepStatus {
+                step: step.into(),
+                status: status.into(),
+            },
+        )
+    };
+    let changes = vec![
+        submitted(
+            tenant,
+            run,
+            "life",
+            vec![
+                step("a", "http", &[], None, None),
+                step("b", "llm", &["a"], None, Some("gpt-x")),
+                step("c", "template", &[], None, None),
+            ],
+            None,
+        ),
+        submitted(
+            tenant,
+            fresh,
+            "never started",
+            vec![step("x", "template", &[], None, None)],
+            None,
+        ),
+        at(run, 2, RunChange::Started),
+        step_status(run, 3, "a", "running"),
+        step_status(run, 4, "a", "retrying"),
+        step_status(run, 5, "a", "running"),
+        step_status(run, 6, "c", "running"),
+        step_status(run, 7, "a", "failed"),
+        step_status(run, 8, "b", "skipped"),
+        step_status(run, 9, "nope", "running"), // an unknown step changes nothing
+        at(run, 10, RunChange::Stopped("failed".into())),
+        at(fresh, 2, RunChange::Status("paused".into())),
+        // After the first check:
+        at(run, 11, RunChange::StepRetried { step: "a".into() }),
+        at(run, 12, RunChange::Status("paused".into())),
+        at(run, 13, RunChange::Resumed),
+        at(fresh, 3, RunChange::Resumed),
+    ];
+    let xids = vec![
+        xid::run(run),
+        xid::step(run, "a"),
+        xid::step(run, "b"),
+        xid::step(run, "c"),
+        xid::run(fresh),
+        xid::step(fresh, "x"),
+    ];
+    let some = |statuses: &[&str]| -> Vec<Option<String>> {
+        statuses.iter().map(|s| Some((*s).to_owned())).collect()
+    };
+
+    // The submissions alone, then the rest up to the failure in one batch with every
+    // change twice: the second batch folds steps stored by the first.
+    let doubled = |changes: &[GraphChange]| -> Vec<GraphChange> {
+        changes.iter().chain(changes).cloned().collect()
+    };
+    graph.apply_all(&doubled(&changes[..2])).await.unwrap();
+    assert_eq!(
+        statuses(&pool, &xids).await,
+        some(&[
+            "pending", "pending", "pending", "pending", "pending", "pending"
+        ])
+    );
+    graph.apply_all(&doubled(&changes[2..12])).await.unwrap();
+    // The failed run cancels its unfinished step; finished ones keep their status.
+    assert_eq!(
+        statuses(&pool, &xids).await,
+        some(&[
+            "failed",
+            "failed",
+            "skipped",
+            "cancelled",
+            "paused",
+            "pending"
+        ])
+    );
+
+    for change in &changes[12..] {
+        graph.apply(change).await.unwrap();
+    }
+    let last = some(&[
+        "running", "pending", "skipped", "pending", "pending", "pending",
+    ]);
+    // The retried step and the cancelled one go again; a resumed run that had started
+    // runs, one that had not waits.
+    assert_eq!(statuses(&pool, &xids).await, last);
+
+    // Replays change nothing: change by change, and all at once.
+    for change in &changes {
+        graph.apply(change).await.unwrap();
+    }
+    graph.apply_all(&doubled(&changes)).await.unwrap();
+    assert_eq!(statuses(&pool, &xids).await, last);
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM graph_nodes WHERE xid = ANY($1) ORDER BY xid")
+            .bind(vec![xid::run(run), xid::run(fresh)])
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let mut expected = vec![(xid::run(run), 13), (xid::run(fresh), 3)];
+    expected.sort();
+    assert_eq!(
+        versions,
+        expected.into_iter().map(|(_, v)| v).collect::<Vec<_>>()
+    );
+
+    // In one batch from nothing, the same result.
+    let url = flowline_service_kit::db::with_database(
+        &server,
+        &format!("test_{}", Uuid::new_v4().simple()),
+    )
+    .unwrap();
+    let other = flowline_service_kit::db::prepare(&url, 4).await.unwrap();
+    PostgresGraph::new(other.clone())
+        .apply_all(&changes)
+        .await
+        .unwrap();
+    assert_eq!(statuses(&other, &xids).await, last);
 }

@@ -75,6 +75,53 @@ fn status_mutation() {
     golden("mutate-status.json", &pretty(&mutation(&change)));
 }
 
+fn at_version(version: u64, change: RunChange) -> GraphChange {
+    GraphChange {
+        tenant: "acme".into(),
+        run: RUN,
+        version,
+        change,
+    }
+}
+
+#[test]
+fn run_life_mutations() {
+    golden(
+        "mutate-started.json",
+        &pretty(&mutation(&at_version(2, RunChange::Started))),
+    );
+    golden(
+        "mutate-step-status.json",
+        &pretty(&mutation(&at_version(
+            3,
+            RunChange::StepStatus {
+                step: "search".into(),
+                status: "retrying".into(),
+            },
+        ))),
+    );
+    golden(
+        "mutate-stopped.json",
+        &pretty(&mutation(&at_version(
+            4,
+            RunChange::Stopped("failed".into()),
+        ))),
+    );
+    golden(
+        "mutate-step-retried.json",
+        &pretty(&mutation(&at_version(
+            5,
+            RunChange::StepRetried {
+                step: "search".into(),
+            },
+        ))),
+    );
+    golden(
+        "mutate-resumed.json",
+        &pretty(&mutation(&at_version(7, RunChange::Resumed))),
+    );
+}
+
 #[test]
 fn queries() {
     golden(

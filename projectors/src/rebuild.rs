@@ -36,7 +36,12 @@ use crate::{Error, Result};
 /// The tables each projection owns (what a rebuild shadows and swaps).
 pub fn tables_of(projection: &str) -> Option<&'static [&'static str]> {
     match projection {
-        workflow_read_model::NAME => Some(&["workflows", "workflow_steps", "workflow_events"]),
+        workflow_read_model::NAME => Some(&[
+            "workflows",
+            "workflow_steps",
+            "workflow_step_attempts",
+            "workflow_events",
+        ]),
         workflow_graph::NAME => Some(&["graph_nodes", "graph_edges"]),
         _ => None,
     }

@@ -27,6 +27,11 @@ use crate::changes::{Change, ChangeFeed};
 use crate::consistency::ConsistencyGate;
 use crate::read_model::{ReadModel, WorkflowView};
 
+/// The shape of cached entries, part of their keys: a query service reading another shape
+/// (an older release during a rolling upgrade) neither serves nor overwrites these. Bump it
+/// whenever `WorkflowView` changes. `v2`: runs and steps as the executor drives them.
+const ENTRY_SHAPE: &str = "v2";
+
 /// How long a version floor outlives the entries it guards.
 const FLOOR_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -120,7 +125,7 @@ impl ReadCache {
     }
 
     fn entry_key(&self, tenant: &str, id: Uuid) -> String {
-        format!("{}:read:workflow:{tenant}:{id}", self.prefix)
+        format!("{}:read:workflow:{ENTRY_SHAPE}:{tenant}:{id}", self.prefix)
     }
 
     fn floor_key(&self, tenant: &str, id: Uuid) -> String {

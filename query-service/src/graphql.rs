@@ -29,10 +29,14 @@ use crate::config::GraphqlLimits;
 use crate::consistency::token_from_argument;
 use crate::graph_rest::MAX_DEPTH;
 use crate::read_model::{
-    EventView, ListFilter, ReadModel, Sort, SortField, StepView, WorkflowView,
+    AttemptView, AttemptsByStep, EventView, FailureView, ListFilter, ReadModel, Sort, SortField,
+    StepErrorView, StepView, WorkflowView,
 };
 use crate::subscriptions::SubscriptionRoot;
-use loaders::{EventsLoader, UsageRunsLoader, Used, WalkLoader, WorkflowKey, WorkflowLoader};
+use loaders::{
+    AttemptsLoader, EventsLoader, PayloadKey, PayloadLoader, UsageRunsLoader, Used, WalkLoader,
+    WorkflowKey, WorkflowLoader,
+};
 
 /// The tenant of the request, put into the GraphQL context by the HTTP handler.
 pub struct Tenant(pub String);
@@ -59,6 +63,14 @@ pub fn schema(
         ))
         .data(DataLoader::new(
             EventsLoader(read_model.clone()),
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            AttemptsLoader(read_model.clone()),
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(
+            PayloadLoader(read_model.clone()),
             tokio::spawn,
         ))
         .data(DataLoader::new(
@@ -141,7 +153,8 @@ impl Extension for QueryLimitsCheck {
 /// with AND.
 #[derive(Debug, Default, InputObject)]
 pub struct WorkflowFilter {
-    /// Only this status: `pending`, `running`, `succeeded`, `failed` or `cancelled`.
+    /// Only this status: `pending`, `running`, `paused`, `succeeded`, `failed` or
+    /// `cancelled`.
     status: Option<String>,
     /// Only runs whose name contains this text (case-insensitive).
     name: Option<String>,
@@ -412,7 +425,42 @@ async fn prefetch(
         look.field("edges").field("node").field(field).exists()
             || look.field("nodes").field(field).exists()
     };
+    let wants_of_steps = |field: &str| {
+        look.field("edges")
+            .field("node")
+            .field("steps")
+            .field(field)
+            .exists()
+            || look.field("nodes").field("steps").field(field).exists()
+    };
     let mut data = PageData::default();
+    if wants_of_steps("attempts") {
+        let keys = views.iter().map(|view| (view.tenant.clone(), view.id));
+        data.attempts = ctx
+            .data::<DataLoader<AttemptsLoader>>()?
+            .load_many(keys)
+            .await
+            .map_err(graphql_error)?;
+    }
+    if wants_of_steps("output") {
+        let keys: BTreeSet<PayloadKey> = views
+            .iter()
+            .flat_map(|view| {
+                view.steps
+                    .iter()
+                    .filter(|step| step.output.is_none())
+                    .filter_map(|step| step.output_ref.clone())
+                    .map(|reference| (view.tenant.clone(), reference))
+            })
+            .collect();
+        if !keys.is_empty() {
+            data.payloads = ctx
+                .data::<DataLoader<PayloadLoader>>()?
+                .load_many(keys)
+                .await
+                .map_err(graphql_error)?;
+        }
+    }
     if wants("events") {
         let keys = views.iter().map(|view| (view.tenant.clone(), view.id));
         data.events = ctx
@@ -492,6 +540,39 @@ async fn workflow_as_of(
         .map_err(graphql_error)?;
     let at = |v: i64| times.get(&v).copied().unwrap_or(time);
     let state = past.workflow.state;
+    let mut attempts = AttemptsByStep::new();
+    let steps = state
+        .steps
+        .into_iter()
+        .map(|step| {
+            attempts.insert(
+                step.id.clone(),
+                step.attempts.iter().map(past_attempt).collect(),
+            );
+            StepView {
+                kind: step.kind.as_str().to_owned(),
+                status: step.status.as_str().to_owned(),
+                depends_on: step.depends_on,
+                config: async_graphql::Json(step.config),
+                attempt_count: step.attempts.len() as i32,
+                started_at: step.attempts.first().map(|a| a.started_at),
+                // The aggregate keeps no end times; the read model has them for now.
+                finished_at: None,
+                error: step.error.map(|e| StepErrorView {
+                    kind: e.kind,
+                    message: e.message,
+                }),
+                next_attempt_at: step.next_attempt_at,
+                skip_reason: step.skip_reason,
+                output: match &step.output_ref {
+                    Some(_) => None,
+                    None => step.output.map(async_graphql::Json),
+                },
+                output_ref: step.output_ref,
+                id: step.id,
+            }
+        })
+        .collect();
     let view = WorkflowView {
         id,
         tenant: tenant.to_owned(),
@@ -503,23 +584,49 @@ async fn workflow_as_of(
         submitted_by: state.submitted_by,
         submitted_at: at(1),
         updated_at: at(version),
-        steps: state
-            .steps
-            .into_iter()
-            .map(|step| StepView {
-                id: step.id,
-                kind: step.kind.as_str().to_owned(),
-                status: step.status.as_str().to_owned(),
-                depends_on: step.depends_on,
-                config: async_graphql::Json(step.config),
-            })
-            .collect(),
+        started_at: state.started_at,
+        finished_at: None,
+        failure: state.failure.map(|failure| FailureView {
+            reason: failure.reason,
+            step_id: failure.step_id,
+        }),
+        steps,
     };
     Ok(Some(Workflow {
         view: Arc::new(view),
         as_of: Some(time),
         page: None,
+        past_attempts: Some(Arc::new(attempts)),
     }))
+}
+
+/// An attempt as the aggregate has it: no input, end or duration (the events of its end
+/// carry those, the aggregate keeps only the outcome).
+fn past_attempt(attempt: &flowline_domain::Attempt) -> AttemptView {
+    use flowline_domain::AttemptOutcome;
+    let (status, error) = match &attempt.outcome {
+        AttemptOutcome::Running => ("running", None),
+        AttemptOutcome::Succeeded => ("succeeded", None),
+        AttemptOutcome::Failed { error } => (
+            "failed",
+            Some(StepErrorView {
+                kind: error.kind.clone(),
+                message: error.message.clone(),
+            }),
+        ),
+        AttemptOutcome::TimedOut => ("timed_out", None),
+        AttemptOutcome::Cancelled => ("cancelled", None),
+    };
+    AttemptView {
+        attempt: attempt.number as i32,
+        attempt_id: attempt.attempt_id,
+        status: status.to_owned(),
+        input: None,
+        error,
+        started_at: attempt.started_at,
+        finished_at: None,
+        duration_ms: None,
+    }
 }
 
 /// A workflow run: from the read model, or as it was at `asOf`.
@@ -528,6 +635,8 @@ pub struct Workflow {
     view: Arc<WorkflowView>,
     as_of: Option<DateTime<Utc>>,
     page: Option<Arc<PageData>>,
+    /// The attempts of a run rebuilt `asOf` a time (the read model's are today's).
+    past_attempts: Option<Arc<AttemptsByStep>>,
 }
 
 /// What a page's nested fields need, loaded for the whole page at once: a data loader
@@ -537,6 +646,8 @@ pub struct Workflow {
 struct PageData {
     events: HashMap<WorkflowKey, Arc<[EventView]>>,
     runs: HashMap<(String, Used, String), Arc<[RunRef]>>,
+    attempts: HashMap<WorkflowKey, Arc<AttemptsByStep>>,
+    payloads: HashMap<PayloadKey, Arc<serde_json::Value>>,
 }
 
 impl Workflow {
@@ -546,12 +657,13 @@ impl Workflow {
             view,
             as_of: None,
             page: None,
+            past_attempts: None,
         }
     }
 
     fn step(&self, index: usize) -> Step {
         Step {
-            workflow: self.view.clone(),
+            workflow: self.clone(),
             index,
         }
     }
@@ -632,9 +744,23 @@ impl Workflow {
     async fn name(&self) -> &str {
         &self.view.name
     }
-    /// Lifecycle status: `pending`, `running`, `succeeded`, `failed` or `cancelled`.
+    /// Lifecycle status: `pending`, `running`, `paused`, `succeeded`, `failed` or
+    /// `cancelled`.
     async fn status(&self) -> &str {
         &self.view.status
+    }
+    /// When the executor took it up; null while it waits.
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.view.started_at
+    }
+    /// When it succeeded, failed or was cancelled; null while it is not finished (and for
+    /// a run rebuilt `asOf` a time).
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.view.finished_at
+    }
+    /// Why it failed, when it did.
+    async fn failure(&self) -> Option<&FailureView> {
+        self.view.failure.as_ref()
     }
     /// Version of the stream this view reflects.
     async fn version(&self) -> i64 {
@@ -748,24 +874,22 @@ impl RelatedRun {
 
 /// A step of a workflow run.
 pub struct Step {
-    workflow: Arc<WorkflowView>,
+    workflow: Workflow,
     index: usize,
 }
 
 impl Step {
     fn view(&self) -> &StepView {
-        &self.workflow.steps[self.index]
+        &self.workflow.view.steps[self.index]
     }
 
     fn sibling(&self, id: &str) -> Option<Step> {
         self.workflow
+            .view
             .steps
             .iter()
             .position(|step| step.id == id)
-            .map(|index| Step {
-                workflow: self.workflow.clone(),
-                index,
-            })
+            .map(|index| self.workflow.step(index))
     }
 
     async fn walk(
@@ -786,7 +910,12 @@ impl Step {
             })?;
         let reached = ctx
             .data::<DataLoader<WalkLoader>>()?
-            .load_one((self.workflow.id, self.view().id.clone(), depth, upstream))
+            .load_one((
+                self.workflow.view.id,
+                self.view().id.clone(),
+                depth,
+                upstream,
+            ))
             .await
             .map_err(graphql_error)?
             .unwrap_or_default();
@@ -809,13 +938,96 @@ impl Step {
     async fn id(&self) -> &str {
         &self.view().id
     }
-    /// `llm`, `mcp_tool`, `template` or `http`.
+    /// `llm`, `mcp_tool`, `template`, `http` or `wait`.
     async fn kind(&self) -> &str {
         &self.view().kind
     }
-    /// Lifecycle status (as of the workflow's `asOf`, when given).
+    /// Lifecycle status (as of the workflow's `asOf`, when given): `pending`, `running`,
+    /// `retrying`, `succeeded`, `failed`, `skipped` or `cancelled`.
     async fn status(&self) -> &str {
         &self.view().status
+    }
+    /// How many attempts it has had.
+    async fn attempt_count(&self) -> i32 {
+        self.view().attempt_count
+    }
+    /// Its attempts, oldest first (batched across workflows). A run rebuilt `asOf` a time
+    /// has them as the aggregate keeps them: no input, end or duration.
+    #[graphql(complexity = "5 * child_complexity")]
+    async fn attempts(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<AttemptView>> {
+        let view = &self.workflow.view;
+        let key = (view.tenant.clone(), view.id);
+        // A page prefetched the attempts its `steps` asked for; a step reached another way
+        // (`dependencies`, a walk) without them asks the loader.
+        let prefetched = match &self.workflow.past_attempts {
+            Some(past) => Some(past.clone()),
+            None => self
+                .workflow
+                .page
+                .as_ref()
+                .and_then(|page| page.attempts.get(&key).cloned()),
+        };
+        let attempts = match prefetched {
+            Some(attempts) => Some(attempts),
+            None => ctx
+                .data::<DataLoader<AttemptsLoader>>()?
+                .load_one(key)
+                .await
+                .map_err(graphql_error)?,
+        };
+        Ok(attempts
+            .and_then(|by_step| by_step.get(&self.view().id).cloned())
+            .unwrap_or_default())
+    }
+    /// When its first attempt started.
+    async fn started_at(&self) -> Option<DateTime<Utc>> {
+        self.view().started_at
+    }
+    /// When it finished (succeeded, failed for good, was skipped or cancelled).
+    async fn finished_at(&self) -> Option<DateTime<Utc>> {
+        self.view().finished_at
+    }
+    /// The last failure of its attempts (kept after a later attempt succeeded).
+    async fn error(&self) -> Option<&StepErrorView> {
+        self.view().error.as_ref()
+    }
+    /// When its next attempt is due (status `retrying`).
+    async fn next_attempt_at(&self) -> Option<DateTime<Utc>> {
+        self.view().next_attempt_at
+    }
+    /// Why it was skipped.
+    async fn skip_reason(&self) -> Option<&str> {
+        self.view().skip_reason.as_deref()
+    }
+    /// The output of its successful attempt, read from the payload table when it is kept
+    /// there by reference (batched).
+    async fn output(
+        &self,
+        ctx: &Context<'_>,
+    ) -> async_graphql::Result<Option<async_graphql::Json<serde_json::Value>>> {
+        let step = self.view();
+        let Some(reference) = step.output_ref.as_ref().filter(|_| step.output.is_none()) else {
+            return Ok(step.output.clone());
+        };
+        let key = (self.workflow.view.tenant.clone(), reference.clone());
+        let prefetched = self
+            .workflow
+            .page
+            .as_ref()
+            .and_then(|page| page.payloads.get(&key).cloned());
+        let body = match prefetched {
+            Some(body) => Some(body),
+            None => ctx
+                .data::<DataLoader<PayloadLoader>>()?
+                .load_one(key)
+                .await
+                .map_err(graphql_error)?,
+        };
+        Ok(body.map(|body| async_graphql::Json(body.as_ref().clone())))
+    }
+    /// `sha256:<hex>` of an output kept in the payload table rather than on its event.
+    async fn output_ref(&self) -> Option<&str> {
+        self.view().output_ref.as_deref()
     }
     /// Ids of the steps that must finish first.
     async fn depends_on(&self) -> &[String] {
@@ -844,12 +1056,10 @@ impl Step {
     /// The steps directly depending on it (no query: read from the workflow).
     async fn dependents(&self) -> Vec<Step> {
         let id = &self.view().id;
-        (0..self.workflow.steps.len())
-            .filter(|&i| self.workflow.steps[i].depends_on.contains(id))
-            .map(|index| Step {
-                workflow: self.workflow.clone(),
-                index,
-            })
+        let steps = &self.workflow.view.steps;
+        (0..steps.len())
+            .filter(|&i| steps[i].depends_on.contains(id))
+            .map(|index| self.workflow.step(index))
             .collect()
     }
     /// Every step it depends on, transitively, up to `depth` hops (1 to 50), nearest

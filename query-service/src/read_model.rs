@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use flowline_domain::WorkflowStatus;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -15,23 +16,118 @@ use crate::{Error, Result};
 pub const MAX_PAGE: i64 = 100;
 /// Items per page when the caller does not say.
 pub const DEFAULT_PAGE: i64 = 20;
-/// The statuses a workflow can have.
-pub const STATUSES: [&str; 5] = ["pending", "running", "succeeded", "failed", "cancelled"];
+/// The statuses a workflow can have, in lifecycle order (the domain's).
+pub fn statuses() -> impl Iterator<Item = &'static str> {
+    WorkflowStatus::ALL.into_iter().map(WorkflowStatus::as_str)
+}
 
-/// A step as readers see it.
+fn is_zero(count: &i32) -> bool {
+    *count == 0
+}
+
+/// Why an attempt, and so its step, failed.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    async_graphql::SimpleObject,
+    utoipa::ToSchema,
+)]
+#[graphql(name = "StepError")]
+pub struct StepErrorView {
+    /// Stable and machine-readable: `http_status`, `timed_out`, `undefined_reference`, …
+    pub kind: String,
+    /// For a person.
+    pub message: String,
+}
+
+/// Why a run failed.
+#[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
+#[graphql(name = "RunFailure")]
+pub struct FailureView {
+    /// Why, for a person.
+    pub reason: String,
+    /// The step whose failure failed the run, if a step did (a run can also time out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_id: Option<String>,
+}
+
+/// One attempt of a step.
+#[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
+#[graphql(name = "Attempt")]
+pub struct AttemptView {
+    /// 1-based attempt number.
+    pub attempt: i32,
+    /// Unique id of the attempt (sent to HTTP servers as `Idempotency-Key`).
+    pub attempt_id: Uuid,
+    /// `running`, `succeeded`, `failed`, `timed_out` or `cancelled` (its run failed or was
+    /// cancelled while it ran).
+    pub status: String,
+    /// The step's config with every template rendered: what the attempt ran with (absent
+    /// in a run rebuilt `asOf` a time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub input: Option<async_graphql::Json<serde_json::Value>>,
+    /// Why it failed or timed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepErrorView>,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How long it ran, in milliseconds; absent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+}
+
+/// A step as readers see it. What has not happened yet (no attempt, no output, no error…)
+/// is absent rather than null.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StepView {
     /// Unique within the workflow.
     pub id: String,
-    /// `llm`, `mcp_tool`, `template` or `http`.
+    /// `llm`, `mcp_tool`, `template`, `http` or `wait`.
     pub kind: String,
-    /// Lifecycle status.
+    /// Lifecycle status: `pending`, `running`, `retrying`, `succeeded`, `failed`,
+    /// `skipped` or `cancelled`.
     pub status: String,
     /// Steps that must finish first.
     pub depends_on: Vec<String>,
     /// Kind-specific settings.
     #[schema(value_type = Object)]
     pub config: async_graphql::Json<serde_json::Value>,
+    /// How many attempts it has had (its attempts are listed by the step read
+    /// `GET /v1/workflows/{id}/steps/{step}`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt_count: i32,
+    /// When its first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it finished (succeeded, failed for good, was skipped or cancelled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The last failure of its attempts (kept after a later attempt succeeded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<StepErrorView>,
+    /// When its next attempt is due (status `retrying`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_reason: Option<String>,
+    /// The output of its successful attempt (any JSON). An output too large for its event
+    /// is stored by reference (`output_ref`) and read from there by the run and step reads;
+    /// list pages leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub output: Option<async_graphql::Json<serde_json::Value>>,
+    /// `sha256:<hex>` of an output stored by reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_ref: Option<String>,
 }
 
 /// A workflow run as readers see it.
@@ -58,6 +154,16 @@ pub struct WorkflowView {
     pub submitted_at: DateTime<Utc>,
     /// When its last event happened.
     pub updated_at: DateTime<Utc>,
+    /// When the executor took it up; absent while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it succeeded, failed or was cancelled; absent while it is not finished (a
+    /// retried step reopens a failed run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<FailureView>,
     /// Steps in submission order.
     pub steps: Vec<StepView>,
 }
@@ -97,6 +203,9 @@ pub struct StepDetail {
     pub step: StepView,
     /// Ids of the steps that list this one in `depends_on`, in submission order.
     pub dependents: Vec<String>,
+    /// Its attempts, oldest first; absent before the first one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptView>,
 }
 
 /// A page of workflows, newest first.
@@ -173,6 +282,10 @@ struct WorkflowRow {
     submitted_by: Option<String>,
     submitted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    failure_reason: Option<String>,
+    failed_step: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -183,7 +296,78 @@ struct StepRow {
     status: String,
     depends_on: Vec<String>,
     config: serde_json::Value,
+    attempts: i32,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    error: Option<serde_json::Value>,
+    next_attempt_at: Option<DateTime<Utc>>,
+    skip_reason: Option<String>,
+    output: Option<serde_json::Value>,
+    output_ref: Option<String>,
 }
+
+/// A `workflow_step_attempts` row.
+#[derive(sqlx::FromRow)]
+struct AttemptRow {
+    workflow_id: Uuid,
+    step_id: String,
+    attempt: i32,
+    attempt_id: Uuid,
+    status: String,
+    input: serde_json::Value,
+    error: Option<serde_json::Value>,
+    started_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    duration_ms: Option<i64>,
+}
+
+/// A stored `{kind, message}`; anything else reads as none (the projector writes only
+/// those).
+fn step_error(value: Option<serde_json::Value>) -> Option<StepErrorView> {
+    value.and_then(|value| serde_json::from_value(value).ok())
+}
+
+impl From<AttemptRow> for AttemptView {
+    fn from(row: AttemptRow) -> Self {
+        Self {
+            attempt: row.attempt,
+            attempt_id: row.attempt_id,
+            status: row.status,
+            input: Some(async_graphql::Json(row.input)),
+            error: step_error(row.error),
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            duration_ms: row.duration_ms,
+        }
+    }
+}
+
+impl From<StepRow> for StepView {
+    fn from(step: StepRow) -> Self {
+        Self {
+            id: step.step_id,
+            kind: step.kind,
+            status: step.status,
+            depends_on: step.depends_on,
+            config: async_graphql::Json(step.config),
+            attempt_count: step.attempts,
+            started_at: step.started_at,
+            finished_at: step.finished_at,
+            error: step_error(step.error),
+            next_attempt_at: step.next_attempt_at,
+            skip_reason: step.skip_reason,
+            // An output kept by reference is `null` on its event: absent until resolved.
+            output: match step.output_ref {
+                Some(_) => None,
+                None => step.output.map(async_graphql::Json),
+            },
+            output_ref: step.output_ref,
+        }
+    }
+}
+
+/// The attempts of some workflows' steps, by workflow, then step, oldest first.
+pub type AttemptsByStep = HashMap<String, Vec<AttemptView>>;
 
 /// SQL naming the tool an `mcp_tool` step calls; identical to the expression index of
 /// migration 0010 so the planner uses it.
@@ -399,13 +583,13 @@ fn contains_pattern(text: &str) -> String {
 /// Refuses filters no run can match for a reason the caller should hear about.
 fn validate(filter: &ListFilter) -> Result<()> {
     if let Some(status) = &filter.status
-        && !STATUSES.contains(&status.as_str())
+        && WorkflowStatus::parse(status).is_none()
     {
         return Err(Error::InvalidParameter {
             parameter: "status",
             message: format!(
                 "unknown status '{status}'; expected one of {}",
-                STATUSES.join(", ")
+                statuses().collect::<Vec<_>>().join(", ")
             ),
         });
     }
@@ -524,8 +708,9 @@ impl ReadModel {
         }
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let steps: Vec<StepRow> = sqlx::query_as(
-            "SELECT workflow_id, step_id, kind, status, depends_on, config FROM workflow_steps \
-             WHERE workflow_id = ANY($1) ORDER BY workflow_id, position",
+            "SELECT workflow_id, step_id, kind, status, depends_on, config, attempts, started_at, \
+             finished_at, error, next_attempt_at, skip_reason, output, output_ref \
+             FROM workflow_steps WHERE workflow_id = ANY($1) ORDER BY workflow_id, position",
         )
         .bind(&ids)
         .fetch_all(&self.pool)
@@ -535,13 +720,7 @@ impl ReadModel {
             by_workflow
                 .entry(step.workflow_id)
                 .or_default()
-                .push(StepView {
-                    id: step.step_id,
-                    kind: step.kind,
-                    status: step.status,
-                    depends_on: step.depends_on,
-                    config: async_graphql::Json(step.config),
-                });
+                .push(step.into());
         }
         Ok(rows
             .into_iter()
@@ -557,33 +736,129 @@ impl ReadModel {
                 submitted_by: row.submitted_by,
                 submitted_at: row.submitted_at,
                 updated_at: row.updated_at,
+                started_at: row.started_at,
+                finished_at: row.finished_at,
+                failure: row.failure_reason.map(|reason| FailureView {
+                    reason,
+                    step_id: row.failed_step,
+                }),
             })
             .collect())
     }
 
-    /// One step of a workflow with the steps that depend on it directly; `Ok(None)` when the
-    /// workflow is unknown, `Error::UnknownStep` when it has no such step.
+    /// One step of a workflow with the steps that depend on it directly and its attempts,
+    /// its output read from the payload table when it is kept by reference; `Ok(None)` when
+    /// the workflow is unknown, `Error::UnknownStep` when it has no such step.
     pub async fn step(&self, tenant: &str, id: Uuid, step: &str) -> Result<Option<StepDetail>> {
-        let Some(workflow) = self.workflow(tenant, id).await? else {
+        let Some(mut workflow) = self.workflow(tenant, id).await? else {
             return Ok(None);
         };
+        let Some(position) = workflow.steps.iter().position(|s| s.id == step) else {
+            return Err(Error::UnknownStep(step.to_owned()));
+        };
+        // Only this step's output: the others are not part of the answer.
+        self.resolve_outputs(tenant, &mut workflow.steps[position..=position])
+            .await?;
+        let attempts = self
+            .read_attempts(tenant, &[id], Some(step))
+            .await?
+            .remove(&id)
+            .and_then(|mut by_step| by_step.remove(step))
+            .unwrap_or_default();
         let dependents = workflow
             .steps
             .iter()
             .filter(|other| other.depends_on.iter().any(|d| d == step))
             .map(|other| other.id.clone())
             .collect();
-        let found = workflow
-            .steps
-            .into_iter()
-            .find(|s| s.id == step)
-            .ok_or_else(|| Error::UnknownStep(step.to_owned()))?;
+        let found = workflow.steps.swap_remove(position);
         Ok(Some(StepDetail {
             workflow_id: workflow.id,
             workflow_status: workflow.status,
             step: found,
             dependents,
+            attempts,
         }))
+    }
+
+    /// Fills in the outputs of `steps` (of one of `tenant`'s runs) that are kept by
+    /// reference in the payload table: one statement, none when no step has one. Payloads
+    /// never change once written (before the event naming them), so they are read per
+    /// request rather than cached with the run.
+    pub async fn resolve_outputs(&self, tenant: &str, steps: &mut [StepView]) -> Result<()> {
+        let refs: Vec<String> = steps
+            .iter()
+            .filter(|step| step.output.is_none())
+            .filter_map(|step| step.output_ref.clone())
+            .collect();
+        if refs.is_empty() {
+            return Ok(());
+        }
+        let bodies = self.payloads(tenant, &refs).await?;
+        for step in steps.iter_mut().filter(|step| step.output.is_none()) {
+            if let Some(body) = step.output_ref.as_ref().and_then(|r| bodies.get(r)) {
+                step.output = Some(async_graphql::Json(body.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored outputs among `refs` of `tenant`, by reference.
+    pub async fn payloads(
+        &self,
+        tenant: &str,
+        refs: &[String],
+    ) -> Result<HashMap<String, serde_json::Value>> {
+        let rows: Vec<(String, serde_json::Value)> = sqlx::query_as(
+            "SELECT ref, body FROM step_payloads WHERE tenant = $1 AND ref = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(refs)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().collect())
+    }
+
+    /// The attempts of the steps of `tenant`'s workflows among `ids`, by workflow and step,
+    /// oldest first: one statement.
+    pub async fn attempts_of(
+        &self,
+        tenant: &str,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, AttemptsByStep>> {
+        self.read_attempts(tenant, ids, None).await
+    }
+
+    /// [`ReadModel::attempts_of`], of one step only when `step` is given.
+    async fn read_attempts(
+        &self,
+        tenant: &str,
+        ids: &[Uuid],
+        step: Option<&str>,
+    ) -> Result<HashMap<Uuid, AttemptsByStep>> {
+        let rows: Vec<AttemptRow> = sqlx::query_as(
+            "SELECT a.workflow_id, a.step_id, a.attempt, a.attempt_id, a.status, a.input, \
+             a.error, a.started_at, a.finished_at, a.duration_ms \
+             FROM workflow_step_attempts a JOIN workflows w ON w.id = a.workflow_id \
+             WHERE w.tenant = $1 AND a.workflow_id = ANY($2) \
+               AND ($3::text IS NULL OR a.step_id = $3) \
+             ORDER BY a.workflow_id, a.step_id, a.attempt",
+        )
+        .bind(tenant)
+        .bind(ids)
+        .bind(step)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_workflow: HashMap<Uuid, AttemptsByStep> = HashMap::new();
+        for row in rows {
+            by_workflow
+                .entry(row.workflow_id)
+                .or_default()
+                .entry(row.step_id.clone())
+                .or_default()
+                .push(row.into());
+        }
+        Ok(by_workflow)
     }
 
     /// The stream's events in version order; `None` when the workflow is unknown.
@@ -784,14 +1059,13 @@ impl ReadModel {
         push_filter(&mut query, tenant, filter);
         query.push(" GROUP BY status");
         let counted: Vec<(String, i64)> = query.build_query_as().fetch_all(&self.pool).await?;
-        let by_status = STATUSES
-            .iter()
+        let by_status = statuses()
             .map(|status| {
                 let count = counted
                     .iter()
                     .find(|(s, _)| s == status)
                     .map_or(0, |(_, count)| *count);
-                ((*status).to_owned(), count)
+                (status.to_owned(), count)
             })
             .collect();
         Ok(StatusCounts { by_status })

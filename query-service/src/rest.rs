@@ -27,6 +27,8 @@ pub enum StatusParam {
     Pending,
     /// In progress.
     Running,
+    /// Paused by a caller: running attempts finish, nothing new starts.
+    Paused,
     /// Finished well.
     Succeeded,
     /// Finished badly.
@@ -157,7 +159,10 @@ impl ListParams {
     }
 }
 
-/// A run with its steps.
+/// A run with its steps: each step's status, attempt count, last error, output (read from
+/// the payload table when it is kept there by reference), times, next attempt and skip
+/// reason; the run's start, end and failure. The attempts themselves are listed by the
+/// step read, to keep this answer small.
 #[utoipa::path(
     get,
     path = "/v1/workflows/{id}",
@@ -177,18 +182,24 @@ pub async fn workflow(
     let tenant = tenant(&headers)?;
     let token = token_from_headers(&headers)?;
     let workflow_id = parse_id(&id)?;
-    state
+    let mut workflow = state
         .reads
         .workflow(&tenant, workflow_id, token.as_ref())
         .await?
-        .map(Json)
-        .ok_or(Error::NotFound(id))
+        .ok_or(Error::NotFound(id))?;
+    state
+        .read_model
+        .resolve_outputs(&tenant, &mut workflow.steps)
+        .await?;
+    Ok(Json(workflow))
 }
 
 /// Runs matching every given filter, one page at a time.
 ///
 /// Pages are keyset-paginated: pass `next_cursor` as `cursor` (with the same `sort`) for the
-/// next page; no run is missed or repeated while paging.
+/// next page; no run is missed or repeated while paging. Items are runs as
+/// `GET /v1/workflows/{id}` shows them, except that a step output kept by reference is
+/// left out (only its `output_ref` is there): a page of large outputs would be huge.
 #[utoipa::path(
     get,
     path = "/v1/workflows",
@@ -212,7 +223,9 @@ pub async fn list(
     Ok(Json(state.read_model.list(&tenant, &filter).await?))
 }
 
-/// One step of a run: kind, status, `depends_on`, config and the steps depending on it.
+/// One step of a run: kind, status, `depends_on`, config, the steps depending on it, its
+/// attempts (oldest first) and its output (read from the payload table when it is kept
+/// there by reference).
 #[utoipa::path(
     get,
     path = "/v1/workflows/{id}/steps/{step}",

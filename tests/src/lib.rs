@@ -532,9 +532,14 @@ impl TestSystem {
 
     /// Submits `body` and returns the new run's id.
     pub async fn submit(&self, command_url: &str, body: &Value) -> String {
-        let reply = self.post(&format!("{command_url}/v1/workflows"), body).await;
+        let reply = self
+            .post(&format!("{command_url}/v1/workflows"), body)
+            .await;
         assert_eq!(reply.status, 201, "{}", reply.body);
-        reply.body["workflow_id"].as_str().expect("an id").to_owned()
+        reply.body["workflow_id"]
+            .as_str()
+            .expect("an id")
+            .to_owned()
     }
 
     /// The run's status, straight from the event store's events (independent of the
@@ -548,15 +553,17 @@ impl TestSystem {
         .fetch_optional(&self.pool)
         .await
         .expect("event store readable");
-        last.map(|event_type| match event_type.as_str() {
-            "WorkflowSucceeded" => "succeeded",
-            "WorkflowFailed" => "failed",
-            "WorkflowCancelled" => "cancelled",
-            "WorkflowPaused" => "paused",
-            "WorkflowSubmitted" => "pending",
-            _ => "running",
-        }
-        .to_owned())
+        last.map(|event_type| {
+            match event_type.as_str() {
+                "WorkflowSucceeded" => "succeeded",
+                "WorkflowFailed" => "failed",
+                "WorkflowCancelled" => "cancelled",
+                "WorkflowPaused" => "paused",
+                "WorkflowSubmitted" => "pending",
+                _ => "running",
+            }
+            .to_owned()
+        })
     }
 
     /// Waits (up to `within`) until the run's last event says `status`.

@@ -123,7 +123,12 @@ async fn answer(
                 *count == 1
             };
             if first {
-                (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "2")], "slow down").into_response()
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [("retry-after", "2")],
+                    "slow down",
+                )
+                    .into_response()
             } else {
                 axum::Json(json!({"key": key})).into_response()
             }

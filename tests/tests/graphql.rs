@@ -140,6 +140,7 @@ async fn workflows_page_through_a_connection_and_count_by_status() {
         json!([
             {"status": "pending", "count": 4},
             {"status": "running", "count": 0},
+            {"status": "paused", "count": 0},
             {"status": "succeeded", "count": 0},
             {"status": "failed", "count": 0},
             {"status": "cancelled", "count": 1}
@@ -148,7 +149,7 @@ async fn workflows_page_through_a_connection_and_count_by_status() {
     assert_eq!(data["research"]["total"], 3);
     assert_eq!(data["small"]["total"], 2);
     assert_eq!(
-        data["small"]["byStatus"][4],
+        data["small"]["byStatus"][5],
         json!({"status": "cancelled", "count": 1})
     );
 

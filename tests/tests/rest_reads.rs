@@ -434,6 +434,9 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/workflows",
                 "/v1/workflows/{id}/cancel",
                 "/v1/workflows/{id}/signals/{name}",
+                "/v1/workflows/{id}/pause",
+                "/v1/workflows/{id}/resume",
+                "/v1/workflows/{id}/steps/{step}/retry",
             ],
         ),
         (

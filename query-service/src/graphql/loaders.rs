@@ -14,7 +14,7 @@ use futures::future::try_join_all;
 use uuid::Uuid;
 
 use crate::Error;
-use crate::read_model::{EventView, ReadModel, WorkflowView};
+use crate::read_model::{AttemptsByStep, EventView, ReadModel, WorkflowView};
 
 /// A tenant and a workflow id.
 pub type WorkflowKey = (String, Uuid);
@@ -88,6 +88,60 @@ impl Loader<WorkflowKey> for EventsLoader {
             for id in ids {
                 let of_one = events.remove(&id).unwrap_or_default();
                 found.insert((tenant.to_owned(), id), of_one.into());
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// Attempts of workflows' steps: one statement.
+pub struct AttemptsLoader(pub ReadModel);
+
+impl Loader<WorkflowKey> for AttemptsLoader {
+    type Value = Arc<AttemptsByStep>;
+    type Error = SharedError;
+
+    async fn load(
+        &self,
+        keys: &[WorkflowKey],
+    ) -> Result<HashMap<WorkflowKey, Arc<AttemptsByStep>>, SharedError> {
+        let mut found = HashMap::new();
+        for (tenant, ids) in by_tenant(keys) {
+            let mut attempts = self.0.attempts_of(tenant, &ids).await.map_err(Arc::new)?;
+            for id in ids {
+                let of_one = attempts.remove(&id).unwrap_or_default();
+                found.insert((tenant.to_owned(), id), Arc::new(of_one));
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// A tenant and a payload reference (`sha256:<hex>`).
+pub type PayloadKey = (String, String);
+
+/// Step outputs kept by reference in the payload table: one statement per tenant.
+pub struct PayloadLoader(pub ReadModel);
+
+impl Loader<PayloadKey> for PayloadLoader {
+    type Value = Arc<serde_json::Value>;
+    type Error = SharedError;
+
+    async fn load(
+        &self,
+        keys: &[PayloadKey],
+    ) -> Result<HashMap<PayloadKey, Arc<serde_json::Value>>, SharedError> {
+        let mut by_tenant: HashMap<&str, Vec<String>> = HashMap::new();
+        for (tenant, reference) in keys {
+            by_tenant
+                .entry(tenant.as_str())
+                .or_default()
+                .push(reference.clone());
+        }
+        let mut found = HashMap::new();
+        for (tenant, refs) in by_tenant {
+            for (reference, body) in self.0.payloads(tenant, &refs).await.map_err(Arc::new)? {
+                found.insert((tenant.to_owned(), reference), Arc::new(body));
             }
         }
         Ok(found)
