@@ -544,6 +544,8 @@ mod tests {
         assert_eq!(run.plan(at(5)).decisions, started(&["a"]));
         run.start_step("a", at(5), None);
         assert_eq!(run.0.state.steps[0].attempts.len(), 2);
+        // The policy counts attempts from the caller's retry: attempt 2 is its first.
+        assert_eq!(run.0.state.steps[0].policy_attempt(2), 1);
     }
 
     #[test]

@@ -192,9 +192,19 @@ pub struct StepState {
     /// Why it was skipped.
     #[serde(default)]
     pub skip_reason: Option<String>,
+    /// Attempts made before a caller last retried the step: its retry policy counts the
+    /// attempts after them.
+    #[serde(default)]
+    pub attempts_before_retry: u32,
 }
 
 impl StepState {
+    /// The number of `attempt` as the step's retry policy counts it (from the last time a
+    /// caller retried the step).
+    pub fn policy_attempt(&self, attempt: u32) -> u32 {
+        attempt.saturating_sub(self.attempts_before_retry).max(1)
+    }
+
     /// The attempt running now, if any.
     pub fn running_attempt(&self) -> Option<&Attempt> {
         self.attempts
@@ -592,6 +602,7 @@ impl Aggregate for Workflow {
                         next_attempt_at: None,
                         error: None,
                         skip_reason: None,
+                        attempts_before_retry: 0,
                     })
                     .collect();
             }
@@ -652,6 +663,12 @@ impl Aggregate for Workflow {
             WorkflowEvent::StepRetried(retried) => {
                 self.status = WorkflowStatus::Running;
                 self.failure = None;
+                // The run's timeout ran from its first start; a caller retrying a failed
+                // run (perhaps one that timed out) takes responsibility for it from here.
+                self.deadline = None;
+                if let Some(step) = self.step_mut(&retried.step_id) {
+                    step.attempts_before_retry = step.attempts.len() as u32;
+                }
                 for step in &mut self.steps {
                     // The retried step and whatever the run's failure stopped go again.
                     if step.id == retried.step_id || step.status == StepStatus::Cancelled {

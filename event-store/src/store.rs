@@ -115,12 +115,15 @@ impl EventStore {
     /// statement, one batch after the other, so a reader that stopped at an offset never
     /// sees an earlier one appear later; offsets the store does not hold (another
     /// producer's record, a stale relay's duplicate) are simply absent.
+    ///
+    /// Each row is decoded on its own: one the codec cannot read is returned as its error
+    /// with its offset, so a reader can set it aside and go on.
     pub async fn published(
         &self,
         partition: i32,
         from_offset: i64,
         limit: i64,
-    ) -> Result<Vec<StoredEvent>> {
+    ) -> Result<Vec<(i64, Result<StoredEvent>)>> {
         let rows: Vec<EventRow> = sqlx::query_as(
             "SELECT position, payload, log_partition, log_offset FROM event_store \
              WHERE log_partition = $1 AND log_offset >= $2 ORDER BY log_offset LIMIT $3",
@@ -130,7 +133,10 @@ impl EventStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(|row| self.decode(row)).collect()
+        Ok(rows
+            .into_iter()
+            .map(|row| (row.log_offset.unwrap_or(from_offset), self.decode(row)))
+            .collect())
     }
 
     /// The stream's current version and the version `as_of` designates (the last event at
@@ -233,8 +239,12 @@ impl EventStore {
         .await;
         let position = inserted.map_err(|error| classify_insert_error(error, envelope))?;
         self.waker.local.notify_one();
-        if !self.waker.leading.load(Ordering::Relaxed) {
-            notify(&self.pool, APPENDED_CHANNEL, "").await?;
+        // The event is committed: a lost wake-up only delays the relay by its poll
+        // interval, so it must not turn a successful append into an error.
+        if !self.waker.leading.load(Ordering::Relaxed)
+            && let Err(error) = notify(&self.pool, APPENDED_CHANNEL, "").await
+        {
+            tracing::warn!(%error, "relay not woken; it finds the event at its next poll");
         }
         Ok(position)
     }

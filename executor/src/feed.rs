@@ -78,7 +78,7 @@ impl Shared {
             pool: parts.pool,
             dispatcher: parts.dispatcher,
             runners: parts.runners,
-            renderer: Renderer::default(),
+            renderer: Renderer,
             payloads: parts.payloads,
             metrics: parts.metrics,
             default_http_timeout: parts.default_http_timeout,
@@ -143,7 +143,7 @@ impl Shared {
         let id = envelope.metadata.stream_id;
         let version = envelope.metadata.stream_version;
         let mut registry = self.registry.lock().expect("registry lock");
-        let envelope = match registry.runs.get(&id) {
+        let envelope = match registry.runs.get(&id).filter(|h| !h.stop.is_cancelled()) {
             Some(handle) => match handle.inbox.send(RunMessage::Event(Box::new(envelope))) {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(RunMessage::Event(envelope))) => {
@@ -194,7 +194,12 @@ impl Shared {
     ) {
         let mut registry = self.registry.lock().expect("registry lock");
         for (id, tenant) in live {
-            if registry.runs.contains_key(&id) {
+            // An actor of a partition given up earlier may still be finishing: replace it.
+            if registry
+                .runs
+                .get(&id)
+                .is_some_and(|h| !h.stop.is_cancelled())
+            {
                 continue;
             }
             registry.retired.remove(&id);
@@ -238,14 +243,21 @@ pub(crate) async fn run(
     let mut owned: HashMap<i32, CancellationToken> = HashMap::new();
     let mut last_renewed = Instant::now();
     loop {
-        match leases.renew().await {
-            Ok(now_owned) => {
-                last_renewed = Instant::now();
+        // The leases run from before the call: a slow renewal must not make this process
+        // believe it holds them longer than the database says.
+        let asked = Instant::now();
+        match tokio::time::timeout(lease_ttl / 3, leases.renew()).await {
+            Ok(Ok(now_owned)) => {
+                last_renewed = asked;
                 take(&shared, &mut owned, &now_owned, &stop);
             }
-            Err(error) => {
-                warn!(%error, "leases not renewed");
-                if last_renewed.elapsed() >= lease_ttl {
+            outcome => {
+                match outcome {
+                    Ok(Err(error)) => warn!(%error, "leases not renewed"),
+                    _ => warn!("lease renewal timed out"),
+                }
+                // Give up before they expire, so another process never drives them too.
+                if last_renewed.elapsed() >= lease_ttl.mul_f64(0.8) {
                     // Others may own them by now: stop rather than drive runs twice.
                     take(&shared, &mut owned, &BTreeSet::new(), &stop);
                 }
@@ -371,9 +383,20 @@ async fn work_partition(shared: Arc<Shared>, partition: i32, stop: CancellationT
         }
         let mut live: HashMap<Uuid, Option<String>> = HashMap::new();
         let mut last = next_offset;
-        for stored in events {
-            let envelope = stored.envelope;
-            last = stored.log.map_or(last, |log| log.offset);
+        for (offset, stored) in events {
+            if stop.is_cancelled() {
+                return; // the partition is someone else's now; it reads on from the checkpoint
+            }
+            last = offset;
+            let envelope = match stored {
+                Ok(stored) => stored.envelope,
+                Err(error) => {
+                    // Not decodable by this build (a newer event type during a rolling
+                    // upgrade): its run cannot be driven here, the others can.
+                    warn!(partition, offset, %error, "event not decodable; skipped by the executor");
+                    continue;
+                }
+            };
             match &envelope.event {
                 WorkflowEvent::Submitted(_) | WorkflowEvent::StepRetried(_) => {
                     live.insert(

@@ -8,11 +8,12 @@ use serde_json::Value;
 /// Config keys that are the engine's own policy, not the step's data: never rendered.
 const POLICY_KEYS: [&str; 4] = ["retry", "timeout", "on_failure", "signal"];
 
-/// Upper bound of the work one render may do (minijinja "fuel"): a template is caller
-/// input, so a loop over a huge range must end with an error instead of a busy executor.
-const FUEL: u64 = 1_000_000;
+/// Upper bound of the work rendering one step's config may do (minijinja "fuel", shared
+/// out over its template strings): a template is caller input, so a loop over a huge range
+/// must end with an error instead of a busy executor.
+const FUEL: u64 = 2_000_000;
 
-/// Most bytes a single rendered string may have.
+/// Most bytes the rendered strings of one config may have in all.
 pub const MAX_RENDERED_BYTES: usize = 1024 * 1024;
 
 /// Why a step's config could not be rendered; the step fails with it, not retried.
@@ -26,17 +27,91 @@ pub struct RenderError {
 }
 
 /// Renders config strings.
-#[derive(Debug)]
-pub struct Renderer {
+#[derive(Debug, Default)]
+pub struct Renderer;
+
+/// One config's rendering: its environment (fuel per string) and the bytes left.
+struct Rendering {
     environment: Environment<'static>,
+    bytes_left: usize,
 }
 
-impl Default for Renderer {
-    fn default() -> Self {
+fn is_template(text: &str) -> bool {
+    text.contains("{{") || text.contains("{%")
+}
+
+fn count_templates(value: &Value) -> u64 {
+    match value {
+        Value::String(text) => u64::from(is_template(text)),
+        Value::Array(items) => items.iter().map(count_templates).sum(),
+        Value::Object(fields) => fields.values().map(count_templates).sum(),
+        _ => 0,
+    }
+}
+
+impl Rendering {
+    fn new(templates: u64) -> Self {
         let mut environment = Environment::new();
         environment.set_undefined_behavior(UndefinedBehavior::Strict);
-        environment.set_fuel(Some(FUEL));
-        Self { environment }
+        environment.set_fuel(Some((FUEL / templates.max(1)).max(10_000)));
+        Self {
+            environment,
+            bytes_left: MAX_RENDERED_BYTES,
+        }
+    }
+
+    fn render_str(
+        &mut self,
+        template: &str,
+        context: &Value,
+        at: &str,
+    ) -> Result<String, RenderError> {
+        if !is_template(template) {
+            return Ok(template.to_owned());
+        }
+        let rendered = self
+            .environment
+            .render_str(template, minijinja::value::Serde(context))
+            .map_err(|error| describe(&error, template, at))?;
+        self.bytes_left =
+            self.bytes_left
+                .checked_sub(rendered.len())
+                .ok_or_else(|| RenderError {
+                    kind: "template_error",
+                    message: format!(
+                        "{at}: the rendered config exceeds {MAX_RENDERED_BYTES} bytes"
+                    ),
+                })?;
+        Ok(rendered)
+    }
+
+    fn render_value(
+        &mut self,
+        value: &Value,
+        context: &Value,
+        at: &str,
+    ) -> Result<Value, RenderError> {
+        Ok(match value {
+            Value::String(text) => Value::String(self.render_str(text, context, at)?),
+            Value::Array(items) => {
+                let mut rendered = Vec::with_capacity(items.len());
+                for (i, item) in items.iter().enumerate() {
+                    rendered.push(self.render_value(item, context, &format!("{at}[{i}]"))?);
+                }
+                Value::Array(rendered)
+            }
+            Value::Object(fields) => {
+                let mut rendered = serde_json::Map::with_capacity(fields.len());
+                for (key, value) in fields {
+                    rendered.insert(
+                        key.clone(),
+                        self.render_value(value, context, &format!("{at}.{key}"))?,
+                    );
+                }
+                Value::Object(rendered)
+            }
+            other => other.clone(),
+        })
     }
 }
 
@@ -48,25 +123,13 @@ impl Renderer {
         context: &Value,
         at: &str,
     ) -> Result<String, RenderError> {
-        if !template.contains("{{") && !template.contains("{%") {
-            return Ok(template.to_owned());
-        }
-        let rendered = self
-            .environment
-            .render_str(template, minijinja::value::Serde(context))
-            .map_err(|error| describe(&error, template, at))?;
-        if rendered.len() > MAX_RENDERED_BYTES {
-            return Err(RenderError {
-                kind: "template_error",
-                message: format!("{at}: the rendered text exceeds {MAX_RENDERED_BYTES} bytes"),
-            });
-        }
-        Ok(rendered)
+        Rendering::new(1).render_str(template, context, at)
     }
 
     /// The config with every string (at any depth, keys excepted) rendered, except the
     /// engine's policy keys at the top level.
     pub fn render_config(&self, config: &Value, context: &Value) -> Result<Value, RenderError> {
+        let mut rendering = Rendering::new(count_templates(config));
         match config {
             Value::Object(fields) => {
                 let mut rendered = serde_json::Map::with_capacity(fields.len());
@@ -74,39 +137,14 @@ impl Renderer {
                     let value = if POLICY_KEYS.contains(&key.as_str()) {
                         value.clone()
                     } else {
-                        self.render_value(value, context, &format!("config.{key}"))?
+                        rendering.render_value(value, context, &format!("config.{key}"))?
                     };
                     rendered.insert(key.clone(), value);
                 }
                 Ok(Value::Object(rendered))
             }
-            other => self.render_value(other, context, "config"),
+            other => rendering.render_value(other, context, "config"),
         }
-    }
-
-    fn render_value(&self, value: &Value, context: &Value, at: &str) -> Result<Value, RenderError> {
-        Ok(match value {
-            Value::String(text) => Value::String(self.render_str(text, context, at)?),
-            Value::Array(items) => Value::Array(
-                items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, item)| self.render_value(item, context, &format!("{at}[{i}]")))
-                    .collect::<Result<_, _>>()?,
-            ),
-            Value::Object(fields) => Value::Object(
-                fields
-                    .iter()
-                    .map(|(k, v)| {
-                        Ok((
-                            k.clone(),
-                            self.render_value(v, context, &format!("{at}.{k}"))?,
-                        ))
-                    })
-                    .collect::<Result<_, RenderError>>()?,
-            ),
-            other => other.clone(),
-        })
     }
 }
 
@@ -154,7 +192,7 @@ mod tests {
 
     #[test]
     fn strings_at_any_depth_are_rendered_and_policy_keys_are_not() {
-        let rendered = Renderer::default()
+        let rendered = Renderer
             .render_config(
                 &json!({"template": "{{ steps.a.output }} {{ input.topic }}",
                         "headers": {"x-n": "{{ steps.b.output.n }}"},
@@ -172,7 +210,7 @@ mod tests {
 
     #[test]
     fn an_undefined_reference_names_itself_and_its_field() {
-        let error = Renderer::default()
+        let error = Renderer
             .render_config(
                 &json!({"url": "http://x/{{ steps.missing.output }}"}),
                 &context(),
@@ -188,8 +226,21 @@ mod tests {
     }
 
     #[test]
+    fn many_strings_share_one_budget_of_work_and_bytes() {
+        let big = json!({"parts": vec!["{{ 'x' * 100000 }}"; 20]});
+        let error = Renderer.render_config(&big, &context()).unwrap_err();
+        assert_eq!(error.kind, "template_error");
+        assert!(error.message.contains("exceeds"), "{}", error.message);
+        let loops = json!({"parts": vec!["{% for i in range(50000) %}x{% endfor %}"; 100]});
+        assert_eq!(
+            Renderer.render_config(&loops, &context()).unwrap_err().kind,
+            "template_error"
+        );
+    }
+
+    #[test]
     fn a_runaway_template_ends_with_an_error() {
-        let error = Renderer::default()
+        let error = Renderer
             .render_str(
                 "{% for i in range(100000000) %}x{% endfor %}",
                 &context(),

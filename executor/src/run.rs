@@ -70,6 +70,8 @@ struct InFlight {
 /// The handle the feed keeps of a running actor.
 pub(crate) struct RunHandle {
     pub(crate) inbox: mpsc::UnboundedSender<RunMessage>,
+    /// Cancelled when its partition was given up: the actor is on its way out.
+    pub(crate) stop: CancellationToken,
     pub(crate) summary: Arc<Mutex<RunSummary>>,
 }
 
@@ -93,6 +95,9 @@ pub(crate) struct RunActor {
     /// Outputs of succeeded steps, resolved (references loaded), for templates.
     outputs: HashMap<String, Value>,
     wake_at: Option<chrono::DateTime<Utc>>,
+    /// The state was reloaded or another writer started an attempt: look for attempts
+    /// running with no actor.
+    orphans_pending: bool,
     shared: Arc<Shared>,
     inbox: mpsc::UnboundedReceiver<RunMessage>,
     me: mpsc::UnboundedSender<RunMessage>,
@@ -127,15 +132,17 @@ pub(crate) fn spawn(
         queued: HashMap::new(),
         outputs: HashMap::new(),
         wake_at: None,
+        orphans_pending: false,
         shared,
         inbox,
         me: sender.clone(),
         summary: Arc::clone(&summary),
-        stop,
+        stop: stop.clone(),
     };
     tokio::spawn(actor.run(origin));
     RunHandle {
         inbox: sender,
+        stop,
         summary,
     }
 }
@@ -166,7 +173,7 @@ impl RunActor {
             }
             Origin::Stored => self.reload().await,
         };
-        if loaded {
+        if loaded && !self.stop.is_cancelled() {
             self.adopt_orphans().await;
             self.main_loop().await;
         }
@@ -178,6 +185,9 @@ impl RunActor {
 
     async fn main_loop(&mut self) {
         loop {
+            if std::mem::take(&mut self.orphans_pending) {
+                self.adopt_orphans().await;
+            }
             self.drive().await;
             self.publish_summary();
             if self.stop.is_cancelled() {
@@ -236,9 +246,16 @@ impl RunActor {
                     return; // recorded by this actor, or already seen
                 }
                 if version == self.state.version + 1 {
+                    if let WorkflowEvent::StepStarted(started) = &envelope.event
+                        && self.in_flight.get(&started.step_id).map(|f| f.attempt_id)
+                            != Some(started.attempt_id)
+                    {
+                        self.orphans_pending = true;
+                    }
                     self.observe(&envelope);
                 } else {
                     self.reload().await;
+                    self.orphans_pending = true;
                 }
                 self.stop_attempts_of_a_finished_run();
             }
@@ -706,7 +723,7 @@ impl RunActor {
         };
         let next_attempt_at = schedule::next_attempt_at(
             &self.policies[index],
-            attempt,
+            self.state.state.steps[index].policy_attempt(attempt),
             &failure.kind,
             failure.retryable,
             failure.retry_after,
@@ -748,7 +765,7 @@ impl RunActor {
             .map_or(1, |a| a.number);
         let next_attempt_at = schedule::next_attempt_at(
             &self.policies[index],
-            attempt,
+            self.state.state.steps[index].policy_attempt(attempt),
             "timed_out",
             true,
             None,
@@ -772,32 +789,38 @@ impl RunActor {
 
     /// Decides `command` against the state and appends its event at the next version.
     async fn record(&mut self, command: WorkflowCommand) -> Recorded {
-        let event = match self.state.state.decide(&command) {
-            Ok(event) => event,
-            Err(error) => {
-                debug!(workflow_id = %self.id, %error, "decision refused by the aggregate");
-                return Recorded::Refused;
-            }
-        };
-        let command_id = Uuid::now_v7();
-        let envelope = EventEnvelope {
-            metadata: EventMetadata {
-                event_id: Uuid::now_v7(),
-                tenant: self.tenant.clone(),
-                stream_id: self.id,
-                stream_version: self.state.version + 1,
-                occurred_at: Utc::now(),
-                command_id,
-                correlation_id: self.correlation_id,
-                causation_id: self.last_event_id,
-                traceparent: None,
-                tracestate: None,
-            },
-            event,
-        };
+        let mut reloaded = false;
         loop {
-            match self.shared.repository.store().append(&envelope, None).await {
-                Ok(_) => {
+            let event = match self.state.state.decide(&command) {
+                Ok(event) => event,
+                Err(error) => {
+                    debug!(workflow_id = %self.id, %error, "decision refused by the aggregate");
+                    // Refused after another writer moved the run: the decision was
+                    // overtaken, not wrong; planning again from the new state is right.
+                    return if reloaded {
+                        Recorded::Reloaded
+                    } else {
+                        Recorded::Refused
+                    };
+                }
+            };
+            let envelope = EventEnvelope {
+                metadata: EventMetadata {
+                    event_id: Uuid::now_v7(),
+                    tenant: self.tenant.clone(),
+                    stream_id: self.id,
+                    stream_version: self.state.version + 1,
+                    occurred_at: Utc::now(),
+                    command_id: Uuid::now_v7(),
+                    correlation_id: self.correlation_id,
+                    causation_id: self.last_event_id,
+                    traceparent: None,
+                    tracestate: None,
+                },
+                event,
+            };
+            match self.append(&envelope).await {
+                Appended::Yes => {
                     Metrics::count(&self.shared.metrics.appends);
                     self.observe(&envelope);
                     self.shared
@@ -806,21 +829,55 @@ impl RunActor {
                         .await;
                     return Recorded::Applied;
                 }
-                Err(flowline_event_store::Error::VersionConflict { .. }) => {
+                Appended::Conflict => {
+                    // Another writer (a caller's cancel, signal, pause) moved the run: decide
+                    // the same command again on the new state, so an attempt's outcome is
+                    // never dropped because of a concurrent command.
                     Metrics::count(&self.shared.metrics.append_conflicts);
-                    self.reload().await;
+                    if !self.reload().await {
+                        return Recorded::Stopped;
+                    }
+                    self.orphans_pending = true;
                     self.stop_attempts_of_a_finished_run();
-                    return Recorded::Reloaded;
+                    reloaded = true;
+                }
+                Appended::Stopped => return Recorded::Stopped,
+            }
+        }
+    }
+
+    /// Appends `envelope`, retrying failures whose outcome is unknown until it is known.
+    async fn append(&self, envelope: &EventEnvelope) -> Appended {
+        let store = self.shared.repository.store();
+        loop {
+            match store.append(envelope, None).await {
+                Ok(_) => return Appended::Yes,
+                Err(flowline_event_store::Error::VersionConflict { .. }) => {
+                    return Appended::Conflict;
                 }
                 Err(error) => {
+                    // The insert may have committed before the error (a lost answer): the
+                    // command id tells.
+                    if let Ok(Some(_)) = store
+                        .find_command(&envelope.metadata.tenant, envelope.metadata.command_id)
+                        .await
+                    {
+                        return Appended::Yes;
+                    }
                     warn!(workflow_id = %self.id, %error, "append failed; retrying");
                     if self.pause(Duration::from_millis(200)).await {
-                        return Recorded::Stopped;
+                        return Appended::Stopped;
                     }
                 }
             }
         }
     }
+}
+
+enum Appended {
+    Yes,
+    Conflict,
+    Stopped,
 }
 
 /// The first slot granted among the queued requests (pending forever when none is queued).

@@ -378,7 +378,7 @@ async fn audit_query_selects_by_tenant_type_and_time() {
     assert_eq!(submitted["event_type"], "WorkflowSubmitted");
     assert_eq!(
         submitted["cloudevents"]["ce_type"],
-        "ai.flowline.workflow.WorkflowSubmitted.v2"
+        "ai.flowline.workflow.WorkflowSubmitted.v3"
     );
     assert!(
         submitted["data"].to_string().contains("\"first\""),
@@ -579,7 +579,7 @@ async fn a_python_consumer_reads_the_log_with_confluent_kafka_and_fastavro() {
     }
     let submitted: Vec<(&str, &str)> = lines
         .iter()
-        .filter(|l| l["schema"] == "schemas/avro/WorkflowSubmitted.v2.avsc")
+        .filter(|l| l["schema"] == "schemas/avro/WorkflowSubmitted.v3.avsc")
         .map(|l| {
             (
                 l["key"].as_str().unwrap(),

@@ -115,8 +115,14 @@ fn is_public(ip: IpAddr) -> bool {
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
-            let first = v6.segments()[0];
-            !(v6.is_loopback() || (first & 0xfe00) == 0xfc00) // unique local fc00::/7
+            let segments = v6.segments();
+            !(v6.is_loopback()
+                || (segments[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+                // Forms that embed an IPv4 address a gateway may reach: NAT64 (64:ff9b::/96),
+                // 6to4 (2002::/16), IPv4-compatible (::/96).
+                || (segments[0] == 0x64 && segments[1] == 0xff9b)
+                || segments[0] == 0x2002
+                || segments[..6].iter().all(|s| *s == 0))
         }
     }
 }
@@ -186,6 +192,8 @@ impl HttpRunner {
         let policy = Arc::new(DestinationPolicy::parse(&settings.allowed_networks)?);
         let redirect_policy = Arc::clone(&policy);
         let client = reqwest::Client::builder()
+            // A proxy would resolve names itself, past the checked resolver.
+            .no_proxy()
             .dns_resolver(CheckedResolver(Arc::clone(&policy)))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= 5 {
@@ -287,10 +295,10 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(seconds.min(24 * 3600)));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or_default(),
-    )
+    let wait = at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    Some(wait.min(Duration::from_secs(24 * 3600)))
 }
 
 fn classify(error: &reqwest::Error) -> AttemptFailure {
@@ -413,6 +421,9 @@ mod tests {
             "::1",
             "fd12::1",
             "100.64.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a9fe:a9fe::1",
+            "::a9fe:a9fe",
         ] {
             assert!(none.refusal(ip.parse().unwrap()).is_some(), "{ip}");
         }
