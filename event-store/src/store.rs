@@ -57,7 +57,15 @@ pub struct EventStore {
     pool: PgPool,
     codec: EventCodec,
     waker: Arc<RelayWaker>,
+    /// The hash of the last event this store appended to each stream, with its version:
+    /// a writer appending to a stream it appended to last (the executor, nearly always)
+    /// needs no read of the predecessor. Stored events never change, so an entry is right
+    /// for as long as it names the version before the one being appended.
+    last_hashes: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, (u64, chain::Hash)>>>,
 }
+
+/// Streams whose last hash a store remembers before it starts over.
+const REMEMBERED_STREAMS: usize = 50_000;
 
 #[derive(sqlx::FromRow)]
 struct EventRow {
@@ -79,7 +87,29 @@ impl EventStore {
             pool,
             codec: EventCodec::default(),
             waker,
+            last_hashes: Arc::default(),
         }
+    }
+
+    /// A store for a process that appends often but runs no relay (the executor): an
+    /// append only signals a background task, which wakes the relay with one `NOTIFY` per
+    /// burst of appends. That keeps the round trip off every append's latency; a lost
+    /// wake-up costs the relay's poll interval, nothing more.
+    pub fn with_background_wakeups(pool: PgPool) -> Self {
+        let waker = Arc::new(RelayWaker::default());
+        // Appends then signal `local` only, as they do beside a leading relay.
+        waker.leading.store(true, Ordering::Relaxed);
+        let forwarder = Arc::clone(&waker);
+        let notifying = pool.clone();
+        tokio::spawn(async move {
+            loop {
+                forwarder.local.notified().await;
+                if let Err(error) = notify(&notifying, APPENDED_CHANNEL, "").await {
+                    tracing::warn!(%error, "relay not woken; it finds the events at its next poll");
+                }
+            }
+        });
+        Self::with_waker(pool, waker)
     }
 
     /// The stream's events in version order; empty when the stream does not exist for this
@@ -184,7 +214,16 @@ impl EventStore {
         // Stored events never change, so the predecessor's hash needs no transaction around
         // this read and the insert; a concurrent append of the same version loses on
         // UNIQUE(stream_id, stream_version), so the chain cannot fork in the store.
-        let prev_hash = if metadata.stream_version > 1 {
+        let remembered = self
+            .last_hashes
+            .lock()
+            .expect("hash cache lock")
+            .get(&metadata.stream_id)
+            .filter(|(version, _)| *version + 1 == metadata.stream_version)
+            .map(|(_, hash)| *hash);
+        let prev_hash = if let Some(hash) = remembered {
+            hash
+        } else if metadata.stream_version > 1 {
             let previous: Option<Option<Vec<u8>>> = sqlx::query_scalar(
                 "SELECT event_hash FROM event_store WHERE stream_id = $1 AND stream_version = $2",
             )
@@ -238,6 +277,13 @@ impl EventStore {
         .fetch_one(&self.pool)
         .await;
         let position = inserted.map_err(|error| classify_insert_error(error, envelope))?;
+        {
+            let mut last_hashes = self.last_hashes.lock().expect("hash cache lock");
+            if last_hashes.len() >= REMEMBERED_STREAMS {
+                last_hashes.clear();
+            }
+            last_hashes.insert(metadata.stream_id, (metadata.stream_version, event_hash));
+        }
         self.waker.local.notify_one();
         // The event is committed: a lost wake-up only delays the relay by its poll
         // interval, so it must not turn a successful append into an error.

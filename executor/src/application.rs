@@ -47,7 +47,7 @@ impl Application {
         let partitions = flowline_event_log::ensure_topic(&config.kafka).await?;
         let http = HttpRunner::new(&config.http).map_err(Error::Config)?;
         let default_http_timeout = http.default_timeout();
-        let store = EventStore::new(pool.clone());
+        let store = EventStore::with_background_wakeups(pool.clone());
         let shared = Shared::new(Parts {
             repository: WorkflowRepository::new(store, pool.clone(), SNAPSHOT_EVERY),
             pool: pool.clone(),

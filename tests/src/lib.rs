@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 pub mod js_clients;
 pub mod step_server;
+pub mod workloads;
 
 /// The projectors' admin token in tests.
 pub const ADMIN_TOKEN: &str = "test-admin-token";

@@ -9,9 +9,18 @@ use std::time::{Duration, Instant};
 use flowline_domain::WorkflowEvent;
 use serde_json::{Value, json};
 use system_tests::step_server::StepServer;
-use system_tests::{TestSystem, eventually};
+use system_tests::{Running, TestSystem, eventually};
 
 const RUN_WITHIN: Duration = Duration::from_secs(60);
+
+/// A test's system with a step server, a command service and an executor.
+async fn started() -> (TestSystem, StepServer, Running, Running) {
+    let system = TestSystem::new(3).await;
+    let server = StepServer::start().await;
+    let commands = system.command_service().await;
+    let executor = system.executor().await;
+    (system, server, commands, executor)
+}
 
 fn step(id: &str, kind: &str, depends_on: &[&str], config: Value) -> Value {
     json!({"id": id, "kind": kind, "depends_on": depends_on, "config": config})
@@ -51,10 +60,7 @@ fn output_of(events: &[flowline_domain::EventEnvelope], step_id: &str) -> Value 
 
 #[tokio::test]
 async fn a_diamond_of_template_and_http_steps_runs_in_dependency_order_with_outputs_flowing() {
-    let system = TestSystem::new(3).await;
-    let server = StepServer::start().await;
-    let commands = system.command_service().await;
-    let executor = system.executor().await;
+    let (system, server, commands, executor) = started().await;
     let url = &server.url;
     let id = system
         .submit(
@@ -144,10 +150,7 @@ async fn a_diamond_of_template_and_http_steps_runs_in_dependency_order_with_outp
 
 #[tokio::test]
 async fn failures_are_retried_with_growing_backoff_and_retry_after_and_a_400_fails_at_once() {
-    let system = TestSystem::new(3).await;
-    let server = StepServer::start().await;
-    let commands = system.command_service().await;
-    let executor = system.executor().await;
+    let (system, server, commands, executor) = started().await;
     let url = &server.url;
     let retry = json!({"max_attempts": 5, "initial_interval": "300ms"});
     let flaky = system
@@ -230,10 +233,7 @@ async fn failures_are_retried_with_growing_backoff_and_retry_after_and_a_400_fai
 
 #[tokio::test]
 async fn a_step_timeout_and_a_run_timeout_fire() {
-    let system = TestSystem::new(3).await;
-    let server = StepServer::start().await;
-    let commands = system.command_service().await;
-    let executor = system.executor().await;
+    let (system, server, commands, executor) = started().await;
     let url = &server.url;
     let step_timeout = system
         .submit(&commands.url, &json!({"name": "slow step", "steps": [
@@ -350,10 +350,7 @@ async fn a_retry_timer_survives_a_killed_executor_and_fires_once_and_not_early()
 
 #[tokio::test]
 async fn cancel_drops_the_request_in_flight_and_nothing_starts_after() {
-    let system = TestSystem::new(3).await;
-    let server = StepServer::start().await;
-    let commands = system.command_service().await;
-    let executor = system.executor().await;
+    let (system, server, commands, executor) = started().await;
     let id = system
         .submit(
             &commands.url,
@@ -433,10 +430,7 @@ async fn cancel_drops_the_request_in_flight_and_nothing_starts_after() {
 
 #[tokio::test]
 async fn pause_lets_the_running_step_finish_and_starts_nothing_until_resumed() {
-    let system = TestSystem::new(3).await;
-    let server = StepServer::start().await;
-    let commands = system.command_service().await;
-    let executor = system.executor().await;
+    let (system, server, commands, executor) = started().await;
     let id = system
         .submit(&commands.url, &json!({"name": "paused", "steps": [
             step("first", "http", &[], json!({"url": format!("{}/slow/1000", server.url)})),
@@ -490,10 +484,7 @@ async fn pause_lets_the_running_step_finish_and_starts_nothing_until_resumed() {
 
 #[tokio::test]
 async fn a_failed_step_of_a_failed_run_can_be_retried() {
-    let system = TestSystem::new(3).await;
-    let server = StepServer::start().await;
-    let commands = system.command_service().await;
-    let executor = system.executor().await;
+    let (system, server, commands, executor) = started().await;
     let id = system
         .submit(
             &commands.url,
@@ -593,6 +584,13 @@ async fn an_undefined_reference_fails_the_step_naming_it_and_llm_steps_are_not_c
             step("ask", "llm", &[], json!({"model": "gpt", "prompt": "hi"}))]}),
         )
         .await;
+    let metadata = system
+        .submit(
+            &commands.url,
+            &json!({"name": "metadata", "steps": [
+            step("steal", "http", &[], json!({"url": "http://169.254.169.254/latest/meta-data/"}))]}),
+        )
+        .await;
     system.wait_for_run(&undefined, "failed", RUN_WITHIN).await;
     system.wait_for_run(&llm, "failed", RUN_WITHIN).await;
     let error = |events: Vec<flowline_domain::EventEnvelope>| {
@@ -612,6 +610,47 @@ async fn an_undefined_reference_fails_the_step_naming_it_and_llm_steps_are_not_c
         undefined.message
     );
     assert_eq!(error(system.events(&llm).await).kind, "not_configured");
+    system.wait_for_run(&metadata, "failed", RUN_WITHIN).await;
+    let refused = error(system.events(&metadata).await);
+    assert_eq!(refused.kind, "destination_refused", "{}", refused.message);
+    executor.stop().await;
+    commands.stop().await;
+}
+
+#[tokio::test]
+async fn a_large_output_is_stored_by_reference_and_still_flows_to_later_steps() {
+    let (system, _server, commands, executor) = started().await;
+    let id = system
+        .submit(
+            &commands.url,
+            &json!({"name": "big", "steps": [
+            step("big", "template", &[], json!({"template": "{{ 'x' * 100000 }}"})),
+            step("size", "template", &["big"], json!({"template": "{{ steps.big.output | length }}"}))]}),
+        )
+        .await;
+    system.wait_for_run(&id, "succeeded", RUN_WITHIN).await;
+    let events = system.events(&id).await;
+    let big = events
+        .iter()
+        .find_map(|e| match &e.event {
+            WorkflowEvent::StepSucceeded(s) if s.step_id == "big" => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        big.output,
+        Value::Null,
+        "the event does not carry the large output"
+    );
+    let reference = big.output_ref.expect("a payload reference");
+    assert!(reference.starts_with("sha256:"));
+    let stored: i32 = sqlx::query_scalar("SELECT size_bytes FROM step_payloads WHERE ref = $1")
+        .bind(&reference)
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 100_002, "the JSON string of 100 000 characters");
+    assert_eq!(output_of(&events, "size"), json!("100000"));
     executor.stop().await;
     commands.stop().await;
 }

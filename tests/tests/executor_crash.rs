@@ -12,6 +12,7 @@ use futures::future::join_all;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use system_tests::step_server::StepServer;
+use system_tests::workloads::ten_steps;
 use system_tests::{TestSystem, eventually};
 
 fn http_step(id: &str, depends_on: &[String], url: &str) -> Value {
@@ -22,21 +23,9 @@ fn http_step(id: &str, depends_on: &[String], url: &str) -> Value {
 
 /// A chain s0 → s1 → … → s9, or a fan-out s0 → (s1 … s8) → s9.
 fn workflow(index: usize, url: &str) -> Value {
-    let steps: Vec<Value> = (0..10)
-        .map(|i| {
-            let depends_on: Vec<String> = match (index % 2, i) {
-                (_, 0) => vec![],
-                (0, i) => vec![format!("s{}", i - 1)],
-                (_, 9) => (1..9).map(|j| format!("s{j}")).collect(),
-                (_, _) => vec!["s0".into()],
-            };
-            http_step(
-                &format!("s{i}"),
-                &depends_on,
-                &format!("{url}/ok/{index}/s{i}"),
-            )
-        })
-        .collect();
+    let steps = ten_steps(index, |id, depends_on| {
+        http_step(id, &depends_on, &format!("{url}/ok/{index}/{id}"))
+    });
     json!({"name": format!("load-{index}"), "steps": steps})
 }
 
