@@ -667,12 +667,13 @@ async fn the_store_chains_each_stream_and_restarts_after_unchained_events() {
         previous = recomputed;
     }
 
-    // Events stored before the chain existed: the next append starts a new chain.
+    // Events stored before the chain existed (by an earlier build, so a process of this
+    // one has not appended them): the next append starts a new chain.
     sqlx::query("UPDATE event_store SET prev_hash = NULL, event_hash = NULL")
         .execute(&pool)
         .await
         .unwrap();
-    store
+    flowline_event_store::EventStore::new(pool.clone())
         .append(&signal_event(stream_id, 4), None)
         .await
         .unwrap();
