@@ -152,7 +152,9 @@ async fn a_diamond_of_template_and_http_steps_runs_in_dependency_order_with_outp
 async fn failures_are_retried_with_growing_backoff_and_retry_after_and_a_400_fails_at_once() {
     let (system, server, commands, executor) = started().await;
     let url = &server.url;
-    let retry = json!({"max_attempts": 5, "initial_interval": "300ms"});
+    // Pauses of 150-300 ms, then 600-1200 ms (equal jitter, ×4): growth shows through the
+    // noise of a loaded machine.
+    let retry = json!({"max_attempts": 5, "initial_interval": "300ms", "backoff_coefficient": 4});
     let flaky = system
         .submit(&commands.url, &json!({"name": "flaky", "steps": [
             step("call", "http", &[], json!({"url": format!("{url}/flaky/k1/2"), "retry": retry}))]}))
@@ -185,6 +187,25 @@ async fn failures_are_retried_with_growing_backoff_and_retry_after_and_a_400_fai
         })
         .collect();
     assert_eq!(failures.len(), 2);
+    // The pauses the executor decided, from its events, and that the server saw no sooner.
+    let pauses: Vec<Duration> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            WorkflowEvent::StepFailed(f) => f
+                .next_attempt_at
+                .and_then(|due| (due - e.metadata.occurred_at).to_std().ok()),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        pauses[0] >= Duration::from_millis(145) && pauses[0] <= Duration::from_millis(300),
+        "{pauses:?}"
+    );
+    assert!(
+        pauses[1] >= Duration::from_millis(595) && pauses[1] <= Duration::from_millis(1200),
+        "{pauses:?}"
+    );
+    assert!(second_gap >= pauses[1], "{second_gap:?} < {:?}", pauses[1]);
     assert!(
         failures
             .iter()
@@ -339,7 +360,7 @@ async fn a_retry_timer_survives_a_killed_executor_and_fires_once_and_not_early()
     // Not lost, and on time once the restarted executor could hold the partition: the
     // killed process's lease (2 s here) must expire first, then the timer fires within a
     // second.
-    let takeover = restarting + chrono::Duration::milliseconds(2_500);
+    let takeover = restarting + chrono::Duration::milliseconds(3_000);
     let allowed = failed_at.max(takeover) + chrono::Duration::seconds(1);
     assert!(
         retried_at <= allowed,
