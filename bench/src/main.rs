@@ -948,16 +948,12 @@ async fn rebuild(events: u64, partitions: i32, with_log: bool) -> anyhow::Result
         "{:<52} {:>8} {:>10} {:>13} {:>6}",
         "", "seconds", "events/s", "COPY seconds", "ratio"
     );
-    for (projection, tables) in [
-        (
-            projectors::workflow_read_model::NAME,
-            &["workflows", "workflow_steps", "workflow_events"][..],
-        ),
-        (
-            projectors::workflow_graph::NAME,
-            &["graph_nodes", "graph_edges"][..],
-        ),
+    for projection in [
+        projectors::workflow_read_model::NAME,
+        projectors::workflow_graph::NAME,
     ] {
+        // The tables a rebuild of it writes, as the rebuild itself knows them.
+        let tables = projectors::rebuild::tables_of(projection).context("a projection")?;
         let took = time_rebuild(&system, projection, true).await?;
         let (copy, rows) = time_copy(&system, tables).await?;
         let mut runs = vec![(format!("{projection} rebuild"), took)];
