@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use flowline_domain::{
-    Aggregate, DomainError, EventEnvelope, EventMetadata, Versioned, Workflow, WorkflowCommand,
+    Aggregate, EventEnvelope, EventMetadata, Versioned, Workflow, WorkflowCommand,
 };
 use flowline_event_store::{
     AppendedCommand, AsOf, EventStore, LogPosition, Publications, WorkflowRepository,
@@ -165,12 +165,6 @@ impl CommandHandler {
                     expected,
                     current: current.version,
                 });
-            }
-            // The aggregate looks a step command's step up before the run's status, so on a
-            // stream that holds no run it would answer "no such step" when the run itself is
-            // what does not exist.
-            if !current.state.submitted && matches!(command, WorkflowCommand::Step { .. }) {
-                return Err(DomainError::NotFound.into());
             }
             let event = current.state.decide(&command)?;
             let envelope = EventEnvelope {

@@ -172,12 +172,7 @@ fn workflow_id(raw: &str) -> Result<Uuid, Problem> {
 /// answered 404 at once, like malformed run ids, without loading the run; only the first
 /// `MAX_ID_CHARS` characters are echoed, so a huge segment does not come back in the answer.
 fn step_id(raw: String) -> Result<String, Error> {
-    let possible = !raw.is_empty()
-        && raw.chars().count() <= MAX_ID_CHARS
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if possible {
+    if flowline_domain::command::is_identifier(&raw) {
         Ok(raw)
     } else {
         let shown = raw.chars().take(MAX_ID_CHARS).collect();

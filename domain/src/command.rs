@@ -184,8 +184,8 @@ fn object_or_empty(
     }
 }
 
-/// Whether `value` is a valid step id or signal name.
-pub(crate) fn is_identifier(value: &str) -> bool {
+/// Whether `value` is a valid step id or signal name (what submit and signals accept).
+pub fn is_identifier(value: &str) -> bool {
     let mut checked = ValidationErrors::default();
     check_identifier(value, "", &mut checked);
     checked.0.is_empty()

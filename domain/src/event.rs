@@ -145,6 +145,16 @@ pub struct StepError {
     pub message: String,
 }
 
+impl StepError {
+    /// What a timed-out attempt leaves on its step (its event carries no error).
+    pub fn timed_out() -> Self {
+        Self {
+            kind: "timed_out".into(),
+            message: "the attempt ran past its timeout".into(),
+        }
+    }
+}
+
 /// An attempt of a step failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepFailed {

@@ -6,13 +6,15 @@
 //! run deadline is a time recorded on an event, so the next wake-up of a run is a function
 //! of its state (see `docs/adr/0016-executor.md`).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::event::StepKind;
 use crate::policy::{OnFailure, StepPolicy};
-use crate::workflow::{StepStatus, Workflow, WorkflowStatus};
+use crate::workflow::{StepState, StepStatus, Workflow, WorkflowStatus};
 
 /// One thing the executor should do for a run now.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,7 +126,13 @@ pub fn plan(workflow: &Workflow, policies: &[StepPolicy], now: DateTime<Utc>) ->
     }
 
     let starting = workflow.status == WorkflowStatus::Running;
-    let mut signals_taken = std::collections::HashMap::<&str, usize>::new();
+    // One lookup table per plan: a step's dependencies are looked up by id for every step.
+    let statuses: HashMap<&str, StepStatus> = workflow
+        .steps
+        .iter()
+        .map(|s| (s.id.as_str(), s.status))
+        .collect();
+    let mut signals_taken = HashMap::<&str, usize>::new();
     for (step, policy) in workflow.steps.iter().zip(policies) {
         if step.kind == StepKind::Wait
             && step.status == StepStatus::Succeeded
@@ -166,30 +174,18 @@ pub fn plan(workflow: &Workflow, policies: &[StepPolicy], now: DateTime<Utc>) ->
                 }
             }
             StepStatus::Pending | StepStatus::Retrying => {
-                let blocked = step.depends_on.iter().find(|dependency| {
-                    matches!(
-                        workflow.step(dependency).map(|d| d.status),
-                        Some(StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled)
-                    )
-                });
-                if let Some(dependency) = blocked {
-                    plan.decisions.push(Decision::SkipStep {
-                        step_id: step.id.clone(),
-                        reason: format!("dependency '{dependency}' did not succeed"),
-                    });
-                    continue;
-                }
-                let ready = step.depends_on.iter().all(|dependency| {
-                    workflow.step(dependency).map(|d| d.status) == Some(StepStatus::Succeeded)
-                });
-                if !ready || !starting {
-                    continue;
-                }
-                match step.next_attempt_at {
-                    Some(due) if due > now => plan.wake(due),
-                    _ => plan.decisions.push(Decision::StartStep {
+                match readiness(step, |id| statuses.get(id).copied(), now) {
+                    Readiness::Blocked(dependency) => {
+                        plan.decisions.push(Decision::SkipStep {
+                            step_id: step.id.clone(),
+                            reason: format!("dependency '{dependency}' did not succeed"),
+                        });
+                    }
+                    Readiness::DueAt(due) if starting => plan.wake(due),
+                    Readiness::Ready if starting => plan.decisions.push(Decision::StartStep {
                         step_id: step.id.clone(),
                     }),
+                    Readiness::Waiting | Readiness::DueAt(_) | Readiness::Ready => {}
                 }
             }
             StepStatus::Succeeded
@@ -205,6 +201,53 @@ pub fn plan(workflow: &Workflow, policies: &[StepPolicy], now: DateTime<Utc>) ->
         plan.decisions.push(Decision::SucceedRun);
     }
     plan
+}
+
+/// Where a `pending` or `retrying` step stands.
+enum Readiness<'a> {
+    /// A dependency failed for good, was skipped or cancelled: the step never runs.
+    Blocked(&'a str),
+    /// A dependency has not succeeded yet.
+    Waiting,
+    /// Its dependencies succeeded; its next attempt is due then.
+    DueAt(DateTime<Utc>),
+    /// It can start now.
+    Ready,
+}
+
+fn readiness<'a>(
+    step: &'a StepState,
+    status_of: impl Fn(&str) -> Option<StepStatus>,
+    now: DateTime<Utc>,
+) -> Readiness<'a> {
+    let mut waiting = false;
+    for dependency in &step.depends_on {
+        match status_of(dependency) {
+            Some(StepStatus::Succeeded) => {}
+            Some(StepStatus::Failed | StepStatus::Skipped | StepStatus::Cancelled) => {
+                return Readiness::Blocked(dependency);
+            }
+            _ => waiting = true,
+        }
+    }
+    match step.next_attempt_at {
+        _ if waiting => Readiness::Waiting,
+        Some(due) if due > now => Readiness::DueAt(due),
+        _ => Readiness::Ready,
+    }
+}
+
+/// Whether `step_id` may start its next attempt at `now` (what [`plan`] would decide for
+/// it), without planning the whole run.
+pub fn may_start(workflow: &Workflow, step_id: &str, now: DateTime<Utc>) -> bool {
+    workflow.status == WorkflowStatus::Running
+        && workflow.step(step_id).is_some_and(|step| {
+            matches!(step.status, StepStatus::Pending | StepStatus::Retrying)
+                && matches!(
+                    readiness(step, |id| workflow.step(id).map(|d| d.status), now),
+                    Readiness::Ready
+                )
+        })
 }
 
 /// When the attempt after failed attempt `attempt` is due, or `None` when the step fails for

@@ -146,6 +146,28 @@ pub enum AttemptOutcome {
     Cancelled,
 }
 
+impl AttemptOutcome {
+    /// The wire name (`running`, `succeeded`, `failed`, `timed_out`, `cancelled`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed { .. } => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The error the attempt ended with, if it ended with one.
+    pub fn error(&self) -> Option<StepError> {
+        match self {
+            Self::Failed { error } => Some(error.clone()),
+            Self::TimedOut => Some(StepError::timed_out()),
+            _ => None,
+        }
+    }
+}
+
 /// One attempt of a step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -461,14 +483,7 @@ impl Workflow {
         let Some(step) = self.step_mut(step_id) else {
             return;
         };
-        step.error = match &outcome {
-            AttemptOutcome::Failed { error } => Some(error.clone()),
-            AttemptOutcome::TimedOut => Some(StepError {
-                kind: "timed_out".into(),
-                message: "the attempt ran past its timeout".into(),
-            }),
-            _ => step.error.take(),
-        };
+        step.error = outcome.error().or_else(|| step.error.take());
         if let Some(attempt) = step.attempts.last_mut() {
             attempt.outcome = outcome;
         }

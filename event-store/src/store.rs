@@ -34,6 +34,16 @@ pub struct StoredEvent {
 pub struct RelayWaker {
     pub(crate) local: Notify,
     pub(crate) leading: AtomicBool,
+    /// A task of this process forwards `local` signals to other instances' relays.
+    pub(crate) forwarding: AtomicBool,
+}
+
+impl RelayWaker {
+    /// Whether a signal on `local` reaches the relay (it leads here, or it is forwarded),
+    /// so an append needs no `NOTIFY` of its own.
+    fn heard_in_process(&self) -> bool {
+        self.leading.load(Ordering::Relaxed) || self.forwarding.load(Ordering::Relaxed)
+    }
 }
 
 /// Where an already appended command's event is.
@@ -97,8 +107,7 @@ impl EventStore {
     /// wake-up costs the relay's poll interval, nothing more.
     pub fn with_background_wakeups(pool: PgPool) -> Self {
         let waker = Arc::new(RelayWaker::default());
-        // Appends then signal `local` only, as they do beside a leading relay.
-        waker.leading.store(true, Ordering::Relaxed);
+        waker.forwarding.store(true, Ordering::Relaxed);
         let forwarder = Arc::clone(&waker);
         let notifying = pool.clone();
         tokio::spawn(async move {
@@ -287,7 +296,7 @@ impl EventStore {
         self.waker.local.notify_one();
         // The event is committed: a lost wake-up only delays the relay by its poll
         // interval, so it must not turn a successful append into an error.
-        if !self.waker.leading.load(Ordering::Relaxed)
+        if !self.waker.heard_in_process()
             && let Err(error) = notify(&self.pool, APPENDED_CHANNEL, "").await
         {
             tracing::warn!(%error, "relay not woken; it finds the event at its next poll");

@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod application;
+pub mod bounded;
 pub mod config;
 pub mod dispatch;
 mod feed;

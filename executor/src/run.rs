@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 use uuid::Uuid;
 
+use crate::bounded;
 use crate::dispatch::Slot;
 use crate::feed::Shared;
 use crate::metrics::Metrics;
@@ -519,11 +520,7 @@ impl RunActor {
     /// A slot was granted: start the step's next attempt if it is still runnable.
     async fn start_attempt(&mut self, step_id: &str, slot: Slot) {
         let now = Utc::now();
-        let runnable = schedule::plan(&self.state.state, &self.policies, now)
-            .decisions
-            .contains(&Decision::StartStep {
-                step_id: step_id.to_owned(),
-            });
+        let runnable = schedule::may_start(&self.state.state, step_id, now);
         let Some(index) = self.step_index(step_id).filter(|_| runnable) else {
             return; // drops the slot
         };
@@ -539,14 +536,20 @@ impl RunActor {
         let deadline = self.attempt_deadline(index, now);
         let input = rendered.as_ref().map_or_else(
             |_| self.state.state.steps[index].config.clone(),
-            Clone::clone,
+            |rendered| bounded::text_of(rendered.clone()),
         );
+        // The event carries what the attempt ran with; a large rendered config is kept by
+        // reference, as large outputs are, so the event always fits the log.
+        let Some((inline, reference)) = self.stored(input.clone()).await else {
+            return;
+        };
+        let recorded_input = reference.map_or(inline, |reference| json!({ "$ref": reference }));
         let started = self
             .record(WorkflowCommand::Step {
                 step_id: step_id.to_owned(),
                 command: StepCommand::Start {
                     attempt_id,
-                    input: input.clone(),
+                    input: recorded_input,
                     started_at: now,
                     deadline,
                 },
@@ -677,21 +680,9 @@ impl RunActor {
         output: Value,
         elapsed: Duration,
     ) -> Recorded {
-        let (inline, output_ref) = loop {
-            match self
-                .shared
-                .payloads
-                .store(&self.tenant, output.clone())
-                .await
-            {
-                Ok(stored) => break stored,
-                Err(error) => {
-                    warn!(workflow_id = %self.id, %error, "large output not stored; retrying");
-                    if self.pause(Duration::from_millis(500)).await {
-                        return Recorded::Stopped;
-                    }
-                }
-            }
+        let output = bounded::text_of(output);
+        let Some((inline, output_ref)) = self.stored(output.clone()).await else {
+            return Recorded::Stopped;
         };
         let recorded = self
             .record(WorkflowCommand::Step {
@@ -711,6 +702,47 @@ impl RunActor {
         recorded
     }
 
+    /// What an event carries for `value`: itself, or `null` and the reference of a stored
+    /// copy when it is too large for the event (`None`: stopped while the store was down).
+    async fn stored(&self, value: Value) -> Option<(Value, Option<String>)> {
+        loop {
+            match self
+                .shared
+                .payloads
+                .store(&self.tenant, value.clone())
+                .await
+            {
+                Ok(stored) => return Some(stored),
+                Err(error) => {
+                    warn!(workflow_id = %self.id, %error, "large payload not stored; retrying");
+                    if self.pause(Duration::from_millis(500)).await {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// When the attempt after `attempt` of step `index` is due, per its policy with jitter.
+    fn next_attempt_at(
+        &self,
+        index: usize,
+        attempt: u32,
+        kind: &str,
+        retryable: bool,
+        retry_after: Option<Duration>,
+    ) -> Option<chrono::DateTime<Utc>> {
+        schedule::next_attempt_at(
+            &self.policies[index],
+            self.state.state.steps[index].policy_attempt(attempt),
+            kind,
+            retryable,
+            retry_after,
+            Utc::now(),
+            rand::rng().random_range(0.0..=1.0),
+        )
+    }
+
     async fn record_failure(
         &mut self,
         step_id: &str,
@@ -721,14 +753,12 @@ impl RunActor {
         let Some(index) = self.step_index(step_id) else {
             return Recorded::Refused;
         };
-        let next_attempt_at = schedule::next_attempt_at(
-            &self.policies[index],
-            self.state.state.steps[index].policy_attempt(attempt),
+        let next_attempt_at = self.next_attempt_at(
+            index,
+            attempt,
             &failure.kind,
             failure.retryable,
             failure.retry_after,
-            Utc::now(),
-            rand::rng().random_range(0.0..=1.0),
         );
         let recorded = self
             .record(WorkflowCommand::Step {
@@ -736,8 +766,8 @@ impl RunActor {
                 command: StepCommand::Fail {
                     attempt_id,
                     error: StepError {
-                        kind: failure.kind,
-                        message: failure.message,
+                        kind: bounded::message(&failure.kind),
+                        message: bounded::message(&failure.message),
                     },
                     retryable: failure.retryable,
                     next_attempt_at,
@@ -763,15 +793,7 @@ impl RunActor {
         let attempt = self.state.state.steps[index]
             .running_attempt()
             .map_or(1, |a| a.number);
-        let next_attempt_at = schedule::next_attempt_at(
-            &self.policies[index],
-            self.state.state.steps[index].policy_attempt(attempt),
-            "timed_out",
-            true,
-            None,
-            Utc::now(),
-            rand::rng().random_range(0.0..=1.0),
-        );
+        let next_attempt_at = self.next_attempt_at(index, attempt, "timed_out", true, None);
         let recorded = self
             .record(WorkflowCommand::Step {
                 step_id: step_id.to_owned(),

@@ -89,15 +89,6 @@ mod attempt_status {
     pub const CANCELLED: &str = "cancelled";
 }
 
-/// The error a timed-out attempt leaves on its step: the aggregate records this one (the
-/// event itself carries no error), and the read model must say the same.
-fn timed_out_error() -> StepError {
-    StepError {
-        kind: "timed_out".into(),
-        message: "the attempt ran past its timeout".into(),
-    }
-}
-
 /// A workflow row as the batch leaves it.
 struct Row<'a> {
     tenant: &'a str,
@@ -118,8 +109,18 @@ struct Row<'a> {
     /// Every step, in position order: all of a new row's; a known row's when the batch has
     /// events that change steps (else empty).
     steps: Vec<Step<'a>>,
+    /// Position in `steps` by step id: step events are looked up by id, once per event.
+    step_index: HashMap<Cow<'a, str>, usize>,
     /// Whether the row is new in this batch (insert) or known (update).
     new: bool,
+}
+
+fn index_of<'a>(steps: &[Step<'a>]) -> HashMap<Cow<'a, str>, usize> {
+    steps
+        .iter()
+        .enumerate()
+        .map(|(position, step)| (step.id.clone(), position))
+        .collect()
 }
 
 impl<'a> Row<'a> {
@@ -144,6 +145,12 @@ impl<'a> Row<'a> {
                 .steps
                 .iter()
                 .map(|step| Step::pending(&step.id))
+                .collect(),
+            step_index: submitted
+                .steps
+                .iter()
+                .enumerate()
+                .map(|(position, step)| (Cow::Borrowed(step.id.as_str()), position))
                 .collect(),
             new: true,
         }
@@ -218,7 +225,7 @@ struct Changes<'a> {
 struct Attempts<'a> {
     rows: Vec<Attempt<'a>>,
     /// Index in `rows` by (workflow, step, attempt number).
-    index: HashMap<(Uuid, String, i32), usize>,
+    index: HashMap<(Uuid, Cow<'a, str>, i32), usize>,
 }
 
 impl<'a> Attempts<'a> {
@@ -234,7 +241,7 @@ impl<'a> Attempts<'a> {
         let rows = &mut self.rows;
         let slot = *self
             .index
-            .entry((workflow_id, step_id.to_string(), number))
+            .entry((workflow_id, step_id.clone(), number))
             .or_insert_with(|| {
                 rows.push(Attempt {
                     workflow_id,
@@ -332,6 +339,7 @@ async fn fold<'a>(
             {
                 if let std::collections::hash_map::Entry::Vacant(slot) = changes.rows.entry(id) {
                     let stored = known.remove(&id).expect("a known row");
+                    let steps = known_steps.remove(&id).unwrap_or_default();
                     changes.order.push(id);
                     slot.insert(Row {
                         tenant: &metadata.tenant,
@@ -348,7 +356,8 @@ async fn fold<'a>(
                         finished_at: stored.finished_at,
                         failure_reason: stored.failure_reason,
                         failed_step: stored.failed_step,
-                        steps: known_steps.remove(&id).unwrap_or_default(),
+                        step_index: index_of(&steps),
+                        steps,
                         new: false,
                     });
                 }
@@ -446,7 +455,7 @@ fn apply<'a>(
     // Events about a step the run does not have change nothing (as in the aggregate).
     let step_position = event
         .step_id()
-        .and_then(|step_id| row.steps.iter().position(|s| s.id == step_id));
+        .and_then(|step_id| row.step_index.get(step_id).copied());
     match event {
         WorkflowEvent::Submitted(_) | WorkflowEvent::SignalReceived(_) => {}
         WorkflowEvent::Cancelled(cancelled) => {
@@ -522,7 +531,7 @@ fn apply<'a>(
                 &mut row.steps[position],
                 workflow_id,
                 (timed_out.attempt, timed_out.attempt_id),
-                (attempt_status::TIMED_OUT, timed_out_error()),
+                (attempt_status::TIMED_OUT, StepError::timed_out()),
                 timed_out.next_attempt_at,
                 at,
                 attempts,
@@ -1032,9 +1041,9 @@ mod tests {
 
     use chrono::TimeZone;
     use flowline_domain::{
-        AttemptOutcome, StepFailed, StepRetried, StepSkipped, StepStarted, StepSucceeded,
-        StepTimedOut, Versioned, Workflow, WorkflowCancelled, WorkflowFailed, WorkflowPaused,
-        WorkflowResumed, WorkflowStarted, WorkflowSucceeded,
+        StepFailed, StepRetried, StepSkipped, StepStarted, StepSucceeded, StepTimedOut, Versioned,
+        Workflow, WorkflowCancelled, WorkflowFailed, WorkflowPaused, WorkflowResumed,
+        WorkflowStarted, WorkflowSucceeded,
     };
     use serde_json::json;
 
@@ -1203,18 +1212,8 @@ mod tests {
             );
             for attempt in &expected.attempts {
                 let folded = &attempts.rows
-                    [attempts.index[&(RUN, expected.id.clone(), attempt.number as i32)]];
-                let (status, error) = match &attempt.outcome {
-                    AttemptOutcome::Running => (attempt_status::RUNNING, None),
-                    AttemptOutcome::Succeeded => (attempt_status::SUCCEEDED, None),
-                    AttemptOutcome::Failed { error } => {
-                        (attempt_status::FAILED, Some(error.clone()))
-                    }
-                    AttemptOutcome::TimedOut => {
-                        (attempt_status::TIMED_OUT, Some(timed_out_error()))
-                    }
-                    AttemptOutcome::Cancelled => (attempt_status::CANCELLED, None),
-                };
+                    [attempts.index[&(RUN, Cow::from(expected.id.clone()), attempt.number as i32)]];
+                let (status, error) = (attempt.outcome.as_str(), attempt.outcome.error());
                 assert_eq!(
                     folded.status, status,
                     "attempt {} of {which}",

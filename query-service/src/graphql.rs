@@ -34,8 +34,7 @@ use crate::read_model::{
 };
 use crate::subscriptions::SubscriptionRoot;
 use loaders::{
-    AttemptsLoader, EventsLoader, PayloadKey, PayloadLoader, UsageRunsLoader, Used, WalkLoader,
-    WorkflowKey, WorkflowLoader,
+    AttemptsLoader, EventsLoader, UsageRunsLoader, Used, WalkLoader, WorkflowKey, WorkflowLoader,
 };
 
 /// The tenant of the request, put into the GraphQL context by the HTTP handler.
@@ -67,10 +66,6 @@ pub fn schema(
         ))
         .data(DataLoader::new(
             AttemptsLoader(read_model.clone()),
-            tokio::spawn,
-        ))
-        .data(DataLoader::new(
-            PayloadLoader(read_model.clone()),
             tokio::spawn,
         ))
         .data(DataLoader::new(
@@ -442,25 +437,6 @@ async fn prefetch(
             .await
             .map_err(graphql_error)?;
     }
-    if wants_of_steps("output") {
-        let keys: BTreeSet<PayloadKey> = views
-            .iter()
-            .flat_map(|view| {
-                view.steps
-                    .iter()
-                    .filter(|step| step.output.is_none())
-                    .filter_map(|step| step.output_ref.clone())
-                    .map(|reference| (view.tenant.clone(), reference))
-            })
-            .collect();
-        if !keys.is_empty() {
-            data.payloads = ctx
-                .data::<DataLoader<PayloadLoader>>()?
-                .load_many(keys)
-                .await
-                .map_err(graphql_error)?;
-        }
-    }
     if wants("events") {
         let keys = views.iter().map(|view| (view.tenant.clone(), view.id));
         data.events = ctx
@@ -603,26 +579,15 @@ async fn workflow_as_of(
 /// An attempt as the aggregate has it: no input, end or duration (the events of its end
 /// carry those, the aggregate keeps only the outcome).
 fn past_attempt(attempt: &flowline_domain::Attempt) -> AttemptView {
-    use flowline_domain::AttemptOutcome;
-    let (status, error) = match &attempt.outcome {
-        AttemptOutcome::Running => ("running", None),
-        AttemptOutcome::Succeeded => ("succeeded", None),
-        AttemptOutcome::Failed { error } => (
-            "failed",
-            Some(StepErrorView {
-                kind: error.kind.clone(),
-                message: error.message.clone(),
-            }),
-        ),
-        AttemptOutcome::TimedOut => ("timed_out", None),
-        AttemptOutcome::Cancelled => ("cancelled", None),
-    };
     AttemptView {
         attempt: attempt.number as i32,
         attempt_id: attempt.attempt_id,
-        status: status.to_owned(),
+        status: attempt.outcome.as_str().to_owned(),
         input: None,
-        error,
+        error: attempt.outcome.error().map(|error| StepErrorView {
+            kind: error.kind,
+            message: error.message,
+        }),
         started_at: attempt.started_at,
         finished_at: None,
         duration_ms: None,
@@ -647,7 +612,6 @@ struct PageData {
     events: HashMap<WorkflowKey, Arc<[EventView]>>,
     runs: HashMap<(String, Used, String), Arc<[RunRef]>>,
     attempts: HashMap<WorkflowKey, Arc<AttemptsByStep>>,
-    payloads: HashMap<PayloadKey, Arc<serde_json::Value>>,
 }
 
 impl Workflow {
@@ -999,31 +963,11 @@ impl Step {
     async fn skip_reason(&self) -> Option<&str> {
         self.view().skip_reason.as_deref()
     }
-    /// The output of its successful attempt, read from the payload table when it is kept
-    /// there by reference (batched).
-    async fn output(
-        &self,
-        ctx: &Context<'_>,
-    ) -> async_graphql::Result<Option<async_graphql::Json<serde_json::Value>>> {
-        let step = self.view();
-        let Some(reference) = step.output_ref.as_ref().filter(|_| step.output.is_none()) else {
-            return Ok(step.output.clone());
-        };
-        let key = (self.workflow.view.tenant.clone(), reference.clone());
-        let prefetched = self
-            .workflow
-            .page
-            .as_ref()
-            .and_then(|page| page.payloads.get(&key).cloned());
-        let body = match prefetched {
-            Some(body) => Some(body),
-            None => ctx
-                .data::<DataLoader<PayloadLoader>>()?
-                .load_one(key)
-                .await
-                .map_err(graphql_error)?,
-        };
-        Ok(body.map(|body| async_graphql::Json(body.as_ref().clone())))
+    /// The output of its successful attempt; null when it is kept by reference (`outputRef`:
+    /// larger than the executor's inline limit), which the REST step read
+    /// `/v1/workflows/{id}/steps/{step}` returns, one step at a time.
+    async fn output(&self) -> Option<async_graphql::Json<serde_json::Value>> {
+        self.view().output.clone()
     }
     /// `sha256:<hex>` of an output kept in the payload table rather than on its event.
     async fn output_ref(&self) -> Option<&str> {

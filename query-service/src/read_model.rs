@@ -120,8 +120,8 @@ pub struct StepView {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_reason: Option<String>,
     /// The output of its successful attempt (any JSON). An output too large for its event
-    /// is stored by reference (`output_ref`) and read from there by the run and step reads;
-    /// list pages leave it out.
+    /// is stored by reference (`output_ref`) and read from there by the step read only, so
+    /// run reads and pages stay bounded by the inline outputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<serde_json::Value>)]
     pub output: Option<async_graphql::Json<serde_json::Value>>,

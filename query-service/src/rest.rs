@@ -159,8 +159,8 @@ impl ListParams {
     }
 }
 
-/// A run with its steps: each step's status, attempt count, last error, output (read from
-/// the payload table when it is kept there by reference), times, next attempt and skip
+/// A run with its steps: each step's status, attempt count, last error, output (absent, with
+/// `output_ref`, when it is kept by reference: the step read returns it), times, next attempt and skip
 /// reason; the run's start, end and failure. The attempts themselves are listed by the
 /// step read, to keep this answer small.
 #[utoipa::path(
@@ -182,15 +182,13 @@ pub async fn workflow(
     let tenant = tenant(&headers)?;
     let token = token_from_headers(&headers)?;
     let workflow_id = parse_id(&id)?;
-    let mut workflow = state
+    // Outputs kept by reference (each up to HTTP_MAX_RESPONSE_BYTES) are read one step at a
+    // time, from the step read, so a run's answer stays bounded by its inline outputs.
+    let workflow = state
         .reads
         .workflow(&tenant, workflow_id, token.as_ref())
         .await?
         .ok_or(Error::NotFound(id))?;
-    state
-        .read_model
-        .resolve_outputs(&tenant, &mut workflow.steps)
-        .await?;
     Ok(Json(workflow))
 }
 

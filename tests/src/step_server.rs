@@ -2,7 +2,8 @@
 //! when it began and ended, whether the client dropped it) and answers as the path says:
 //! `/ok/{name}` echoes JSON, `/slow/{ms}` answers after a pause, `/status/{code}` answers
 //! with that status, `/flaky/{key}/{failures}` fails with 503 that many times per key
-//! then succeeds, `/limited/{key}` answers 429 with `Retry-After: 2` once per key.
+//! then succeeds, `/limited/{key}` answers 429 with `Retry-After: 2` once per key, `/nul`
+//! answers JSON with NUL characters, `/deep` JSON nested 100 deep.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -115,6 +116,16 @@ async fn answer(
                 axum::Json(json!({"key": key})).into_response()
             }
         }
+        ["nul", ..] => (
+            [("content-type", "application/json")],
+            "{\"text\": \"a\\u0000b\", \"k\\u0000\": 1}",
+        )
+            .into_response(),
+        ["deep", ..] => (
+            [("content-type", "application/json")],
+            format!("{}1{}", "[".repeat(100), "]".repeat(100)),
+        )
+            .into_response(),
         ["limited", key, ..] => {
             let first = {
                 let mut state = seen.lock().unwrap();

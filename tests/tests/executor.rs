@@ -675,3 +675,47 @@ async fn a_large_output_is_stored_by_reference_and_still_flows_to_later_steps() 
     executor.stop().await;
     commands.stop().await;
 }
+
+#[tokio::test]
+async fn outputs_a_server_controls_stay_readable_in_every_projection() {
+    let (system, server, commands, executor) = started().await;
+    let projectors = system.projectors().await;
+    let queries = system.query_service().await;
+    let id = system
+        .submit(
+            &commands.url,
+            &json!({"name": "hostile answers", "steps": [
+            step("nul", "http", &[], json!({"url": format!("{}/nul", server.url)})),
+            step("deep", "http", &["nul"], json!({"url": format!("{}/deep", server.url)})),
+            step("after", "template", &["deep"], json!({"template": "{{ steps.nul.output.body.text }}"}))]}),
+        )
+        .await;
+    system.wait_for_run(&id, "succeeded", RUN_WITHIN).await;
+    // NUL characters (which PostgreSQL refuses in jsonb and text) were replaced, so the
+    // projections took every event; the 100-deep body stayed text.
+    let read = eventually(RUN_WITHIN, || async {
+        let reply = system
+            .get(&format!("{}/v1/workflows/{id}", queries.url))
+            .await;
+        (reply.body["status"] == "succeeded").then_some(reply.body)
+    })
+    .await
+    .expect("the read model shows the run finished");
+    let steps = read["steps"].as_array().unwrap();
+    let output = |id: &str| steps.iter().find(|s| s["id"] == id).unwrap()["output"].clone();
+    assert_eq!(
+        output("nul")["body"],
+        json!({"text": "a\u{FFFD}b", "k\u{FFFD}": 1})
+    );
+    assert!(output("deep")["body"].is_string(), "{}", output("deep"));
+    assert_eq!(output("after"), json!("a\u{FFFD}b"));
+    let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+    assert_eq!(dead, 0);
+    queries.stop().await;
+    projectors.stop().await;
+    executor.stop().await;
+    commands.stop().await;
+}

@@ -289,6 +289,17 @@ impl HttpRunner {
     }
 }
 
+/// Deepest JSON response body kept parsed.
+pub const MAX_PARSED_DEPTH: usize = 32;
+
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
@@ -376,8 +387,13 @@ impl StepRunner for HttpRunner {
                     retry_after: wait.filter(|_| retryable),
                 });
             }
+            // Parsed only when shallow: a deeply nested document stays text, so reads and
+            // projections of the output never meet nesting near their limits.
             let body = if is_json {
-                serde_json::from_slice(&body).unwrap_or(Value::String(text))
+                serde_json::from_slice(&body)
+                    .ok()
+                    .filter(|parsed| depth(parsed) <= MAX_PARSED_DEPTH)
+                    .unwrap_or(Value::String(text))
             } else {
                 Value::String(text)
             };
@@ -432,6 +448,12 @@ mod tests {
         assert!(loopback.refusal("10.0.0.1".parse().unwrap()).is_some());
         assert!(none.refusal("93.184.216.34".parse().unwrap()).is_none());
         assert!(DestinationPolicy::parse("nonsense").is_err());
+    }
+
+    #[test]
+    fn depth_counts_nesting() {
+        assert_eq!(depth(&serde_json::json!(1)), 0);
+        assert_eq!(depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
     }
 
     #[test]

@@ -117,37 +117,6 @@ impl Loader<WorkflowKey> for AttemptsLoader {
     }
 }
 
-/// A tenant and a payload reference (`sha256:<hex>`).
-pub type PayloadKey = (String, String);
-
-/// Step outputs kept by reference in the payload table: one statement per tenant.
-pub struct PayloadLoader(pub ReadModel);
-
-impl Loader<PayloadKey> for PayloadLoader {
-    type Value = Arc<serde_json::Value>;
-    type Error = SharedError;
-
-    async fn load(
-        &self,
-        keys: &[PayloadKey],
-    ) -> Result<HashMap<PayloadKey, Arc<serde_json::Value>>, SharedError> {
-        let mut by_tenant: HashMap<&str, Vec<String>> = HashMap::new();
-        for (tenant, reference) in keys {
-            by_tenant
-                .entry(tenant.as_str())
-                .or_default()
-                .push(reference.clone());
-        }
-        let mut found = HashMap::new();
-        for (tenant, refs) in by_tenant {
-            for (reference, body) in self.0.payloads(tenant, &refs).await.map_err(Arc::new)? {
-                found.insert((tenant.to_owned(), reference), Arc::new(body));
-            }
-        }
-        Ok(found)
-    }
-}
-
 /// What a run uses: a tool or a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Used {
