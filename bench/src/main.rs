@@ -138,12 +138,32 @@ struct Measured {
     visible: Histogram<u64>,
 }
 
+impl Measured {
+    fn new() -> Self {
+        Self {
+            count: 0,
+            elapsed: Duration::ZERO,
+            latency: histogram(),
+            visible: histogram(),
+        }
+    }
+
+    fn rate(&self) -> f64 {
+        self.count as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
 fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-/// Runs `clients` loops of `operation` for `duration`; each returns its own latency and,
-/// optionally, a submit→visible latency.
+/// Every measured phase first runs its operation this long unmeasured (connections, leader
+/// election, consumer group joins, caches), so no phase pays for a start-up another skipped.
+const WARM_UP: Duration = Duration::from_secs(2);
+
+/// Runs `clients` loops of `operation` for `WARM_UP` and then `duration` (measured); each
+/// call's latency is timed here and it may return a latency of its own that it measured
+/// (submit → visible, say).
 async fn run_clients<F, Fut>(
     clients: usize,
     duration: Duration,
@@ -155,43 +175,103 @@ where
 {
     let operation = Arc::new(operation);
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
+    let measuring = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for client in 0..clients {
         let operation = Arc::clone(&operation);
         let stop = Arc::clone(&stop);
+        let measuring = Arc::clone(&measuring);
         tasks.push(tokio::spawn(async move {
-            let mut latency = histogram();
-            let mut visible = histogram();
-            let mut count = 0u64;
+            let mut measured = Measured::new();
+            let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
+                let counted = measuring.load(Ordering::Relaxed);
                 let begun = Instant::now();
-                let seen = operation(client as u64 * 1_000_000 + count).await?;
-                latency.record(begun.elapsed().as_micros().max(1) as u64)?;
-                if let Some(seen) = seen {
-                    visible.record(seen.as_micros().max(1) as u64)?;
+                let own = operation(client as u64 * 1_000_000 + n).await?;
+                n += 1;
+                if !counted || stop.load(Ordering::Relaxed) {
+                    continue;
                 }
-                count += 1;
+                measured
+                    .latency
+                    .record(begun.elapsed().as_micros().max(1) as u64)?;
+                if let Some(own) = own {
+                    measured.visible.record(own.as_micros().max(1) as u64)?;
+                }
+                measured.count += 1;
             }
-            anyhow::Ok((count, latency, visible))
+            anyhow::Ok(measured)
         }));
     }
+    tokio::time::sleep(WARM_UP).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
     tokio::time::sleep(duration).await;
     stop.store(true, Ordering::Relaxed);
-    let mut total = Measured {
-        count: 0,
-        elapsed: Duration::ZERO,
-        latency: histogram(),
-        visible: histogram(),
-    };
+    let elapsed = started.elapsed();
+    let mut total = Measured::new();
     for task in tasks {
-        let (count, latency, visible) = task.await??;
-        total.count += count;
-        total.latency.add(latency)?;
-        total.visible.add(visible)?;
+        let measured = task.await??;
+        total.count += measured.count;
+        total.latency.add(measured.latency)?;
+        total.visible.add(measured.visible)?;
     }
-    total.elapsed = started.elapsed();
+    total.elapsed = elapsed;
     Ok(total)
+}
+
+/// Most calls a paced phase lets run at once before it stops issuing (a system that cannot
+/// keep up shows as latency, not as an unbounded pile of tasks).
+const PACED_IN_FLIGHT: usize = 256;
+
+/// Issues `operation` at a steady `rate` per second (open loop) for `WARM_UP` and then
+/// `duration`. A call's latency counts from when it was due, not from when it started, so a
+/// stall shows in the latency of every call it delayed.
+async fn run_paced<F, Fut>(rate: f64, duration: Duration, operation: F) -> anyhow::Result<Measured>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<Option<Duration>>> + Send + 'static,
+{
+    let operation = Arc::new(operation);
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(1.0)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let begin = Instant::now();
+    let measure_from = begin + WARM_UP;
+    let end = measure_from + duration;
+    let mut calls = tokio::task::JoinSet::new();
+    let mut total = Measured::new();
+    let mut n = 0u64;
+    loop {
+        let due = ticker.tick().await.into_std();
+        if due >= end {
+            break;
+        }
+        while calls.len() >= PACED_IN_FLIGHT {
+            if let Some(latency) = calls.join_next().await {
+                record_paced(&mut total, latency??)?;
+            }
+        }
+        let operation = Arc::clone(&operation);
+        let counted = due >= measure_from;
+        calls.spawn(async move {
+            operation(n).await?;
+            anyhow::Ok(counted.then(|| due.elapsed()))
+        });
+        n += 1;
+    }
+    while let Some(latency) = calls.join_next().await {
+        record_paced(&mut total, latency??)?;
+    }
+    total.elapsed = duration;
+    Ok(total)
+}
+
+fn record_paced(total: &mut Measured, latency: Option<Duration>) -> anyhow::Result<()> {
+    if let Some(latency) = latency {
+        total.latency.record(latency.as_micros().max(1) as u64)?;
+        total.count += 1;
+    }
+    Ok(())
 }
 
 fn workflow_body() -> Value {
@@ -217,75 +297,102 @@ async fn submit_workflow(http: &reqwest::Client, url: &str) -> anyhow::Result<Va
         .await?)
 }
 
-/// The Avro record a submission puts on the log, for a same-size raw baseline.
-fn sample_record() -> anyhow::Result<Vec<u8>> {
-    let command: SubmitWorkflow = serde_json::from_value(workflow_body())?;
-    let submitted = command.validate()?;
-    let id = Uuid::now_v7();
-    let envelope = EventEnvelope {
-        metadata: EventMetadata {
-            event_id: id,
-            tenant: "default".into(),
-            stream_id: id,
-            stream_version: 1,
-            occurred_at: chrono::Utc::now(),
-            command_id: id,
-            correlation_id: id,
-            causation_id: id,
-            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            tracestate: None,
-        },
-        event: WorkflowEvent::Submitted(submitted),
-    };
-    Ok(flowline_schemas::EventCodec::default()
-        .encode(&envelope)?
-        .payload)
-}
-
 fn ms(histogram: &Histogram<u64>, quantile: f64) -> f64 {
     histogram.value_at_quantile(quantile) as f64 / 1000.0
 }
 
-/// A topic of its own on the system's broker, a durable producer, and a record of the size
-/// a submission puts on the log: what the raw baselines produce.
-async fn raw_baseline(
-    system: &TestSystem,
-) -> anyhow::Result<(KafkaSettings, Arc<LogProducer>, Arc<Vec<u8>>)> {
+/// A record exactly as the relay put one submission on the log: the raw baselines produce
+/// copies of it (a fresh stream-id key, the same headers and payload), so they differ from
+/// the system only in what the system does around the produce.
+struct LogShape {
+    headers: Vec<(String, Vec<u8>)>,
+    payload: Vec<u8>,
+}
+
+impl LogShape {
+    /// Submits one workflow through `command_url` and reads its record back from the log.
+    async fn of_submission(system: &TestSystem, command_url: &str) -> anyhow::Result<Self> {
+        submit_workflow(
+            &reqwest::Client::new(),
+            &format!("{command_url}/v1/workflows"),
+        )
+        .await?;
+        let record = system
+            .read_log()
+            .await
+            .into_iter()
+            .next()
+            .context("the submission's record on the log")?;
+        Ok(Self {
+            headers: record
+                .headers
+                .into_iter()
+                .map(|(name, value)| (name, value.into_bytes()))
+                .collect(),
+            payload: record.payload,
+        })
+    }
+
+    fn bytes(&self) -> usize {
+        self.payload.len()
+            + self
+                .headers
+                .iter()
+                .map(|(name, value)| name.len() + value.len())
+                .sum::<usize>()
+    }
+}
+
+/// A topic of its own on the system's broker and a durable producer: what the raw baselines
+/// produce to.
+async fn raw_baseline(system: &TestSystem) -> anyhow::Result<(KafkaSettings, Arc<LogProducer>)> {
     let settings = KafkaSettings {
         topic: format!("bench-raw-{}", Uuid::new_v4().simple()),
         ..system.kafka.clone()
     };
     flowline_event_log::ensure_topic(&settings).await?;
     let producer = Arc::new(LogProducer::new(&settings)?);
-    Ok((settings, producer, Arc::new(sample_record()?)))
+    Ok((settings, producer))
 }
 
-/// N clients each producing one durable record at a time, awaiting its acknowledgement.
-async fn raw_produce(
-    clients: usize,
-    duration: Duration,
+/// One durable produce of a copy of `shape` under a fresh stream key, awaiting its
+/// acknowledgement.
+fn raw_produce(
     partitions: i32,
     producer: &Arc<LogProducer>,
-    payload: &Arc<Vec<u8>>,
-) -> anyhow::Result<Measured> {
+    shape: &Arc<LogShape>,
+) -> impl Fn(u64) -> futures::future::BoxFuture<'static, anyhow::Result<Option<Duration>>>
++ Send
++ Sync
++ 'static {
     let producer = Arc::clone(producer);
-    let payload = Arc::clone(payload);
-    run_clients(clients, duration, move |n| {
+    let shape = Arc::clone(shape);
+    move |_| {
         let producer = Arc::clone(&producer);
-        let payload = Arc::clone(&payload);
-        async move {
+        let shape = Arc::clone(&shape);
+        Box::pin(async move {
             let key = Uuid::now_v7().to_string().into_bytes();
             let record = OutgoingRecord {
                 partition: partition_for(&key, partitions),
                 key,
-                payload: payload.to_vec(),
-                headers: vec![("n".into(), n.to_string().into_bytes())],
+                payload: shape.payload.clone(),
+                headers: shape.headers.clone(),
             };
             producer.publish(&[record]).await?;
             Ok(None)
-        }
-    })
-    .await
+        })
+    }
+}
+
+/// Latency of a command phase, for the half-peak rows.
+fn latency_row(label: &str, measured: &Measured) {
+    println!(
+        "{:<40} {:>10.0} {:>9.2} {:>9.2}",
+        label,
+        measured.rate(),
+        ms(&measured.latency, 0.5),
+        ms(&measured.latency, 0.99)
+    );
 }
 
 async fn submit(
@@ -297,10 +404,25 @@ async fn submit(
 ) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds);
     let system = TestSystem::new(partitions).await;
+    // The command service first, idle during the raw phases: it puts the record whose
+    // shape the raw baselines copy.
+    let commands = system.command_service().await;
+    let shape = Arc::new(LogShape::of_submission(&system, &commands.url).await?);
 
-    // Baseline: the same clients doing raw, durable produces of a same-size record.
-    let (raw_settings, producer, payload) = raw_baseline(&system).await?;
-    let raw = raw_produce(clients, duration, partitions, &producer, &payload).await?;
+    // Baseline: the same clients doing raw, durable produces of the same record.
+    let (raw_settings, producer) = raw_baseline(&system).await?;
+    let raw = run_clients(
+        clients,
+        duration,
+        raw_produce(partitions, &producer, &shape),
+    )
+    .await?;
+    let raw_half = run_paced(
+        raw.rate() / 2.0,
+        duration,
+        raw_produce(partitions, &producer, &shape),
+    )
+    .await?;
     // The same, while a consumer tails the topic as the projectors do: on tansu a tailing
     // fetch slows produces down, so this is the fair baseline for the whole system.
     let tailing = Arc::new(AtomicBool::new(true));
@@ -324,139 +446,155 @@ async fn submit(
             Ok(seen)
         })
     };
-    let raw_tailed = raw_produce(clients, duration, partitions, &producer, &payload).await?;
+    let raw_tailed = run_clients(
+        clients,
+        duration,
+        raw_produce(partitions, &producer, &shape),
+    )
+    .await?;
     tailing.store(false, Ordering::Relaxed);
     let _ = tail.join();
 
-    let commands = system.command_service().await;
     let queries = system.query_service().await;
     let projectors = if write_only {
         None
     } else {
         Some(system.projectors().await)
     };
-    let visibility_every = if write_only {
-        u64::MAX
-    } else {
-        visibility_every
-    };
     let http = reqwest::Client::new();
     let submit_url = format!("{}/v1/workflows", commands.url);
-    let query_url = queries.url.clone();
-    // Warm-up: connections, leader election, consumer group join.
-    http.post(&submit_url)
-        .json(&workflow_body())
-        .send()
-        .await?
-        .error_for_status()?;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let system_run = run_clients(clients, duration, move |n| {
-        let http = http.clone();
-        let submit_url = submit_url.clone();
-        let query_url = query_url.clone();
-        async move {
-            let reply = submit_workflow(&http, &submit_url).await?;
-            if n % visibility_every != 0 || visibility_every == u64::MAX {
-                return Ok(None);
-            }
-            let accepted = Instant::now();
-            let id = reply["workflow_id"].as_str().context("workflow_id")?;
-            loop {
-                let status = http
-                    .get(format!("{query_url}/v1/workflows/{id}"))
-                    .send()
-                    .await?
-                    .status();
-                if status.is_success() {
-                    return Ok(Some(accepted.elapsed()));
+    // Submit → visible is sampled beside the clients, not by them: a client's command
+    // latency and rate do not include polling the query service.
+    let visible = Arc::new(std::sync::Mutex::new(histogram()));
+    let submitting = {
+        let (http, submit_url, query_url) = (http.clone(), submit_url.clone(), queries.url.clone());
+        let visible = Arc::clone(&visible);
+        let sample_every = if write_only { 0 } else { visibility_every };
+        move |n: u64| {
+            let (http, submit_url, query_url) =
+                (http.clone(), submit_url.clone(), query_url.clone());
+            let visible = Arc::clone(&visible);
+            async move {
+                let reply = submit_workflow(&http, &submit_url).await?;
+                if sample_every != 0 && n % sample_every == 0 {
+                    let id = reply["workflow_id"]
+                        .as_str()
+                        .context("workflow_id")?
+                        .to_owned();
+                    tokio::spawn(async move {
+                        if let Ok(seen) = time_to_visible(&http, &query_url, &id).await {
+                            let _ = visible
+                                .lock()
+                                .expect("visibility histogram")
+                                .record(seen.as_micros().max(1) as u64);
+                        }
+                    });
                 }
-                if accepted.elapsed() > Duration::from_secs(30) {
-                    anyhow::bail!("workflow {id} not visible after 30 s");
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok(None)
             }
         }
-    })
-    .await?;
+    };
+    let submitting = Arc::new(submitting);
+    let peak = {
+        let submitting = Arc::clone(&submitting);
+        run_clients(clients, duration, move |n| submitting(n)).await?
+    };
+    let visible_at_peak = std::mem::replace(&mut *visible.lock().expect("histogram"), histogram());
+    let half = {
+        let submitting = Arc::clone(&submitting);
+        run_paced(peak.rate() / 2.0, duration, move |n| submitting(n)).await?
+    };
+    // Let the last visibility samples land.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     if let Some(projectors) = projectors {
         projectors.stop().await;
     }
     commands.stop().await;
     queries.stop().await;
-    let raw_rate = raw.count as f64 / raw.elapsed.as_secs_f64();
-    let rate = system_run.count as f64 / system_run.elapsed.as_secs_f64();
     println!(
-        "bench submit: {clients} clients, {seconds} s per phase, {partitions} partitions, record {} bytes",
-        sample_record()?.len()
+        "bench submit: {clients} clients, {seconds} s per phase after {} s of warm-up, {partitions} partitions, record {} bytes with headers",
+        WARM_UP.as_secs(),
+        shape.bytes()
     );
-    println!("{:<34} {:>10} {:>9} {:>9}", "", "ops/s", "p50 ms", "p99 ms");
-    println!(
-        "{:<34} {:>10.0} {:>9.2} {:>9.2}",
-        "raw rdkafka produce (baseline)",
-        raw_rate,
-        ms(&raw.latency, 0.5),
-        ms(&raw.latency, 0.99)
-    );
-    let tailed_rate = raw_tailed.count as f64 / raw_tailed.elapsed.as_secs_f64();
-    println!(
-        "{:<34} {:>10.0} {:>9.2} {:>9.2}",
-        "raw produce, consumer tailing",
-        tailed_rate,
-        ms(&raw_tailed.latency, 0.5),
-        ms(&raw_tailed.latency, 0.99)
-    );
-    println!(
-        "{:<34} {:>10.0} {:>9.2} {:>9.2}",
-        "POST /v1/workflows (201 on log)",
-        rate,
-        ms(&system_run.latency, 0.5),
-        ms(&system_run.latency, 0.99)
-    );
-    println!(
-        "{:<34} {:>10} {:>9.2} {:>9.2}   ({} samples)",
-        "submit → visible in query-service",
-        "",
-        ms(&system_run.visible, 0.5),
-        ms(&system_run.visible, 0.99),
-        system_run.visible.len()
-    );
+    println!("{:<40} {:>10} {:>9} {:>9}", "", "ops/s", "p50 ms", "p99 ms");
+    latency_row("raw rdkafka produce (baseline)", &raw);
+    latency_row("  at half its peak rate", &raw_half);
+    latency_row("raw produce, consumer tailing", &raw_tailed);
+    latency_row("POST /v1/workflows (201 on log)", &peak);
+    latency_row("  at half its peak rate", &half);
+    if !write_only {
+        println!(
+            "{:<40} {:>10} {:>9.2} {:>9.2}   ({} samples at peak)",
+            "submit 201 → visible in query-service",
+            "",
+            ms(&visible_at_peak, 0.5),
+            ms(&visible_at_peak, 0.99),
+            visible_at_peak.len()
+        );
+    }
     println!(
         "accepted commands/s ÷ raw produce/s = {:.2}",
-        rate / raw_rate
+        peak.rate() / raw.rate()
     );
     if !write_only {
         println!(
             "accepted commands/s ÷ raw produce/s with a tailing consumer = {:.2}",
-            rate / tailed_rate
+            peak.rate() / raw_tailed.rate()
         );
     }
+    println!(
+        "command p99 at half peak ÷ raw produce p99 at half its peak = {:.2} (goal: command p99 < 10 ms at half peak)",
+        ms(&half.latency, 0.99) / ms(&raw_half.latency, 0.99)
+    );
     Ok(())
 }
 
+/// Polls the query service until the workflow is readable; the time from the 201.
+async fn time_to_visible(
+    http: &reqwest::Client,
+    query_url: &str,
+    id: &str,
+) -> anyhow::Result<Duration> {
+    let accepted = Instant::now();
+    loop {
+        let status = http
+            .get(format!("{query_url}/v1/workflows/{id}"))
+            .send()
+            .await?
+            .status();
+        if status.is_success() {
+            return Ok(accepted.elapsed());
+        }
+        if accepted.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("workflow {id} not visible after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 fn report_row(label: &str, measured: &Measured) -> f64 {
-    let rate = measured.count as f64 / measured.elapsed.as_secs_f64();
-    println!(
-        "{:<40} {:>10.0} {:>9.2} {:>9.2}",
-        label,
-        rate,
-        ms(&measured.latency, 0.5),
-        ms(&measured.latency, 0.99)
-    );
-    rate
+    latency_row(label, measured);
+    measured.rate()
 }
 
 async fn append(clients: usize, seconds: u64, streams: usize) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds);
     let partitions = 3;
     let system = TestSystem::new(partitions).await;
-    let (_, producer, payload) = raw_baseline(&system).await?;
-    let raw = raw_produce(clients, duration, partitions, &producer, &payload).await?;
-
     let writers = [
         system.command_service().await,
         system.command_service().await,
     ];
+    let shape = Arc::new(LogShape::of_submission(&system, &writers[0].url).await?);
+    let (_, producer) = raw_baseline(&system).await?;
+    let raw = run_clients(
+        clients,
+        duration,
+        raw_produce(partitions, &producer, &shape),
+    )
+    .await?;
+
     let urls: Arc<Vec<String>> = Arc::new(writers.iter().map(|w| w.url.clone()).collect());
     let http = reqwest::Client::new();
     let mut ids = Vec::with_capacity(streams);
