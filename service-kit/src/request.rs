@@ -5,6 +5,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
 
 use crate::problem::{Problem, from_rejection};
 
@@ -111,7 +112,10 @@ pub fn admin_bearer(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(expected) {
+    // Constant-time, so the answer's timing does not tell how much of a guess was right.
+    let matches =
+        given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())));
+    if matches {
         Ok(())
     } else {
         Err(Problem::new(
