@@ -18,7 +18,9 @@ pub use history::PublishedHistory;
 pub use parked::{PARKED_CHANNEL, ParkedEvent, ParkedEvents, PublicationStatus};
 pub use publications::{LogPosition, PUBLISHED_CHANNEL, Publications, parse_published};
 pub use relay::{OutboxRelay, RelayConfig};
-pub use repository::{AsOf, PastState, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository};
+pub use repository::{
+    AsOf, PastState, SNAPSHOTS_KEPT, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository,
+};
 pub use store::{AppendedCommand, EventStore, RelayWaker, StoredEvent};
 
 /// Why a store operation failed.
