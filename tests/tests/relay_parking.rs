@@ -6,12 +6,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flowline_domain::{
-    EventEnvelope, EventMetadata, SignalReceived, SubmitWorkflow, WorkflowEvent,
-};
+use flowline_domain::{SignalReceived, WorkflowEvent};
 use flowline_event_store::{EventStore, ParkedEvents, Publications};
 use serde_json::{Value, json};
-use system_tests::{Reply, TestSystem, eventually};
+use system_tests::{Reply, TestSystem, direct_envelope, eventually, submitted_event};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -22,28 +20,8 @@ fn workflow() -> Value {
 /// More than the producer's `message.max.bytes` (1 000 000): refused by the client library.
 const OVERSIZED: usize = 1_200_000;
 
-fn envelope(stream_id: Uuid, version: u64, event: WorkflowEvent) -> EventEnvelope {
-    let id = Uuid::now_v7();
-    EventEnvelope {
-        metadata: EventMetadata {
-            event_id: id,
-            tenant: "default".into(),
-            stream_id,
-            stream_version: version,
-            occurred_at: Utc::now(),
-            command_id: id,
-            correlation_id: id,
-            causation_id: id,
-            traceparent: None,
-            tracestate: None,
-        },
-        event,
-    }
-}
-
 fn submitted() -> WorkflowEvent {
-    let submit: SubmitWorkflow = serde_json::from_value(workflow()).unwrap();
-    WorkflowEvent::Submitted(submit.validate().unwrap())
+    submitted_event(workflow())
 }
 
 fn signal(size: usize) -> WorkflowEvent {
@@ -116,7 +94,7 @@ async fn a_record_the_log_refuses_is_parked_and_never_stops_the_relay() {
     let mut stored = Vec::new();
     for (stream, version, event) in positions {
         let position = store
-            .append(&envelope(stream, version, event), None)
+            .append(&direct_envelope(stream, version, event), None)
             .await
             .unwrap();
         stored.push(position);

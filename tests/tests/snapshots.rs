@@ -2,14 +2,10 @@
 //! them, and `/state?version=` starts from the nearest one at or below the version and
 //! answers exactly what a replay of the events gives.
 
-use chrono::Utc;
-use flowline_domain::{
-    EventEnvelope, EventMetadata, SignalReceived, SubmitWorkflow, Versioned, Workflow,
-    WorkflowEvent,
-};
+use flowline_domain::{SignalReceived, Versioned, Workflow, WorkflowEvent};
 use flowline_event_store::{EventStore, SNAPSHOTS_KEPT, WorkflowRepository};
 use serde_json::{Value, json};
-use system_tests::TestSystem;
+use system_tests::{TestSystem, direct_envelope, submitted_event};
 use uuid::Uuid;
 
 /// Text that compression does not shrink much (hex of random ids), so a snapshot carrying
@@ -37,10 +33,9 @@ async fn write_stream(
         snapshot_every,
     );
     let stream_id = Uuid::now_v7();
-    let submit: SubmitWorkflow =
-        serde_json::from_value(json!({"name": "w", "steps": [{"id": "a", "kind": "template"}]}))
-            .unwrap();
-    let mut events = vec![WorkflowEvent::Submitted(submit.validate().unwrap())];
+    let mut events = vec![submitted_event(
+        json!({"name": "w", "steps": [{"id": "a", "kind": "template"}]}),
+    )];
     events.extend((1..=signals).map(|n| {
         WorkflowEvent::SignalReceived(SignalReceived {
             name: if n % 2 == 0 { "even" } else { "odd" }.into(),
@@ -49,22 +44,7 @@ async fn write_stream(
     }));
     let mut state = Versioned::<Workflow>::default();
     for event in &events {
-        let id = Uuid::now_v7();
-        let envelope = EventEnvelope {
-            metadata: EventMetadata {
-                event_id: id,
-                tenant: "default".into(),
-                stream_id,
-                stream_version: state.version + 1,
-                occurred_at: Utc::now(),
-                command_id: id,
-                correlation_id: id,
-                causation_id: id,
-                traceparent: None,
-                tracestate: None,
-            },
-            event: event.clone(),
-        };
+        let envelope = direct_envelope(stream_id, state.version + 1, event.clone());
         repository.store().append(&envelope, None).await.unwrap();
         state.apply(event);
         repository.after_append("default", stream_id, &state).await;
