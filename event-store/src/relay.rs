@@ -561,3 +561,43 @@ impl OutboxRelay {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+
+    use super::refused_for_good;
+
+    fn production(code: Code) -> flowline_event_log::Error {
+        flowline_event_log::Error::Kafka(KafkaError::MessageProduction(code))
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_record_itself_parks_it() {
+        for refused in [
+            Code::MessageSizeTooLarge,
+            Code::MessageBatchTooLarge,
+            Code::InvalidRecord,
+        ] {
+            assert!(refused_for_good(&production(refused)), "{refused:?}");
+        }
+        // The log being unavailable is retried, never parked: parking on an outage would
+        // park everything.
+        for unavailable in [
+            Code::AllBrokersDown,
+            Code::MessageTimedOut,
+            Code::RequestTimedOut,
+            Code::NotLeaderForPartition,
+            Code::UnknownTopicOrPartition,
+            Code::QueueFull,
+        ] {
+            assert!(
+                !refused_for_good(&production(unavailable)),
+                "{unavailable:?}"
+            );
+        }
+        assert!(!refused_for_good(&flowline_event_log::Error::NotDelivered(
+            "producer dropped".into()
+        )));
+    }
+}
