@@ -148,3 +148,56 @@ async fn state_as_of_a_version_starts_from_the_nearest_snapshot_and_equals_a_rep
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_step_gets_its_signal_from_a_snapshot_that_left_the_other_payloads_out() {
+    let system = TestSystem::new(1).await;
+    let commands = system.command_service().await;
+    let id = system
+        .submit(
+            &commands.url,
+            &json!({"name": "approval", "steps": [
+                {"id": "approve", "kind": "wait", "config": {"signal": "approval", "timeout": "5m"}},
+                {"id": "after", "kind": "template", "depends_on": ["approve"],
+                 "config": {"template": "approved by {{ steps.approve.output.by }}"}}]}),
+        )
+        .await;
+    // The approval arrives first, then enough other signals for a snapshot (every 100).
+    let signal = |name: &'static str, body: Value| {
+        let url = format!("{}/v1/workflows/{id}/signals/{name}", commands.url);
+        let system = &system;
+        async move { system.post(&url, &body).await }
+    };
+    assert_eq!(signal("approval", json!({"by": "ana"})).await.status, 200);
+    for n in 0..110 {
+        assert_eq!(signal("noise", json!({"n": n})).await.status, 200);
+    }
+    let snapshot: Value = sqlx::query_scalar(
+        "SELECT state FROM snapshots WHERE stream_id = $1::uuid AND version = 100",
+    )
+    .bind(&id)
+    .fetch_one(&system.pool)
+    .await
+    .expect("a snapshot at version 100");
+    let signals = snapshot["signals"].as_array().unwrap();
+    assert_eq!(signals[0]["payload"], json!({"by": "ana"}));
+    assert!(signals[1..].iter().all(|s| s.get("payload").is_none()));
+
+    // The executor, started only now, loads the run from that snapshot and completes the
+    // wait step with the payload the snapshot kept.
+    let executor = system.executor().await;
+    system
+        .wait_for_run(&id, "succeeded", std::time::Duration::from_secs(60))
+        .await;
+    let after = system
+        .events(&id)
+        .await
+        .into_iter()
+        .find_map(|e| match e.event {
+            WorkflowEvent::StepSucceeded(s) if s.step_id == "after" => Some(s.output),
+            _ => None,
+        });
+    assert_eq!(after, Some(json!("approved by ana")));
+    executor.stop().await;
+    commands.stop().await;
+}
