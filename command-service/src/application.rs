@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use flowline_event_store::{
-    EventStore, OutboxRelay, Publications, RelayConfig, WorkflowRepository,
+    EventStore, OutboxRelay, ParkedEvents, Publications, RelayConfig, WorkflowRepository,
 };
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::problem::problem_errors;
@@ -23,6 +23,7 @@ use crate::{Result, api, routes};
 pub(crate) struct AppState {
     pub(crate) handler: Arc<CommandHandler>,
     pub(crate) answers: AnswerCache,
+    pub(crate) parked: ParkedEvents,
 }
 
 /// How long a stopping service waits for its relay to finish what it is publishing.
@@ -51,6 +52,7 @@ impl Application {
             },
         );
         let store = EventStore::with_waker(pool.clone(), relay.waker());
+        let parked = ParkedEvents::new(pool.clone());
         let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
         let relay = tokio::spawn(relay.run(background.clone()));
 
@@ -64,10 +66,12 @@ impl Application {
         let state = AppState {
             handler: Arc::new(handler),
             answers,
+            parked,
         };
         let router = Router::new()
             .merge(api::router())
             .route("/health", get(routes::health))
+            .route("/metrics", get(routes::metrics))
             .fallback(routes::not_found)
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::map_response(problem_errors))

@@ -284,6 +284,9 @@ impl CommandHandler {
                     workflow_id,
                     version,
                 },
+                flowline_event_store::Error::PublicationParked(parked) => {
+                    Error::PublicationParked(parked)
+                }
                 other => other.into(),
             })
     }

@@ -39,6 +39,11 @@ pub enum Error {
         /// The stored version.
         version: u64,
     },
+    /// The event is stored, but the log refused it (or an earlier event of its stream) for
+    /// good: it is parked until an operator redrives it.
+    #[error("event {} of workflow {} version {} is stored but parked, not published: {}",
+        .0.event_id, .0.stream_id, .0.stream_version, .0.reason)]
+    PublicationParked(Box<flowline_event_store::ParkedEvent>),
     /// The `Idempotency-Key` was used before for a different request.
     #[error("this Idempotency-Key was already used for a different request")]
     IdempotencyKeyReused,
@@ -149,6 +154,16 @@ impl IntoResponse for Error {
                 format!("{error}; it is durably stored and will be published, so do not resubmit it blindly: read the workflow to see it"),
             )
             .retry_after(1),
+            Error::PublicationParked(ref parked) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "publication-parked",
+                "Stored but parked",
+                format!("{self}; it stays stored and is published once an operator redrives it, so do not resubmit it"),
+            )
+            .with("event_id", parked.event_id.to_string())
+            .with("workflow_id", parked.stream_id.to_string())
+            .with("version", parked.stream_version)
+            .with("reason", parked.reason.as_str()),
             error @ Error::IdempotencyKeyReused => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

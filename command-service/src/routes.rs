@@ -558,6 +558,18 @@ pub async fn health() -> &'static str {
     "ok"
 }
 
+/// `GET /metrics` (Prometheus text): `flowline_outbox_parked_events`, the events the relay
+/// parked because the log refused them (or an earlier event of their stream). Alert on > 0.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
+    let parked = state.parked.count().await?;
+    let text = format!(
+        "# HELP flowline_outbox_parked_events Stored events the relay parked instead of publishing.\n\
+         # TYPE flowline_outbox_parked_events gauge\n\
+         flowline_outbox_parked_events {parked}\n"
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
 /// Any other path.
 pub async fn not_found() -> Problem {
     Problem::not_found("no such endpoint")

@@ -20,6 +20,13 @@ pub trait Aggregate: Default + Clone {
 
     /// Folds one event into the state. Must not fail: events are facts.
     fn apply(&mut self, event: &Self::Event);
+
+    /// Folds the event at stream `version`: for a state that remembers where an event is,
+    /// so that a snapshot can leave the event's bulk out and a read fetch it back.
+    fn apply_at(&mut self, event: &Self::Event, version: u64) {
+        let _ = version;
+        self.apply(event);
+    }
 }
 
 /// An aggregate state together with the stream version it reflects (0 = no events yet).
@@ -34,8 +41,8 @@ pub struct Versioned<A> {
 impl<A: Aggregate> Versioned<A> {
     /// Folds the next event of the stream.
     pub fn apply(&mut self, event: &A::Event) {
-        self.state.apply(event);
         self.version += 1;
+        self.state.apply_at(event, self.version);
     }
 
     /// Rebuilds a state from a whole stream of events.

@@ -32,5 +32,6 @@ pub use policy::{OnFailure, RetryPolicy, StepPolicy};
 pub use schedule::{Decision, Plan};
 pub use validation::{FieldError, ValidationErrors};
 pub use workflow::{
-    Attempt, AttemptOutcome, DomainError, StepState, StepStatus, Workflow, WorkflowStatus,
+    Attempt, AttemptOutcome, DomainError, ReceivedSignal, StepState, StepStatus, Workflow,
+    WorkflowStatus,
 };

@@ -152,12 +152,16 @@ pub fn plan(workflow: &Workflow, policies: &[StepPolicy], now: DateTime<Utc>) ->
                 {
                     let taken = signals_taken.entry(signal).or_default();
                     let arrived = workflow.signals.iter().filter(|s| &s.name == signal);
-                    if let Some(received) = arrived.clone().nth(*taken) {
+                    // A payload in reach of a wait step is always in the state (snapshots
+                    // keep those: `Workflow::for_snapshot`).
+                    if let Some(received) = arrived.clone().nth(*taken)
+                        && let Some(payload) = &received.payload
+                    {
                         *taken += 1;
                         plan.decisions.push(Decision::CompleteWait {
                             step_id: step.id.clone(),
                             attempt_id: attempt.attempt_id,
-                            payload: received.payload.clone(),
+                            payload: payload.clone(),
                         });
                         continue;
                     }

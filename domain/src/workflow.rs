@@ -235,6 +235,30 @@ impl StepState {
     }
 }
 
+/// A signal the run received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceivedSignal {
+    /// Its name.
+    pub name: String,
+    /// The stream version of its `SignalReceived` event (where its payload is).
+    pub version: u64,
+    /// Its payload; `None` where a snapshot left it out (no `wait` step can take it any
+    /// more): read it from the event at `version` when it is wanted.
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub payload: Option<serde_json::Value>,
+}
+
+/// A field that is there is `Some`, even when it is JSON `null`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
+}
+
 /// The state of one workflow run, as folded from its events.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
@@ -249,7 +273,7 @@ pub struct Workflow {
     /// Steps in submission order.
     pub steps: Vec<StepState>,
     /// Signals received, oldest first.
-    pub signals: Vec<SignalReceived>,
+    pub signals: Vec<ReceivedSignal>,
     /// Why it was cancelled, if it was and a reason was given.
     pub cancel_reason: Option<String>,
     /// Who submitted it, when known.
@@ -495,6 +519,52 @@ impl Workflow {
         };
     }
 
+    /// The state as a snapshot keeps it: signal payloads only where a `wait` step may still
+    /// take them (a name's first arrivals go to its `wait` steps in order, one each, so an
+    /// arrival is out of reach once as many of them succeeded, or past their number). The
+    /// rest stay in their events, so a snapshot does not grow with every signal's payload.
+    pub fn for_snapshot(&self) -> Workflow {
+        let mut waits = std::collections::HashMap::<String, (usize, usize)>::new();
+        for (step, policy) in self.steps.iter().zip(crate::schedule::policies(self)) {
+            if step.kind == StepKind::Wait
+                && let Some(signal) = policy.signal
+            {
+                let (taken, all) = waits.entry(signal).or_default();
+                *all += 1;
+                if step.status == StepStatus::Succeeded {
+                    *taken += 1;
+                }
+            }
+        }
+        let mut snapshot = self.clone();
+        let mut arrived = std::collections::HashMap::<&str, usize>::new();
+        for (signal, kept) in self.signals.iter().zip(&mut snapshot.signals) {
+            let index = arrived.entry(signal.name.as_str()).or_default();
+            let (taken, all) = waits.get(&signal.name).copied().unwrap_or_default();
+            if !(taken..all).contains(&*index) {
+                kept.payload = None;
+            }
+            *index += 1;
+        }
+        snapshot
+    }
+
+    /// The stream versions of the signals whose payload this state does not hold.
+    pub fn signals_without_payload(&self) -> Vec<u64> {
+        self.signals
+            .iter()
+            .filter(|s| s.payload.is_none())
+            .map(|s| s.version)
+            .collect()
+    }
+
+    /// Puts back the payload of the signal received at stream `version`.
+    pub fn restore_signal_payload(&mut self, version: u64, payload: serde_json::Value) {
+        if let Some(signal) = self.signals.iter_mut().find(|s| s.version == version) {
+            signal.payload = Some(payload);
+        }
+    }
+
     /// Marks every unfinished step cancelled and stops its running attempt.
     fn stop_unfinished_steps(&mut self) {
         for step in &mut self.steps {
@@ -589,6 +659,10 @@ impl Aggregate for Workflow {
     }
 
     fn apply(&mut self, event: &WorkflowEvent) {
+        self.apply_at(event, 0);
+    }
+
+    fn apply_at(&mut self, event: &WorkflowEvent, version: u64) {
         match event {
             WorkflowEvent::Submitted(WorkflowSubmitted {
                 name,
@@ -626,7 +700,13 @@ impl Aggregate for Workflow {
                 self.cancel_reason = reason.clone();
                 self.stop_unfinished_steps();
             }
-            WorkflowEvent::SignalReceived(signal) => self.signals.push(signal.clone()),
+            WorkflowEvent::SignalReceived(SignalReceived { name, payload }) => {
+                self.signals.push(ReceivedSignal {
+                    name: name.clone(),
+                    version,
+                    payload: Some(payload.clone()),
+                });
+            }
             WorkflowEvent::Started(started) => {
                 self.status = WorkflowStatus::Running;
                 self.started_at = Some(started.started_at);
@@ -952,5 +1032,57 @@ mod tests {
             field_errors(given_when(&[submitted()], signal)),
             vec!["name"]
         );
+    }
+
+    #[test]
+    fn a_snapshot_keeps_only_the_signal_payloads_a_wait_step_may_still_take() {
+        let wait = StepSpec {
+            id: "approval".into(),
+            kind: "wait".into(),
+            depends_on: vec![],
+            config: Some(json!({"signal": "approve"})),
+        };
+        let submitted = given_when(&[], submit(vec![wait])).expect("valid submission");
+        let signal = |name: &str, payload: serde_json::Value| {
+            WorkflowEvent::SignalReceived(SignalReceived {
+                name: name.into(),
+                payload,
+            })
+        };
+        let events = [
+            submitted,
+            signal("noise", json!({"n": 1})),
+            signal("approve", json!(null)),
+            signal("approve", json!({"n": 3})),
+            signal("noise", json!({"n": 4})),
+        ];
+        let state = Versioned::<Workflow>::replay(&events);
+        let snapshot: Workflow =
+            serde_json::from_value(serde_json::to_value(state.state.for_snapshot()).unwrap())
+                .unwrap();
+        let kept: Vec<_> = snapshot
+            .signals
+            .iter()
+            .map(|s| (s.name.as_str(), s.version, s.payload.clone()))
+            .collect();
+        // Only the first "approve" can still go to the one wait step (a JSON null included).
+        assert_eq!(
+            kept,
+            vec![
+                ("noise", 2, None),
+                ("approve", 3, Some(json!(null))),
+                ("approve", 4, None),
+                ("noise", 5, None),
+            ]
+        );
+        assert_eq!(snapshot.signals_without_payload(), vec![2, 4, 5]);
+        // A read puts the others back from their events.
+        let mut restored = snapshot;
+        for version in restored.signals_without_payload() {
+            if let WorkflowEvent::SignalReceived(signal) = &events[version as usize - 1] {
+                restored.restore_signal_payload(version, signal.payload.clone());
+            }
+        }
+        assert_eq!(restored.signals, state.state.signals);
     }
 }

@@ -8,15 +8,19 @@
 pub mod chain;
 pub mod headers;
 mod history;
+mod parked;
 mod publications;
 mod relay;
 mod repository;
 mod store;
 
 pub use history::PublishedHistory;
+pub use parked::{PARKED_CHANNEL, ParkedEvent, ParkedEvents, PublicationStatus};
 pub use publications::{LogPosition, PUBLISHED_CHANNEL, Publications, parse_published};
 pub use relay::{OutboxRelay, RelayConfig};
-pub use repository::{AsOf, PastState, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository};
+pub use repository::{
+    AsOf, PastState, SNAPSHOTS_KEPT, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository,
+};
 pub use store::{AppendedCommand, EventStore, RelayWaker, StoredEvent};
 
 /// Why a store operation failed.
@@ -36,6 +40,10 @@ pub enum Error {
     /// The event was stored but not confirmed on the log within the wait.
     #[error("event at store position {0} not yet confirmed on the log")]
     PublicationPending(i64),
+    /// The event was stored, but the relay parked it: the log refused it (or an earlier
+    /// event of its stream) for good, and it waits for an operator's redrive.
+    #[error("event {} is stored but parked, not published: {}", .0.event_id, .0.reason)]
+    PublicationParked(Box<ParkedEvent>),
     /// PostgreSQL failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),

@@ -1,5 +1,6 @@
 //! Waiting for "my event is on the log": the relay announces each published batch with
-//! `NOTIFY`, and every writer instance wakes the requests waiting for those positions.
+//! `NOTIFY`, and every writer instance wakes the requests waiting for those positions. It
+//! announces parked events the same way, so their requests get a definite answer too.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::parked::{PARKED_CHANNEL, PublicationStatus, parse_parked};
 use crate::store::EventStore;
 use crate::{Error, Result};
 
@@ -33,7 +35,7 @@ pub struct LogPosition {
 /// The waiters of one writer instance.
 #[derive(Debug)]
 pub struct Publications {
-    waiters: Mutex<HashMap<i64, Vec<oneshot::Sender<LogPosition>>>>,
+    waiters: Mutex<HashMap<i64, Vec<oneshot::Sender<Option<LogPosition>>>>>,
     store: EventStore,
 }
 
@@ -61,7 +63,9 @@ impl Publications {
     /// Starts listening for published batches until `shutdown`.
     pub async fn start(pool: PgPool, shutdown: CancellationToken) -> Result<Arc<Self>> {
         let mut listener = PgListener::connect_with(&pool).await?;
-        listener.listen(PUBLISHED_CHANNEL).await?;
+        listener
+            .listen_all([PUBLISHED_CHANNEL, PARKED_CHANNEL])
+            .await?;
         let publications = Arc::new(Self {
             waiters: Mutex::new(HashMap::new()),
             store: EventStore::new(pool),
@@ -74,6 +78,9 @@ impl Publications {
                     notification = listener.recv() => notification,
                 };
                 match notification {
+                    Ok(notification) if notification.channel() == PARKED_CHANNEL => {
+                        dispatcher.dispatch_parked(notification.payload());
+                    }
                     Ok(notification) => dispatcher.dispatch(notification.payload()),
                     Err(error) => {
                         warn!(%error, "publication listener lost; waiters fall back to polling");
@@ -89,12 +96,23 @@ impl Publications {
         let mut waiters = self.waiters.lock().expect("waiters lock");
         for (position, log) in parse_published(payload) {
             for waiter in waiters.remove(&position).unwrap_or_default() {
-                let _ = waiter.send(log);
+                let _ = waiter.send(Some(log));
+            }
+        }
+    }
+
+    /// Wakes the waiters of parked positions (`None`: read why from the store).
+    fn dispatch_parked(&self, payload: &str) {
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        for position in parse_parked(payload) {
+            for waiter in waiters.remove(&position).unwrap_or_default() {
+                let _ = waiter.send(None);
             }
         }
     }
 
     /// Waits until the event at store `position` is on the log, for at most `timeout`.
+    /// A parked event is [`Error::PublicationParked`] as soon as the relay parks it.
     pub async fn wait(&self, position: i64, timeout: Duration) -> Result<LogPosition> {
         let (sender, receiver) = oneshot::channel();
         let mut receiver = Some(receiver);
@@ -109,10 +127,14 @@ impl Publications {
             loop {
                 // The notification normally comes first; the row is re-read only when it is
                 // late (missed while the listener reconnected, or sent before we registered).
-                if !std::mem::take(&mut first)
-                    && let Some(log) = self.store.publication(position).await?
-                {
-                    return Ok(log);
+                if !std::mem::take(&mut first) {
+                    match self.store.publication(position).await? {
+                        PublicationStatus::Published(log) => return Ok(log),
+                        PublicationStatus::Parked(parked) => {
+                            return Err(Error::PublicationParked(parked));
+                        }
+                        PublicationStatus::Pending => {}
+                    }
                 }
                 let Some(pending) = receiver.as_mut() else {
                     tokio::time::sleep(RECHECK).await;
@@ -120,8 +142,9 @@ impl Publications {
                 };
                 tokio::select! {
                     log = pending => match log {
-                        Ok(log) => return Ok(log),
-                        Err(_) => receiver = None,
+                        Ok(Some(log)) => return Ok(log),
+                        // Parked: the store says why (read at the top of the loop).
+                        Ok(None) | Err(_) => receiver = None,
                     },
                     () = tokio::time::sleep(RECHECK) => {}
                 }

@@ -7,6 +7,10 @@
 //! and marking the events it finds there (by their `event-id` header) as published; all
 //! others are published again. Duplicates remain possible only for a leader that lost its
 //! lock while its records were in flight; consumers drop them by stream version.
+//!
+//! A record the log refuses for good (see [`refused_for_good`]) does not stop the relay: the
+//! batch it was in is published again one record at a time, the refused record is parked
+//! and the stream's later events are held behind it (`crate::parked`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,10 +24,11 @@ use rdkafka::message::Headers;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::Result;
+use crate::parked::{Parking, park};
 use crate::publications::{LogPosition, PUBLISHED_CHANNEL, encode_payload};
 use crate::store::{APPENDED_CHANNEL, RelayWaker, notify};
 use crate::{chain, headers};
@@ -92,6 +97,38 @@ pub(crate) struct OutboxRow {
 pub(crate) const OUTBOX_COLUMNS: &str = "position, tenant, stream_id, stream_version, event_id, \
      command_id, event_type, schema_version, correlation_id, causation_id, traceparent, \
      tracestate, payload, occurred_at, prev_hash, event_hash";
+
+/// An outbox row with the refused event of its stream it must wait behind, if any.
+#[derive(sqlx::FromRow)]
+struct Candidate {
+    #[sqlx(flatten)]
+    row: OutboxRow,
+    blocked_by: Option<Uuid>,
+}
+
+/// Why the relay parks an event held behind `blocker`.
+fn held_reason(blocker: Uuid) -> String {
+    format!("held behind event {blocker} of its stream, which the log refused")
+}
+
+/// Whether `error` is the log refusing this one record for good (it would refuse it again,
+/// however often it is sent), as opposed to the log being unavailable.
+pub(crate) fn refused_for_good(error: &flowline_event_log::Error) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+    matches!(
+        error,
+        flowline_event_log::Error::Kafka(KafkaError::MessageProduction(code)) if matches!(
+            code,
+            Code::MessageSizeTooLarge
+                | Code::MessageBatchTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::BadMessage
+                | Code::InvalidTimestamp
+        )
+    )
+}
 
 /// The key an event's record has on the log (it decides the partition): its stream id.
 pub(crate) fn record_key(stream_id: Uuid) -> Vec<u8> {
@@ -163,6 +200,19 @@ impl OutboxRow {
             payload: self.payload,
         }
     }
+
+    fn parking(&self, reason: String, blocked_by: Option<Uuid>) -> Parking {
+        Parking {
+            position: self.position,
+            tenant: self.tenant.clone(),
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            event_id: self.event_id,
+            event_type: self.event_type.clone(),
+            reason,
+            blocked_by,
+        }
+    }
 }
 
 enum Leadership {
@@ -232,16 +282,28 @@ impl OutboxRelay {
         listener: &mut PgListener,
         shutdown: &CancellationToken,
     ) -> Result<Leadership> {
+        let mut isolate = false;
         loop {
             let producer = LogProducer::new(&self.kafka)?;
             self.recover().await?;
-            match self
-                .publish_until_failure(&producer, partitions, lock, listener, shutdown)
-                .await
-            {
+            let published = async {
+                if std::mem::take(&mut isolate) {
+                    self.publish_one_by_one(&producer, partitions).await?;
+                }
+                self.publish_until_failure(&producer, partitions, lock, listener, shutdown)
+                    .await
+            };
+            match published.await {
                 Ok(outcome) => {
                     let _ = producer.flush(Duration::from_secs(5));
                     return Ok(outcome);
+                }
+                Err(crate::Error::Log(error)) if refused_for_good(&error) => {
+                    // One record of the batch is refused; which one, the batch's error does
+                    // not say. What landed is recovered from the log, then the rest goes
+                    // one record at a time so that only the refused one is parked.
+                    warn!(%error, "the log refused a record; publishing one at a time");
+                    isolate = true;
                 }
                 Err(crate::Error::Log(error)) => {
                     // The producer's state is unknown: start a fresh one and recover from
@@ -277,20 +339,22 @@ impl OutboxRelay {
                 }
                 lock_checked = Instant::now();
             }
-            let rows: Vec<OutboxRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-                "SELECT {OUTBOX_COLUMNS} FROM event_store WHERE published_at IS NULL \
-                 ORDER BY position LIMIT $1"
-            )))
-            .bind(self.config.batch_size)
-            .fetch_all(&self.pool)
-            .await?;
-            if rows.is_empty() {
+            let candidates = self.outbox_head().await?;
+            if candidates.is_empty() {
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(Leadership::Shutdown),
                     () = self.waker.local.notified() => {}
                     _ = listener.recv() => {}
                     () = tokio::time::sleep(self.config.poll_interval) => {}
                 }
+                continue;
+            }
+            let (held, rows): (Vec<Candidate>, Vec<Candidate>) = candidates
+                .into_iter()
+                .partition(|candidate| candidate.blocked_by.is_some());
+            self.hold(&held).await?;
+            let rows: Vec<OutboxRow> = rows.into_iter().map(|c| c.row).collect();
+            if rows.is_empty() {
                 continue;
             }
             let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
@@ -317,6 +381,91 @@ impl OutboxRelay {
         }
     }
 
+    /// The oldest unpublished, unparked events, each with the refused event of its stream
+    /// it must wait behind (if its stream has one).
+    async fn outbox_head(&self) -> Result<Vec<Candidate>> {
+        Ok(sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {OUTBOX_COLUMNS}, \
+               (SELECT p.event_id FROM parked_events p WHERE p.stream_id = e.stream_id \
+                ORDER BY p.stream_version LIMIT 1) AS blocked_by \
+             FROM event_store e WHERE published_at IS NULL AND parked_at IS NULL \
+             ORDER BY position LIMIT $1"
+        )))
+        .bind(self.config.batch_size)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Parks events of streams that have a refused event, behind it.
+    async fn hold(&self, held: &[Candidate]) -> Result<()> {
+        let parkings: Vec<Parking> = held
+            .iter()
+            .filter_map(|c| {
+                let blocker = c.blocked_by?;
+                Some(c.row.parking(held_reason(blocker), Some(blocker)))
+            })
+            .collect();
+        if !parkings.is_empty() {
+            warn!(
+                events = parkings.len(),
+                "events held behind a parked event of their stream"
+            );
+        }
+        park(&self.pool, &parkings).await
+    }
+
+    /// Publishes the head of the outbox one record at a time: a record the log refuses for
+    /// good is parked, the later events of its stream are held behind it, the others are
+    /// published. Any other failure ends the pass (the log is unavailable: retried as ever).
+    async fn publish_one_by_one(&self, producer: &LogProducer, partitions: i32) -> Result<()> {
+        let mut refused: HashMap<Uuid, Uuid> = HashMap::new();
+        for candidate in self.outbox_head().await? {
+            let row = candidate.row;
+            if let Some(blocker) = candidate
+                .blocked_by
+                .or_else(|| refused.get(&row.stream_id).copied())
+            {
+                park(
+                    &self.pool,
+                    &[row.parking(held_reason(blocker), Some(blocker))],
+                )
+                .await?;
+                continue;
+            }
+            let (position, stream_id, event_id) = (row.position, row.stream_id, row.event_id);
+            let size = row.payload.len();
+            let parking = row.parking(String::new(), None);
+            let record = row.into_record(partitions, &self.config.cloudevents_source);
+            match producer.publish(std::slice::from_ref(&record)).await {
+                Ok(deliveries) => {
+                    let published: Vec<(i64, LogPosition)> = deliveries
+                        .into_iter()
+                        .map(|d| {
+                            let log = LogPosition {
+                                partition: d.partition,
+                                offset: d.offset,
+                            };
+                            (position, log)
+                        })
+                        .collect();
+                    self.mark_published(&published).await?;
+                }
+                Err(failure) if refused_for_good(&failure) => {
+                    let reason = format!("the log refused the record ({size} bytes): {failure}");
+                    error!(
+                        %event_id, %stream_id, tenant = %parking.tenant,
+                        version = parking.stream_version, %reason,
+                        "event parked: it will not be published until an operator redrives it"
+                    );
+                    park(&self.pool, &[Parking { reason, ..parking }]).await?;
+                    refused.insert(stream_id, event_id);
+                }
+                Err(failure) => return Err(failure.into()),
+            }
+        }
+        Ok(())
+    }
+
     async fn mark_published(&self, published: &[(i64, LogPosition)]) -> Result<()> {
         let positions: Vec<i64> = published.iter().map(|(p, _)| *p).collect();
         let partitions: Vec<i32> = published.iter().map(|(_, l)| l.partition).collect();
@@ -339,10 +488,11 @@ impl OutboxRelay {
     /// Marks as published every unpublished event that is already on the log: at most the
     /// previous leader's last batch, which is within the tail window of each partition.
     async fn recover(&self) -> Result<()> {
-        let unpublished: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM event_store WHERE published_at IS NULL")
-                .fetch_one(&self.pool)
-                .await?;
+        let unpublished: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM event_store WHERE published_at IS NULL AND parked_at IS NULL",
+        )
+        .fetch_one(&self.pool)
+        .await?;
         if unpublished == 0 {
             return Ok(());
         }
@@ -379,12 +529,17 @@ impl OutboxRelay {
         let ids: Vec<Uuid> = on_log.keys().copied().collect();
         let partitions: Vec<i32> = ids.iter().map(|id| on_log[id].partition).collect();
         let offsets: Vec<i64> = ids.iter().map(|id| on_log[id].offset).collect();
+        // A parked event found on the log (a refusal reported after all) is published.
         let recovered: Vec<(i64, i32, i64)> = sqlx::query_as(
-            "UPDATE event_store SET published_at = now(), log_partition = tail.partition, \
-             log_offset = tail.log_offset \
-             FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS tail(event_id, partition, log_offset) \
-             WHERE event_store.event_id = tail.event_id AND event_store.published_at IS NULL \
-             RETURNING event_store.position, tail.partition, tail.log_offset",
+            "WITH recovered AS ( \
+               UPDATE event_store SET published_at = now(), log_partition = tail.partition, \
+                 log_offset = tail.log_offset, parked_at = NULL \
+               FROM unnest($1::uuid[], $2::int[], $3::bigint[]) AS tail(event_id, partition, log_offset) \
+               WHERE event_store.event_id = tail.event_id AND event_store.published_at IS NULL \
+               RETURNING event_store.position, tail.partition, tail.log_offset), \
+             unparked AS (DELETE FROM parked_events WHERE position IN \
+               (SELECT position FROM recovered)) \
+             SELECT position, partition, log_offset FROM recovered",
         )
         .bind(&ids)
         .bind(&partitions)
@@ -404,5 +559,45 @@ impl OutboxRelay {
             "outbox recovery: events found on the log marked published"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode as Code};
+
+    use super::refused_for_good;
+
+    fn production(code: Code) -> flowline_event_log::Error {
+        flowline_event_log::Error::Kafka(KafkaError::MessageProduction(code))
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_record_itself_parks_it() {
+        for refused in [
+            Code::MessageSizeTooLarge,
+            Code::MessageBatchTooLarge,
+            Code::InvalidRecord,
+        ] {
+            assert!(refused_for_good(&production(refused)), "{refused:?}");
+        }
+        // The log being unavailable is retried, never parked: parking on an outage would
+        // park everything.
+        for unavailable in [
+            Code::AllBrokersDown,
+            Code::MessageTimedOut,
+            Code::RequestTimedOut,
+            Code::NotLeaderForPartition,
+            Code::UnknownTopicOrPartition,
+            Code::QueueFull,
+        ] {
+            assert!(
+                !refused_for_good(&production(unavailable)),
+                "{unavailable:?}"
+            );
+        }
+        assert!(!refused_for_good(&flowline_event_log::Error::NotDelivered(
+            "producer dropped".into()
+        )));
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::chain::{self, ChainedEvent};
+use crate::parked::{ParkedEvents, PublicationStatus};
 use crate::publications::LogPosition;
 use crate::repository::AsOf;
 use crate::{Error, Result};
@@ -144,6 +145,27 @@ impl EventStore {
         .bind(tenant)
         .bind(after as i64)
         .bind(up_to.map(|v| v as i64))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(|row| self.decode(row)).collect()
+    }
+
+    /// The stream's events at `versions`, in version order (those it has).
+    pub async fn load_versions(
+        &self,
+        tenant: &str,
+        stream_id: Uuid,
+        versions: &[u64],
+    ) -> Result<Vec<StoredEvent>> {
+        let versions: Vec<i64> = versions.iter().map(|&v| v as i64).collect();
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT position, payload, log_partition, log_offset FROM event_store \
+             WHERE stream_id = $1 AND tenant = $2 AND stream_version = ANY($3) \
+             ORDER BY stream_version",
+        )
+        .bind(stream_id)
+        .bind(tenant)
+        .bind(&versions)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(|row| self.decode(row)).collect()
@@ -329,21 +351,27 @@ impl EventStore {
         ))
     }
 
-    /// When the event at `position` was published, and where.
-    pub async fn publication(&self, position: i64) -> Result<Option<LogPosition>> {
-        let row: Option<(Option<i32>, Option<i64>)> = sqlx::query_as(
-            "SELECT log_partition, log_offset FROM event_store \
-             WHERE position = $1 AND published_at IS NOT NULL",
+    /// Where the event at `position` stands: published (and where), parked (and why), or
+    /// still pending.
+    pub async fn publication(&self, position: i64) -> Result<PublicationStatus> {
+        let row: Option<(Option<i32>, Option<i64>, bool)> = sqlx::query_as(
+            "SELECT log_partition, log_offset, parked_at IS NOT NULL FROM event_store \
+             WHERE position = $1 AND (published_at IS NOT NULL OR parked_at IS NOT NULL)",
         )
         .bind(position)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|(partition, offset)| {
-            Some(LogPosition {
-                partition: partition?,
-                offset: offset?,
-            })
-        }))
+        Ok(match row {
+            Some((Some(partition), Some(offset), _)) => {
+                PublicationStatus::Published(LogPosition { partition, offset })
+            }
+            Some((_, _, true)) => match ParkedEvents::new(self.pool.clone()).get(position).await? {
+                Some(parked) => PublicationStatus::Parked(Box::new(parked)),
+                // Redriven in between: back in the outbox.
+                None => PublicationStatus::Pending,
+            },
+            _ => PublicationStatus::Pending,
+        })
     }
 }
 

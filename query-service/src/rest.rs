@@ -318,15 +318,24 @@ pub struct StateParams {
     version: Option<String>,
 }
 
+/// Response header: the version of the snapshot a `/state` answer was rebuilt from (0: none).
+pub const SNAPSHOT_VERSION_HEADER: &str = "x-snapshot-version";
+/// Response header: how many events a `/state` answer replayed on top of its snapshot.
+pub const REPLAYED_EVENTS_HEADER: &str = "x-replayed-events";
+
 /// The aggregate as it was at a time or after a version (the latest without either),
-/// rebuilt by replay from a snapshot no later than it.
+/// rebuilt by replay from the nearest snapshot at or below it (`x-snapshot-version`, with
+/// `x-replayed-events` events replayed on top).
 #[utoipa::path(
     get,
     path = "/v1/workflows/{id}/state",
     tag = "workflows",
     params(("id" = Uuid, Path, description = "The run's id"), StateParams),
     responses(
-        (status = 200, description = "The past state", body = StateBody),
+        (status = 200, description = "The past state", body = StateBody, headers(
+            ("x-snapshot-version" = u64, description = "Version of the snapshot it was rebuilt from (0: none)"),
+            ("x-replayed-events" = u64, description = "Events replayed on top of that snapshot"),
+        )),
         (status = 400, description = "A parameter is invalid; `parameter` names it", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 404, description = "No such run, version, or the run did not exist yet", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
@@ -336,7 +345,7 @@ pub async fn state(
     Path(id): Path<String>,
     Query(params): Query<StateParams>,
     headers: HeaderMap,
-) -> Result<Json<StateBody>> {
+) -> Result<([(&'static str, String); 2], Json<StateBody>)> {
     let tenant = tenant(&headers)?;
     let workflow_id = parse_id(&id)?;
     let as_of = match (&params.as_of, &params.version) {
@@ -394,11 +403,23 @@ pub async fn state(
         }
         _ => {}
     }
-    Ok(Json(StateBody {
-        workflow_id,
-        version: past.workflow.version,
-        current_version: past.current_version,
-        as_of: params.as_of,
-        state: past.workflow.state,
-    }))
+    let mut workflow = past.workflow.state;
+    state
+        .repository
+        .restore_signal_payloads(&tenant, workflow_id, &mut workflow)
+        .await
+        .map_err(|e| Error::Store(Box::new(e)))?;
+    Ok((
+        [
+            (SNAPSHOT_VERSION_HEADER, past.snapshot_version.to_string()),
+            (REPLAYED_EVENTS_HEADER, past.replayed.to_string()),
+        ],
+        Json(StateBody {
+            workflow_id,
+            version: past.workflow.version,
+            current_version: past.current_version,
+            as_of: params.as_of,
+            state: workflow,
+        }),
+    ))
 }

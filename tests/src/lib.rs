@@ -805,3 +805,35 @@ where
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// An event of the `default` tenant at `version` of `stream_id`, with fresh ids: for tests
+/// that write the event store directly, past the command service.
+pub fn direct_envelope(
+    stream_id: Uuid,
+    version: u64,
+    event: flowline_domain::WorkflowEvent,
+) -> flowline_domain::EventEnvelope {
+    let id = Uuid::now_v7();
+    flowline_domain::EventEnvelope {
+        metadata: flowline_domain::EventMetadata {
+            event_id: id,
+            tenant: "default".into(),
+            stream_id,
+            stream_version: version,
+            occurred_at: chrono::Utc::now(),
+            command_id: id,
+            correlation_id: id,
+            causation_id: id,
+            traceparent: None,
+            tracestate: None,
+        },
+        event,
+    }
+}
+
+/// The `WorkflowSubmitted` event of the submission `body` (valid).
+pub fn submitted_event(body: Value) -> flowline_domain::WorkflowEvent {
+    let submit: flowline_domain::SubmitWorkflow =
+        serde_json::from_value(body).expect("a submission");
+    flowline_domain::WorkflowEvent::Submitted(submit.validate().expect("a valid submission"))
+}
