@@ -124,6 +124,10 @@ enum Command {
         /// Events in the stream.
         #[arg(long, default_value_t = 10_000)]
         events: u64,
+        /// Events after the snapshot (a typical distance behind the head: half of the
+        /// command service's default `SNAPSHOT_EVERY`).
+        #[arg(long, default_value_t = 50)]
+        behind: u64,
         /// Loads measured per variant.
         #[arg(long, default_value_t = 20)]
         repeats: usize,
@@ -658,7 +662,7 @@ async fn append(clients: usize, seconds: u64, streams: usize) -> anyhow::Result<
     Ok(())
 }
 
-async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
+async fn load(events: u64, behind: u64, repeats: usize) -> anyhow::Result<()> {
     use flowline_domain::{SignalReceived, Versioned, Workflow};
     use flowline_event_store::{EventStore, WorkflowRepository};
 
@@ -682,6 +686,11 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
             serde_json::from_value::<SubmitWorkflow>(workflow_body())?.validate()?,
         ),
     };
+    // Snapshots are taken every SNAPSHOT_EVERY events, so a load finds the newest one some
+    // events behind the head (half the interval on average): the measured load starts from
+    // a snapshot `behind` events back, not from one at the head.
+    let snapshot_at = events.saturating_sub(behind).max(1);
+    let with_snapshots = WorkflowRepository::new(store.clone(), system.pool.clone(), snapshot_at);
     let mut state = Versioned::<Workflow>::default();
     for version in 1..=events {
         envelope.metadata.stream_version = version;
@@ -689,13 +698,20 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
         envelope.metadata.command_id = Uuid::now_v7();
         store.append(&envelope, None).await?;
         state.apply(&envelope.event);
+        if version == snapshot_at {
+            with_snapshots
+                .after_append("default", stream_id, &state)
+                .await;
+        }
         envelope.event = WorkflowEvent::SignalReceived(SignalReceived {
             name: "tick".into(),
             payload: json!({"n": version}),
         });
     }
 
+    // Each variant loads once unmeasured first (connections, PostgreSQL's caches).
     let time = |repository: WorkflowRepository| async move {
+        repository.load("default", stream_id).await?;
         let mut histogram = histogram();
         for _ in 0..repeats {
             let started = Instant::now();
@@ -711,7 +727,7 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
     };
     let raw = {
         let mut histogram = histogram();
-        for _ in 0..repeats {
+        for repeat in 0..=repeats {
             let started = Instant::now();
             let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
                 "SELECT payload FROM event_store WHERE stream_id = $1 ORDER BY stream_version",
@@ -720,7 +736,9 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
             .fetch_all(&system.pool)
             .await?;
             anyhow::ensure!(rows.len() as u64 == events);
-            histogram.record(started.elapsed().as_micros().max(1) as u64)?;
+            if repeat > 0 {
+                histogram.record(started.elapsed().as_micros().max(1) as u64)?;
+            }
         }
         histogram
     };
@@ -730,13 +748,11 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
         0,
     ))
     .await?;
-    let with_snapshots = WorkflowRepository::new(store.clone(), system.pool.clone(), events);
-    with_snapshots
-        .after_append("default", stream_id, &state)
-        .await;
     let with = time(with_snapshots).await?;
 
-    println!("bench load: one stream of {events} events, {repeats} loads each");
+    println!(
+        "bench load: one stream of {events} events, {repeats} loads each after one unmeasured, snapshot {behind} events behind the head"
+    );
     println!("{:<44} {:>9} {:>9}", "", "p50 ms", "p99 ms");
     println!(
         "{:<44} {:>9.2} {:>9.2}",
@@ -752,7 +768,7 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
     );
     println!(
         "{:<44} {:>9.2} {:>9.2}",
-        "load from the snapshot",
+        "load from the snapshot, then the rest",
         ms(&with, 0.5),
         ms(&with, 0.99)
     );
@@ -760,6 +776,11 @@ async fn load(events: u64, repeats: usize) -> anyhow::Result<()> {
         "replay ÷ raw select = {:.2}; snapshot ÷ replay = {:.3}",
         ms(&without, 0.5) / ms(&raw, 0.5),
         ms(&with, 0.5) / ms(&without, 0.5)
+    );
+    println!(
+        "load from the snapshot: p99 {:.2} ms (goal < 5 ms for 10 000 events), p99 ÷ raw select p99 = {:.3}",
+        ms(&with, 0.99),
+        ms(&with, 0.99) / ms(&raw, 0.99)
     );
     Ok(())
 }
@@ -1272,7 +1293,11 @@ async fn main() -> anyhow::Result<()> {
             seconds,
             streams,
         } => append(clients, seconds, streams).await,
-        Command::Load { events, repeats } => load(events, repeats).await,
+        Command::Load {
+            events,
+            behind,
+            repeats,
+        } => load(events, behind, repeats).await,
         Command::Execute {
             runs,
             clients,
