@@ -173,6 +173,7 @@ impl EventsParams {
 #[utoipa::path(
     get,
     path = "/v1/audit/events",
+    operation_id = "audit_events",
     tag = "audit",
     params(EventsParams),
     security(("admin_token" = [])),
@@ -226,6 +227,7 @@ pub async fn events(
 #[utoipa::path(
     get,
     path = "/v1/audit/verify",
+    operation_id = "audit_verify",
     tag = "audit",
     params(VerifyParams),
     security(("admin_token" = [])),
