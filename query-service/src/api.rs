@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::application::AppState;
-use crate::{graph_rest, rest};
+use crate::{audit, graph_rest, rest};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -22,6 +22,7 @@ use crate::{graph_rest, rest};
     tags(
         (name = "workflows", description = "Runs, their steps, events and past states"),
         (name = "graph", description = "Questions answered by the graph view"),
+        (name = "audit", description = "Operators' reads of the event log itself (bearer ADMIN_TOKEN)"),
     )
 )]
 struct ApiDoc;
@@ -38,6 +39,23 @@ pub(crate) fn router() -> Router<AppState> {
         .routes(routes!(graph_rest::dependents))
         .routes(routes!(graph_rest::lineage))
         .routes(routes!(graph_rest::runs))
+        .routes(routes!(audit::events))
+        .routes(routes!(audit::verify))
         .split_for_parts();
-    router.merge(openapi::docs(openapi::finish(api, &["/v1"])))
+    router.merge(openapi::docs(openapi::finish(
+        with_admin_token(api),
+        &["/v1/workflows", "/v1/graph"],
+    )))
+}
+
+/// Declares the bearer `admin_token` the audit operations require.
+fn with_admin_token(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+    api.components
+        .get_or_insert_with(Default::default)
+        .add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    api
 }

@@ -21,10 +21,10 @@ use crate::audit::AuditAccess;
 use crate::cache::{ReadCache, WorkflowReads};
 use crate::changes::{ChangeFeed, Listening};
 use crate::config::Config;
-use crate::consistency::{ConsistencyGate, token_from_headers};
+use crate::consistency::{ConsistencyGate, Watching, token_from_headers};
 use crate::graphql::{QuerySchema, Tenant, schema};
 use crate::read_model::ReadModel;
-use crate::{Error, Result, api, audit, subscriptions};
+use crate::{Error, Result, api, subscriptions};
 
 #[derive(Clone)]
 pub(crate) struct AppState {
@@ -34,12 +34,15 @@ pub(crate) struct AppState {
     pub(crate) graph: AnyGraph,
     pub(crate) schema: QuerySchema,
     pub(crate) audit: AuditAccess,
+    pub(crate) websockets: subscriptions::WebSockets,
+    pub(crate) changes: ChangeFeed,
 }
 
 /// A built, bound query service.
 pub struct Application {
     server: HttpServer,
     changes: Listening,
+    checkpoints: Watching,
 }
 
 async fn graphiql() -> Html<String> {
@@ -77,6 +80,51 @@ async fn graphql(
     }
 }
 
+/// Prometheus text: the counters that show reads stay bounded (checkpoint polls for
+/// consistency waits, re-reads by subscriptions) and the open WebSocket connections.
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let counters = [
+        (
+            "flowline_query_consistency_polls_total",
+            "Checkpoint queries made for requests waiting on a consistency token (shared by all of them)",
+            state.reads.gate().polls(),
+        ),
+        (
+            "flowline_query_subscription_reads_total",
+            "Read-model queries made by subscriptions (at their start and after a change concerning them)",
+            state.changes.reads(),
+        ),
+        (
+            "flowline_query_cache_invalidation_failures_total",
+            "Read-cache invalidations Redis did not take (the cache is bypassed until its entries are retired)",
+            state.reads.cache().failed_invalidations(),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    let gauge = "flowline_query_websocket_connections";
+    let _ = writeln!(
+        text,
+        "# HELP {gauge} Open GraphQL WebSocket connections per tenant\n# TYPE {gauge} gauge"
+    );
+    for (tenant, open) in state.websockets.open() {
+        let _ = writeln!(text, "{gauge}{{tenant=\"{tenant}\"}} {open}");
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+}
+
 async fn not_found() -> Problem {
     Problem::not_found("no such endpoint")
 }
@@ -89,7 +137,8 @@ impl Application {
         let (changes, listening) = ChangeFeed::start(pool.clone());
         let cache = ReadCache::connect(&config.cache).await;
         cache.follow(&changes);
-        let gate = ConsistencyGate::new(pool.clone(), &config.consistency);
+        let (gate, checkpoints) =
+            ConsistencyGate::start(pool.clone(), &config.consistency, &changes);
         let reads = WorkflowReads::new(read_model.clone(), gate.clone(), cache);
         let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
         let graph = config.graph.store(pool.clone());
@@ -99,22 +148,24 @@ impl Application {
                 repository.clone(),
                 graph.clone(),
                 config.graphql,
-                changes,
+                changes.clone(),
                 reads.clone(),
             ),
+            websockets: subscriptions::WebSockets::new(config.limits),
+            changes,
             graph,
             repository,
             reads,
             read_model,
-            audit: AuditAccess {
-                reader: flowline_audit::LogReader::new(&config.kafka.brokers, &config.kafka.topic),
-                admin_token: config.admin_token.clone(),
-            },
+            audit: AuditAccess::new(
+                flowline_audit::LogReader::new(&config.kafka.brokers, &config.kafka.topic),
+                config.admin_token.clone(),
+                config.limits.audit_max_concurrent_scans,
+            ),
         };
         let router = Router::new()
             .merge(api::router())
-            .route("/v1/audit/events", get(audit::events))
-            .route("/v1/audit/verify", get(audit::verify))
+            .route("/metrics", get(metrics))
             .route("/graphql", get(graphiql).post(graphql))
             .route("/graphql/ws", get(subscriptions::websocket))
             .route("/health", get(|| async { "ok" }))
@@ -126,6 +177,7 @@ impl Application {
         Ok(Self {
             server,
             changes: listening,
+            checkpoints,
         })
     }
 
@@ -139,9 +191,14 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), std::io::Error> {
-        let Self { server, changes } = self;
+        let Self {
+            server,
+            changes,
+            checkpoints,
+        } = self;
         let served = server.serve_until(shutdown).await;
-        // Stops listening only once no request can subscribe any more.
+        // Stops listening only once no request can subscribe or wait any more.
+        drop(checkpoints);
         drop(changes);
         served
     }

@@ -1,6 +1,13 @@
 //! Operators' audit endpoints: the event log read directly from Kafka (the same reading as
 //! the `audit` CLI, from `flowline-audit`), behind the bearer `ADMIN_TOKEN`. They are not
 //! tenant-scoped: `tenant` is a filter, and the token is the authority.
+//!
+//! Every call scans the log (from `since`, or from the start), so scans are bounded: at
+//! most `AUDIT_MAX_CONCURRENT_SCANS` run at once (one more is a 429 with `Retry-After`),
+//! `events` stops at `limit` matches, and `verify` returns at most [`MAX_FINDINGS`]
+//! findings (its summary counts them all).
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Query, State};
@@ -10,48 +17,107 @@ use flowline_audit::{EventLine, Filter, Finding, LogReader, Summary, query::pars
 use flowline_service_kit::Problem;
 use flowline_service_kit::request::admin_bearer;
 use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::application::AppState;
 use crate::{Error, Result};
+use flowline_service_kit::openapi::PROBLEM_JSON;
+use flowline_service_kit::problem::ProblemDetails;
 
 /// Events returned when `limit` is not given.
 const DEFAULT_LIMIT: usize = 1000;
 /// Most events one request returns.
 const MAX_LIMIT: usize = 10_000;
+/// Most findings one verification returns.
+pub const MAX_FINDINGS: usize = 1_000;
 const NDJSON: &str = "application/x-ndjson";
 
 /// What the audit endpoints need.
 #[derive(Debug, Clone)]
 pub(crate) struct AuditAccess {
-    pub(crate) reader: LogReader,
-    pub(crate) admin_token: Option<String>,
+    reader: LogReader,
+    admin_token: Option<String>,
+    scans: Arc<Semaphore>,
+    max_scans: usize,
+}
+
+impl AuditAccess {
+    /// Reads with `reader`, for callers with `admin_token`, `max_scans` at a time.
+    pub(crate) fn new(reader: LogReader, admin_token: Option<String>, max_scans: usize) -> Self {
+        Self {
+            reader,
+            admin_token,
+            scans: Arc::new(Semaphore::new(max_scans)),
+            max_scans,
+        }
+    }
+
+    /// A place for one scan, or [`Error::AuditBusy`] when all are taken.
+    fn scan_permit(&self) -> Result<OwnedSemaphorePermit> {
+        self.scans
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::AuditBusy {
+                limit: self.max_scans,
+            })
+    }
 }
 
 /// Query of `GET /v1/audit/events`; all text, so a bad value is reported by name.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsParams {
+    /// Only this tenant's events.
+    #[param(max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     tenant: Option<String>,
+    /// Only this stream's (workflow's) events.
+    #[param(value_type = Option<Uuid>)]
     stream: Option<String>,
+    /// Only events of this type (`WorkflowSubmitted`, ...).
     #[serde(rename = "type")]
+    #[param(rename = "type", max_length = 128)]
     event_type: Option<String>,
+    /// Only events that occurred at or after this time (RFC 3339); the scan starts there.
+    #[param(value_type = Option<String>, format = DateTime)]
     since: Option<String>,
+    /// Only events that occurred before this time (RFC 3339).
+    #[param(value_type = Option<String>, format = DateTime)]
     until: Option<String>,
+    /// Most events returned, 1 to 10000 (default 1000).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 10000)]
     limit: Option<String>,
 }
 
 /// Query of `GET /v1/audit/verify`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct VerifyParams {
+    /// Only this tenant's streams.
+    #[param(max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     tenant: Option<String>,
 }
 
 /// Answer of `GET /v1/audit/verify`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Verification {
+    /// What was found (`problem`, `stream_id`, `tenant`, `version`, `partition`, `offset`,
+    /// `detail`, `benign`), at most 1000: `summary` counts them all.
+    #[schema(value_type = Vec<Object>)]
     problems: Vec<Finding>,
+    /// More findings than `problems` holds were made.
+    problems_truncated: bool,
+    /// Totals: `records`, `streams`, `unchained`, `problems`, `ok`.
+    #[schema(value_type = Object)]
     summary: Summary,
 }
+
+/// One event on the log as the audit reads it: position, tenant, stream, version, ids,
+/// type, time, hash chain, CloudEvents headers and the decoded envelope.
+#[derive(utoipa::ToSchema)]
+#[schema(value_type = Object)]
+#[allow(dead_code)]
+pub struct AuditEvent(serde_json::Value);
 
 /// Checks `Authorization: Bearer <ADMIN_TOKEN>`.
 fn authorize(access: &AuditAccess, headers: &HeaderMap) -> Result<()> {
@@ -101,9 +167,28 @@ impl EventsParams {
     }
 }
 
-/// `GET /v1/audit/events?tenant&stream&type&since&until&limit`: the matching events on
-/// the log up to its end, oldest first per partition; a JSON array, or NDJSON when the
-/// request accepts `application/x-ndjson`.
+/// The matching events on the log up to its end, oldest first per partition: a JSON
+/// array, or NDJSON when the request accepts `application/x-ndjson`. Operators only
+/// (`Authorization: Bearer <ADMIN_TOKEN>`); not tenant-scoped (`tenant` filters).
+#[utoipa::path(
+    get,
+    path = "/v1/audit/events",
+    operation_id = "audit_events",
+    tag = "audit",
+    params(EventsParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The events: a JSON array, or one JSON object per line with `Accept: application/x-ndjson`", content(
+            (Vec<AuditEvent> = "application/json"),
+            (String = "application/x-ndjson"),
+        )),
+        (status = 400, description = "A parameter is invalid; `parameter` names it", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 401, description = "No or a wrong admin token", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "ADMIN_TOKEN is not set on the query service: the audit endpoints are off", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 429, description = "AUDIT_MAX_CONCURRENT_SCANS scans run already; retry (Retry-After)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "The event log cannot be read", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn events(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -111,8 +196,10 @@ pub async fn events(
 ) -> Result<Response> {
     authorize(&state.audit, &headers)?;
     let (filter, limit) = params.parse()?;
+    let permit = state.audit.scan_permit()?;
     let reader = state.audit.reader.clone();
     let lines = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut lines: Vec<EventLine> = Vec::new();
         flowline_audit::query_log(&reader, &filter, Some(limit), |line| lines.push(line))
             .map(|_| lines)
@@ -135,20 +222,48 @@ pub async fn events(
     }
 }
 
-/// `GET /v1/audit/verify[?tenant]`: what `audit verify` reports, as one JSON document.
+/// What `audit verify` reports, as one JSON document: the hash chain and version order of
+/// every stream on the log (or one tenant's). Operators only.
+#[utoipa::path(
+    get,
+    path = "/v1/audit/verify",
+    operation_id = "audit_verify",
+    tag = "audit",
+    params(VerifyParams),
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "The findings and totals", body = Verification),
+        (status = 401, description = "No or a wrong admin token", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "ADMIN_TOKEN is not set on the query service: the audit endpoints are off", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 429, description = "AUDIT_MAX_CONCURRENT_SCANS scans run already; retry (Retry-After)", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "The event log cannot be read", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
 pub async fn verify(
     State(state): State<AppState>,
     headers: HeaderMap,
     Query(params): Query<VerifyParams>,
 ) -> Result<Json<Verification>> {
     authorize(&state.audit, &headers)?;
+    let tenant = crate::rest::text_parameter("tenant", params.tenant)?;
+    let permit = state.audit.scan_permit()?;
     let reader = state.audit.reader.clone();
     let verification = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let mut problems = Vec::new();
-        flowline_audit::verify_log(&reader, params.tenant.as_deref(), |finding| {
-            problems.push(finding.clone());
+        let mut problems_truncated = false;
+        flowline_audit::verify_log(&reader, tenant.as_deref(), |finding| {
+            if problems.len() < MAX_FINDINGS {
+                problems.push(finding.clone());
+            } else {
+                problems_truncated = true;
+            }
         })
-        .map(|summary| Verification { problems, summary })
+        .map(|summary| Verification {
+            problems,
+            problems_truncated,
+            summary,
+        })
     })
     .await
     .map_err(|e| Error::Request(Problem::internal(&e)))??;

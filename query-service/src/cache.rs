@@ -11,9 +11,15 @@
 //! - the read model's checkpoints when it was read, so a request with a consistency token
 //!   is only answered from an entry that already reflected the token's position.
 //!
-//! Redis is only a cache: when it is down every read goes to PostgreSQL.
+//! Redis is only a cache: when it is down every read goes to PostgreSQL. An invalidation
+//! that fails leaves an entry in Redis that may be older than the read model; from then on
+//! this process neither serves nor fills entries until it has bumped the generation (which
+//! retires every entry, its own and other replicas'), at its next lookup that reaches
+//! Redis. So a failed invalidation costs cache hits, never freshness.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flowline_event_log::ConsistencyToken;
@@ -76,6 +82,10 @@ pub struct ReadCache {
     redis: Option<ConnectionManager>,
     prefix: String,
     ttl: Duration,
+    /// An invalidation failed and no generation bump has retired the entries since.
+    suspect: Arc<AtomicBool>,
+    /// Invalidations that failed (`/metrics`).
+    failed_invalidations: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ReadCache {
@@ -121,6 +131,36 @@ impl ReadCache {
             redis,
             prefix: settings.redis_key_prefix.clone(),
             ttl,
+            suspect: Arc::default(),
+            failed_invalidations: Arc::default(),
+        }
+    }
+
+    /// Invalidations that failed so far.
+    pub fn failed_invalidations(&self) -> u64 {
+        self.failed_invalidations.load(Ordering::Relaxed)
+    }
+
+    /// An invalidation failed: no entry may be trusted until the generation is bumped.
+    fn invalidation_failed(&self) {
+        self.failed_invalidations.fetch_add(1, Ordering::Relaxed);
+        self.suspect.store(true, Ordering::Release);
+    }
+
+    /// After a failed invalidation, retires every entry (bumps the generation) before the
+    /// cache is used again; false while that is not done.
+    async fn trusted(&self) -> bool {
+        if !self.suspect.load(Ordering::Acquire) {
+            return true;
+        }
+        // Cleared first: an invalidation failing from here on sets it again.
+        self.suspect.store(false, Ordering::Release);
+        if self.bump_generation().await {
+            tracing::info!("read cache in use again after failed invalidations");
+            true
+        } else {
+            self.suspect.store(true, Ordering::Release);
+            false
         }
     }
 
@@ -140,6 +180,9 @@ impl ReadCache {
         let Some(mut redis) = self.redis.clone() else {
             return Lookup::Miss { generation: 0 };
         };
+        if !self.trusted().await {
+            return Lookup::Miss { generation: -1 };
+        }
         let found: redis::RedisResult<(Option<String>, Option<i64>, Option<i64>)> =
             redis::cmd("MGET")
                 .arg(self.entry_key(tenant, id))
@@ -211,7 +254,8 @@ impl ReadCache {
             .invoke_async(&mut redis)
             .await;
         if let Err(error) = raised {
-            warn!(%error, "read cache invalidation failed");
+            warn!(%error, "read cache invalidation failed; the cache is bypassed until it is retired");
+            self.invalidation_failed();
         }
     }
 
@@ -239,15 +283,26 @@ impl ReadCache {
 
     /// Notifications may have been missed: no entry cached so far may be served.
     pub async fn invalidate_all(&self) {
+        if !self.bump_generation().await {
+            self.invalidation_failed();
+        }
+    }
+
+    /// Retires every entry cached so far; false when Redis could not be told.
+    async fn bump_generation(&self) -> bool {
         let Some(mut redis) = self.redis.clone() else {
-            return;
+            return true;
         };
         let bumped: redis::RedisResult<i64> = redis::cmd("INCR")
             .arg(self.generation_key())
             .query_async(&mut redis)
             .await;
-        if let Err(error) = bumped {
-            warn!(%error, "read cache generation bump failed");
+        match bumped {
+            Ok(_) => true,
+            Err(error) => {
+                warn!(%error, "read cache generation bump failed");
+                false
+            }
         }
     }
 }

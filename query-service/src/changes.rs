@@ -7,7 +7,14 @@
 //! surface as [`Change::Resync`], meaning "you may have missed changes: re-read what you
 //! watch from the database". A reader that subscribes *before* reading its starting state
 //! therefore never misses a committed change.
+//!
+//! Subscriptions read only one tenant's data, so they subscribe to that tenant's changes
+//! ([`ChangeFeed::subscribe_tenant`]): a change is routed in memory to the readers of its
+//! tenant, and the readers of other tenants are neither woken nor made to query.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flowline_domain::WorkflowChange;
@@ -19,6 +26,8 @@ use tokio::task::JoinHandle;
 
 /// How many changes a slow reader may fall behind before it is told to resync.
 const BUFFER: usize = 4096;
+/// The same for a reader of one tenant's changes (one buffer per tenant being watched).
+const TENANT_BUFFER: usize = 1024;
 /// Wait before listening again after the connection failed.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
@@ -35,7 +44,47 @@ pub enum Change {
 /// The feed: cheap to clone, [`ChangeFeed::subscribe`] for a reader.
 #[derive(Debug, Clone)]
 pub struct ChangeFeed {
-    sender: broadcast::Sender<Change>,
+    fanout: Fanout,
+}
+
+/// Where changes go: every reader of all changes, and the readers of the change's tenant.
+#[derive(Debug, Clone)]
+struct Fanout {
+    all: broadcast::Sender<Change>,
+    /// One channel per tenant that has (or recently had) readers.
+    tenants: Arc<Mutex<HashMap<String, broadcast::Sender<Change>>>>,
+    /// Database reads readers made because of what they heard (`/metrics`).
+    rereads: Arc<AtomicU64>,
+}
+
+impl Fanout {
+    fn send(&self, change: Change) {
+        let mut tenants = self.tenants.lock().expect("tenant channels");
+        // Channels whose last reader is gone are dropped as changes pass.
+        tenants.retain(|_, sender| sender.receiver_count() > 0);
+        match &change {
+            Change::Workflow(workflow) => {
+                if let Some(sender) = tenants.get(&workflow.tenant) {
+                    let _ = sender.send(change.clone());
+                }
+            }
+            Change::Resync => {
+                for sender in tenants.values() {
+                    let _ = sender.send(Change::Resync);
+                }
+            }
+        }
+        drop(tenants);
+        let _ = self.all.send(change);
+    }
+
+    fn subscribe_tenant(&self, tenant: &str) -> broadcast::Receiver<Change> {
+        let mut tenants = self.tenants.lock().expect("tenant channels");
+        tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| broadcast::channel(TENANT_BUFFER).0)
+            .subscribe()
+    }
 }
 
 /// Stops the listening task when dropped.
@@ -51,25 +100,55 @@ impl Drop for Listening {
 impl ChangeFeed {
     /// Starts listening with a connection of `pool` (held for as long as it listens).
     pub fn start(pool: PgPool) -> (Self, Listening) {
-        let (sender, _) = broadcast::channel(BUFFER);
-        let task = tokio::spawn(listen(pool, sender.clone()));
-        (Self { sender }, Listening(task))
+        let fanout = Fanout {
+            all: broadcast::channel(BUFFER).0,
+            tenants: Arc::default(),
+            rereads: Arc::default(),
+        };
+        let task = tokio::spawn(listen(pool, fanout.clone()));
+        (Self { fanout }, Listening(task))
     }
 
     /// A new reader; it hears every change committed from now on.
     pub fn subscribe(&self) -> Changes {
-        Changes(self.sender.subscribe())
+        self.reader(self.fanout.all.subscribe())
+    }
+
+    fn reader(&self, receiver: broadcast::Receiver<Change>) -> Changes {
+        Changes {
+            receiver,
+            rereads: self.fanout.rereads.clone(),
+        }
+    }
+
+    /// Database reads its readers made so far ([`Changes::count_read`]).
+    pub fn reads(&self) -> u64 {
+        self.fanout.rereads.load(Ordering::Relaxed)
+    }
+
+    /// A new reader of `tenant`'s changes (and of every [`Change::Resync`]) committed from
+    /// now on.
+    pub fn subscribe_tenant(&self, tenant: &str) -> Changes {
+        self.reader(self.fanout.subscribe_tenant(tenant))
     }
 }
 
 /// One reader of the feed.
 #[derive(Debug)]
-pub struct Changes(broadcast::Receiver<Change>);
+pub struct Changes {
+    receiver: broadcast::Receiver<Change>,
+    rereads: Arc<AtomicU64>,
+}
 
 impl Changes {
+    /// Counts one database read this reader makes (its start, or after a change).
+    pub fn count_read(&self) {
+        self.rereads.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The next change; `None` once the feed is gone (the service is stopping).
     pub async fn next(&mut self) -> Option<Change> {
-        match self.0.recv().await {
+        match self.receiver.recv().await {
             Ok(change) => Some(change),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::debug!(missed, "change reader lagged; it re-reads");
@@ -80,7 +159,7 @@ impl Changes {
     }
 }
 
-async fn listen(pool: PgPool, sender: broadcast::Sender<Change>) {
+async fn listen(pool: PgPool, sender: Fanout) {
     loop {
         match listen_until_failed(&pool, &sender).await {
             Err(sqlx::Error::PoolClosed) => return,
@@ -96,18 +175,18 @@ async fn listen(pool: PgPool, sender: broadcast::Sender<Change>) {
 /// committed in between.
 async fn listen_until_failed(
     pool: &PgPool,
-    sender: &broadcast::Sender<Change>,
+    sender: &Fanout,
 ) -> Result<std::convert::Infallible, sqlx::Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener
         .listen_all([CHANNEL, TABLES_REPLACED_CHANNEL])
         .await?;
-    let _ = sender.send(Change::Resync);
+    sender.send(Change::Resync);
     loop {
         let Some(notification) = listener.try_recv().await? else {
             // The connection was lost; the listener reconnected and listens again.
             tracing::warn!("change feed reconnected; readers re-read");
-            let _ = sender.send(Change::Resync);
+            sender.send(Change::Resync);
             continue;
         };
         if notification.channel() == TABLES_REPLACED_CHANNEL {
@@ -115,16 +194,16 @@ async fn listen_until_failed(
                 projection = notification.payload(),
                 "tables replaced; readers re-read"
             );
-            let _ = sender.send(Change::Resync);
+            sender.send(Change::Resync);
             continue;
         }
         match serde_json::from_str::<WorkflowChange>(notification.payload()) {
             Ok(change) => {
-                let _ = sender.send(Change::Workflow(change));
+                sender.send(Change::Workflow(change));
             }
             Err(error) => {
                 tracing::warn!(%error, payload = notification.payload(), "unreadable change notification");
-                let _ = sender.send(Change::Resync);
+                sender.send(Change::Resync);
             }
         }
     }

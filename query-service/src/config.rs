@@ -32,6 +32,9 @@ pub struct Config {
     /// GraphQL limits.
     #[command(flatten)]
     pub graphql: GraphqlLimits,
+    /// WebSocket and audit limits.
+    #[command(flatten)]
+    pub limits: ReadLimits,
 }
 
 /// Default of [`GraphqlLimits::max_depth`].
@@ -66,5 +69,68 @@ impl Default for GraphqlLimits {
             max_depth: DEFAULT_MAX_DEPTH,
             max_complexity: DEFAULT_MAX_COMPLEXITY,
         }
+    }
+}
+
+/// Bounds on what one client may hold open: WebSocket connections and subscriptions, and
+/// the audit endpoints' scans of the log.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ReadLimits {
+    /// Open GraphQL WebSocket connections one tenant may hold; one more is closed with
+    /// code 1013 (try again later).
+    #[arg(
+        long,
+        env = "WS_MAX_CONNECTIONS_PER_TENANT",
+        default_value_t = ReadLimits::DEFAULT.ws_max_connections_per_tenant
+    )]
+    pub ws_max_connections_per_tenant: usize,
+    /// Subscriptions running at once on one WebSocket connection; one more is answered
+    /// with an `error` message for its id (the connection stays open).
+    #[arg(
+        long,
+        env = "WS_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        default_value_t = ReadLimits::DEFAULT.ws_max_subscriptions_per_connection
+    )]
+    pub ws_max_subscriptions_per_connection: usize,
+    /// How long a new WebSocket connection may take to send `connection_init`, in
+    /// milliseconds; then it is closed with code 4408.
+    #[arg(
+        long,
+        env = "WS_INIT_TIMEOUT_MS",
+        default_value_t = ReadLimits::DEFAULT.ws_init_timeout_ms
+    )]
+    pub ws_init_timeout_ms: u64,
+    /// Largest WebSocket message (and frame) a client may send, in bytes; a larger one
+    /// closes the connection with code 1009.
+    #[arg(
+        long,
+        env = "WS_MAX_MESSAGE_BYTES",
+        default_value_t = ReadLimits::DEFAULT.ws_max_message_bytes
+    )]
+    pub ws_max_message_bytes: usize,
+    /// Scans of the event log the audit endpoints run at once; a request beyond them is
+    /// answered 429 with `Retry-After`.
+    #[arg(
+        long,
+        env = "AUDIT_MAX_CONCURRENT_SCANS",
+        default_value_t = ReadLimits::DEFAULT.audit_max_concurrent_scans
+    )]
+    pub audit_max_concurrent_scans: usize,
+}
+
+impl ReadLimits {
+    /// The defaults.
+    pub const DEFAULT: Self = Self {
+        ws_max_connections_per_tenant: 100,
+        ws_max_subscriptions_per_connection: 20,
+        ws_init_timeout_ms: 5_000,
+        ws_max_message_bytes: 64 * 1024,
+        audit_max_concurrent_scans: 2,
+    };
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self::DEFAULT
     }
 }

@@ -76,6 +76,12 @@ pub enum Error {
     /// The event log could not be read for an audit.
     #[error("audit: {0}")]
     Audit(#[from] flowline_audit::Error),
+    /// Every audit scan allowed at once is running.
+    #[error("{limit} audit scans of the log run already (AUDIT_MAX_CONCURRENT_SCANS); retry later")]
+    AuditBusy {
+        /// The configured limit.
+        limit: usize,
+    },
     /// The read model failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -116,7 +122,7 @@ impl Error {
                 StatusCode::BAD_REQUEST,
                 "invalid-parameter",
                 "Invalid parameter",
-                self.to_string(),
+                bounded(self.to_string()),
             )
             .with("parameter", *parameter),
             Error::NotYetConsistent { token, .. } => Problem::new(
@@ -151,6 +157,14 @@ impl Error {
                 "Event log unavailable",
                 self.to_string(),
             ),
+            Error::AuditBusy { limit } => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "audit-busy",
+                "Audit busy",
+                self.to_string(),
+            )
+            .with("limit", *limit)
+            .retry_after(1),
             Error::Database(_) | Error::Store(_) | Error::Graph(_) | Error::Startup(_) => {
                 Problem::internal(self)
             }
@@ -162,4 +176,30 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         self.to_problem().into_response()
     }
+}
+
+/// Longest `detail` of an error that may quote what the caller sent: one bad parameter is
+/// reported (the first found), and what it quotes is cut here, so an error body stays
+/// small whatever the request held.
+pub(crate) const MAX_DETAIL_BYTES: usize = 512;
+
+/// `detail` cut to [`MAX_DETAIL_BYTES`].
+pub(crate) fn bounded(detail: String) -> String {
+    if detail.len() > MAX_DETAIL_BYTES {
+        bounded_to(&detail, MAX_DETAIL_BYTES)
+    } else {
+        detail
+    }
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, marked with `…` when cut.
+pub(crate) fn bounded_to(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
 }

@@ -20,5 +20,6 @@ mod rest;
 mod subscriptions;
 
 pub use application::Application;
+pub use config::ReadLimits;
 pub use config::{Config, GraphqlLimits};
 pub use error::{Error, Result};

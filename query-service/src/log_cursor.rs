@@ -17,6 +17,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::{Error, Result};
 
+/// Most partitions a cursor may name (as a consistency token): what a client sends stays
+/// bounded work.
+const MAX_PARTITIONS: usize = 1024;
+
 /// Last seen offset per partition; a partition not named has had nothing seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogCursor(BTreeMap<i32, i64>);
@@ -71,6 +75,9 @@ impl LogCursor {
                 return Err(invalid());
             }
             positions.insert(partition, offset);
+            if positions.len() > MAX_PARTITIONS {
+                return Err(invalid());
+            }
         }
         Ok(Self(positions))
     }

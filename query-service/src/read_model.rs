@@ -16,6 +16,8 @@ use crate::{Error, Result};
 pub const MAX_PAGE: i64 = 100;
 /// Items per page when the caller does not say.
 pub const DEFAULT_PAGE: i64 = 20;
+/// Most events one page of a stream holds (and how many when the caller does not say).
+pub const MAX_EVENTS_PAGE: i64 = 100;
 /// The statuses a workflow can have, in lifecycle order (the domain's).
 pub fn statuses() -> impl Iterator<Item = &'static str> {
     WorkflowStatus::ALL.into_iter().map(WorkflowStatus::as_str)
@@ -215,6 +217,45 @@ pub struct WorkflowPage {
     pub items: Vec<WorkflowView>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     pub next_cursor: Option<String>,
+}
+
+/// A page of a stream's events.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    /// The events, in version order.
+    pub events: Vec<EventView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// The position after the last event of a page: base64url of `{"after_version": n}`,
+/// opaque to clients like the list cursors (ADR 10).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct EventCursor {
+    after_version: i64,
+}
+
+impl EventCursor {
+    /// The cursor continuing after `version`.
+    pub fn after(version: i64) -> String {
+        URL_SAFE_NO_PAD.encode(
+            serde_json::to_vec(&Self {
+                after_version: version,
+            })
+            .expect("a cursor serializes"),
+        )
+    }
+
+    /// The version a cursor continues after.
+    pub fn decode(text: &str) -> Result<i64> {
+        URL_SAFE_NO_PAD
+            .decode(text)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Self>(&bytes).ok())
+            .map(|cursor| cursor.after_version)
+            .filter(|version| *version >= 0)
+            .ok_or_else(|| invalid_cursor("not a cursor returned by this API"))
+    }
 }
 
 /// What a list is ordered by.
@@ -861,17 +902,41 @@ impl ReadModel {
         Ok(by_workflow)
     }
 
-    /// The stream's events in version order; `None` when the workflow is unknown.
-    pub async fn events(&self, tenant: &str, id: Uuid) -> Result<Option<Vec<EventView>>> {
+    /// Up to `limit` of the stream's events after version `after` (from the first without
+    /// it), in version order, keyset-paginated on the primary key `(workflow_id, version)`;
+    /// `None` when the workflow is unknown.
+    pub async fn events(
+        &self,
+        tenant: &str,
+        id: Uuid,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Option<EventPage>> {
         if !self.workflow_exists(tenant, id).await? {
             return Ok(None);
         }
-        Ok(Some(
-            self.events_of(tenant, &[id])
-                .await?
-                .remove(&id)
-                .unwrap_or_default(),
-        ))
+        // One more than asked tells whether a next page exists.
+        let mut rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT workflow_id, version, event_id, event_type, occurred_at, correlation_id, \
+             causation_id, data FROM workflow_events \
+             WHERE tenant = $1 AND workflow_id = $2 AND version > $3 \
+             ORDER BY version LIMIT $4",
+        )
+        .bind(tenant)
+        .bind(id)
+        .bind(after.unwrap_or(0))
+        .bind(limit + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let more = rows.len() as i64 > limit;
+        rows.truncate(limit as usize);
+        let next_cursor = more
+            .then(|| rows.last().map(|row| EventCursor::after(row.version)))
+            .flatten();
+        Ok(Some(EventPage {
+            events: rows.into_iter().map(EventView::from).collect(),
+            next_cursor,
+        }))
     }
 
     async fn workflow_exists(&self, tenant: &str, id: Uuid) -> Result<bool> {

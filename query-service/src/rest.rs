@@ -15,7 +15,8 @@ use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
 
 use crate::read_model::{
-    EventView, ListFilter, MAX_PAGE, Sort, StepDetail, WorkflowPage, WorkflowView,
+    EventCursor, EventView, ListFilter, MAX_EVENTS_PAGE, MAX_PAGE, Sort, StepDetail, WorkflowPage,
+    WorkflowView,
 };
 use crate::{Error, Result};
 
@@ -69,6 +70,11 @@ pub struct ListParams {
     #[param(value_type = Option<StatusParam>, inline)]
     status: Option<String>,
     /// Only runs whose name contains this text (case-insensitive).
+    #[param(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
     name: Option<String>,
     /// Only runs submitted at or after this time (RFC 3339).
     #[param(value_type = Option<String>, format = DateTime, example = "2026-11-26T10:00:00Z")]
@@ -78,10 +84,20 @@ pub struct ListParams {
     submitted_before: Option<String>,
     /// Only runs with an `mcp_tool` step calling this tool (`server/tool`, or `tool` when the
     /// step names no server).
-    #[param(example = "web/search")]
+    #[param(
+        example = "web/search",
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
     tool: Option<String>,
     /// Only runs with an `llm` step using this model.
-    #[param(example = "gpt-x")]
+    #[param(
+        example = "gpt-x",
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000]*[^\s\u0000\u0085][^\u0000]*$"
+    )]
     model: Option<String>,
     /// Order of the items; `-` means descending. Default `-submitted_at` (newest first).
     #[param(value_type = Option<SortParam>, inline)]
@@ -90,6 +106,7 @@ pub struct ListParams {
     #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// `next_cursor` of the previous page, requested with the same `sort`.
+    #[param(min_length = 1, max_length = 1024)]
     cursor: Option<String>,
 }
 
@@ -124,11 +141,62 @@ pub(crate) fn text_parameter(
     }
 }
 
+/// Longest text filter (`name`, `tool`, `model`), in characters.
+const MAX_FILTER_CHARS: usize = 256;
+/// Longest cursor, in bytes (the ones this API makes are far shorter).
+const MAX_CURSOR_BYTES: usize = 1024;
+
+/// A text filter: as [`text_parameter`], and at most [`MAX_FILTER_CHARS`] long.
+fn filter_text(parameter: &'static str, text: Option<String>) -> Result<Option<String>> {
+    let text = text_parameter(parameter, text)?;
+    if text
+        .as_ref()
+        .is_some_and(|text| text.chars().count() > MAX_FILTER_CHARS)
+    {
+        return Err(Error::InvalidParameter {
+            parameter,
+            message: format!("longer than {MAX_FILTER_CHARS} characters"),
+        });
+    }
+    Ok(text)
+}
+
+/// A cursor as given: non-empty, at most [`MAX_CURSOR_BYTES`] (its content is checked
+/// where it is decoded).
+fn cursor_text(text: Option<String>) -> Result<Option<String>> {
+    let text = text_parameter("cursor", text)?;
+    if text
+        .as_ref()
+        .is_some_and(|text| text.len() > MAX_CURSOR_BYTES)
+    {
+        return Err(Error::InvalidParameter {
+            parameter: "cursor",
+            message: "not a cursor returned by this API".into(),
+        });
+    }
+    Ok(text)
+}
+
+/// A page size: an integer from 1 to `max`.
+fn page_limit(text: Option<String>, max: i64) -> Result<Option<i64>> {
+    text.map(|limit| {
+        limit
+            .parse()
+            .ok()
+            .filter(|limit| (1..=max).contains(limit))
+            .ok_or_else(|| Error::InvalidParameter {
+                parameter: "limit",
+                message: format!("must be an integer between 1 and {max}"),
+            })
+    })
+    .transpose()
+}
+
 impl ListParams {
     fn into_filter(self) -> Result<ListFilter> {
         Ok(ListFilter {
             status: text_parameter("status", self.status)?,
-            name: text_parameter("name", self.name)?,
+            name: filter_text("name", self.name)?,
             submitted_after: self
                 .submitted_after
                 .map(|t| parse_time("submitted_after", &t))
@@ -137,24 +205,16 @@ impl ListParams {
                 .submitted_before
                 .map(|t| parse_time("submitted_before", &t))
                 .transpose()?,
-            tool: text_parameter("tool", self.tool)?,
-            model: text_parameter("model", self.model)?,
+            tool: filter_text("tool", self.tool)?,
+            model: filter_text("model", self.model)?,
             sort: self
                 .sort
                 .as_deref()
                 .map(Sort::parse)
                 .transpose()?
                 .unwrap_or_default(),
-            limit: self
-                .limit
-                .map(|limit| {
-                    limit.parse().map_err(|_| Error::InvalidParameter {
-                        parameter: "limit",
-                        message: format!("must be an integer between 1 and {MAX_PAGE}"),
-                    })
-                })
-                .transpose()?,
-            cursor: text_parameter("cursor", self.cursor)?,
+            limit: page_limit(self.limit, MAX_PAGE)?,
+            cursor: cursor_text(self.cursor)?,
         })
     }
 }
@@ -252,11 +312,26 @@ pub async fn step(
         .ok_or(Error::NotFound(id))
 }
 
-/// The events of a run's stream, in version order.
+/// A page of the events of a run's stream, in version order.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct EventsBody {
     workflow_id: Uuid,
     events: Vec<EventView>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// Query parameters of `GET /v1/workflows/{id}/events`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct EventsParams {
+    /// Events per page, 1 to 100 (default 100).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 1024)]
+    cursor: Option<String>,
 }
 
 /// The aggregate as it was at a version or a time.
@@ -274,35 +349,44 @@ pub struct StateBody {
     state: flowline_domain::Workflow,
 }
 
-/// The events of a run's stream, in version order.
+/// The events of a run's stream, in version order, one page at a time: pass
+/// `next_cursor` as `cursor` for the next page (keyset-paginated on the version, so a page
+/// is one index range whatever the stream's length).
 #[utoipa::path(
     get,
     path = "/v1/workflows/{id}/events",
     tag = "workflows",
-    params(("id" = Uuid, Path, description = "The run's id"), ("X-Consistency-Token" = Option<String>, Header, description = "A command's consistency token: answer with state at least that new (waits up to CONSISTENCY_WAIT_MS)")),
+    params(("id" = Uuid, Path, description = "The run's id"), EventsParams, ("X-Consistency-Token" = Option<String>, Header, description = "A command's consistency token: answer with state at least that new (waits up to CONSISTENCY_WAIT_MS)")),
     responses(
         (status = 503, description = "The read model has not reached the consistency token in time; retry (Retry-After)", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 200, description = "The stream", body = EventsBody),
+        (status = 200, description = "A page of the stream", body = EventsBody),
+        (status = 400, description = "A parameter is invalid; `parameter` names it", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(params): Query<EventsParams>,
     headers: HeaderMap,
 ) -> Result<Json<EventsBody>> {
     let tenant = tenant(&headers)?;
     let token = token_from_headers(&headers)?;
     let workflow_id = parse_id(&id)?;
+    let limit = page_limit(params.limit, MAX_EVENTS_PAGE)?.unwrap_or(MAX_EVENTS_PAGE);
+    let after = cursor_text(params.cursor)?
+        .map(|cursor| EventCursor::decode(&cursor))
+        .transpose()?;
     state.reads.gate().wait_for_any(token.as_ref()).await?;
-    let events: Vec<EventView> = state
+    let page = state
         .read_model
-        .events(&tenant, workflow_id)
+        .events(&tenant, workflow_id, after, limit)
         .await?
         .ok_or(Error::NotFound(id))?;
     Ok(Json(EventsBody {
         workflow_id,
-        events,
+        events: page.events,
+        next_cursor: page.next_cursor,
     }))
 }
 

@@ -6,24 +6,29 @@
 //! missed). Notifications only wake readers; what a client receives always comes from the
 //! committed read model, so it can neither see uncommitted state nor miss a change.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use async_graphql::http::ALL_WEBSOCKET_PROTOCOLS;
+use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, ClientMessage, WebSocketProtocols, WsMessage};
 use async_graphql::{Context, Data, ErrorExtensions, InputObject, SimpleObject, Subscription};
-use async_graphql_axum::{GraphQLProtocol, GraphQLWebSocket};
+use async_graphql_axum::GraphQLProtocol;
 use axum::extract::State;
-use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
+use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 use axum::response::{IntoResponse, Response};
 use flowline_service_kit::Problem;
 use flowline_service_kit::request::{TENANT_HEADER, valid_tenant};
-use futures::Stream;
+use futures::{SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::application::AppState;
 use crate::changes::{Change, ChangeFeed, Changes};
-use crate::graphql::Tenant;
-use crate::graphql::Workflow;
+use crate::config::ReadLimits;
+use crate::graphql::{QuerySchema, Tenant, Workflow};
 use crate::log_cursor::LogCursor;
 use crate::read_model::{EventFilter, EventView, LoggedEvent, ReadModel};
 use crate::{Error, Result};
@@ -31,13 +36,81 @@ use crate::{Error, Result};
 /// Events read from the database per round trip while catching up.
 const PAGE: i64 = 500;
 
+/// Close codes this endpoint uses besides the library's (`graphql-transport-ws` defines
+/// 4408 and 4409; 1009 and 1013 are RFC 6455's).
+mod close {
+    /// No `connection_init` in time.
+    pub const INIT_TIMEOUT: u16 = 4408;
+    /// A second subscription with an id still running.
+    pub const DUPLICATE_ID: u16 = 4409;
+    /// A message larger than `WS_MAX_MESSAGE_BYTES`.
+    pub const TOO_BIG: u16 = 1009;
+    /// The tenant holds `WS_MAX_CONNECTIONS_PER_TENANT` connections already.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// Open connections per tenant, shared by every connection of the process.
+#[derive(Debug, Clone)]
+pub(crate) struct WebSockets {
+    limits: ReadLimits,
+    per_tenant: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One tenant's connection counted for as long as it is held.
+#[derive(Debug)]
+struct Slot {
+    tenant: String,
+    per_tenant: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_tenant = self.per_tenant.lock().expect("connection counts");
+        if let Some(count) = per_tenant.get_mut(&self.tenant) {
+            *count -= 1;
+            if *count == 0 {
+                per_tenant.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl WebSockets {
+    pub(crate) fn new(limits: ReadLimits) -> Self {
+        Self {
+            limits,
+            per_tenant: Arc::default(),
+        }
+    }
+
+    fn admit(&self, tenant: &str) -> Option<Slot> {
+        let mut per_tenant = self.per_tenant.lock().expect("connection counts");
+        let count = per_tenant.entry(tenant.to_owned()).or_default();
+        if *count >= self.limits.ws_max_connections_per_tenant {
+            return None;
+        }
+        *count += 1;
+        Some(Slot {
+            tenant: tenant.to_owned(),
+            per_tenant: self.per_tenant.clone(),
+        })
+    }
+
+    /// Open connections per tenant (for `/metrics`).
+    pub(crate) fn open(&self) -> Vec<(String, usize)> {
+        let per_tenant = self.per_tenant.lock().expect("connection counts");
+        per_tenant.iter().map(|(t, n)| (t.clone(), *n)).collect()
+    }
+}
+
 /// Upgrades to a GraphQL WebSocket. The tenant comes from the `connection_init` payload
 /// (`{"tenant": "acme"}`, what browsers can send) or the upgrade's `X-Tenant-Id` header;
 /// without one the connection is refused, since a subscription has no default tenant to
 /// fall back on silently.
 pub(crate) async fn websocket(
     State(state): State<AppState>,
-    protocol: GraphQLProtocol,
+    // Refuses (400) an upgrade naming no GraphQL subprotocol.
+    _: GraphQLProtocol,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
@@ -50,21 +123,242 @@ pub(crate) async fn websocket(
             }
         }
     };
+    let protocol = headers
+        .get(SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|offered| {
+            offered
+                .split(',')
+                .find_map(|p| WebSocketProtocols::from_str(p.trim()).ok())
+        })
+        .unwrap_or(WebSocketProtocols::GraphQLWS);
     let schema = state.schema.clone();
+    let websockets = state.websockets.clone();
+    let max_message = websockets.limits.ws_max_message_bytes;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
         .on_upgrade(move |socket| {
-            GraphQLWebSocket::new(socket, schema, protocol)
-                .on_connection_init(move |payload| async move {
-                    let tenant = connection_tenant(&payload, header_tenant)
-                        .map_err(|error| error.extend())?;
-                    let mut data = Data::default();
-                    data.insert(Tenant(tenant));
-                    Ok(data)
-                })
-                .serve()
+            Connection {
+                websockets,
+                header_tenant,
+                state: Arc::default(),
+            }
+            .serve(socket, schema, protocol)
         })
         .into_response()
+}
+
+/// What the reading and the writing half of one connection share.
+#[derive(Debug, Default)]
+struct ConnectionState {
+    /// `connection_init` arrived (the init timeout no longer applies).
+    initialized: bool,
+    /// Ids of the subscriptions running.
+    running: HashSet<String>,
+    /// The tenant's connection slot, held until the connection ends.
+    slot: Option<Slot>,
+    /// How the connection must be closed instead of what the protocol library says.
+    close: Option<(u16, String)>,
+}
+
+/// One WebSocket connection: the protocol (`async_graphql::http::WebSocket`) between a
+/// guarded reading half and a writing half that enforces the connection's limits.
+struct Connection {
+    websockets: WebSockets,
+    header_tenant: Option<String>,
+    state: Arc<Mutex<ConnectionState>>,
+}
+
+impl Connection {
+    async fn serve(self, socket: WebSocket, schema: QuerySchema, protocol: WebSocketProtocols) {
+        let limits = self.websockets.limits;
+        let (mut sink, source) = socket.split();
+        // Messages this side answers itself (refused subscriptions), merged into the output.
+        let (refusals, mut refused) = mpsc::unbounded_channel::<Message>();
+        let input = {
+            let state = self.state.clone();
+            source
+                .scan((), move |(), read| {
+                    futures::future::ready(match read {
+                        Ok(message) => Some(message),
+                        Err(error) => {
+                            state.lock().expect("connection state").close = read_failure(error);
+                            None
+                        }
+                    })
+                })
+                .filter_map(|message| async move {
+                    match message {
+                        Message::Text(text) => Some(ClientMessage::from_bytes(text.as_bytes())),
+                        Message::Binary(bytes) => Some(ClientMessage::from_bytes(bytes)),
+                        _ => None,
+                    }
+                })
+                .filter_map({
+                    let state = self.state.clone();
+                    move |message| {
+                        let admitted = admit_message(&state, &refusals, limits, message);
+                        async move { admitted }
+                    }
+                })
+        };
+        let on_init = {
+            let websockets = self.websockets.clone();
+            let header_tenant = self.header_tenant.clone();
+            let state = self.state.clone();
+            move |payload: serde_json::Value| async move {
+                let tenant =
+                    connection_tenant(&payload, header_tenant).map_err(|error| error.extend())?;
+                let Some(slot) = websockets.admit(&tenant) else {
+                    // A close reason holds at most 123 bytes: the tenant is not repeated.
+                    let reason = format!(
+                        "the tenant holds {} connections already (WS_MAX_CONNECTIONS_PER_TENANT)",
+                        limits.ws_max_connections_per_tenant
+                    );
+                    state.lock().expect("connection state").close =
+                        Some((close::TRY_AGAIN_LATER, reason.clone()));
+                    return Err(async_graphql::Error::new(reason));
+                };
+                state.lock().expect("connection state").slot = Some(slot);
+                let mut data = Data::default();
+                data.insert(Tenant(tenant));
+                Ok(data)
+            }
+        };
+        let messages = async_graphql::http::WebSocket::from_message_stream(schema, input, protocol)
+            .on_connection_init(on_init);
+        futures::pin_mut!(messages);
+        let init_deadline = tokio::time::sleep(Duration::from_millis(limits.ws_init_timeout_ms));
+        futures::pin_mut!(init_deadline);
+        loop {
+            let initialized = self.state.lock().expect("connection state").initialized;
+            let outgoing = tokio::select! {
+                message = messages.next() => match message {
+                    Some(message) => self.outgoing(message),
+                    None => {
+                        let close = self.state.lock().expect("connection state").close.take();
+                        match close {
+                            Some((code, reason)) => closing(code, reason),
+                            None => break,
+                        }
+                    }
+                },
+                Some(refusal) = refused.recv() => refusal,
+                () = &mut init_deadline, if !initialized => closing(
+                    close::INIT_TIMEOUT,
+                    "Connection initialisation timeout".into(),
+                ),
+            };
+            let last = matches!(outgoing, Message::Close(_));
+            if sink.send(outgoing).await.is_err() || last {
+                break;
+            }
+            let close = self.state.lock().expect("connection state").close.take();
+            if let Some((code, reason)) = close {
+                let _ = sink.send(closing(code, reason)).await;
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    }
+
+    /// What the protocol sends, as this connection sends it: a subscription that
+    /// completed frees its place, and a refused `connection_init` closes with this
+    /// side's code.
+    fn outgoing(&self, message: WsMessage) -> Message {
+        let mut state = self.state.lock().expect("connection state");
+        match message {
+            WsMessage::Text(text) => {
+                if text.starts_with(r#"{"type":"complete""#)
+                    && let Ok(Completed { id }) = serde_json::from_str(&text)
+                {
+                    state.running.remove(&id);
+                }
+                Message::Text(text.into())
+            }
+            WsMessage::Close(code, reason) => {
+                let (code, reason) = state.close.take().unwrap_or((code, reason));
+                closing(code, reason)
+            }
+        }
+    }
+}
+
+/// The `complete` message of a subscription.
+#[derive(serde::Deserialize)]
+struct Completed {
+    id: String,
+}
+
+fn closing(code: u16, reason: String) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }))
+}
+
+/// How a failed read closes the connection: 1009 for a message over the limit; nothing
+/// to say when the peer went away.
+fn read_failure(error: axum::Error) -> Option<(u16, String)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    match error.into_inner().downcast::<WsError>() {
+        Ok(error) if matches!(*error, WsError::Capacity(_)) => Some((
+            close::TOO_BIG,
+            "message too big (WS_MAX_MESSAGE_BYTES)".into(),
+        )),
+        _ => None,
+    }
+}
+
+/// Lets a client message through to the protocol, or answers it here: a subscription
+/// beyond `WS_MAX_SUBSCRIPTIONS_PER_CONNECTION` gets an `error` message for its id, and a
+/// subscription reusing a running id closes the connection (4409, as the protocol says).
+fn admit_message(
+    state: &Mutex<ConnectionState>,
+    refusals: &mpsc::UnboundedSender<Message>,
+    limits: ReadLimits,
+    message: serde_json::Result<ClientMessage>,
+) -> Option<serde_json::Result<ClientMessage>> {
+    let mut state = state.lock().expect("connection state");
+    match &message {
+        Ok(ClientMessage::ConnectionInit { .. }) => state.initialized = true,
+        Ok(ClientMessage::Start { id, .. }) if state.running.contains(id) => {
+            let _ = refusals.send(closing(
+                close::DUPLICATE_ID,
+                format!(
+                    "Subscriber for {} already exists",
+                    crate::error::bounded_to(id, 64)
+                ),
+            ));
+            return None;
+        }
+        Ok(ClientMessage::Start { id, .. }) if state.initialized => {
+            if state.running.len() >= limits.ws_max_subscriptions_per_connection {
+                let refusal = serde_json::json!({
+                    "type": "error",
+                    "id": id,
+                    "payload": [{
+                        "message": format!(
+                            "this connection runs {} subscriptions already \
+                             (WS_MAX_SUBSCRIPTIONS_PER_CONNECTION): complete one first",
+                            limits.ws_max_subscriptions_per_connection
+                        ),
+                        "extensions": {"code": "too-many-subscriptions"},
+                    }],
+                });
+                let _ = refusals.send(Message::Text(refusal.to_string().into()));
+                return None;
+            }
+            state.running.insert(id.clone());
+        }
+        Ok(ClientMessage::Stop { id }) => {
+            state.running.remove(id);
+        }
+        _ => {}
+    }
+    Some(message)
 }
 
 /// The connection's tenant. Its error text ends up as the WebSocket close reason, which
@@ -144,7 +438,7 @@ impl SubscriptionRoot {
     ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<Workflow>> + use<>> {
         let tenant = ctx.data::<Tenant>()?.0.clone();
         let read_model = ctx.data::<ReadModel>()?.clone();
-        let changes = ctx.data::<ChangeFeed>()?.subscribe();
+        let changes = ctx.data::<ChangeFeed>()?.subscribe_tenant(&tenant);
         Ok(workflow_updates(read_model, changes, tenant, id))
     }
 
@@ -161,7 +455,7 @@ impl SubscriptionRoot {
     {
         let tenant = ctx.data::<Tenant>()?.0.clone();
         let read_model = ctx.data::<ReadModel>()?.clone();
-        let changes = ctx.data::<ChangeFeed>()?.subscribe();
+        let changes = ctx.data::<ChangeFeed>()?.subscribe_tenant(&tenant);
         let filter = filter.unwrap_or_default();
         let filter = EventFilter {
             workflow_id: filter.workflow_id,
@@ -200,6 +494,7 @@ fn workflow_updates(
             let (read_model, mut changes, mut seen, mut stale) = state?;
             loop {
                 if stale {
+                    changes.count_read();
                     match read_model.workflow(&tenant, id).await {
                         Ok(Some(workflow)) if workflow.version > seen => {
                             seen = workflow.version;
@@ -249,6 +544,7 @@ impl EventReader {
                 }));
             }
             if stale {
+                self.changes.count_read();
                 let page = match self
                     .read_model
                     .events_after(&self.tenant, &self.cursor, &self.filter, PAGE)
@@ -257,7 +553,8 @@ impl EventReader {
                     Ok(page) => page,
                     Err(error) => return Some(Err(error)),
                 };
-                stale = !page.is_empty();
+                // A full page may have more behind it; a short one read all there was.
+                stale = page.len() as i64 == PAGE;
                 for logged in page {
                     self.cursor.advance(logged.log_partition, logged.log_offset);
                     let cursor = self.cursor.encode();

@@ -155,27 +155,48 @@ impl TestSystem {
 
     /// Starts a query service.
     pub async fn query_service(&self) -> Running {
-        self.query_service_configured(5_000, query_service::GraphqlLimits::default())
-            .await
+        self.query_service_configured(
+            5_000,
+            query_service::GraphqlLimits::default(),
+            Default::default(),
+        )
+        .await
     }
 
     /// Starts a query service with the given GraphQL limits.
     pub async fn query_service_with(&self, graphql: query_service::GraphqlLimits) -> Running {
-        self.query_service_configured(5_000, graphql).await
+        self.query_service_configured(5_000, graphql, Default::default())
+            .await
     }
 
     /// Starts a query service that waits at most `consistency_wait_ms` for a token.
     pub async fn query_service_waiting(&self, consistency_wait_ms: u64) -> Running {
-        self.query_service_configured(consistency_wait_ms, query_service::GraphqlLimits::default())
-            .await
+        self.query_service_configured(
+            consistency_wait_ms,
+            query_service::GraphqlLimits::default(),
+            Default::default(),
+        )
+        .await
     }
 
     async fn query_service_configured(
         &self,
         consistency_wait_ms: u64,
         graphql: query_service::GraphqlLimits,
+        limits: query_service::ReadLimits,
     ) -> Running {
-        let app = query_service::Application::build(QueryConfig {
+        self.query_service_from(self.query_config(consistency_wait_ms, graphql, limits))
+            .await
+    }
+
+    /// The query service's settings in this test system.
+    pub fn query_config(
+        &self,
+        consistency_wait_ms: u64,
+        graphql: query_service::GraphqlLimits,
+        limits: query_service::ReadLimits,
+    ) -> QueryConfig {
+        QueryConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: self.database(),
             kafka: self.kafka.clone(),
@@ -191,9 +212,15 @@ impl TestSystem {
                 read_cache_ttl_seconds: 300,
             },
             graphql,
-        })
-        .await
-        .expect("query service builds");
+            limits,
+        }
+    }
+
+    /// Starts a query service with `config`.
+    pub async fn query_service_from(&self, config: QueryConfig) -> Running {
+        let app = query_service::Application::build(config)
+            .await
+            .expect("query service builds");
         spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
     }
 
@@ -836,4 +863,24 @@ pub fn submitted_event(body: Value) -> flowline_domain::WorkflowEvent {
     let submit: flowline_domain::SubmitWorkflow =
         serde_json::from_value(body).expect("a submission");
     flowline_domain::WorkflowEvent::Submitted(submit.validate().expect("a valid submission"))
+}
+
+impl TestSystem {
+    /// The value of the unlabelled metric `name` on `{service_url}/metrics`.
+    pub async fn metric(&self, service_url: &str, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{service_url}/metrics"))
+            .send()
+            .await
+            .expect("metrics answered")
+            .text()
+            .await
+            .expect("metrics read");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+            .parse()
+            .expect("a metric's value is a number")
+    }
 }

@@ -426,6 +426,8 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/workflows/{id}/steps/{step}/dependents",
                 "/v1/workflows/{id}/steps/{step}/lineage",
                 "/v1/graph/runs",
+                "/v1/audit/events",
+                "/v1/audit/verify",
             ],
         ),
         (
