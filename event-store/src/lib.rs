@@ -9,12 +9,14 @@ pub mod chain;
 pub mod headers;
 mod history;
 mod publications;
+mod record_size;
 mod relay;
 mod repository;
 mod store;
 
 pub use history::PublishedHistory;
 pub use publications::{LogPosition, PUBLISHED_CHANNEL, Publications, parse_published};
+pub use record_size::record_bytes;
 pub use relay::{OutboxRelay, RelayConfig};
 pub use repository::{AsOf, PastState, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository};
 pub use store::{AppendedCommand, EventStore, RelayWaker, StoredEvent};

@@ -131,21 +131,8 @@ impl TestSystem {
 
     /// Starts a command service; `max_body_bytes` as configured by an operator.
     pub async fn command_service_with(&self, max_body_bytes: usize) -> Running {
-        let app = command_service::Application::build(CommandConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            max_body_bytes,
-            publish_timeout_ms: 10_000,
-            snapshot_every: 100,
-            redis_url: redis_url(),
-            idempotency_ttl_seconds: 600,
-            redis_key_prefix: self.redis_prefix(),
-            cloudevents_source: flowline_event_store::headers::cloudevents::DEFAULT_SOURCE.into(),
-            database: self.database(),
-            kafka: self.kafka.clone(),
-        })
-        .await
-        .expect("command service builds");
-        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+        self.command_service_adjusted(|config| config.max_body_bytes = max_body_bytes)
+            .await
     }
 
     /// Starts a command service with the default body limit.
@@ -803,5 +790,32 @@ where
         // Often enough to see a change soon, seldom enough that a hundred tests polling
         // at once do not load the machine they are waiting on.
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+impl TestSystem {
+    /// Starts a command service with the test's defaults changed by `adjust`.
+    pub async fn command_service_adjusted(
+        &self,
+        adjust: impl FnOnce(&mut CommandConfig),
+    ) -> Running {
+        let mut config = CommandConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_body_bytes: 1024 * 1024,
+            publish_timeout_ms: 10_000,
+            snapshot_every: 100,
+            redis_url: redis_url(),
+            idempotency_ttl_seconds: 600,
+            redis_key_prefix: self.redis_prefix(),
+            cloudevents_source: flowline_event_store::headers::cloudevents::DEFAULT_SOURCE.into(),
+            database: self.database(),
+            kafka: self.kafka.clone(),
+            limits: Default::default(),
+        };
+        adjust(&mut config);
+        let app = command_service::Application::build(config)
+            .await
+            .expect("command service builds");
+        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
     }
 }
