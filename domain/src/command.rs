@@ -408,24 +408,25 @@ impl SendSignal {
     }
 }
 
+/// Checks the audit-trail `reason` of a cancel or a pause.
+fn check_reason(reason: Option<&str>) -> Result<(), ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    if let Some(reason) = reason {
+        check_text(reason, "reason", MAX_TEXT_CHARS, &mut errors);
+    }
+    errors.into_result()
+}
+
 impl CancelWorkflow {
     /// Checks the reason.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
-        let mut errors = ValidationErrors::default();
-        if let Some(reason) = &self.reason {
-            check_text(reason, "reason", MAX_TEXT_CHARS, &mut errors);
-        }
-        errors.into_result()
+        check_reason(self.reason.as_deref())
     }
 }
 
 impl PauseWorkflow {
     /// Checks the reason.
     pub fn validate(&self) -> Result<(), ValidationErrors> {
-        let mut errors = ValidationErrors::default();
-        if let Some(reason) = &self.reason {
-            check_text(reason, "reason", MAX_TEXT_CHARS, &mut errors);
-        }
-        errors.into_result()
+        check_reason(self.reason.as_deref())
     }
 }
