@@ -89,6 +89,27 @@ pub(crate) struct StepConfigDoc {
     /// step (1-128 ASCII letters, digits, '_', '-', '.').
     #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
     signal: Option<String>,
+    /// `llm` steps: the model (1-200 characters, no control characters; indexed).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
+    model: Option<String>,
+    /// `mcp_tool` steps: the MCP server (1-200 characters, no control characters; indexed).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
+    server: Option<String>,
+    /// `mcp_tool` steps: the tool (1-200 characters, no control characters; indexed).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
+    )]
+    tool: Option<String>,
 }
 
 /// A step of a submitted workflow.
@@ -96,28 +117,48 @@ pub(crate) struct StepConfigDoc {
 #[schema(as = Step)]
 #[allow(dead_code)] // documentation only
 pub(crate) struct StepDoc {
-    /// Unique within the workflow (1-128 characters).
+    /// Unique within the workflow (1-128 ASCII letters, digits, '_', '-', '.').
+    #[schema(pattern = "^[A-Za-z0-9_.-]{1,128}$")]
     id: String,
     kind: StepKindDoc,
-    /// Ids of steps that must finish first (no cycles).
-    #[schema(default = json!([]))]
-    depends_on: Option<Vec<String>>,
+    /// Ids of steps that must finish first (no cycles, no repeats).
+    #[schema(default = json!([]), max_items = 1000)]
+    depends_on: Option<Vec<StepIdDoc>>,
     /// The kind's settings and the step's policy (retries, timeout, `on_failure`, a
-    /// `wait` step's `signal`).
+    /// `wait` step's `signal`). A JSON object in the accepted language of commands (see
+    /// `input`).
     config: Option<StepConfigDoc>,
 }
+
+/// A step id.
+#[derive(ToSchema)]
+#[schema(as = StepId, pattern = "^[A-Za-z0-9_.-]{1,128}$")]
+#[allow(dead_code)] // documentation only
+pub(crate) struct StepIdDoc(String);
 
 /// `POST /v1/workflows` body.
 #[derive(ToSchema)]
 #[schema(as = SubmitWorkflow)]
 #[allow(dead_code)] // documentation only
 pub(crate) struct SubmitDoc {
-    /// Human-readable name (1-200 characters).
+    /// Human-readable name (1-200 characters, not blank, no control characters; indexed).
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]*[^\\s\\u0000-\\u001F\\u007F-\\u009F][^\\u0000-\\u001F\\u007F-\\u009F]*$"
+    )]
     name: String,
-    /// The run's input document.
+    /// The run's input document, a JSON object in the accepted language of commands:
+    /// arrays and objects nest at most 32 deep (this object is level 1), an array has at
+    /// most 10000 items and an object at most 10000 members, keys are at most 256
+    /// characters, and no string or key contains U+0000 (other characters, escapes and
+    /// numbers are kept as sent). The whole event must fit the log (`MAX_EVENT_BYTES`,
+    /// 413 otherwise).
     #[schema(value_type = Option<Object>)]
     input: Option<serde_json::Value>,
-    /// The step graph: 1 to 1000 steps, acyclic.
+    /// The step graph: 1 to 1000 steps, acyclic. Their `retry.max_attempts` together may
+    /// not make a run write more than half of `MAX_STREAM_EVENTS` (2 events per attempt).
+    #[schema(min_items = 1, max_items = 1000)]
     steps: Vec<StepDoc>,
     /// The run's timeout, from its start to its end (a duration: a whole number and `ms`,
     /// `s`, `m` or `h`, longer than 0 and at most 7 days); none unless set. A run past it
@@ -131,7 +172,8 @@ pub(crate) struct SubmitDoc {
 #[schema(as = PauseWorkflow)]
 #[allow(dead_code)] // documentation only
 pub(crate) struct PauseDoc {
-    /// Why, for the audit trail.
+    /// Why, for the audit trail (at most 2000 characters, no U+0000).
+    #[schema(max_length = 2000, pattern = "^[^\\u0000]*$")]
     reason: Option<String>,
 }
 
@@ -140,7 +182,8 @@ pub(crate) struct PauseDoc {
 #[schema(as = CancelWorkflow)]
 #[allow(dead_code)] // documentation only
 pub(crate) struct CancelDoc {
-    /// Why, for the audit trail.
+    /// Why, for the audit trail (at most 2000 characters, no U+0000).
+    #[schema(max_length = 2000, pattern = "^[^\\u0000]*$")]
     reason: Option<String>,
 }
 
@@ -235,5 +278,54 @@ mod tests {
         assert_eq!(retry["max_attempts"]["default"], json!(3));
         assert_eq!(retry["initial_interval"]["default"], json!("1s"));
         assert_eq!(retry["backoff_coefficient"]["default"], json!(2.0));
+    }
+
+    #[test]
+    fn the_document_states_the_accepted_language_it_enforces() {
+        let document = document();
+        let schemas = &document["components"]["schemas"];
+        let submit = &schemas["SubmitWorkflow"]["properties"];
+        assert_eq!(submit["name"]["maxLength"], json!(200));
+        assert_eq!(submit["steps"]["maxItems"], json!(1000));
+        assert_eq!(submit["steps"]["minItems"], json!(1));
+        let input = submit["input"]["description"].as_str().unwrap();
+        for limit in ["32 deep", "10000 items", "256", "U+0000", "MAX_EVENT_BYTES"] {
+            assert!(input.contains(limit), "input: {limit}");
+        }
+        let step = &schemas["Step"]["properties"];
+        assert_eq!(step["id"]["pattern"], json!("^[A-Za-z0-9_.-]{1,128}$"));
+        assert_eq!(
+            schemas["StepId"]["pattern"],
+            json!("^[A-Za-z0-9_.-]{1,128}$")
+        );
+        for name in ["model", "server", "tool"] {
+            assert_eq!(
+                schemas["StepConfig"]["properties"][name]["maxLength"],
+                json!(200),
+                "{name}"
+            );
+        }
+        for body in ["CancelWorkflow", "PauseWorkflow"] {
+            assert_eq!(
+                schemas[body]["properties"]["reason"]["maxLength"],
+                json!(2000),
+                "{body}"
+            );
+        }
+        let signal = &document["paths"]["/v1/workflows/{id}/signals/{name}"]["post"];
+        let name = signal["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "name")
+            .unwrap();
+        assert_eq!(name["schema"]["pattern"], json!("^[A-Za-z0-9_.-]{1,128}$"));
+        let body = signal["requestBody"]["description"].as_str().unwrap();
+        assert!(
+            body.contains("32 deep") && body.contains("MAX_EVENT_BYTES"),
+            "{body}"
+        );
+        let too_large = signal["responses"]["413"]["description"].as_str().unwrap();
+        assert!(too_large.contains("MAX_EVENT_BYTES"), "{too_large}");
     }
 }

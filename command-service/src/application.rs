@@ -56,7 +56,13 @@ impl Application {
         let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
         let relay = tokio::spawn(relay.run(background.clone()));
 
-        let handler = CommandHandler::new(repository, publications, config.publish_timeout());
+        let handler = CommandHandler::new(
+            repository,
+            publications,
+            config.publish_timeout(),
+            config.limits.clone(),
+            config.cloudevents_source.clone(),
+        );
         let answers = AnswerCache::connect(
             &config.redis_url,
             config.idempotency_ttl_seconds,

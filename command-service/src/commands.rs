@@ -6,15 +6,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
+use flowline_domain::accepted::check_stream_room;
 use flowline_domain::{
     Aggregate, EventEnvelope, EventMetadata, Versioned, Workflow, WorkflowCommand,
 };
 use flowline_event_store::{
-    AppendedCommand, AsOf, EventStore, LogPosition, Publications, WorkflowRepository,
+    AppendedCommand, AsOf, EventStore, LogPosition, Publications, WorkflowRepository, record_bytes,
 };
+use flowline_schemas::EventCodec;
 use rand::Rng;
 use uuid::Uuid;
 
+use crate::config::CommandLimits;
 use crate::{Error, Result};
 
 /// Who asks, under which conditions, and in which trace.
@@ -97,6 +100,8 @@ pub struct CommandHandler {
     repository: WorkflowRepository,
     publications: Arc<Publications>,
     publish_timeout: Duration,
+    limits: CommandLimits,
+    cloudevents_source: String,
 }
 
 /// How long a command without `If-Match` keeps retrying once other writers (other
@@ -108,18 +113,40 @@ const CONTENTION_BUDGET: Duration = Duration::from_secs(10);
 const QUEUE_BUDGET: Duration = Duration::from_secs(30);
 
 impl CommandHandler {
-    /// A handler on `store`, answering once `publications` confirms the log has the event.
+    /// A handler on `store`, answering once `publications` confirms the log has the event;
+    /// it accepts only events within `limits`, whose records the relay publishes with
+    /// `cloudevents_source`.
     pub fn new(
         repository: WorkflowRepository,
         publications: Arc<Publications>,
         publish_timeout: Duration,
+        limits: CommandLimits,
+        cloudevents_source: String,
     ) -> Self {
         Self {
             turns: StreamTurns::default(),
             repository,
             publications,
             publish_timeout,
+            limits,
+            cloudevents_source,
         }
+    }
+
+    /// Refuses an event whose record the producer would refuse: stored, it could never be
+    /// published.
+    fn check_record_size(&self, envelope: &EventEnvelope) -> Result<()> {
+        let encoded = EventCodec::default()
+            .encode(envelope)
+            .map_err(flowline_event_store::Error::from)?;
+        let bytes = record_bytes(envelope, &encoded, &self.cloudevents_source);
+        if bytes > self.limits.max_event_bytes {
+            return Err(Error::EventTooLarge {
+                bytes,
+                max_bytes: self.limits.max_event_bytes,
+            });
+        }
+        Ok(())
     }
 
     /// Decides and appends `command` on stream `workflow_id`.
@@ -167,6 +194,7 @@ impl CommandHandler {
                 });
             }
             let event = current.state.decide(&command)?;
+            check_stream_room(&event, current.version, self.limits.max_stream_events)?;
             let envelope = EventEnvelope {
                 metadata: EventMetadata {
                     event_id: Uuid::now_v7(),
@@ -182,6 +210,7 @@ impl CommandHandler {
                 },
                 event,
             };
+            self.check_record_size(&envelope)?;
             let appended = self
                 .store()
                 .append(&envelope, context.fingerprint.as_deref())
@@ -193,9 +222,16 @@ impl CommandHandler {
                     self.repository
                         .after_append(&context.tenant, workflow_id, &current)
                         .await;
-                    let log = self
-                        .wait_published(workflow_id, envelope.metadata.stream_version, position)
-                        .await?;
+                    // Committed: from here on every failure is "pending", never a 500 that
+                    // a retry without a key would turn into a second event.
+                    let log = self.wait_published(position).await.map_err(|error| {
+                        unpublished(
+                            error,
+                            workflow_id,
+                            current.version,
+                            envelope.metadata.event_id,
+                        )
+                    })?;
                     return Ok(Accepted {
                         workflow_id,
                         version: current.version,
@@ -232,6 +268,15 @@ impl CommandHandler {
                         .ok_or(Error::Contention(workflow_id))?;
                     return self.replay(context, existing).await;
                 }
+                Err(flowline_event_store::Error::Database(error)) if !refused_by_server(&error) => {
+                    // The connection failed mid-append: the commit may or may not have
+                    // happened.
+                    tracing::error!(%error, event_id = %envelope.metadata.event_id, "append outcome unknown");
+                    return Err(Error::OutcomeUnknown {
+                        workflow_id,
+                        event_id: envelope.metadata.event_id,
+                    });
+                }
                 Err(error) => return Err(error.into()),
             }
         }
@@ -244,9 +289,19 @@ impl CommandHandler {
         existing: AppendedCommand,
     ) -> Result<Accepted> {
         same_request(context, &existing)?;
+        // The event is committed: a failure from here on is "pending" (see `execute`).
+        let pending = |error| {
+            unpublished(
+                error,
+                existing.stream_id,
+                existing.version,
+                existing.event_id,
+            )
+        };
         let log = self
-            .wait_published(existing.stream_id, existing.version, existing.position)
-            .await?;
+            .wait_published(existing.position)
+            .await
+            .map_err(pending)?;
         let state = self
             .repository
             .load_as_of(
@@ -254,7 +309,8 @@ impl CommandHandler {
                 existing.stream_id,
                 AsOf::Version(existing.version),
             )
-            .await?
+            .await
+            .map_err(pending)?
             .workflow;
         Ok(Accepted {
             workflow_id: existing.stream_id,
@@ -270,24 +326,49 @@ impl CommandHandler {
         self.repository.store()
     }
 
+    /// Where the event at store `position` is on the log, once the relay published it.
     async fn wait_published(
         &self,
-        workflow_id: Uuid,
-        version: u64,
         position: i64,
-    ) -> Result<LogPosition> {
-        self.publications
-            .wait(position, self.publish_timeout)
-            .await
-            .map_err(|error| match error {
-                flowline_event_store::Error::PublicationPending(_) => Error::PublicationPending {
-                    workflow_id,
-                    version,
-                },
-                flowline_event_store::Error::PublicationParked(parked) => {
-                    Error::PublicationParked(parked)
-                }
-                other => other.into(),
-            })
+    ) -> Result<LogPosition, flowline_event_store::Error> {
+        let waited = self.publications.wait(position, self.publish_timeout).await;
+        if let Err(error) = &waited
+            && !matches!(error, flowline_event_store::Error::PublicationPending(_))
+        {
+            tracing::error!(%error, position, "waiting for publication failed");
+        }
+        waited
     }
+}
+
+/// What a committed command answers when its event is not (yet) on the log: parked for
+/// good, or pending (published later).
+fn unpublished(
+    error: flowline_event_store::Error,
+    workflow_id: Uuid,
+    version: u64,
+    event_id: Uuid,
+) -> Error {
+    match error {
+        flowline_event_store::Error::PublicationParked(parked) => Error::PublicationParked(parked),
+        _ => Error::PublicationPending {
+            workflow_id,
+            version,
+            event_id,
+        },
+    }
+}
+
+/// Whether PostgreSQL itself answered with an error (the statement failed, nothing was
+/// committed), as opposed to a connection that failed on the way, leaving the outcome
+/// unknown.
+fn refused_by_server(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Database(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Encode(_)
+            | sqlx::Error::Configuration(_)
+    )
 }

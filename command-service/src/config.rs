@@ -43,6 +43,37 @@ pub struct Config {
     /// Kafka settings.
     #[command(flatten)]
     pub kafka: KafkaSettings,
+    /// What a command may make the log and a stream hold.
+    #[command(flatten)]
+    pub limits: CommandLimits,
+}
+
+/// Bounds of what one command may add (see ADR 0017).
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommandLimits {
+    /// Largest record one event may make on the log, in bytes: Avro payload, key and
+    /// headers, as the producer counts them. Keep it at most the producer's
+    /// `message.max.bytes` (librdkafka's default is 1000000) and the topic's
+    /// `max.message.bytes`; a command whose event is larger is refused with 413.
+    #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = DEFAULT_MAX_EVENT_BYTES)]
+    pub max_event_bytes: usize,
+    /// Most events one run's stream holds. Callers may grow a stream to half of it (a
+    /// submit whose steps could write more, and any later command but cancel, is refused);
+    /// the executor's records of one round of attempts fit the other half.
+    #[arg(long, env = "MAX_STREAM_EVENTS", default_value_t = flowline_domain::accepted::DEFAULT_MAX_STREAM_EVENTS)]
+    pub max_stream_events: u64,
+}
+
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1_000_000;
+
+impl Default for CommandLimits {
+    fn default() -> Self {
+        Self {
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            max_stream_events: flowline_domain::accepted::DEFAULT_MAX_STREAM_EVENTS,
+        }
+    }
 }
 
 impl Config {

@@ -31,13 +31,39 @@ pub enum Error {
         /// What the stream is at.
         current: u64,
     },
-    /// The event is stored but not yet confirmed on the log.
-    #[error("workflow {workflow_id} version {version} is stored but not yet on the log")]
+    /// The event is stored (committed) but not yet confirmed on the log, or confirming it
+    /// failed: the outcome is pending, never an error a blind retry would duplicate.
+    #[error(
+        "event {event_id} (workflow {workflow_id} version {version}) is stored but not yet confirmed on the log"
+    )]
     PublicationPending {
         /// The stream.
         workflow_id: Uuid,
         /// The stored version.
         version: u64,
+        /// The stored event.
+        event_id: Uuid,
+    },
+    /// The connection to the store failed while appending: the event may or may not be
+    /// stored.
+    #[error(
+        "the store did not confirm whether event {event_id} of workflow {workflow_id} was stored"
+    )]
+    OutcomeUnknown {
+        /// The stream.
+        workflow_id: Uuid,
+        /// The event that may be stored.
+        event_id: Uuid,
+    },
+    /// The event's record would be larger than the log accepts.
+    #[error(
+        "the command's event would make a record of {bytes} bytes on the log; at most {max_bytes} are accepted"
+    )]
+    EventTooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// `MAX_EVENT_BYTES`.
+        max_bytes: usize,
     },
     /// The event is stored, but the log refused it (or an earlier event of its stream) for
     /// good: it is parked until an operator redrives it.
@@ -147,12 +173,16 @@ impl IntoResponse for Error {
                 format!("If-Match expected version {expected}, but the workflow is at version {current}"),
             )
             .with("current_version", current),
-            error @ Error::PublicationPending { .. } => Problem::new(
+            ref error @ Error::PublicationPending { workflow_id, version, event_id } => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "publication-pending",
                 "Not yet confirmed on the log",
                 format!("{error}; it is durably stored and will be published, so do not resubmit it blindly: read the workflow to see it"),
             )
+            .with("outcome", "pending")
+            .with("workflow_id", workflow_id.to_string())
+            .with("version", version)
+            .with("event_id", event_id.to_string())
             .retry_after(1),
             Error::PublicationParked(ref parked) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -164,6 +194,33 @@ impl IntoResponse for Error {
             .with("workflow_id", parked.stream_id.to_string())
             .with("version", parked.stream_version)
             .with("reason", parked.reason.as_str()),
+
+            ref error @ Error::OutcomeUnknown { workflow_id, event_id } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome-unknown",
+                "Outcome unknown",
+                format!("{error}; read the workflow's events for event_id before resubmitting, or resubmit with the same Idempotency-Key"),
+            )
+            .with("outcome", "unknown")
+            .with("workflow_id", workflow_id.to_string())
+            .with("event_id", event_id.to_string())
+            .retry_after(1),
+            ref error @ Error::EventTooLarge { bytes, max_bytes } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "event-too-large",
+                "Event too large for the log",
+                error.to_string(),
+            )
+            .with("event_bytes", bytes)
+            .with("max_event_bytes", max_bytes),
+            Error::Domain(ref error @ DomainError::StreamFull { version, max_events }) => Problem::new(
+                StatusCode::CONFLICT,
+                "stream-full",
+                "The run's stream is full",
+                error.to_string(),
+            )
+            .with("version", version)
+            .with("max_stream_events", max_events),
             error @ Error::IdempotencyKeyReused => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

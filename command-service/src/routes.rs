@@ -254,9 +254,9 @@ async fn dispatch(
         )),
         (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES, or an event whose record would be larger than MAX_EVENT_BYTES (`event-too-large`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 422, description = "Invalid fields (`errors` names each) or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log (`publication-pending`, with `event_id` and `workflow_id`: published later, do not resubmit blindly), or the store's answer was lost (`outcome-unknown`)", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 #[tracing::instrument(skip_all)]
@@ -306,9 +306,9 @@ pub async fn submit(
         (status = 409, description = "The run's status forbids it", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES, or an event whose record would be larger than MAX_EVENT_BYTES (`event-too-large`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 422, description = "Invalid fields (`errors` names each) or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log (`publication-pending`, with `event_id` and `workflow_id`: published later, do not resubmit blindly), or the store's answer was lost (`outcome-unknown`)", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 #[tracing::instrument(skip_all, fields(workflow_id = %id))]
@@ -340,10 +340,10 @@ pub async fn cancel(
     post,
     path = "/v1/workflows/{id}/signals/{name}",
     tag = "commands",
-    request_body(content = Object, description = "The signal's payload, any JSON"),
+    request_body(content = Object, description = "The signal's payload: any JSON value in the accepted language of commands (arrays and objects nest at most 32 deep, at most 10000 items or members each, keys at most 256 characters, no U+0000 in strings or keys); refused parts are named `payload.a.b`. The event must fit the log (`MAX_EVENT_BYTES`, 413 otherwise). A run accepts caller commands until its stream holds half of `MAX_STREAM_EVENTS`, then 409 `stream-full`"),
     params(
         ("id" = Uuid, Path, description = "The run's id"),
-        ("name" = String, Path, description = "The signal's name"),
+        ("name" = String, Path, description = "The signal's name (1-128 ASCII letters, digits, '_', '-', '.')", pattern = "^[A-Za-z0-9_.-]{1,128}$"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
         ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: apply only if the run is at this version, else 412 with `current_version`"),
         ("X-Correlation-Id" = Option<Uuid>, Header, description = "Recorded on the event"),
@@ -356,12 +356,12 @@ pub async fn cancel(
             ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
         )),
         (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 409, description = "The run's status forbids it", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run's status forbids it, or its stream is full (`stream-full`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES, or an event whose record would be larger than MAX_EVENT_BYTES (`event-too-large`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 422, description = "Invalid fields (`errors` names each) or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log (`publication-pending`, with `event_id` and `workflow_id`: published later, do not resubmit blindly), or the store's answer was lost (`outcome-unknown`)", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 #[tracing::instrument(skip_all, fields(workflow_id = %id, signal = %name))]
@@ -408,12 +408,12 @@ pub async fn signal(
             ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
         )),
         (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 409, description = "The run is not `pending` or `running` (already paused, or finished); `workflow_status` says its status", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run is not `pending` or `running` (already paused, or finished); `workflow_status` says its status; or the stream is full (`stream-full`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES, or an event whose record would be larger than MAX_EVENT_BYTES (`event-too-large`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 422, description = "Invalid fields (`errors` names each) or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log (`publication-pending`, with `event_id` and `workflow_id`: published later, do not resubmit blindly), or the store's answer was lost (`outcome-unknown`)", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 #[tracing::instrument(skip_all, fields(workflow_id = %id))]
@@ -461,12 +461,12 @@ pub async fn pause(
             ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
         )),
         (status = 404, description = "No such run for this tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 409, description = "The run is not paused; `workflow_status` says its status", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run is not paused; `workflow_status` says its status; or the stream is full (`stream-full`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES, or an event whose record would be larger than MAX_EVENT_BYTES (`event-too-large`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 422, description = "A body that is not a JSON object, or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log (`publication-pending`, with `event_id` and `workflow_id`: published later, do not resubmit blindly), or the store's answer was lost (`outcome-unknown`)", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 #[tracing::instrument(skip_all, fields(workflow_id = %id))]
@@ -514,12 +514,12 @@ pub async fn resume(
             ("Idempotent-Replayed" = String, description = "`true` when this is the cached answer to a retried key"),
         )),
         (status = 404, description = "No such run for this tenant, or the run has no such step (`step` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 409, description = "The run is not `failed` (`workflow_status`) or the step is not `failed` (`step_status`); `step` names the step", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 409, description = "The run is not `failed` (`workflow_status`) or the step is not `failed` (`step_status`); `step` names the step; or the stream is full (`stream-full`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 400, description = "Malformed JSON or an invalid header (`header` names it)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 412, description = "`If-Match` is stale; `current_version` says the current one", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 413, description = "Body larger than MAX_BODY_BYTES", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 413, description = "Body larger than MAX_BODY_BYTES, or an event whose record would be larger than MAX_EVENT_BYTES (`event-too-large`)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 422, description = "A body that is not a JSON object, or a reused Idempotency-Key", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 503, description = "Stored but not yet confirmed on the log; published later", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "Stored but not yet confirmed on the log (`publication-pending`, with `event_id` and `workflow_id`: published later, do not resubmit blindly), or the store's answer was lost (`outcome-unknown`)", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 #[tracing::instrument(skip_all, fields(workflow_id = %id, step = %step))]

@@ -7,12 +7,12 @@ use serde::Deserialize;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::accepted::{MAX_TEXT_CHARS, check_json, check_name, check_text};
 use crate::event::{StepDefinition, StepError, StepKind, WorkflowSubmitted};
 use crate::policy::{StepPolicy, parse_duration};
-use crate::validation::ValidationErrors;
+use crate::validation::{ValidationErrors, shown};
 
-/// Longest accepted workflow name, in characters.
-pub const MAX_NAME_CHARS: usize = 200;
+pub use crate::accepted::MAX_NAME_CHARS;
 /// Most steps one workflow may have.
 pub const MAX_STEPS: usize = 1_000;
 /// Longest accepted step id or signal name, in characters.
@@ -169,6 +169,7 @@ pub enum WorkflowCommand {
     },
 }
 
+/// The object at `field` (`{}` when absent), checked against the accepted language.
 fn object_or_empty(
     value: &Option<serde_json::Value>,
     field: &str,
@@ -176,7 +177,10 @@ fn object_or_empty(
 ) -> serde_json::Value {
     match value {
         None | Some(serde_json::Value::Null) => serde_json::json!({}),
-        Some(object @ serde_json::Value::Object(_)) => object.clone(),
+        Some(object @ serde_json::Value::Object(_)) => {
+            check_json(object, field, errors);
+            object.clone()
+        }
         Some(_) => {
             errors.push(field, "must be a JSON object");
             serde_json::Value::Null
@@ -212,14 +216,7 @@ impl SubmitWorkflow {
     pub fn validate(&self) -> Result<WorkflowSubmitted, ValidationErrors> {
         let mut errors = ValidationErrors::default();
         let name = self.name.trim();
-        if name.is_empty() {
-            errors.push("name", "is required and must not be empty");
-        } else if name.chars().count() > MAX_NAME_CHARS {
-            errors.push(
-                "name",
-                format!("must be at most {MAX_NAME_CHARS} characters"),
-            );
-        }
+        check_name(name, "name", MAX_NAME_CHARS, &mut errors);
         let input = object_or_empty(&self.input, "input", &mut errors);
         let timeout_ms = match self.timeout.as_deref().map(parse_duration) {
             None => None,
@@ -237,6 +234,8 @@ impl SubmitWorkflow {
             errors.push("steps", "must contain at least one step");
         } else if self.steps.len() > MAX_STEPS {
             errors.push("steps", format!("must contain at most {MAX_STEPS} steps"));
+            // Checking each of a million steps would only find more of what is listed.
+            return Err(errors);
         }
 
         let mut first_index: HashMap<&str, usize> = HashMap::new();
@@ -248,7 +247,10 @@ impl SubmitWorkflow {
                 first_index.insert(spec.id.as_str(), first);
                 errors.push(
                     format!("{at}.id"),
-                    format!("duplicate step id '{}' (also steps[{first}].id)", spec.id),
+                    format!(
+                        "duplicate step id '{}' (also steps[{first}].id)",
+                        shown(&spec.id)
+                    ),
                 );
             }
             let kind = StepKind::parse(&spec.kind);
@@ -258,7 +260,7 @@ impl SubmitWorkflow {
                     format!("{at}.kind"),
                     format!(
                         "unknown step kind '{}'; expected one of {}",
-                        spec.kind,
+                        shown(&spec.kind),
                         known.join(", ")
                     ),
                 );
@@ -269,7 +271,10 @@ impl SubmitWorkflow {
                 && let Err(policy_errors) =
                     StepPolicy::parse(kind, &config, &format!("{at}.config"))
             {
-                errors.0.extend(policy_errors.0);
+                errors.append(policy_errors);
+            }
+            if let Some(kind) = kind {
+                check_indexed_names(kind, &config, &at, &mut errors);
             }
             steps.push((kind, config));
         }
@@ -278,15 +283,18 @@ impl SubmitWorkflow {
             for (dep_index, dependency) in spec.depends_on.iter().enumerate() {
                 let field = format!("steps[{index}].depends_on[{dep_index}]");
                 if !first_index.contains_key(dependency.as_str()) {
-                    errors.push(field, format!("names a missing step '{dependency}'"));
+                    errors.push(
+                        field,
+                        format!("names a missing step '{}'", shown(dependency)),
+                    );
                 } else if dependency == &spec.id {
                     errors.push(field, "a step cannot depend on itself");
                 } else if !seen.insert(dependency) {
-                    errors.push(field, format!("repeats dependency '{dependency}'"));
+                    errors.push(field, format!("repeats dependency '{}'", shown(dependency)));
                 }
             }
         }
-        if errors.0.is_empty()
+        if errors.is_empty()
             && let Some(cycle) = find_cycle(&self.steps)
         {
             errors.push("steps", format!("dependency cycle: {}", cycle.join(" -> ")));
@@ -365,11 +373,60 @@ fn find_cycle(steps: &[StepSpec]) -> Option<Vec<String>> {
     None
 }
 
+/// The config members that read models index (a step's model, its tool's server and
+/// name) are names: bounded, no control characters.
+fn check_indexed_names(
+    kind: StepKind,
+    config: &serde_json::Value,
+    at: &str,
+    errors: &mut ValidationErrors,
+) {
+    let indexed: &[&str] = match kind {
+        StepKind::Llm => &["model"],
+        StepKind::McpTool => &["server", "tool"],
+        _ => &[],
+    };
+    for member in indexed {
+        if let Some(serde_json::Value::String(name)) = config.get(member) {
+            check_name(
+                name,
+                &format!("{at}.config.{member}"),
+                MAX_NAME_CHARS,
+                errors,
+            );
+        }
+    }
+}
+
 impl SendSignal {
-    /// Checks the signal's name.
+    /// Checks the signal's name and its payload (named `payload` in errors).
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         let mut errors = ValidationErrors::default();
         check_identifier(&self.name, "name", &mut errors);
+        check_json(&self.payload, "payload", &mut errors);
         errors.into_result()
+    }
+}
+
+/// Checks the audit-trail `reason` of a cancel or a pause.
+fn check_reason(reason: Option<&str>) -> Result<(), ValidationErrors> {
+    let mut errors = ValidationErrors::default();
+    if let Some(reason) = reason {
+        check_text(reason, "reason", MAX_TEXT_CHARS, &mut errors);
+    }
+    errors.into_result()
+}
+
+impl CancelWorkflow {
+    /// Checks the reason.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        check_reason(self.reason.as_deref())
+    }
+}
+
+impl PauseWorkflow {
+    /// Checks the reason.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        check_reason(self.reason.as_deref())
     }
 }

@@ -7,6 +7,7 @@
 //! tested given/when/then without a broker or a database, and every reader of the log
 //! (command side, projectors, audit) folds events with the same code.
 
+pub mod accepted;
 pub mod aggregate;
 pub mod change;
 pub mod command;
@@ -30,7 +31,7 @@ pub use event::{
 };
 pub use policy::{OnFailure, RetryPolicy, StepPolicy};
 pub use schedule::{Decision, Plan};
-pub use validation::{FieldError, ValidationErrors};
+pub use validation::{FieldError, MAX_FIELD_ERRORS, ValidationErrors};
 pub use workflow::{
     Attempt, AttemptOutcome, DomainError, ReceivedSignal, StepState, StepStatus, Workflow,
     WorkflowStatus,

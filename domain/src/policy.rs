@@ -21,24 +21,26 @@ pub const MAX_ATTEMPTS: u32 = 100;
 /// Parses `500ms`, `30s`, `5m`, `2h` (a whole number and one unit).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    // Echoed in messages: a prefix only.
+    let echo = crate::validation::shown(text);
     let split = text
         .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("'{text}' has no unit; write e.g. 500ms, 30s, 5m or 2h"))?;
+        .ok_or_else(|| format!("'{echo}' has no unit; write e.g. 500ms, 30s, 5m or 2h"))?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("'{text}' must start with a whole number, e.g. 500ms, 30s, 5m"))?;
+        .map_err(|_| format!("'{echo}' must start with a whole number, e.g. 500ms, 30s, 5m"))?;
     let millis = match unit {
         "ms" => Some(number),
         "s" => number.checked_mul(1_000),
         "m" => number.checked_mul(60_000),
         "h" => number.checked_mul(3_600_000),
-        _ => return Err(format!("'{text}': unit must be one of ms, s, m, h")),
+        _ => return Err(format!("'{echo}': unit must be one of ms, s, m, h")),
     };
     let duration = millis
         .map(Duration::from_millis)
         .filter(|d| *d <= MAX_DURATION)
-        .ok_or_else(|| format!("'{text}' is longer than the maximum of 7 days"))?;
+        .ok_or_else(|| format!("'{echo}' is longer than the maximum of 7 days"))?;
     Ok(duration)
 }
 

@@ -334,6 +334,18 @@ pub enum DomainError {
         /// The reported attempt.
         attempt_id: Uuid,
     },
+    /// The run's stream reached the share of its maximum length that callers may fill
+    /// (see [`crate::accepted::check_stream_room`]); only cancel is still accepted.
+    #[error(
+        "the run's stream is at version {version}; callers may grow it to half of its \
+         maximum of {max_events} events, so only cancel is still accepted"
+    )]
+    StreamFull {
+        /// The stream's version.
+        version: u64,
+        /// The stream's maximum length.
+        max_events: u64,
+    },
 }
 
 impl Workflow {
@@ -595,6 +607,7 @@ impl Aggregate for Workflow {
                 Ok(WorkflowEvent::Submitted(submit.validate()?))
             }
             WorkflowCommand::Cancel(cancel) => {
+                cancel.validate()?;
                 self.require_live("cancel")?;
                 let reason = cancel
                     .reason
@@ -613,6 +626,7 @@ impl Aggregate for Workflow {
                 }))
             }
             WorkflowCommand::Pause(pause) => {
+                pause.validate()?;
                 self.require_status(&[WorkflowStatus::Pending, WorkflowStatus::Running], "pause")?;
                 let reason = pause
                     .reason
@@ -843,6 +857,81 @@ mod tests {
             Err(DomainError::Invalid(errors)) => errors.0.into_iter().map(|e| e.field).collect(),
             other => panic!("expected a validation error, got {other:?}"),
         }
+    }
+
+    /// given `events`, when `command`: the decided event checked for room in a stream of
+    /// at most `max_events`.
+    fn given_when_within(
+        events: &[WorkflowEvent],
+        command: WorkflowCommand,
+        max_events: u64,
+    ) -> Result<WorkflowEvent, DomainError> {
+        let state = Versioned::<Workflow>::replay(events);
+        let event = state.state.decide(&command)?;
+        crate::accepted::check_stream_room(&event, state.version, max_events)?;
+        Ok(event)
+    }
+
+    fn signal(name: &str, payload: serde_json::Value) -> WorkflowCommand {
+        WorkflowCommand::Signal(SendSignal {
+            name: name.into(),
+            payload,
+        })
+    }
+
+    #[test]
+    fn every_command_body_is_held_to_the_accepted_language() {
+        let deep = (0..33).fold(json!(1), |inner, _| json!([inner]));
+        assert_eq!(
+            field_errors(given_when(&[submitted()], signal("s", json!({"a": deep})))),
+            [format!("payload.a{}", "[0]".repeat(31))]
+        );
+        let WorkflowCommand::Submit(mut nul) = valid_submit() else {
+            unreachable!()
+        };
+        nul.input = Some(json!({"a": {"b": "\u{0}"}}));
+        nul.steps[1].config = Some(json!({"model": "m".repeat(201)}));
+        assert_eq!(
+            field_errors(given_when(&[], WorkflowCommand::Submit(nul))),
+            ["input.a.b", "steps[1].config.model"]
+        );
+        let reason = Some("\u{0}".to_owned());
+        assert_eq!(
+            field_errors(given_when(
+                &[submitted()],
+                WorkflowCommand::Cancel(CancelWorkflow { reason })
+            )),
+            ["reason"]
+        );
+    }
+
+    #[test]
+    fn callers_fill_half_a_stream_then_only_cancel_is_accepted() {
+        // 2 steps of 3 attempts: 4 + 2 × 6 = 16 events at worst.
+        assert!(given_when_within(&[], valid_submit(), 32).is_ok());
+        assert_eq!(
+            field_errors(given_when_within(&[], valid_submit(), 31)),
+            ["steps"]
+        );
+        let mut events = vec![submitted()];
+        while events.len() < 16 {
+            events.push(given_when_within(&events, signal("s", json!({})), 32).expect("room"));
+        }
+        assert!(matches!(
+            given_when_within(&events, signal("s", json!({})), 32),
+            Err(DomainError::StreamFull {
+                version: 16,
+                max_events: 32
+            })
+        ));
+        assert!(
+            given_when_within(
+                &events,
+                WorkflowCommand::Cancel(CancelWorkflow::default()),
+                32
+            )
+            .is_ok()
+        );
     }
 
     #[test]

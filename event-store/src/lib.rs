@@ -10,6 +10,7 @@ pub mod headers;
 mod history;
 mod parked;
 mod publications;
+mod record_size;
 mod relay;
 mod repository;
 mod store;
@@ -17,6 +18,7 @@ mod store;
 pub use history::PublishedHistory;
 pub use parked::{PARKED_CHANNEL, ParkedEvent, ParkedEvents, PublicationStatus};
 pub use publications::{LogPosition, PUBLISHED_CHANNEL, Publications, parse_published};
+pub use record_size::record_bytes;
 pub use relay::{OutboxRelay, RelayConfig};
 pub use repository::{
     AsOf, PastState, SNAPSHOTS_KEPT, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository,

@@ -57,6 +57,9 @@ pub fn body_bytes(body: Result<bytes::Bytes, BytesRejection>) -> Result<bytes::B
     })
 }
 
+/// Longest parser message an answer quotes, in characters.
+const MAX_MESSAGE_CHARS: usize = 300;
+
 /// Parses a JSON body. Syntax errors are 400; well-formed JSON of the wrong shape is 422
 /// with the path of the field (`steps[0].kind`). An empty body reads as `null` when `T`
 /// accepts it.
@@ -79,13 +82,15 @@ pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
             let inner = error.into_inner();
             if inner.is_data() {
                 let field = if path == "." { String::new() } else { path };
+                // serde's messages quote the refused value whole: keep an answer small.
+                let message: String = inner.to_string().chars().take(MAX_MESSAGE_CHARS).collect();
                 Err(Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "validation",
                     "Invalid request",
-                    format!("{field}: {inner}"),
+                    format!("{field}: {message}"),
                 )
-                .with_errors([serde_json::json!({"field": field, "message": inner.to_string()})]))
+                .with_errors([serde_json::json!({"field": field, "message": message})]))
             } else {
                 Err(Problem::bad_request(format!("malformed JSON: {inner}")))
             }

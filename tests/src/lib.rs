@@ -131,21 +131,8 @@ impl TestSystem {
 
     /// Starts a command service; `max_body_bytes` as configured by an operator.
     pub async fn command_service_with(&self, max_body_bytes: usize) -> Running {
-        let app = command_service::Application::build(CommandConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            max_body_bytes,
-            publish_timeout_ms: 10_000,
-            snapshot_every: 100,
-            redis_url: redis_url(),
-            idempotency_ttl_seconds: 600,
-            redis_key_prefix: self.redis_prefix(),
-            cloudevents_source: flowline_event_store::headers::cloudevents::DEFAULT_SOURCE.into(),
-            database: self.database(),
-            kafka: self.kafka.clone(),
-        })
-        .await
-        .expect("command service builds");
-        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+        self.command_service_adjusted(|config| config.max_body_bytes = max_body_bytes)
+            .await
     }
 
     /// Starts a command service with the default body limit.
@@ -882,5 +869,32 @@ impl TestSystem {
             .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
             .parse()
             .expect("a metric's value is a number")
+    }
+}
+
+impl TestSystem {
+    /// Starts a command service with the test's defaults changed by `adjust`.
+    pub async fn command_service_adjusted(
+        &self,
+        adjust: impl FnOnce(&mut CommandConfig),
+    ) -> Running {
+        let mut config = CommandConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            max_body_bytes: 1024 * 1024,
+            publish_timeout_ms: 10_000,
+            snapshot_every: 100,
+            redis_url: redis_url(),
+            idempotency_ttl_seconds: 600,
+            redis_key_prefix: self.redis_prefix(),
+            cloudevents_source: flowline_event_store::headers::cloudevents::DEFAULT_SOURCE.into(),
+            database: self.database(),
+            kafka: self.kafka.clone(),
+            limits: Default::default(),
+        };
+        adjust(&mut config);
+        let app = command_service::Application::build(config)
+            .await
+            .expect("command service builds");
+        spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
     }
 }
