@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub mod fake_dgraph;
 pub mod js_clients;
 pub mod step_server;
 pub mod workloads;
@@ -175,7 +176,17 @@ impl TestSystem {
         consistency_wait_ms: u64,
         graphql: query_service::GraphqlLimits,
     ) -> Running {
-        let app = query_service::Application::build(QueryConfig {
+        self.query_service_from(self.query_config(consistency_wait_ms, graphql))
+            .await
+    }
+
+    /// The query service's settings in tests.
+    pub fn query_config(
+        &self,
+        consistency_wait_ms: u64,
+        graphql: query_service::GraphqlLimits,
+    ) -> QueryConfig {
+        QueryConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: self.database(),
             kafka: self.kafka.clone(),
@@ -191,9 +202,15 @@ impl TestSystem {
                 read_cache_ttl_seconds: 300,
             },
             graphql,
-        })
-        .await
-        .expect("query service builds");
+            reads: query_service::config::ReadLimits::default(),
+        }
+    }
+
+    /// Starts a query service with `config`.
+    pub async fn query_service_from(&self, config: QueryConfig) -> Running {
+        let app = query_service::Application::build(config)
+            .await
+            .expect("query service builds");
         spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
     }
 
@@ -469,7 +486,13 @@ impl TestSystem {
 
     /// Projectors writing into `database_url` under their own consumer groups.
     pub async fn projectors_into(&self, database_url: &str, group_prefix: &str) -> Running {
-        let app = projectors::Application::build(ProjectorConfig {
+        self.projectors_from(self.projectors_config(database_url, group_prefix))
+            .await
+    }
+
+    /// The projectors' settings in tests, writing into `database_url`.
+    pub fn projectors_config(&self, database_url: &str, group_prefix: &str) -> ProjectorConfig {
+        ProjectorConfig {
             command: None,
             admin_token: Some(ADMIN_TOKEN.into()),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -486,9 +509,14 @@ impl TestSystem {
             },
             kafka: self.kafka.clone(),
             graph: flowline_graph::GraphSettings { dgraph_url: None },
-        })
-        .await
-        .expect("projectors build");
+        }
+    }
+
+    /// Starts the projectors with `config`.
+    pub async fn projectors_from(&self, config: ProjectorConfig) -> Running {
+        let app = projectors::Application::build(config)
+            .await
+            .expect("projectors build");
         spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
     }
 
@@ -803,5 +831,37 @@ where
         // Often enough to see a change soon, seldom enough that a hundred tests polling
         // at once do not load the machine they are waiting on.
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+impl TestSystem {
+    /// A plain submit through `commands` and its read through `queries` (REST and GraphQL)
+    /// still work: the check after every hostile request.
+    pub async fn still_serves(&self, commands: &Running, queries: &Running) {
+        let id = self
+            .submit(
+                &commands.url,
+                &serde_json::json!({"name": "plain", "steps": [{"id": "only", "kind": "http"}]}),
+            )
+            .await;
+        let read = eventually(Duration::from_secs(60), || async {
+            let reply = self
+                .get(&format!("{}/v1/workflows/{id}", queries.url))
+                .await;
+            (reply.status == 200).then_some(reply)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the plain run {id} never became readable"));
+        assert_eq!(read.body["name"], "plain");
+        let answer = self
+            .graphql(
+                &queries.url,
+                &format!("{{ workflow(id: \"{id}\") {{ name steps {{ id }} }} }}"),
+            )
+            .await;
+        assert_eq!(
+            answer["data"]["workflow"]["name"], "plain",
+            "{answer}"
+        );
     }
 }

@@ -511,6 +511,7 @@ async fn queries_over_the_limits_are_refused_with_a_clear_error() {
         .query_service_with(query_service::GraphqlLimits {
             max_depth: 3,
             max_complexity: 50,
+            ..Default::default()
         })
         .await;
     let refused = system
