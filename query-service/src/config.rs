@@ -65,7 +65,7 @@ impl Default for ReadLimits {
 /// Default of [`GraphqlLimits::max_depth`].
 const DEFAULT_MAX_DEPTH: usize = 12;
 /// Default of [`GraphqlLimits::max_complexity`].
-const DEFAULT_MAX_COMPLEXITY: usize = 20_000;
+const DEFAULT_MAX_COMPLEXITY: usize = 50_000;
 /// Default of [`GraphqlLimits::max_aliases`].
 const DEFAULT_MAX_ALIASES: usize = 30;
 /// Default of [`GraphqlLimits::max_fields`].

@@ -44,8 +44,9 @@ use loaders::{
 };
 
 /// What `asOf` adds to a query's complexity: the replay it causes, up to the events
-/// between two snapshots (`SNAPSHOT_EVERY`, 100 by default) plus their rows and times.
-const AS_OF_REPLAY_COST: usize = 1_000;
+/// between two snapshots (`SNAPSHOT_EVERY`, 100 by default), each read, decoded and
+/// applied (costed 25 values), plus the snapshot and the times looked up.
+const AS_OF_REPLAY_COST: usize = 2_500;
 /// The number of items a step list (`steps`, `dependencies`, `dependents`) is assumed
 /// to have before the query runs; the answer budget charges their real length.
 const ASSUMED_STEPS: usize = 10;
