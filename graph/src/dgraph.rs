@@ -332,7 +332,10 @@ pub fn runs_query(predicate: &str, target: &str, page: RunPage) -> Value {
         ("orderasc", "gt")
     };
     let (declared, filter) = match page.after {
-        Some(_) => (", $after: string", format!(" @filter({after}(xid, $after))")),
+        Some(_) => (
+            ", $after: string",
+            format!(" @filter({after}(xid, $after))"),
+        ),
         None => ("", String::new()),
     };
     let mut variables = serde_json::Map::new();
@@ -516,7 +519,12 @@ impl GraphStore for DgraphGraph {
         }
     }
 
-    async fn runs_using_tool(&self, tenant: &str, tool: &str, page: RunPage) -> Result<Vec<RunRef>> {
+    async fn runs_using_tool(
+        &self,
+        tenant: &str,
+        tool: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
         self.runs("calls_tool", &xid::tool(tenant, tool), page)
             .await
     }

@@ -231,7 +231,12 @@ impl GraphStore for AnyGraph {
     async fn apply_all(&self, changes: &[GraphChange]) -> Result<()> {
         delegate!(self, store => store.apply_all(changes).await)
     }
-    async fn runs_using_tool(&self, tenant: &str, tool: &str, page: RunPage) -> Result<Vec<RunRef>> {
+    async fn runs_using_tool(
+        &self,
+        tenant: &str,
+        tool: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
         delegate!(self, store => store.runs_using_tool(tenant, tool, page).await)
     }
     async fn runs_using_model(

@@ -192,7 +192,12 @@ impl GraphStore for PostgresGraph {
         Ok(())
     }
 
-    async fn runs_using_tool(&self, tenant: &str, tool: &str, page: RunPage) -> Result<Vec<RunRef>> {
+    async fn runs_using_tool(
+        &self,
+        tenant: &str,
+        tool: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
         self.runs_reaching(tenant, "calls_tool", &xid::tool(tenant, tool), page)
             .await
     }

@@ -134,11 +134,17 @@ async fn contract<G: GraphStore>(graph: &G) {
     };
     let all = RunPage::first(100);
     assert_eq!(
-        graph.runs_using_tool(&tenant, "web/search", all).await.unwrap(),
+        graph
+            .runs_using_tool(&tenant, "web/search", all)
+            .await
+            .unwrap(),
         vec![run(a, "research")]
     );
     assert_eq!(
-        graph.runs_using_tool(&other, "web/search", all).await.unwrap(),
+        graph
+            .runs_using_tool(&other, "web/search", all)
+            .await
+            .unwrap(),
         vec![run(c, "elsewhere")]
     );
     // UUIDv7 ids: `a` is older than `b`.
@@ -160,7 +166,10 @@ async fn contract<G: GraphStore>(graph: &G) {
         ..RunPage::first(1)
     };
     assert_eq!(
-        graph.runs_using_model(&tenant, "gpt-x", after_a).await.unwrap(),
+        graph
+            .runs_using_model(&tenant, "gpt-x", after_a)
+            .await
+            .unwrap(),
         vec![run(b, "quick")]
     );
     let newest = RunPage {
@@ -168,7 +177,10 @@ async fn contract<G: GraphStore>(graph: &G) {
         ..RunPage::first(1)
     };
     assert_eq!(
-        graph.runs_using_model(&tenant, "gpt-x", newest).await.unwrap(),
+        graph
+            .runs_using_model(&tenant, "gpt-x", newest)
+            .await
+            .unwrap(),
         vec![run(b, "quick")]
     );
     let before_b = RunPage {
@@ -176,7 +188,10 @@ async fn contract<G: GraphStore>(graph: &G) {
         ..newest
     };
     assert_eq!(
-        graph.runs_using_model(&tenant, "gpt-x", before_b).await.unwrap(),
+        graph
+            .runs_using_model(&tenant, "gpt-x", before_b)
+            .await
+            .unwrap(),
         vec![run(a, "research")]
     );
     assert!(
@@ -248,7 +263,10 @@ async fn ladder<G: GraphStore>(graph: &G, tenant: &str) {
     assert_eq!(downstream.last(), Some(&at(25, "s49")));
     assert_eq!(lineage.steps, upstream);
     // Bounded, generously for a loaded machine: enumerating the paths takes minutes.
-    assert!(took < std::time::Duration::from_secs(2), "ladder walks took {took:?}");
+    assert!(
+        took < std::time::Duration::from_secs(2),
+        "ladder walks took {took:?}"
+    );
 }
 
 #[tokio::test]

@@ -39,7 +39,9 @@ async fn alpha(answers: &[&str]) -> (DgraphGraph, Arc<Mutex<Vec<Value>>>) {
         axum::Json(alpha.answers.lock().unwrap().remove(0))
     }
     let alpha = Alpha {
-        answers: Arc::new(Mutex::new(answers.iter().map(|name| fixture(name)).collect())),
+        answers: Arc::new(Mutex::new(
+            answers.iter().map(|name| fixture(name)).collect(),
+        )),
         received: Arc::default(),
     };
     let received = alpha.received.clone();
@@ -86,7 +88,13 @@ async fn dependents_are_read_from_reverse_edges() {
 #[tokio::test]
 async fn a_step_dgraph_does_not_have_has_no_dependencies() {
     let (graph, _) = alpha(&["walk-unknown-step.json"]).await;
-    assert!(graph.dependencies(RUN, "nope", 10).await.unwrap().is_empty());
+    assert!(
+        graph
+            .dependencies(RUN, "nope", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test]
@@ -136,8 +144,18 @@ async fn runs_by_tool_and_by_model_are_read_in_dgraphs_order() {
         expected
     );
     let received = received.lock().unwrap();
-    assert!(received[0]["query"].as_str().unwrap().contains("~calls_tool"));
-    assert!(received[1]["query"].as_str().unwrap().contains("~uses_model"));
+    assert!(
+        received[0]["query"]
+            .as_str()
+            .unwrap()
+            .contains("~calls_tool")
+    );
+    assert!(
+        received[1]["query"]
+            .as_str()
+            .unwrap()
+            .contains("~uses_model")
+    );
     assert_eq!(received[0]["variables"]["$xid"], "tool:acme/web/search");
 }
 
@@ -145,5 +163,8 @@ async fn runs_by_tool_and_by_model_are_read_in_dgraphs_order() {
 async fn an_error_answer_is_an_error() {
     let (graph, _) = alpha(&["error.json"]).await;
     let error = graph.dependencies(RUN, "review", 10).await.unwrap_err();
-    assert!(error.to_string().contains("Unrecognized character"), "{error}");
+    assert!(
+        error.to_string().contains("Unrecognized character"),
+        "{error}"
+    );
 }

@@ -103,8 +103,11 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     };
     match ready.await {
         Ok((tenant, request)) => {
-            let response: GraphQLResponse =
-                state.schema.execute(request.data(Tenant(tenant))).await.into();
+            let response: GraphQLResponse = state
+                .schema
+                .execute(request.data(Tenant(tenant)))
+                .await
+                .into();
             response.into_response()
         }
         Err(problem) => problem.into_response(),

@@ -68,9 +68,7 @@ pub enum Error {
         limit: usize,
     },
     /// A GraphQL operation selects more fields or aliases than allowed.
-    #[error(
-        "the query has {count} {what}; at most {limit} are allowed ({setting})"
-    )]
+    #[error("the query has {count} {what}; at most {limit} are allowed ({setting})")]
     QueryTooLarge {
         /// What was counted: `fields` or `aliases`.
         what: &'static str,

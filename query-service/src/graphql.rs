@@ -16,7 +16,9 @@ use async_graphql::extensions::{
     Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
     NextValidation,
 };
-use async_graphql::parser::types::{ExecutableDocument, FragmentDefinition, Selection, SelectionSet};
+use async_graphql::parser::types::{
+    ExecutableDocument, FragmentDefinition, Selection, SelectionSet,
+};
 use async_graphql::{
     Context, EmptyMutation, Enum, ErrorExtensions, InputObject, Name, Object, Pos, Positioned,
     Request, Schema, ServerError, ServerResult, SimpleObject, ValidationResult, Variables,
@@ -1285,8 +1287,5 @@ fn events_page_of(arguments: &[(Name, async_graphql::Value)]) -> Result<(i64, i6
             })
     };
     let first = argument("first").map_or(Ok(DEFAULT_EVENTS_PAGE), i32::try_from);
-    events_page(
-        first.unwrap_or(0),
-        argument("afterVersion"),
-    )
+    events_page(first.unwrap_or(0), argument("afterVersion"))
 }

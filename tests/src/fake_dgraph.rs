@@ -275,9 +275,15 @@ fn set(graph: &mut Graph, vars: &mut HashMap<String, Vec<usize>>, object: &Value
             }
             for target in targets {
                 set(graph, vars, target);
-                let uid = target.get("uid").and_then(Value::as_str).unwrap_or_default();
+                let uid = target
+                    .get("uid")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
                 for to in resolve(graph, vars, uid) {
-                    let edges = graph.nodes[node].edges.entry(predicate.clone()).or_default();
+                    let edges = graph.nodes[node]
+                        .edges
+                        .entry(predicate.clone())
+                        .or_default();
                     if !edges.contains(&to) {
                         edges.push(to);
                     }

@@ -859,9 +859,6 @@ impl TestSystem {
                 &format!("{{ workflow(id: \"{id}\") {{ name steps {{ id }} }} }}"),
             )
             .await;
-        assert_eq!(
-            answer["data"]["workflow"]["name"], "plain",
-            "{answer}"
-        );
+        assert_eq!(answer["data"]["workflow"]["name"], "plain", "{answer}");
     }
 }

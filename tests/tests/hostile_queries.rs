@@ -36,7 +36,9 @@ fn dense(n: usize) -> Value {
 fn ladder(n: usize) -> Value {
     let steps: Vec<Value> = (0..n)
         .map(|i| {
-            let before: Vec<String> = (i.saturating_sub(2)..i).map(|j| format!("s{j:02}")).collect();
+            let before: Vec<String> = (i.saturating_sub(2)..i)
+                .map(|j| format!("s{j:02}"))
+                .collect();
             json!({"id": format!("s{i:02}"), "kind": "http", "depends_on": before})
         })
         .collect();
@@ -47,7 +49,10 @@ fn ladder(n: usize) -> Value {
 async fn graphql(system: &TestSystem, queries: &Running, query: &str) -> (u16, Value, Duration) {
     let started = Instant::now();
     let reply = system
-        .post(&format!("{}/graphql", queries.url), &json!({ "query": query }))
+        .post(
+            &format!("{}/graphql", queries.url),
+            &json!({ "query": query }),
+        )
         .await;
     (reply.status, reply.body, started.elapsed())
 }
@@ -143,7 +148,13 @@ async fn walks_over_a_ladder_visit_each_step_once_at_any_depth() {
     let id = system.submit(&commands.url, &ladder(50)).await;
     readable(&system, &queries, &id).await;
     let base = format!("/v1/workflows/{id}/steps");
-    walked(&system, &queries, &format!("{base}/s49/dependencies?depth=50"), 49).await;
+    walked(
+        &system,
+        &queries,
+        &format!("{base}/s49/dependencies?depth=50"),
+        49,
+    )
+    .await;
 
     // Now that the graph view has the run, every walk at full depth is bounded.
     for (path, nearest, farthest) in [
@@ -171,8 +182,17 @@ async fn walks_over_a_ladder_visit_each_step_once_at_any_depth() {
     let (_, answer, took) = graphql(&system, &queries, &query).await;
     assert!(answer["errors"].is_null(), "{answer}");
     let steps = answer["data"]["workflow"]["steps"].as_array().unwrap();
-    assert_eq!(steps[49]["transitiveDependencies"].as_array().unwrap().len(), 49);
-    assert_eq!(steps[0]["transitiveDependents"].as_array().unwrap().len(), 49);
+    assert_eq!(
+        steps[49]["transitiveDependencies"]
+            .as_array()
+            .unwrap()
+            .len(),
+        49
+    );
+    assert_eq!(
+        steps[0]["transitiveDependents"].as_array().unwrap().len(),
+        49
+    );
     assert!(took < Duration::from_secs(2), "GraphQL walks took {took:?}");
     system.still_serves(&commands, &queries).await;
 }
@@ -184,7 +204,10 @@ async fn floods_of_aliases_fields_as_of_lookups_and_bytes_are_refused() {
     let queries = system.query_service().await;
     let _projectors = system.projectors().await;
     let id = system
-        .submit(&commands.url, &json!({"name": "target", "steps": [{"id": "a", "kind": "http"}]}))
+        .submit(
+            &commands.url,
+            &json!({"name": "target", "steps": [{"id": "a", "kind": "http"}]}),
+        )
         .await;
     readable(&system, &queries, &id).await;
 
@@ -195,7 +218,10 @@ async fn floods_of_aliases_fields_as_of_lookups_and_bytes_are_refused() {
     let (_, answer, took) = graphql(&system, &queries, &format!("{{ {aliases}}}")).await;
     let (code, message) = error(&answer);
     assert_eq!(code, "query-too-large", "{answer}");
-    assert!(message.contains("aliases") && message.contains("GRAPHQL_MAX_ALIASES"), "{message}");
+    assert!(
+        message.contains("aliases") && message.contains("GRAPHQL_MAX_ALIASES"),
+        "{message}"
+    );
     assert!(took < BOUND);
     system.still_serves(&commands, &queries).await;
 
@@ -209,7 +235,10 @@ async fn floods_of_aliases_fields_as_of_lookups_and_bytes_are_refused() {
     .await;
     let (code, message) = error(&answer);
     assert_eq!(code, "query-too-large", "{answer}");
-    assert!(message.contains("fields") && message.contains("GRAPHQL_MAX_FIELDS"), "{message}");
+    assert!(
+        message.contains("fields") && message.contains("GRAPHQL_MAX_FIELDS"),
+        "{message}"
+    );
     let spreads = "...f ".repeat(100);
     let (_, answer, _) = graphql(
         &system,
@@ -251,7 +280,11 @@ async fn floods_of_aliases_fields_as_of_lookups_and_bytes_are_refused() {
         reply.header("content-type"),
         Some("application/problem+json")
     );
-    assert_eq!(reply.body["setting"], "GRAPHQL_MAX_BODY_BYTES", "{}", reply.body);
+    assert_eq!(
+        reply.body["setting"], "GRAPHQL_MAX_BODY_BYTES",
+        "{}",
+        reply.body
+    );
     system.still_serves(&commands, &queries).await;
 }
 
@@ -264,7 +297,10 @@ async fn a_read_running_into_the_statement_timeout_answers_503_without_sql() {
     let queries = system.query_service_from(config).await;
     let _projectors = system.projectors().await;
     let id = system
-        .submit(&commands.url, &json!({"name": "slow", "steps": [{"id": "a", "kind": "http"}]}))
+        .submit(
+            &commands.url,
+            &json!({"name": "slow", "steps": [{"id": "a", "kind": "http"}]}),
+        )
         .await;
     readable(&system, &queries, &id).await;
 
@@ -281,12 +317,24 @@ async fn a_read_running_into_the_statement_timeout_answers_503_without_sql() {
         .await;
     let took = started.elapsed();
     assert_eq!(reply.status, 503, "{}", reply.body);
-    assert_eq!(reply.body["type"], "/problems/read-timed-out", "{}", reply.body);
+    assert_eq!(
+        reply.body["type"], "/problems/read-timed-out",
+        "{}",
+        reply.body
+    );
     assert_eq!(reply.body["setting"], "QUERY_STATEMENT_TIMEOUT_MS");
     let text = reply.body.to_string().to_lowercase();
-    assert!(!text.contains("select") && !text.contains("canceling"), "{text}");
+    assert!(
+        !text.contains("select") && !text.contains("canceling"),
+        "{text}"
+    );
     assert!(took < BOUND, "took {took:?}");
-    let (_, answer, _) = graphql(&system, &queries, "{ workflows(first: 5) { nodes { id } } }").await;
+    let (_, answer, _) = graphql(
+        &system,
+        &queries,
+        "{ workflows(first: 5) { nodes { id } } }",
+    )
+    .await;
     assert_eq!(error(&answer).0, "read-timed-out", "{answer}");
     locker.rollback().await.unwrap();
     system.still_serves(&commands, &queries).await;
@@ -305,7 +353,11 @@ async fn events_of_a_run_and_runs_using_a_tool_come_a_page_at_a_time() {
     };
     let mut ids = Vec::new();
     for i in 0..3 {
-        ids.push(system.submit(&commands.url, &tool_run(&format!("r{i}"))).await);
+        ids.push(
+            system
+                .submit(&commands.url, &tool_run(&format!("r{i}")))
+                .await,
+        );
     }
     for id in &ids {
         readable(&system, &queries, id).await;
@@ -325,7 +377,11 @@ async fn events_of_a_run_and_runs_using_a_tool_come_a_page_at_a_time() {
             &format!("{{ workflow(id: \"{first}\") {{ events {{ version }} }} }}"),
         )
         .await;
-        (answer["data"]["workflow"]["events"].as_array().map(Vec::len) == Some(2)).then_some(())
+        (answer["data"]["workflow"]["events"]
+            .as_array()
+            .map(Vec::len)
+            == Some(2))
+        .then_some(())
     })
     .await
     .expect("both events projected");
@@ -335,9 +391,15 @@ async fn events_of_a_run_and_runs_using_a_tool_come_a_page_at_a_time() {
         format!("{{ workflow(id: \"{first}\") {{ events(first: 1{after}) {{ version type }} }} }}")
     };
     let (_, answer, _) = graphql(&system, &queries, &page("")).await;
-    assert_eq!(answer["data"]["workflow"]["events"], json!([{"version": 1, "type": "WorkflowSubmitted"}]));
+    assert_eq!(
+        answer["data"]["workflow"]["events"],
+        json!([{"version": 1, "type": "WorkflowSubmitted"}])
+    );
     let (_, answer, _) = graphql(&system, &queries, &page(", afterVersion: 1")).await;
-    assert_eq!(answer["data"]["workflow"]["events"][0]["version"], 2, "{answer}");
+    assert_eq!(
+        answer["data"]["workflow"]["events"][0]["version"], 2,
+        "{answer}"
+    );
     let (_, answer, _) = graphql(&system, &queries, &page(", afterVersion: 2")).await;
     assert_eq!(answer["data"]["workflow"]["events"], json!([]));
     let (_, answer, _) = graphql(
@@ -438,7 +500,10 @@ async fn projectors_and_queries_work_on_the_dgraph_adapter() {
     );
     let runs = eventually(Duration::from_secs(60), || async {
         let reply = system
-            .get(&format!("{}/v1/graph/runs?model=claude&limit=1", queries.url))
+            .get(&format!(
+                "{}/v1/graph/runs?model=claude&limit=1",
+                queries.url
+            ))
             .await;
         (reply.body["runs"].as_array().map(Vec::len) == Some(1)
             && reply.body["next_cursor"].is_string())
