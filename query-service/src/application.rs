@@ -23,8 +23,9 @@ use crate::audit::AuditAccess;
 use crate::cache::{ReadCache, WorkflowReads};
 use crate::changes::{ChangeFeed, Listening};
 use crate::config::Config;
+use crate::config::GraphqlLimits;
 use crate::consistency::{ConsistencyGate, token_from_headers};
-use crate::graphql::{QuerySchema, Tenant, schema};
+use crate::graphql::{QuerySchema, Tenant, bounded, schema};
 use crate::read_model::ReadModel;
 use crate::{Error, Result, api, audit, subscriptions};
 
@@ -36,8 +37,8 @@ pub(crate) struct AppState {
     pub(crate) graph: AnyGraph,
     pub(crate) schema: QuerySchema,
     pub(crate) audit: AuditAccess,
-    /// Largest `/graphql` body.
-    pub(crate) graphql_max_body_bytes: usize,
+    /// What bounds a GraphQL request.
+    pub(crate) graphql_limits: GraphqlLimits,
 }
 
 /// A built, bound query service.
@@ -97,17 +98,18 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
     let ready = async {
         let tenant = tenant(&headers)?;
         let token = token_from_headers(&headers)?;
-        let request = graphql_request(&headers, body, state.graphql_max_body_bytes).await?;
+        let request = graphql_request(&headers, body, state.graphql_limits.max_body_bytes).await?;
         state.reads.gate().wait_for_any(token.as_ref()).await?;
         Ok::<_, Error>((tenant, request))
     };
     match ready.await {
         Ok((tenant, request)) => {
-            let response: GraphQLResponse = state
-                .schema
-                .execute(request.data(Tenant(tenant)))
-                .await
-                .into();
+            let request = bounded(
+                request.data(Tenant(tenant)),
+                &state.graphql_limits,
+                &state.graph,
+            );
+            let response: GraphQLResponse = state.schema.execute(request).await.into();
             response.into_response()
         }
         Err(problem) => problem.into_response(),
@@ -152,7 +154,7 @@ impl Application {
                 reader: flowline_audit::LogReader::new(&config.kafka.brokers, &config.kafka.topic),
                 admin_token: config.admin_token.clone(),
             },
-            graphql_max_body_bytes: config.graphql.max_body_bytes,
+            graphql_limits: config.graphql,
         };
         let router = Router::new()
             .merge(api::router())

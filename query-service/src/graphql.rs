@@ -13,8 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::extensions::{
-    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextPrepareRequest,
-    NextValidation,
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
 };
 use async_graphql::parser::types::{
     ExecutableDocument, FragmentDefinition, Selection, SelectionSet,
@@ -74,10 +73,7 @@ pub fn schema(
 ) -> QuerySchema {
     Schema::build(QueryRoot, EmptyMutation, SubscriptionRoot)
         .enable_federation()
-        .extension(QueryLimits {
-            limits,
-            graph: graph.clone(),
-        })
+        .extension(QueryLimits(limits))
         .data(DataLoader::new(
             WorkflowLoader(read_model.clone()),
             tokio::spawn,
@@ -90,7 +86,11 @@ pub fn schema(
             AttemptsLoader(read_model.clone()),
             tokio::spawn,
         ))
-        .data(DataLoader::new(UsageRunsLoader(graph), tokio::spawn))
+        .data(DataLoader::new(
+            UsageRunsLoader(graph.clone()),
+            tokio::spawn,
+        ))
+        .data(DataLoader::new(WalkLoader(graph), tokio::spawn))
         .data(read_model)
         .data(repository)
         .data(changes)
@@ -120,53 +120,43 @@ fn graphql_error(error: impl std::borrow::Borrow<Error>) -> async_graphql::Error
     error.borrow().extend()
 }
 
-/// Bounds every operation before and while it runs: refuses documents with too many
-/// fields or aliases when they are parsed, and queries deeper or more complex than
-/// configured when they are validated, with an error naming the measured value, the limit
-/// and the setting; gives each request its answer budget and its own memoizing walk
-/// loader (the same walk asked for anywhere in a request is made once).
-struct QueryLimits {
-    limits: GraphqlLimits,
-    graph: AnyGraph,
-}
+/// Bounds every operation before it runs: refuses documents with too many fields or
+/// aliases when they are parsed, and queries deeper or more complex than configured when
+/// they are validated, with an error naming the measured value, the limit and the
+/// setting.
+struct QueryLimits(GraphqlLimits);
 
 impl ExtensionFactory for QueryLimits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(QueryLimitsCheck {
-            limits: self.limits,
-            graph: self.graph.clone(),
-        })
+        Arc::new(QueryLimitsCheck { limits: self.0 })
     }
 }
 
 struct QueryLimitsCheck {
     limits: GraphqlLimits,
-    graph: AnyGraph,
 }
 
 fn refusal(error: Error) -> ServerError {
     error.extend().into_server_error(Pos { line: 1, column: 1 })
 }
 
+/// A query or mutation over HTTP with what bounds it while it runs: its answer budget,
+/// and its own memoizing walk loader (the same walk asked for anywhere in the request is
+/// made once). Subscriptions live long and get neither: each of their events is bounded
+/// by the static limits, and their walks must see the graph as it changes.
+pub(crate) fn bounded(request: Request, limits: &GraphqlLimits, graph: &AnyGraph) -> Request {
+    let walks = DataLoader::with_cache(
+        WalkLoader(graph.clone()),
+        tokio::spawn,
+        HashMapCache::default(),
+    );
+    request
+        .data(AnswerBudget::new(limits.max_answer_values))
+        .data(walks)
+}
+
 #[async_graphql::async_trait::async_trait]
 impl Extension for QueryLimitsCheck {
-    async fn prepare_request(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        request: Request,
-        next: NextPrepareRequest<'_>,
-    ) -> ServerResult<Request> {
-        let walks = DataLoader::with_cache(
-            WalkLoader(self.graph.clone()),
-            tokio::spawn,
-            HashMapCache::default(),
-        );
-        let request = request
-            .data(AnswerBudget::new(self.limits.max_answer_values))
-            .data(walks);
-        next.run(ctx, request).await
-    }
-
     async fn parse_query(
         &self,
         ctx: &ExtensionContext<'_>,
@@ -1077,17 +1067,18 @@ impl Step {
                 }
                 .extend()
             })?;
-        let reached = ctx
-            .data::<DataLoader<WalkLoader, HashMapCache>>()?
-            .load_one((
-                self.workflow.view.id,
-                self.view().id.clone(),
-                depth,
-                upstream,
-            ))
-            .await
-            .map_err(graphql_error)?
-            .unwrap_or_default();
+        let key = (
+            self.workflow.view.id,
+            self.view().id.clone(),
+            depth,
+            upstream,
+        );
+        let reached = match ctx.data_opt::<DataLoader<WalkLoader, HashMapCache>>() {
+            Some(memo) => memo.load_one(key).await,
+            None => ctx.data::<DataLoader<WalkLoader>>()?.load_one(key).await,
+        }
+        .map_err(graphql_error)?
+        .unwrap_or_default();
         charge(ctx, reached.len())?;
         Ok(reached
             .iter()
