@@ -14,7 +14,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use crate::change::{GraphChange, RunChange, finished_step_statuses, xid};
-use crate::{Direction, Error, GraphStore, Result, RunRef, StepRef, Usage};
+use crate::{Direction, Error, GraphStore, Result, RunPage, RunRef, StepRef, Usage};
 
 /// The schema sent to `/alter`.
 pub const SCHEMA: &str = "\
@@ -322,13 +322,35 @@ fn run_update(run: &str, version: u64, fields: Value) -> Value {
     })
 }
 
-/// The `/query` body for the runs reaching `target` through a step's `predicate`.
-pub fn runs_query(predicate: &str, target: &str) -> Value {
+/// The `/query` body for a page of the runs reaching `target` through a step's
+/// `predicate`: the steps and then their runs are collected into variables, so the page
+/// is ordered, filtered by the cursor and cut by Dgraph over all runs at once.
+pub fn runs_query(predicate: &str, target: &str, page: RunPage) -> Value {
+    let (order, after) = if page.newest_first {
+        ("orderdesc", "lt")
+    } else {
+        ("orderasc", "gt")
+    };
+    let (declared, filter) = match page.after {
+        Some(_) => (
+            ", $after: string",
+            format!(" @filter({after}(xid, $after))"),
+        ),
+        None => ("", String::new()),
+    };
+    let mut variables = serde_json::Map::new();
+    variables.insert("$xid".into(), json!(target));
+    if let Some(run) = page.after {
+        variables.insert("$after".into(), json!(xid::run(run)));
+    }
     json!({
         "query": format!(
-            "query runs($xid: string) {{\n  q(func: eq(xid, $xid)) {{\n    ~{predicate} {{\n      ~has_step {{ xid name }}\n    }}\n  }}\n}}"
+            "query runs($xid: string{declared}) {{\n  var(func: eq(xid, $xid)) {{\n    steps as ~{predicate}\n  }}\n  \
+             var(func: uid(steps)) {{\n    runs as ~has_step\n  }}\n  \
+             q(func: uid(runs), {order}: xid, first: {}){filter} {{\n    xid\n    name\n  }}\n}}",
+            page.limit
         ),
-        "variables": { "$xid": target },
+        "variables": variables,
     })
 }
 
@@ -449,30 +471,25 @@ impl DgraphGraph {
             .unwrap_or_default())
     }
 
-    async fn runs(&self, predicate: &str, target: &str) -> Result<Vec<RunRef>> {
-        let data = self.query(runs_query(predicate, target)).await?;
-        let mut runs: Vec<RunRef> = data["q"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|target| {
-                target[format!("~{predicate}")]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-            })
-            .flat_map(|step| step["~has_step"].as_array().cloned().unwrap_or_default())
-            .filter_map(|run| {
-                Some(RunRef {
-                    run: Uuid::parse_str(run["xid"].as_str()?.strip_prefix("run:")?).ok()?,
-                    name: run["name"].as_str().unwrap_or_default().to_owned(),
-                })
-            })
-            .collect();
-        runs.sort();
-        runs.dedup();
-        Ok(runs)
+    async fn runs(&self, predicate: &str, target: &str, page: RunPage) -> Result<Vec<RunRef>> {
+        let data = self.query(runs_query(predicate, target, page)).await?;
+        Ok(runs_of(&data))
     }
+}
+
+/// The runs of a [`runs_query`] answer, in its order.
+fn runs_of(data: &Value) -> Vec<RunRef> {
+    data["q"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|run| {
+            Some(RunRef {
+                run: Uuid::parse_str(run["xid"].as_str()?.strip_prefix("run:")?).ok()?,
+                name: run["name"].as_str().unwrap_or_default().to_owned(),
+            })
+        })
+        .collect()
 }
 
 impl GraphStore for DgraphGraph {
@@ -502,12 +519,24 @@ impl GraphStore for DgraphGraph {
         }
     }
 
-    async fn runs_using_tool(&self, tenant: &str, tool: &str) -> Result<Vec<RunRef>> {
-        self.runs("calls_tool", &xid::tool(tenant, tool)).await
+    async fn runs_using_tool(
+        &self,
+        tenant: &str,
+        tool: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
+        self.runs("calls_tool", &xid::tool(tenant, tool), page)
+            .await
     }
 
-    async fn runs_using_model(&self, tenant: &str, model: &str) -> Result<Vec<RunRef>> {
-        self.runs("uses_model", &xid::model(tenant, model)).await
+    async fn runs_using_model(
+        &self,
+        tenant: &str,
+        model: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
+        self.runs("uses_model", &xid::model(tenant, model), page)
+            .await
     }
 
     async fn walk(

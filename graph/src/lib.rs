@@ -51,6 +51,29 @@ pub struct RunRef {
     pub name: String,
 }
 
+/// Which runs of a `runs_using_*` question: ordered by id (UUIDv7 ids, so by submission),
+/// strictly after the cursor `after` in that order, at most `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RunPage {
+    /// The last run of the previous page.
+    pub after: Option<uuid::Uuid>,
+    /// Most runs in the page.
+    pub limit: u32,
+    /// Newest first (descending ids) rather than oldest first.
+    pub newest_first: bool,
+}
+
+impl RunPage {
+    /// The first `limit` runs, oldest first.
+    pub fn first(limit: u32) -> Self {
+        Self {
+            after: None,
+            limit,
+            newest_first: false,
+        }
+    }
+}
+
 /// A step reached from another, with the number of hops.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct StepRef {
@@ -109,17 +132,19 @@ pub trait GraphStore: Send + Sync + 'static {
             Ok(())
         }
     }
-    /// Runs of `tenant` with a step calling `tool`, sorted by id.
+    /// A page of the runs of `tenant` with a step calling `tool`, in `page` order.
     fn runs_using_tool(
         &self,
         tenant: &str,
         tool: &str,
+        page: RunPage,
     ) -> impl Future<Output = Result<Vec<RunRef>>> + Send;
-    /// Runs of `tenant` with a step using `model`, sorted by id.
+    /// A page of the runs of `tenant` with a step using `model`, in `page` order.
     fn runs_using_model(
         &self,
         tenant: &str,
         model: &str,
+        page: RunPage,
     ) -> impl Future<Output = Result<Vec<RunRef>>> + Send;
     /// Steps reachable from `step` along `depends_on` (upstream) or against it
     /// (downstream), up to `depth` hops, each at its shortest distance, nearest first;
@@ -206,11 +231,21 @@ impl GraphStore for AnyGraph {
     async fn apply_all(&self, changes: &[GraphChange]) -> Result<()> {
         delegate!(self, store => store.apply_all(changes).await)
     }
-    async fn runs_using_tool(&self, tenant: &str, tool: &str) -> Result<Vec<RunRef>> {
-        delegate!(self, store => store.runs_using_tool(tenant, tool).await)
+    async fn runs_using_tool(
+        &self,
+        tenant: &str,
+        tool: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
+        delegate!(self, store => store.runs_using_tool(tenant, tool, page).await)
     }
-    async fn runs_using_model(&self, tenant: &str, model: &str) -> Result<Vec<RunRef>> {
-        delegate!(self, store => store.runs_using_model(tenant, model).await)
+    async fn runs_using_model(
+        &self,
+        tenant: &str,
+        model: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
+        delegate!(self, store => store.runs_using_model(tenant, model, page).await)
     }
     async fn walk(
         &self,

@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::change::{GraphChange, RunChange, StepNode, finished_step_statuses, xid};
-use crate::{Direction, GraphStore, Result, RunRef, StepRef, Usage};
+use crate::{Direction, GraphStore, Result, RunPage, RunRef, StepRef, Usage};
 
 /// The graph in PostgreSQL (tables from `migrations/`).
 #[derive(Debug, Clone)]
@@ -27,18 +27,28 @@ impl PostgresGraph {
         tenant: &str,
         predicate: &str,
         target: &str,
+        page: RunPage,
     ) -> Result<Vec<RunRef>> {
-        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-            "SELECT DISTINCT run.xid, run.name FROM graph_edges used \
-             JOIN graph_edges has ON has.to_xid = used.from_xid AND has.predicate = 'has_step' \
-             JOIN graph_nodes run ON run.xid = has.from_xid \
-             WHERE used.tenant = $1 AND used.predicate = $2 AND used.to_xid = $3 ORDER BY run.xid",
-        )
-        .bind(tenant)
-        .bind(predicate)
-        .bind(target)
-        .fetch_all(&self.pool)
-        .await?;
+        let (after, order) = if page.newest_first {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
+        let sql = format!(
+            "SELECT run.xid, run.name FROM graph_nodes run WHERE run.xid IN ( \
+               SELECT has.from_xid FROM graph_edges used \
+               JOIN graph_edges has ON has.to_xid = used.from_xid AND has.predicate = 'has_step' \
+               WHERE used.tenant = $1 AND used.predicate = $2 AND used.to_xid = $3) \
+             AND ($4::text IS NULL OR run.xid {after} $4) ORDER BY run.xid {order} LIMIT $5"
+        );
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(predicate)
+            .bind(target)
+            .bind(page.after.map(xid::run))
+            .bind(i64::from(page.limit))
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .filter_map(|(xid, name)| {
@@ -52,6 +62,11 @@ impl PostgresGraph {
 
     /// Steps reachable from `step` along `depends_on`, forwards (its dependencies) or
     /// backwards (its dependents), each at its shortest distance.
+    ///
+    /// A breadth-first walk that visits each step once: every row of the recursion is a
+    /// whole frontier with the steps seen so far, so its work grows with the edges, not
+    /// with the paths (a ladder where each step depends on the two before it has
+    /// exponentially many).
     async fn walk_edges(
         &self,
         run: Uuid,
@@ -65,14 +80,18 @@ impl PostgresGraph {
             ("to_xid", "from_xid")
         };
         let sql = format!(
-            "WITH RECURSIVE reach(xid, depth, path) AS ( \
-               SELECT e.{to}, 1, ARRAY[e.{from}, e.{to}] FROM graph_edges e \
-               WHERE e.{from} = $1 AND e.predicate = 'depends_on' \
+            "WITH RECURSIVE walk(frontier, seen, depth) AS ( \
+               SELECT ARRAY[$1::text], ARRAY[$1::text], 0 \
                UNION ALL \
-               SELECT e.{to}, r.depth + 1, r.path || e.{to} FROM reach r \
-               JOIN graph_edges e ON e.{from} = r.xid AND e.predicate = 'depends_on' \
-               WHERE r.depth < $2 AND NOT e.{to} = ANY(r.path) \
-             ) SELECT xid, min(depth) FROM reach GROUP BY xid ORDER BY min(depth), xid"
+               SELECT next.steps, w.seen || next.steps, w.depth + 1 FROM walk w \
+               CROSS JOIN LATERAL ( \
+                 SELECT array_agg(DISTINCT e.{to}) AS steps FROM graph_edges e \
+                 WHERE e.{from} = ANY(w.frontier) AND e.predicate = 'depends_on' \
+                   AND NOT e.{to} = ANY(w.seen) \
+               ) next \
+               WHERE w.depth < $2 AND cardinality(next.steps) > 0 \
+             ) SELECT reached, depth FROM walk, unnest(frontier) AS reached \
+             WHERE depth > 0 ORDER BY depth, reached"
         );
         let prefix = xid::step(run, "");
         let rows: Vec<(String, i32)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
@@ -173,13 +192,23 @@ impl GraphStore for PostgresGraph {
         Ok(())
     }
 
-    async fn runs_using_tool(&self, tenant: &str, tool: &str) -> Result<Vec<RunRef>> {
-        self.runs_reaching(tenant, "calls_tool", &xid::tool(tenant, tool))
+    async fn runs_using_tool(
+        &self,
+        tenant: &str,
+        tool: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
+        self.runs_reaching(tenant, "calls_tool", &xid::tool(tenant, tool), page)
             .await
     }
 
-    async fn runs_using_model(&self, tenant: &str, model: &str) -> Result<Vec<RunRef>> {
-        self.runs_reaching(tenant, "uses_model", &xid::model(tenant, model))
+    async fn runs_using_model(
+        &self,
+        tenant: &str,
+        model: &str,
+        page: RunPage,
+    ) -> Result<Vec<RunRef>> {
+        self.runs_reaching(tenant, "uses_model", &xid::model(tenant, model), page)
             .await
     }
 

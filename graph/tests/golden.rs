@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use flowline_graph::dgraph_bodies::{SCHEMA, mutation, runs_query, usage_query, walk_query};
-use flowline_graph::{GraphChange, RunChange, StepNode, xid};
+use flowline_graph::{GraphChange, RunChange, RunPage, StepNode, xid};
 use uuid::Uuid;
 
 fn golden(name: &str, actual: &str) {
@@ -126,7 +126,23 @@ fn run_life_mutations() {
 fn queries() {
     golden(
         "query-runs-using-tool.json",
-        &pretty(&runs_query("calls_tool", &xid::tool("acme", "web/search"))),
+        &pretty(&runs_query(
+            "calls_tool",
+            &xid::tool("acme", "web/search"),
+            RunPage::first(100),
+        )),
+    );
+    golden(
+        "query-runs-using-tool-after.json",
+        &pretty(&runs_query(
+            "calls_tool",
+            &xid::tool("acme", "web/search"),
+            RunPage {
+                after: Some(RUN),
+                limit: 20,
+                newest_first: true,
+            },
+        )),
     );
     golden(
         "query-dependencies.json",

@@ -1,12 +1,14 @@
 //! Wiring: database, routes, listener.
 
 use std::future::Future;
+use std::time::Duration;
 
-use async_graphql::http::GraphiQLSource;
-use async_graphql_axum::{GraphQLRequest, GraphQLResponse};
+use async_graphql::http::{GraphiQLSource, MultipartOptions, receive_batch_body};
+use async_graphql_axum::GraphQLResponse;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use flowline_event_store::{EventStore, WorkflowRepository};
@@ -21,8 +23,9 @@ use crate::audit::AuditAccess;
 use crate::cache::{ReadCache, WorkflowReads};
 use crate::changes::{ChangeFeed, Listening};
 use crate::config::Config;
+use crate::config::GraphqlLimits;
 use crate::consistency::{ConsistencyGate, Watching, token_from_headers};
-use crate::graphql::{QuerySchema, Tenant, schema};
+use crate::graphql::{QuerySchema, Tenant, bounded, schema};
 use crate::read_model::ReadModel;
 use crate::{Error, Result, api, subscriptions};
 
@@ -36,6 +39,8 @@ pub(crate) struct AppState {
     pub(crate) audit: AuditAccess,
     pub(crate) websockets: subscriptions::WebSockets,
     pub(crate) changes: ChangeFeed,
+    /// What bounds a GraphQL request.
+    pub(crate) graphql_limits: GraphqlLimits,
 }
 
 /// A built, bound query service.
@@ -56,24 +61,58 @@ async fn graphiql() -> Html<String> {
     )
 }
 
-async fn graphql(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    request: GraphQLRequest,
-) -> Response {
+/// Reads a GraphQL request of at most `limit` bytes: the `async-graphql-axum` extractor
+/// reads bodies whole without any limit (axum's `DefaultBodyLimit` does not apply to it).
+async fn graphql_request(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<async_graphql::Request> {
+    let too_large = Error::BodyTooLarge {
+        limit,
+        setting: "GRAPHQL_MAX_BODY_BYTES",
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large);
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let invalid = |message: String| Error::InvalidParameter {
+        parameter: "body",
+        message,
+    };
+    receive_batch_body(content_type, &bytes[..], MultipartOptions::default())
+        .await
+        .map_err(|e| invalid(e.to_string()))?
+        .into_single()
+        .map_err(|e| invalid(e.to_string()))
+}
+
+async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let ready = async {
         let tenant = tenant(&headers)?;
         let token = token_from_headers(&headers)?;
+        let request = graphql_request(&headers, body, state.graphql_limits.max_body_bytes).await?;
         state.reads.gate().wait_for_any(token.as_ref()).await?;
-        Ok::<_, Error>(tenant)
+        Ok::<_, Error>((tenant, request))
     };
     match ready.await {
-        Ok(tenant) => {
-            let response: GraphQLResponse = state
-                .schema
-                .execute(request.into_inner().data(Tenant(tenant)))
-                .await
-                .into();
+        Ok((tenant, request)) => {
+            let request = bounded(
+                request.data(Tenant(tenant)),
+                &state.graphql_limits,
+                &state.graph,
+            );
+            let response: GraphQLResponse = state.schema.execute(request).await.into();
             response.into_response()
         }
         Err(problem) => problem.into_response(),
@@ -132,7 +171,12 @@ async fn not_found() -> Problem {
 impl Application {
     /// Prepares the database and binds the listener.
     pub async fn build(config: Config) -> Result<Self> {
-        let pool = config.database.prepare().await?;
+        let pool = config
+            .database
+            .prepare_with_statement_timeout(Duration::from_millis(
+                config.statements.statement_timeout_ms,
+            ))
+            .await?;
         let read_model = ReadModel::new(pool.clone());
         let (changes, listening) = ChangeFeed::start(pool.clone());
         let cache = ReadCache::connect(&config.cache).await;
@@ -162,6 +206,7 @@ impl Application {
                 config.admin_token.clone(),
                 config.limits.audit_max_concurrent_scans,
             ),
+            graphql_limits: config.graphql,
         };
         let router = Router::new()
             .merge(api::router())

@@ -35,12 +35,48 @@ pub struct Config {
     /// WebSocket and audit limits.
     #[command(flatten)]
     pub limits: ReadLimits,
+    /// How long one SQL statement may run.
+    #[command(flatten)]
+    pub statements: StatementLimits,
+}
+
+/// Default of [`StatementLimits::statement_timeout_ms`].
+const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 5_000;
+
+/// How long one read may take.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct StatementLimits {
+    /// Longest a single SQL statement of the query service may run, in milliseconds
+    /// (PostgreSQL's `statement_timeout` on every pooled connection); a read that hits it
+    /// answers 503. 0 disables it.
+    #[arg(
+        long = "query-statement-timeout-ms",
+        env = "QUERY_STATEMENT_TIMEOUT_MS",
+        default_value_t = DEFAULT_STATEMENT_TIMEOUT_MS
+    )]
+    pub statement_timeout_ms: u64,
+}
+
+impl Default for StatementLimits {
+    fn default() -> Self {
+        Self {
+            statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+        }
+    }
 }
 
 /// Default of [`GraphqlLimits::max_depth`].
 const DEFAULT_MAX_DEPTH: usize = 12;
 /// Default of [`GraphqlLimits::max_complexity`].
-const DEFAULT_MAX_COMPLEXITY: usize = 20_000;
+const DEFAULT_MAX_COMPLEXITY: usize = 50_000;
+/// Default of [`GraphqlLimits::max_aliases`].
+const DEFAULT_MAX_ALIASES: usize = 30;
+/// Default of [`GraphqlLimits::max_fields`].
+const DEFAULT_MAX_FIELDS: usize = 300;
+/// Default of [`GraphqlLimits::max_answer_values`].
+const DEFAULT_MAX_ANSWER_VALUES: usize = 200_000;
+/// Default of [`GraphqlLimits::max_body_bytes`].
+const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// How big a GraphQL query may be before it is refused unexecuted.
 #[derive(Debug, Clone, Copy, clap::Args)]
@@ -52,15 +88,46 @@ pub struct GraphqlLimits {
         default_value_t = DEFAULT_MAX_DEPTH
     )]
     pub max_depth: usize,
-    /// Highest complexity a GraphQL query may have: every field costs 1, list fields
-    /// multiply their selection by their size (`first`, `depth`, or an assumed 10 steps /
-    /// 20 events per workflow).
+    /// Highest complexity a GraphQL query may have, computed before it runs: every field
+    /// costs 1, list fields multiply their selection by their size (`first`, `depth`, or
+    /// an assumed 10 steps, dependencies or dependents per step), `asOf` adds the replay
+    /// it causes (docs/adr/0019).
     #[arg(
         long = "graphql-max-complexity",
         env = "GRAPHQL_MAX_COMPLEXITY",
         default_value_t = DEFAULT_MAX_COMPLEXITY
     )]
     pub max_complexity: usize,
+    /// Most aliased fields a GraphQL operation may have (fragments counted where spread).
+    #[arg(
+        long = "graphql-max-aliases",
+        env = "GRAPHQL_MAX_ALIASES",
+        default_value_t = DEFAULT_MAX_ALIASES
+    )]
+    pub max_aliases: usize,
+    /// Most fields a GraphQL operation may select (fragments counted where spread).
+    #[arg(
+        long = "graphql-max-fields",
+        env = "GRAPHQL_MAX_FIELDS",
+        default_value_t = DEFAULT_MAX_FIELDS
+    )]
+    pub max_fields: usize,
+    /// Most values one GraphQL answer may hold, counted while it runs: each list charges
+    /// its real length times the fields selected on its items (steps, dependencies,
+    /// dependents, walks, events, related runs).
+    #[arg(
+        long = "graphql-max-answer-values",
+        env = "GRAPHQL_MAX_ANSWER_VALUES",
+        default_value_t = DEFAULT_MAX_ANSWER_VALUES
+    )]
+    pub max_answer_values: usize,
+    /// Largest `/graphql` request body, in bytes (413 above).
+    #[arg(
+        long = "graphql-max-body-bytes",
+        env = "GRAPHQL_MAX_BODY_BYTES",
+        default_value_t = DEFAULT_MAX_BODY_BYTES
+    )]
+    pub max_body_bytes: usize,
 }
 
 impl Default for GraphqlLimits {
@@ -68,6 +135,10 @@ impl Default for GraphqlLimits {
         Self {
             max_depth: DEFAULT_MAX_DEPTH,
             max_complexity: DEFAULT_MAX_COMPLEXITY,
+            max_aliases: DEFAULT_MAX_ALIASES,
+            max_fields: DEFAULT_MAX_FIELDS,
+            max_answer_values: DEFAULT_MAX_ANSWER_VALUES,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
         }
     }
 }

@@ -67,6 +67,41 @@ pub enum Error {
         /// The configured limit.
         limit: usize,
     },
+    /// A GraphQL operation selects more fields or aliases than allowed.
+    #[error("the query has {count} {what}; at most {limit} are allowed ({setting})")]
+    QueryTooLarge {
+        /// What was counted: `fields` or `aliases`.
+        what: &'static str,
+        /// How many the operation has (counting stops just above the limit).
+        count: usize,
+        /// The configured limit.
+        limit: usize,
+        /// The setting naming the limit.
+        setting: &'static str,
+    },
+    /// A GraphQL answer grew past its budget while it ran.
+    #[error(
+        "the answer would hold more than {limit} values (GRAPHQL_MAX_ANSWER_VALUES): \
+         ask for fewer items or fewer nested lists"
+    )]
+    AnswerTooLarge {
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A request body is larger than allowed.
+    #[error("the request body is larger than {limit} bytes ({setting})")]
+    BodyTooLarge {
+        /// The configured limit.
+        limit: usize,
+        /// The setting naming the limit.
+        setting: &'static str,
+    },
+    /// A read ran into the statement timeout.
+    #[error(
+        "the read took longer than the statement timeout (QUERY_STATEMENT_TIMEOUT_MS); \
+         retry later or ask for less"
+    )]
+    ReadTimedOut,
     /// A header is invalid.
     #[error("{}", .0.detail)]
     Request(Problem),
@@ -92,6 +127,26 @@ pub enum Error {
 
 /// Result of this crate's operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// PostgreSQL's `query_canceled`, which a `statement_timeout` raises.
+const QUERY_CANCELED: &str = "57014";
+
+/// Whether PostgreSQL cancelled the statement (its `statement_timeout`).
+fn timed_out(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == QUERY_CANCELED)
+}
+
+impl From<flowline_graph::Error> for Error {
+    fn from(error: flowline_graph::Error) -> Self {
+        match &error {
+            flowline_graph::Error::Postgres(e) if timed_out(e) => Error::ReadTimedOut,
+            _ => Error::Graph(error.to_string()),
+        }
+    }
+}
 
 impl From<Problem> for Error {
     fn from(problem: Problem) -> Self {
@@ -150,6 +205,42 @@ impl Error {
             )
             .with("complexity", *complexity)
             .with("limit", *limit),
+            Error::QueryTooLarge {
+                what,
+                count,
+                limit,
+                setting,
+            } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "query-too-large",
+                "Query too large",
+                self.to_string(),
+            )
+            .with("counted", *what)
+            .with("count", *count)
+            .with("limit", *limit)
+            .with("setting", *setting),
+            Error::AnswerTooLarge { limit } => Problem::new(
+                StatusCode::BAD_REQUEST,
+                "answer-too-large",
+                "Answer too large",
+                self.to_string(),
+            )
+            .with("limit", *limit)
+            .with("setting", "GRAPHQL_MAX_ANSWER_VALUES"),
+            Error::BodyTooLarge { limit, setting } => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body-too-large",
+                "Request body too large",
+                self.to_string(),
+            )
+            .with("limit", *limit)
+            .with("setting", *setting),
+            Error::ReadTimedOut => Self::read_timed_out(self),
+            Error::Database(e) if timed_out(e) => Self::read_timed_out(&Error::ReadTimedOut),
+            Error::Store(e) if matches!(&**e, flowline_event_store::Error::Database(e) if timed_out(e)) => {
+                Self::read_timed_out(&Error::ReadTimedOut)
+            }
             Error::Request(problem) => problem.clone(),
             Error::Audit(_) => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -169,6 +260,20 @@ impl Error {
                 Problem::internal(self)
             }
         }
+    }
+}
+
+impl Error {
+    fn read_timed_out(error: &Error) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "read-timed-out",
+            "Read timed out",
+            error.to_string(),
+        )
+        .with("setting", "QUERY_STATEMENT_TIMEOUT_MS")
+        .with("retryable", true)
+        .retry_after(1)
     }
 }
 

@@ -1,10 +1,12 @@
-//! REST over the graph view: which runs used a tool or a model, a step's transitive
-//! dependencies and dependents, and the lineage of its output.
+//! REST over the graph view: which runs used a tool or a model (paged by keyset on the
+//! run id), a step's transitive dependencies and dependents, and the lineage of its output.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
-use flowline_graph::GraphStore;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use flowline_graph::{GraphStore, RunPage, RunRef};
 use flowline_service_kit::request::tenant;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -18,6 +20,9 @@ use crate::{Error, Result, rest};
 
 /// Deepest walk a caller may ask for.
 pub(crate) const MAX_DEPTH: u32 = 50;
+/// Default and largest page of `GET /v1/graph/runs`.
+const DEFAULT_RUNS_PAGE: u32 = 100;
+const MAX_RUNS_PAGE: u32 = 1_000;
 
 /// Query of `GET /v1/graph/runs`: exactly one of `tool` and `model`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -27,6 +32,52 @@ pub struct RunsQuery {
     tool: Option<String>,
     /// Runs with an `llm` step using this model.
     model: Option<String>,
+    /// Runs per page, 1 to 1000 (default 100), oldest first.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
+}
+
+impl RunsQuery {
+    /// The page asked for: its size and the run it continues after.
+    fn page(&self) -> Result<RunPage> {
+        let limit = match self.limit.as_deref() {
+            None => DEFAULT_RUNS_PAGE,
+            Some(text) => text
+                .parse()
+                .ok()
+                .filter(|limit| (1..=MAX_RUNS_PAGE).contains(limit))
+                .ok_or_else(|| Error::InvalidParameter {
+                    parameter: "limit",
+                    message: format!("must be an integer between 1 and {MAX_RUNS_PAGE}"),
+                })?,
+        };
+        let after = self
+            .cursor
+            .as_deref()
+            .map(|cursor| {
+                URL_SAFE_NO_PAD
+                    .decode(cursor)
+                    .ok()
+                    .and_then(|bytes| Uuid::from_slice(&bytes).ok())
+                    .ok_or_else(|| Error::InvalidParameter {
+                        parameter: "cursor",
+                        message: "not a cursor of this list; pass next_cursor back".into(),
+                    })
+            })
+            .transpose()?;
+        Ok(RunPage {
+            after,
+            limit,
+            newest_first: false,
+        })
+    }
+}
+
+/// The cursor continuing after `run` (opaque to clients: base64url of its id's bytes).
+fn runs_cursor(run: &RunRef) -> String {
+    URL_SAFE_NO_PAD.encode(run.run.as_bytes())
 }
 
 /// Query of the step walks.
@@ -53,18 +104,19 @@ impl DepthQuery {
 }
 
 fn graph_error(error: flowline_graph::Error) -> Error {
-    Error::Graph(error.to_string())
+    Error::from(error)
 }
 
-/// Runs that used a tool or a model (from the graph view).
+/// Runs that used a tool or a model (from the graph view), oldest first, a page at a time.
 #[utoipa::path(
     get,
     path = "/v1/graph/runs",
     tag = "graph",
     params(RunsQuery),
     responses(
-        (status = 200, description = "`{runs: [{run, name}]}`", body = Object),
-        (status = 400, description = "Neither or both of tool and model", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 200, description = "`{runs: [{run, name}], next_cursor}`: `next_cursor` is null on the last page, else pass it as `cursor`", body = Object),
+        (status = 400, description = "Neither or both of tool and model, or an invalid `limit` or `cursor`", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "The read took longer than QUERY_STATEMENT_TIMEOUT_MS; retry", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 pub async fn runs(
@@ -73,11 +125,17 @@ pub async fn runs(
     headers: HeaderMap,
 ) -> Result<Json<Value>> {
     let tenant = tenant(&headers)?;
+    let page = query.page()?;
     let tool = rest::text_parameter("tool", query.tool)?;
     let model = rest::text_parameter("model", query.model)?;
-    let runs = match (&tool, &model) {
-        (Some(tool), None) => state.graph.runs_using_tool(&tenant, tool).await,
-        (None, Some(model)) => state.graph.runs_using_model(&tenant, model).await,
+    // One more than the page tells whether another page follows.
+    let asked = RunPage {
+        limit: page.limit + 1,
+        ..page
+    };
+    let mut runs = match (&tool, &model) {
+        (Some(tool), None) => state.graph.runs_using_tool(&tenant, tool, asked).await,
+        (None, Some(model)) => state.graph.runs_using_model(&tenant, model, asked).await,
         _ => {
             return Err(Error::InvalidParameter {
                 parameter: "tool",
@@ -86,7 +144,13 @@ pub async fn runs(
         }
     }
     .map_err(graph_error)?;
-    Ok(Json(json!({ "runs": runs })))
+    let next_cursor = (runs.len() > page.limit as usize).then(|| {
+        runs.truncate(page.limit as usize);
+        runs.last().map(runs_cursor)
+    });
+    Ok(Json(
+        json!({ "runs": runs, "next_cursor": next_cursor.flatten() }),
+    ))
 }
 
 /// Which walk over a step.
@@ -158,6 +222,7 @@ async fn walk(
         (status = 200, description = "`{workflow_id, step, depth, result}`", body = Object),
         (status = 400, description = "`depth` is invalid", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 404, description = "No such run or step", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "The read took longer than QUERY_STATEMENT_TIMEOUT_MS; retry", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 pub async fn dependencies(
@@ -183,6 +248,7 @@ pub async fn dependencies(
         (status = 200, description = "`{workflow_id, step, depth, result}`", body = Object),
         (status = 400, description = "`depth` is invalid", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 404, description = "No such run or step", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "The read took longer than QUERY_STATEMENT_TIMEOUT_MS; retry", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 pub async fn dependents(
@@ -208,6 +274,7 @@ pub async fn dependents(
         (status = 200, description = "`{workflow_id, step, depth, result}`", body = Object),
         (status = 400, description = "`depth` is invalid", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 404, description = "No such run or step", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 503, description = "The read took longer than QUERY_STATEMENT_TIMEOUT_MS; retry", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 pub async fn lineage(

@@ -9,12 +9,18 @@ mod loaders;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use async_graphql::dataloader::DataLoader;
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextValidation};
+use async_graphql::dataloader::{DataLoader, HashMapCache};
+use async_graphql::extensions::{
+    Extension, ExtensionContext, ExtensionFactory, NextParseQuery, NextValidation,
+};
+use async_graphql::parser::types::{
+    ExecutableDocument, FragmentDefinition, Selection, SelectionSet,
+};
 use async_graphql::{
-    Context, EmptyMutation, Enum, ErrorExtensions, InputObject, Object, Pos, Schema, ServerError,
-    SimpleObject, ValidationResult,
+    Context, EmptyMutation, Enum, ErrorExtensions, InputObject, Name, Object, Pos, Positioned,
+    Request, Schema, ServerError, ServerResult, SimpleObject, ValidationResult, Variables,
 };
 use chrono::{DateTime, Utc};
 use flowline_event_log::ConsistencyToken;
@@ -34,8 +40,20 @@ use crate::read_model::{
 };
 use crate::subscriptions::SubscriptionRoot;
 use loaders::{
-    AttemptsLoader, EventsLoader, UsageRunsLoader, Used, WalkLoader, WorkflowKey, WorkflowLoader,
+    AttemptsLoader, EventsKey, EventsLoader, UsageRunsLoader, Used, WalkLoader, WorkflowKey,
+    WorkflowLoader,
 };
+
+/// What `asOf` adds to a query's complexity: the replay it causes, up to the events
+/// between two snapshots (`SNAPSHOT_EVERY`, 100 by default), each read, decoded and
+/// applied (costed 25 values), plus the snapshot and the times looked up.
+const AS_OF_REPLAY_COST: usize = 2_500;
+/// The number of items a step list (`steps`, `dependencies`, `dependents`) is assumed
+/// to have before the query runs; the answer budget charges their real length.
+const ASSUMED_STEPS: usize = 10;
+/// Default and largest page of a workflow's `events`.
+const DEFAULT_EVENTS_PAGE: i32 = 50;
+const MAX_EVENTS_PAGE: i32 = 1_000;
 
 /// The tenant of the request, put into the GraphQL context by the HTTP handler.
 pub struct Tenant(pub String);
@@ -102,46 +120,197 @@ fn graphql_error(error: impl std::borrow::Borrow<Error>) -> async_graphql::Error
     error.borrow().extend()
 }
 
-/// Refuses queries deeper or more complex than configured, before anything runs, with an
-/// error naming the measured value, the limit and the setting.
+/// Bounds every operation before it runs: refuses documents with too many fields or
+/// aliases when they are parsed, and queries deeper or more complex than configured when
+/// they are validated, with an error naming the measured value, the limit and the
+/// setting.
 struct QueryLimits(GraphqlLimits);
 
 impl ExtensionFactory for QueryLimits {
     fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(QueryLimitsCheck(self.0))
+        Arc::new(QueryLimitsCheck { limits: self.0 })
     }
 }
 
-struct QueryLimitsCheck(GraphqlLimits);
+struct QueryLimitsCheck {
+    limits: GraphqlLimits,
+}
+
+fn refusal(error: Error) -> ServerError {
+    error.extend().into_server_error(Pos { line: 1, column: 1 })
+}
+
+/// A query or mutation over HTTP with what bounds it while it runs: its answer budget,
+/// and its own memoizing walk loader (the same walk asked for anywhere in the request is
+/// made once). Subscriptions live long and get neither: each of their events is bounded
+/// by the static limits, and their walks must see the graph as it changes.
+pub(crate) fn bounded(request: Request, limits: &GraphqlLimits, graph: &AnyGraph) -> Request {
+    let walks = DataLoader::with_cache(
+        WalkLoader(graph.clone()),
+        tokio::spawn,
+        HashMapCache::default(),
+    );
+    request
+        .data(AnswerBudget::new(limits.max_answer_values))
+        .data(walks)
+}
 
 #[async_graphql::async_trait::async_trait]
 impl Extension for QueryLimitsCheck {
+    async fn parse_query(
+        &self,
+        ctx: &ExtensionContext<'_>,
+        query: &str,
+        variables: &Variables,
+        next: NextParseQuery<'_>,
+    ) -> ServerResult<ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        let counts = SelectionCounts::of(&document, &self.limits);
+        if counts.fields > self.limits.max_fields {
+            return Err(refusal(Error::QueryTooLarge {
+                what: "fields",
+                count: counts.fields,
+                limit: self.limits.max_fields,
+                setting: "GRAPHQL_MAX_FIELDS",
+            }));
+        }
+        if counts.aliases > self.limits.max_aliases {
+            return Err(refusal(Error::QueryTooLarge {
+                what: "aliases",
+                count: counts.aliases,
+                limit: self.limits.max_aliases,
+                setting: "GRAPHQL_MAX_ALIASES",
+            }));
+        }
+        Ok(document)
+    }
+
     async fn validation(
         &self,
         ctx: &ExtensionContext<'_>,
         next: NextValidation<'_>,
     ) -> Result<ValidationResult, Vec<ServerError>> {
         let result = next.run(ctx).await?;
-        let refusal = if result.depth > self.0.max_depth {
+        let refused = if result.depth > self.limits.max_depth {
             Some(Error::QueryTooDeep {
                 depth: result.depth,
-                limit: self.0.max_depth,
+                limit: self.limits.max_depth,
             })
-        } else if result.complexity > self.0.max_complexity {
+        } else if result.complexity > self.limits.max_complexity {
             Some(Error::QueryTooComplex {
                 complexity: result.complexity,
-                limit: self.0.max_complexity,
+                limit: self.limits.max_complexity,
             })
         } else {
             None
         };
-        match refusal {
-            Some(error) => Err(vec![
-                error.extend().into_server_error(Pos { line: 1, column: 1 }),
-            ]),
+        match refused {
+            Some(error) => Err(vec![refusal(error)]),
             None => Ok(result),
         }
     }
+}
+
+/// The fields and aliases of a document's largest operation, fragments counted at each
+/// spread. Counting stops once past a limit, and after a bounded number of visited
+/// selections, so a fragment bomb (or a cycle, which validation refuses later) costs
+/// little.
+#[derive(Default)]
+struct SelectionCounts {
+    fields: usize,
+    aliases: usize,
+    visited: usize,
+}
+
+impl SelectionCounts {
+    fn of(document: &ExecutableDocument, limits: &GraphqlLimits) -> Self {
+        let mut largest = Self::default();
+        for (_, operation) in document.operations.iter() {
+            let mut counts = Self::default();
+            counts.add(
+                &operation.node.selection_set.node,
+                &document.fragments,
+                limits,
+            );
+            if (counts.fields, counts.aliases) > (largest.fields, largest.aliases) {
+                largest = counts;
+            }
+        }
+        largest
+    }
+
+    fn add(
+        &mut self,
+        set: &SelectionSet,
+        fragments: &HashMap<Name, Positioned<FragmentDefinition>>,
+        limits: &GraphqlLimits,
+    ) {
+        for item in &set.items {
+            self.visited += 1;
+            if self.fields > limits.max_fields
+                || self.aliases > limits.max_aliases
+                || self.visited > 16 * limits.max_fields.max(1)
+            {
+                return;
+            }
+            match &item.node {
+                Selection::Field(field) => {
+                    self.fields += 1;
+                    self.aliases += usize::from(field.node.alias.is_some());
+                    self.add(&field.node.selection_set.node, fragments, limits);
+                }
+                Selection::FragmentSpread(spread) => {
+                    if let Some(fragment) = fragments.get(&spread.node.fragment_name.node) {
+                        self.add(&fragment.node.selection_set.node, fragments, limits);
+                    }
+                }
+                Selection::InlineFragment(inline) => {
+                    self.add(&inline.node.selection_set.node, fragments, limits);
+                }
+            }
+        }
+    }
+}
+
+/// How many more values a request's answer may hold: every list charges its real length
+/// times the fields selected on its items before its items are resolved, so an answer
+/// that would outgrow the budget stops growing at it.
+pub(crate) struct AnswerBudget {
+    left: AtomicUsize,
+    limit: usize,
+}
+
+impl AnswerBudget {
+    fn new(limit: usize) -> Self {
+        Self {
+            left: AtomicUsize::new(limit),
+            limit,
+        }
+    }
+
+    fn spend(&self, values: usize) -> Result<(), Error> {
+        self.left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                left.checked_sub(values)
+            })
+            .map(drop)
+            .map_err(|_| {
+                // Spent: every later list of the request is refused at once.
+                self.left.store(0, Ordering::Relaxed);
+                Error::AnswerTooLarge { limit: self.limit }
+            })
+    }
+}
+
+/// Charges a list field of `items` items to the request's answer budget.
+fn charge(ctx: &Context<'_>, items: usize) -> async_graphql::Result<()> {
+    let Some(budget) = ctx.data_opt::<AnswerBudget>() else {
+        return Ok(());
+    };
+    let per_item = ctx.field().selection_set().count().max(1);
+    budget
+        .spend(items.saturating_mul(per_item))
+        .map_err(graphql_error)
 }
 
 /// Filters of `workflows` and `workflowCounts`; every field is optional, they combine
@@ -296,7 +465,9 @@ async fn reach(ctx: &Context<'_>, token: Option<&ConsistencyToken>) -> async_gra
 impl QueryRoot {
     /// One workflow run, or null when it does not exist for this tenant. With `asOf` the
     /// run as it was at that time, rebuilt from the event store (from the newest snapshot
-    /// before it): status, version and steps (with their status) as they were then.
+    /// before it): status, version and steps (with their status) as they were then; `asOf`
+    /// adds the replay it causes to the query's complexity.
+    #[graphql(complexity = "child_complexity + as_of.map_or(0, |_| AS_OF_REPLAY_COST)")]
     async fn workflow(
         &self,
         ctx: &Context<'_>,
@@ -347,6 +518,7 @@ impl QueryRoot {
             .list(tenant, &filter)
             .await
             .map_err(graphql_error)?;
+        charge(ctx, page.items.len())?;
         let views: Vec<Arc<WorkflowView>> = page.items.into_iter().map(Arc::new).collect();
         let page_data = Arc::new(prefetch(ctx, &views).await?);
         let nodes: Vec<Workflow> = views
@@ -437,13 +609,24 @@ async fn prefetch(
             .await
             .map_err(graphql_error)?;
     }
-    if wants("events") {
-        let keys = views.iter().map(|view| (view.tenant.clone(), view.id));
-        data.events = ctx
-            .data::<DataLoader<EventsLoader>>()?
-            .load_many(keys)
-            .await
-            .map_err(graphql_error)?;
+    let event_pages: BTreeSet<(i64, i64)> = [
+        look.field("edges").field("node").field("events"),
+        look.field("nodes").field("events"),
+    ]
+    .iter()
+    .flat_map(|events| events.selection_fields())
+    .filter_map(|field| events_page_of(&field.arguments().ok()?).ok())
+    .collect();
+    for (after, first) in event_pages {
+        let keys = views
+            .iter()
+            .map(|view| (view.tenant.clone(), view.id, after, first));
+        data.events.extend(
+            ctx.data::<DataLoader<EventsLoader>>()?
+                .load_many(keys)
+                .await
+                .map_err(graphql_error)?,
+        );
     }
     let mut used = BTreeSet::new();
     for (field, kind) in [
@@ -456,7 +639,7 @@ async fn prefetch(
                     view.steps
                         .iter()
                         .filter_map(|step| used_by(step, kind))
-                        .map(|name| (view.tenant.clone(), kind, name)),
+                        .map(|name| (view.tenant.clone(), kind, name, RELATED_RUNS_ASKED)),
                 );
             }
         }
@@ -609,8 +792,8 @@ pub struct Workflow {
 /// the connection hands all of its keys to the loaders in one call.
 #[derive(Default)]
 struct PageData {
-    events: HashMap<WorkflowKey, Arc<[EventView]>>,
-    runs: HashMap<(String, Used, String), Arc<[RunRef]>>,
+    events: HashMap<EventsKey, Arc<[EventView]>>,
+    runs: HashMap<loaders::UsageKey, Arc<[RunRef]>>,
     attempts: HashMap<WorkflowKey, Arc<AttemptsByStep>>,
 }
 
@@ -649,7 +832,7 @@ impl Workflow {
         let keys = self
             .used(kind)
             .into_iter()
-            .map(|name| (self.view.tenant.clone(), kind, name));
+            .map(|name| (self.view.tenant.clone(), kind, name, RELATED_RUNS_ASKED));
         let runs = match &self.page {
             Some(page) => keys
                 .filter_map(|key| page.runs.get(&key).map(|runs| (key, runs.clone())))
@@ -661,7 +844,7 @@ impl Workflow {
                 .map_err(graphql_error)?,
         };
         let mut related: std::collections::BTreeMap<Uuid, RelatedRun> = Default::default();
-        for ((_, _, name), refs) in runs {
+        for ((_, _, name, _), refs) in runs {
             for run in refs.iter().filter(|run| run.run != self.view.id) {
                 related
                     .entry(run.run)
@@ -681,6 +864,7 @@ impl Workflow {
         // Newest first (ids are UUIDv7).
         related.reverse();
         related.truncate(first.clamp(0, 100) as usize);
+        charge(ctx, related.len())?;
         Ok(related)
     }
 }
@@ -755,16 +939,25 @@ impl Workflow {
         self.view.updated_at
     }
     /// Steps in submission order (loaded with the workflow, one statement per page).
-    #[graphql(complexity = "10 * child_complexity")]
-    async fn steps(&self) -> Vec<Step> {
-        (0..self.view.steps.len()).map(|i| self.step(i)).collect()
+    #[graphql(complexity = "ASSUMED_STEPS * child_complexity")]
+    async fn steps(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Step>> {
+        charge(ctx, self.view.steps.len())?;
+        Ok((0..self.view.steps.len()).map(|i| self.step(i)).collect())
     }
-    /// The stream's events in version order, up to `version` (batched across workflows).
-    #[graphql(complexity = "20 * child_complexity")]
-    async fn events(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<EventView>> {
-        let key = (self.view.tenant.clone(), self.view.id);
-        let events = match &self.page {
-            Some(page) => page.events.get(&key).cloned(),
+    /// A page of the stream's events in version order, up to `version` (batched across
+    /// workflows): `first` (1 to 1000, default 50) events after version `afterVersion`
+    /// (a keyset cursor: pass the last event's version for the next page).
+    #[graphql(complexity = "(first.clamp(1, MAX_EVENTS_PAGE) as usize) * child_complexity")]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default_with = "DEFAULT_EVENTS_PAGE")] first: i32,
+        after_version: Option<i64>,
+    ) -> async_graphql::Result<Vec<EventView>> {
+        let (after, first) = events_page(first, after_version).map_err(graphql_error)?;
+        let key = (self.view.tenant.clone(), self.view.id, after, first);
+        let events = match self.page.as_ref().and_then(|page| page.events.get(&key)) {
+            Some(events) => Some(events.clone()),
             None => ctx
                 .data::<DataLoader<EventsLoader>>()?
                 .load_one(key)
@@ -772,11 +965,13 @@ impl Workflow {
                 .map_err(graphql_error)?,
         }
         .unwrap_or_default();
-        Ok(events
+        let events: Vec<EventView> = events
             .iter()
             .filter(|event| event.version <= self.view.version)
             .cloned()
-            .collect())
+            .collect();
+        charge(ctx, events.len())?;
+        Ok(events)
     }
     /// Tools its `mcp_tool` steps call (`server/tool`), sorted.
     async fn tools(&self) -> Vec<String> {
@@ -872,17 +1067,19 @@ impl Step {
                 }
                 .extend()
             })?;
-        let reached = ctx
-            .data::<DataLoader<WalkLoader>>()?
-            .load_one((
-                self.workflow.view.id,
-                self.view().id.clone(),
-                depth,
-                upstream,
-            ))
-            .await
-            .map_err(graphql_error)?
-            .unwrap_or_default();
+        let key = (
+            self.workflow.view.id,
+            self.view().id.clone(),
+            depth,
+            upstream,
+        );
+        let reached = match ctx.data_opt::<DataLoader<WalkLoader, HashMapCache>>() {
+            Some(memo) => memo.load_one(key).await,
+            None => ctx.data::<DataLoader<WalkLoader>>()?.load_one(key).await,
+        }
+        .map_err(graphql_error)?
+        .unwrap_or_default();
+        charge(ctx, reached.len())?;
         Ok(reached
             .iter()
             .filter_map(|reached| {
@@ -939,9 +1136,11 @@ impl Step {
                 .await
                 .map_err(graphql_error)?,
         };
-        Ok(attempts
+        let attempts = attempts
             .and_then(|by_step| by_step.get(&self.view().id).cloned())
-            .unwrap_or_default())
+            .unwrap_or_default();
+        charge(ctx, attempts.len())?;
+        Ok(attempts)
     }
     /// When its first attempt started.
     async fn started_at(&self) -> Option<DateTime<Utc>> {
@@ -990,21 +1189,28 @@ impl Step {
         used_by(self.view(), Used::Model)
     }
     /// The steps it directly depends on (no query: read from the workflow).
-    async fn dependencies(&self) -> Vec<Step> {
-        self.view()
+    #[graphql(complexity = "ASSUMED_STEPS * child_complexity")]
+    async fn dependencies(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Step>> {
+        let steps: Vec<Step> = self
+            .view()
             .depends_on
             .iter()
             .filter_map(|id| self.sibling(id))
-            .collect()
+            .collect();
+        charge(ctx, steps.len())?;
+        Ok(steps)
     }
     /// The steps directly depending on it (no query: read from the workflow).
-    async fn dependents(&self) -> Vec<Step> {
+    #[graphql(complexity = "ASSUMED_STEPS * child_complexity")]
+    async fn dependents(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Step>> {
         let id = &self.view().id;
         let steps = &self.workflow.view.steps;
-        (0..steps.len())
+        let dependents: Vec<Step> = (0..steps.len())
             .filter(|&i| steps[i].depends_on.contains(id))
             .map(|index| self.workflow.step(index))
-            .collect()
+            .collect();
+        charge(ctx, dependents.len())?;
+        Ok(dependents)
     }
     /// Every step it depends on, transitively, up to `depth` hops (1 to 50), nearest
     /// first, each at its shortest distance (from the graph view).
@@ -1035,4 +1241,42 @@ pub struct StepAtDepth {
     depth: u32,
     /// The step.
     step: Step,
+}
+
+/// How many of the newest runs using a tool (or model) are asked for, per tool: enough
+/// for the largest `first` of `runsUsingSameTools`/`runsUsingSameModels` plus the run
+/// itself.
+const RELATED_RUNS_ASKED: u32 = 101;
+
+/// A valid events page: (after version, page size).
+fn events_page(first: i32, after_version: Option<i64>) -> Result<(i64, i64), Error> {
+    if !(1..=MAX_EVENTS_PAGE).contains(&first) {
+        return Err(Error::InvalidParameter {
+            parameter: "first",
+            message: format!("must be between 1 and {MAX_EVENTS_PAGE}"),
+        });
+    }
+    let after = after_version.unwrap_or(0);
+    if after < 0 {
+        return Err(Error::InvalidParameter {
+            parameter: "afterVersion",
+            message: "must not be negative".into(),
+        });
+    }
+    Ok((after, first.into()))
+}
+
+/// The events page an `events` selection asks for, from its arguments.
+fn events_page_of(arguments: &[(Name, async_graphql::Value)]) -> Result<(i64, i64), Error> {
+    let argument = |name: &str| {
+        arguments
+            .iter()
+            .find(|(argument, _)| argument.as_str() == name)
+            .and_then(|(_, value)| match value {
+                async_graphql::Value::Number(number) => number.as_i64(),
+                _ => None,
+            })
+    };
+    let first = argument("first").map_or(Ok(DEFAULT_EVENTS_PAGE), i32::try_from);
+    events_page(first.unwrap_or(0), argument("afterVersion"))
 }

@@ -1085,14 +1085,33 @@ impl ReadModel {
         .bind(ids)
         .fetch_all(&self.pool)
         .await?;
-        let mut by_workflow: HashMap<Uuid, Vec<EventView>> = HashMap::new();
-        for row in rows {
-            by_workflow
-                .entry(row.workflow_id)
-                .or_default()
-                .push(row.into());
-        }
-        Ok(by_workflow)
+        Ok(events_by_workflow(rows))
+    }
+
+    /// One page of events of each of `ids`: those after version `after`, at most `first`
+    /// per workflow, in version order (one statement, reading only the page's rows).
+    pub async fn event_pages(
+        &self,
+        tenant: &str,
+        ids: &[Uuid],
+        after: i64,
+        first: i64,
+    ) -> Result<HashMap<Uuid, Vec<EventView>>> {
+        let rows = sqlx::query_as::<_, EventRow>(
+            "SELECT e.workflow_id, e.version, e.event_id, e.event_type, e.occurred_at, \
+             e.correlation_id, e.causation_id, e.data FROM unnest($2::uuid[]) AS w(id) \
+             CROSS JOIN LATERAL (SELECT * FROM workflow_events \
+               WHERE workflow_id = w.id AND tenant = $1 AND version > $3 \
+               ORDER BY version LIMIT $4) e \
+             ORDER BY e.workflow_id, e.version",
+        )
+        .bind(tenant)
+        .bind(ids)
+        .bind(after)
+        .bind(first)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(events_by_workflow(rows))
     }
 
     /// When the events of `versions` of one workflow happened (versions the read model
@@ -1135,4 +1154,16 @@ impl ReadModel {
             .collect();
         Ok(StatusCounts { by_status })
     }
+}
+
+/// Events grouped by their workflow, in the rows' order.
+fn events_by_workflow(rows: Vec<EventRow>) -> HashMap<Uuid, Vec<EventView>> {
+    let mut by_workflow: HashMap<Uuid, Vec<EventView>> = HashMap::new();
+    for row in rows {
+        by_workflow
+            .entry(row.workflow_id)
+            .or_default()
+            .push(row.into());
+    }
+    by_workflow
 }

@@ -15,11 +15,18 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 
 /// Opens a pool on `url`.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    connect_with(connect_options(url)?, max_connections).await
+}
+
+fn connect_options(url: &str) -> Result<PgConnectOptions> {
     // Statements log at trace level only (`RUST_LOG=sqlx::query=trace` shows them, and
     // tests count them); no slow-statement warnings, since rebuild batches are slow by design.
-    let options = PgConnectOptions::from_str(url)?
+    Ok(PgConnectOptions::from_str(url)?
         .log_statements(LevelFilter::Trace)
-        .log_slow_statements(LevelFilter::Off, Duration::from_secs(1));
+        .log_slow_statements(LevelFilter::Off, Duration::from_secs(1)))
+}
+
+async fn connect_with(options: PgConnectOptions, max_connections: u32) -> Result<PgPool> {
     Ok(PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
@@ -96,5 +103,18 @@ impl DatabaseSettings {
     /// Creates/migrates the database and opens the pool.
     pub async fn prepare(&self) -> Result<PgPool> {
         prepare(&self.url, self.max_connections).await
+    }
+
+    /// Creates/migrates the database (without a timeout: migrations may be long), then
+    /// opens a pool whose every statement PostgreSQL cancels after `statement_timeout`
+    /// (its `statement_timeout`, set at connect; zero disables it).
+    pub async fn prepare_with_statement_timeout(
+        &self,
+        statement_timeout: Duration,
+    ) -> Result<PgPool> {
+        prepare(&self.url, 1).await?.close().await;
+        let timeout = statement_timeout.as_millis().to_string();
+        let options = connect_options(&self.url)?.options([("statement_timeout", timeout)]);
+        connect_with(options, self.max_connections).await
     }
 }

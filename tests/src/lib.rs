@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub mod fake_dgraph;
 pub mod js_clients;
 pub mod step_server;
 pub mod workloads;
@@ -200,6 +201,7 @@ impl TestSystem {
             },
             graphql,
             limits,
+            statements: Default::default(),
         }
     }
 
@@ -483,7 +485,13 @@ impl TestSystem {
 
     /// Projectors writing into `database_url` under their own consumer groups.
     pub async fn projectors_into(&self, database_url: &str, group_prefix: &str) -> Running {
-        let app = projectors::Application::build(ProjectorConfig {
+        self.projectors_from(self.projectors_config(database_url, group_prefix))
+            .await
+    }
+
+    /// The projectors' settings in tests, writing into `database_url`.
+    pub fn projectors_config(&self, database_url: &str, group_prefix: &str) -> ProjectorConfig {
+        ProjectorConfig {
             command: None,
             admin_token: Some(ADMIN_TOKEN.into()),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
@@ -500,9 +508,14 @@ impl TestSystem {
             },
             kafka: self.kafka.clone(),
             graph: flowline_graph::GraphSettings { dgraph_url: None },
-        })
-        .await
-        .expect("projectors build");
+        }
+    }
+
+    /// Starts the projectors with `config`.
+    pub async fn projectors_from(&self, config: ProjectorConfig) -> Running {
+        let app = projectors::Application::build(config)
+            .await
+            .expect("projectors build");
         spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
     }
 
@@ -896,5 +909,34 @@ impl TestSystem {
             .await
             .expect("command service builds");
         spawn_server(app.port(), |stop| app.run_until(stopped(stop)))
+    }
+}
+
+impl TestSystem {
+    /// A plain submit through `commands` and its read through `queries` (REST and GraphQL)
+    /// still work: the check after every hostile request.
+    pub async fn still_serves(&self, commands: &Running, queries: &Running) {
+        let id = self
+            .submit(
+                &commands.url,
+                &serde_json::json!({"name": "plain", "steps": [{"id": "only", "kind": "http"}]}),
+            )
+            .await;
+        let read = eventually(Duration::from_secs(60), || async {
+            let reply = self
+                .get(&format!("{}/v1/workflows/{id}", queries.url))
+                .await;
+            (reply.status == 200).then_some(reply)
+        })
+        .await
+        .unwrap_or_else(|| panic!("the plain run {id} never became readable"));
+        assert_eq!(read.body["name"], "plain");
+        let answer = self
+            .graphql(
+                &queries.url,
+                &format!("{{ workflow(id: \"{id}\") {{ name steps {{ id }} }} }}"),
+            )
+            .await;
+        assert_eq!(answer["data"]["workflow"]["name"], "plain", "{answer}");
     }
 }

@@ -477,7 +477,7 @@ async fn queries_over_the_limits_are_refused_with_a_clear_error() {
     assert_eq!(deep["errors"][0]["extensions"]["limit"], 12);
     assert!(deep["data"].is_null());
 
-    // 100 workflows × (1 + 10 steps × 50 hops × 2 fields) > 20 000.
+    // 100 workflows × (1 + 10 steps × 50 hops × 2 fields) > 50 000.
     let complex = system
         .graphql(
             &queries.url,
@@ -487,14 +487,14 @@ async fn queries_over_the_limits_are_refused_with_a_clear_error() {
     let (code, message) = error_code(&complex);
     assert_eq!(code, "query-too-complex", "{message}");
     assert!(
-        message.contains("at most 20000 is allowed (GRAPHQL_MAX_COMPLEXITY)"),
+        message.contains("at most 50000 is allowed (GRAPHQL_MAX_COMPLEXITY)"),
         "{message}"
     );
     assert!(
         complex["errors"][0]["extensions"]["complexity"]
             .as_u64()
             .unwrap()
-            > 20_000
+            > 50_000
     );
 
     // A page of 100 workflows with steps and events is within the defaults.
@@ -511,6 +511,7 @@ async fn queries_over_the_limits_are_refused_with_a_clear_error() {
         .query_service_with(query_service::GraphqlLimits {
             max_depth: 3,
             max_complexity: 50,
+            ..Default::default()
         })
         .await;
     let refused = system

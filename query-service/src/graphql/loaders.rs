@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_graphql::dataloader::Loader;
-use flowline_graph::{AnyGraph, Direction, GraphStore, RunRef, StepRef};
+use flowline_graph::{AnyGraph, Direction, GraphStore, RunPage, RunRef, StepRef};
 use futures::future::try_join_all;
 use uuid::Uuid;
 
@@ -42,7 +42,7 @@ where
 {
     let answers = try_join_all(keys.iter().map(ask))
         .await
-        .map_err(|e| Arc::new(Error::Graph(e.to_string())))?;
+        .map_err(|e| Arc::new(Error::from(e)))?;
     Ok(keys
         .iter()
         .cloned()
@@ -71,23 +71,38 @@ impl Loader<WorkflowKey> for WorkflowLoader {
     }
 }
 
-/// Events of workflows: one statement.
+/// A page of a workflow's events: tenant, workflow, after this version, at most this many.
+pub type EventsKey = (String, Uuid, i64, i64);
+
+/// Pages of events of workflows: one statement per distinct page (after, first), reading
+/// only the pages' rows.
 pub struct EventsLoader(pub ReadModel);
 
-impl Loader<WorkflowKey> for EventsLoader {
+impl Loader<EventsKey> for EventsLoader {
     type Value = Arc<[EventView]>;
     type Error = SharedError;
 
     async fn load(
         &self,
-        keys: &[WorkflowKey],
-    ) -> Result<HashMap<WorkflowKey, Arc<[EventView]>>, SharedError> {
+        keys: &[EventsKey],
+    ) -> Result<HashMap<EventsKey, Arc<[EventView]>>, SharedError> {
+        let mut pages: HashMap<(&str, i64, i64), Vec<Uuid>> = HashMap::new();
+        for (tenant, id, after, first) in keys {
+            pages
+                .entry((tenant.as_str(), *after, *first))
+                .or_default()
+                .push(*id);
+        }
         let mut found = HashMap::new();
-        for (tenant, ids) in by_tenant(keys) {
-            let mut events = self.0.events_of(tenant, &ids).await.map_err(Arc::new)?;
+        for ((tenant, after, first), ids) in pages {
+            let mut events = self
+                .0
+                .event_pages(tenant, &ids, after, first)
+                .await
+                .map_err(Arc::new)?;
             for id in ids {
                 let of_one = events.remove(&id).unwrap_or_default();
-                found.insert((tenant.to_owned(), id), of_one.into());
+                found.insert((tenant.to_owned(), id, after, first), of_one.into());
             }
         }
         Ok(found)
@@ -126,22 +141,31 @@ pub enum Used {
     Model,
 }
 
-/// Runs using a tool or a model: one graph call per distinct (tenant, tool or model), so
-/// a page of runs sharing their tools costs one call per tool, not per run.
+/// Runs using a tool or a model: tenant, tool or model, and how many of the newest.
+pub type UsageKey = (String, Used, String, u32);
+
+/// Runs using a tool or a model, newest first: one graph call per distinct (tenant, tool
+/// or model, page size), so a page of runs sharing their tools costs one call per tool,
+/// not per run.
 pub struct UsageRunsLoader(pub AnyGraph);
 
-impl Loader<(String, Used, String)> for UsageRunsLoader {
+impl Loader<UsageKey> for UsageRunsLoader {
     type Value = Arc<[RunRef]>;
     type Error = SharedError;
 
     async fn load(
         &self,
-        keys: &[(String, Used, String)],
-    ) -> Result<HashMap<(String, Used, String), Arc<[RunRef]>>, SharedError> {
-        one_graph_call_per_key(keys, |(tenant, used, name)| async move {
+        keys: &[UsageKey],
+    ) -> Result<HashMap<UsageKey, Arc<[RunRef]>>, SharedError> {
+        one_graph_call_per_key(keys, |(tenant, used, name, limit)| async move {
+            let page = RunPage {
+                after: None,
+                limit: *limit,
+                newest_first: true,
+            };
             match used {
-                Used::Tool => self.0.runs_using_tool(tenant, name).await,
-                Used::Model => self.0.runs_using_model(tenant, name).await,
+                Used::Tool => self.0.runs_using_tool(tenant, name, page).await,
+                Used::Model => self.0.runs_using_model(tenant, name, page).await,
             }
         })
         .await
