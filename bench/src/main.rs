@@ -480,7 +480,7 @@ async fn submit(
             let visible = Arc::clone(&visible);
             async move {
                 let reply = submit_workflow(&http, &submit_url).await?;
-                if sample_every != 0 && n % sample_every == 0 {
+                if sample_every != 0 && n.is_multiple_of(sample_every) {
                     let id = reply["workflow_id"]
                         .as_str()
                         .context("workflow_id")?
