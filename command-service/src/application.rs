@@ -9,6 +9,7 @@ use axum::routing::get;
 use flowline_event_store::{
     EventStore, OutboxRelay, Publications, RelayConfig, WorkflowRepository,
 };
+use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::problem::problem_errors;
 use tokio_util::sync::CancellationToken;
@@ -51,8 +52,16 @@ impl Application {
             },
         );
         let store = EventStore::with_waker(pool.clone(), relay.waker());
+        let health = Health::new();
+        health
+            .postgres(pool.clone())
+            .kafka(&config.kafka.brokers)
+            .redis(&config.redis_url);
         let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
-        let relay = tokio::spawn(relay.run(background.clone()));
+        let stop = background.clone();
+        let relay = health.supervise("outbox relay", background.clone(), move || {
+            relay.clone().run(stop.clone())
+        });
 
         let handler = CommandHandler::new(repository, publications, config.publish_timeout());
         let answers = AnswerCache::connect(
@@ -68,6 +77,7 @@ impl Application {
         let router = Router::new()
             .merge(api::router())
             .route("/health", get(routes::health))
+            .merge(health.routes())
             .fallback(routes::not_found)
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::map_response(problem_errors))

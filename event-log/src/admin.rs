@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,8 +15,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many partitions `topic` has, from the broker's metadata.
 pub fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = crate::client_config(brokers)
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let partitions = metadata
@@ -32,6 +30,19 @@ pub fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
     Ok(partitions)
 }
 
+/// Whether the brokers answer a metadata request within `timeout` (a readiness probe: a
+/// fresh client each time, so nothing cached answers for a broker that is gone).
+pub async fn reachable(brokers: &str, timeout: Duration) -> Result<()> {
+    let brokers = brokers.to_owned();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let consumer: BaseConsumer = crate::client_config(&brokers).create()?;
+        consumer.fetch_metadata(None, timeout)?;
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|join| Err(Error::NotDelivered(format!("metadata probe failed: {join}"))))
+}
+
 /// Creates the topic if it is missing (brokers such as tansu do not auto-create), then
 /// waits until metadata shows its partitions: producing before that was seen to put
 /// every record of a new topic on one partition.
@@ -39,8 +50,7 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> Result<i32> {
     if let Ok(partitions) = topic_partitions(&settings.brokers, &settings.topic) {
         return Ok(partitions);
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
+    let admin: AdminClient<DefaultClientContext> = crate::client_config(&settings.brokers)
         .create()?;
     let topic = NewTopic::new(
         &settings.topic,
@@ -73,8 +83,7 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> Result<i32> {
 
 /// The high watermark (next offset to be written) of every partition of `topic`. Blocking.
 pub fn high_watermarks(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = crate::client_config(brokers)
         .create()?;
     let partitions = topic_partitions(brokers, topic)?;
     (0..partitions)
@@ -88,8 +97,7 @@ pub fn high_watermarks(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
 /// For every partition of `topic`, the offset of the first record at or after `time_ms`
 /// (milliseconds since the epoch), or the high watermark when there is none. Blocking.
 pub fn offsets_at_time(brokers: &str, topic: &str, time_ms: i64) -> Result<HashMap<i32, i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = crate::client_config(brokers)
         .set("group.id", "flowline-offsets-at-time")
         .set("isolation.level", "read_uncommitted")
         .create()?;

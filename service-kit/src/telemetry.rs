@@ -72,6 +72,13 @@ pub fn adopt_remote_parent(headers: &HeaderMap) {
     }
 }
 
+/// Makes `span` a child of the trace named by a W3C `traceparent` (one a record carries).
+pub fn adopt_traceparent(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(context);
+}
+
 /// The current span's W3C `traceparent` and `tracestate`, for recording on events.
 pub fn current_trace_context() -> (Option<String>, Option<String>) {
     let context = tracing::Span::current().context();
