@@ -55,7 +55,7 @@ impl Application {
         let health = Health::new();
         health
             .postgres(pool.clone())
-            .kafka(&config.kafka.brokers)
+            .kafka(&config.kafka.brokers, &config.kafka.topic)
             .redis(&config.redis_url);
         let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
         let stop = background.clone();
@@ -82,6 +82,9 @@ impl Application {
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(
+                flowline_service_kit::telemetry::trace_requests,
+            ))
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;
         Ok(Self {

@@ -30,13 +30,21 @@ pub fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
     Ok(partitions)
 }
 
-/// Whether the brokers answer a metadata request within `timeout` (a readiness probe: a
-/// fresh client each time, so nothing cached answers for a broker that is gone).
-pub async fn reachable(brokers: &str, timeout: Duration) -> Result<()> {
-    let brokers = brokers.to_owned();
+/// Whether the brokers answer a metadata request for `topic` within `timeout`, and hold
+/// it (a readiness probe: a fresh client each time, so nothing cached answers for a broker
+/// that is gone; one topic only, since a cluster's full metadata can be large).
+pub async fn reachable(brokers: &str, topic: &str, timeout: Duration) -> Result<()> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || -> Result<()> {
         let consumer: BaseConsumer = crate::client_config(&brokers).create()?;
-        consumer.fetch_metadata(None, timeout)?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        if !metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        {
+            return Err(Error::UnknownTopic(topic));
+        }
         Ok(())
     })
     .await
@@ -90,6 +98,24 @@ pub fn high_watermarks(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
         .map(|partition| {
             let (_, high) = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
             Ok((partition, high))
+        })
+        .collect()
+}
+
+/// The low and high watermarks of `partitions` of `topic`, read by a client of its own
+/// (a consumer that is reading the topic was seen to crash librdkafka's metadata cache when
+/// asked, against tansu). Blocking.
+pub fn watermarks(
+    brokers: &str,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) -> Result<HashMap<i32, (i64, i64)>> {
+    let consumer: BaseConsumer = crate::client_config(brokers).create()?;
+    partitions
+        .into_iter()
+        .map(|partition| {
+            let marks = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            Ok((partition, marks))
         })
         .collect()
 }

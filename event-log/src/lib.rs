@@ -13,7 +13,9 @@ mod position;
 mod producer;
 mod record;
 
-pub use admin::{ensure_topic, high_watermarks, offsets_at_time, reachable, topic_partitions};
+pub use admin::{
+    ensure_topic, high_watermarks, offsets_at_time, reachable, topic_partitions, watermarks,
+};
 pub use client::client_config;
 pub use consumer::{PartitionConsumer, consumer_config, read_partition_tails};
 pub use partitioner::{murmur2, partition_for};

@@ -64,7 +64,7 @@ impl Application {
         });
         let stop = CancellationToken::new();
         let health = Health::new();
-        health.postgres(pool.clone()).kafka(&config.kafka.brokers);
+        health.postgres(pool.clone()).kafka(&config.kafka.brokers, &config.kafka.topic);
         let leases = Leases::new(pool, LEASE_NAME, partitions).with_ttl(config.lease_ttl());
         // Watched, not restarted: the partition workers of a feed that died still run.
         let feed = health.watch(

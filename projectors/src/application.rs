@@ -123,7 +123,7 @@ impl Application {
         };
         let health = Health::new();
         health.postgres(pool.clone());
-        health.kafka(&config.kafka.brokers);
+        health.kafka(&config.kafka.brokers, &config.kafka.topic);
         let runners = vec![
             runner::spawn(
                 projections.read_model,

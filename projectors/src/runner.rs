@@ -121,11 +121,13 @@ type Positions = HashMap<i32, Option<i64>>;
 /// the projection read (the topic was recreated), one below the low watermark means records
 /// were deleted (retention) before they were applied. Reading on would skip records, or
 /// apply other records at known offsets; the projection halts instead.
-fn misplaced(consumer: &PartitionConsumer, positions: &Positions) -> Result<Option<String>> {
+fn misplaced(kafka: &KafkaSettings, positions: &Positions) -> Result<Option<String>> {
+    let marks =
+        flowline_event_log::watermarks(&kafka.brokers, &kafka.topic, positions.keys().copied())?;
     let mut partitions: Vec<_> = positions.iter().collect();
     partitions.sort();
     for (&partition, &next) in partitions {
-        let (low, high) = consumer.watermarks(partition)?;
+        let (low, high) = marks[&partition];
         if let Some(problem) = position_problem(partition, next.unwrap_or(0), low, high) {
             return Ok(Some(problem));
         }
@@ -310,7 +312,7 @@ impl<P: Projection> Runner<P> {
         .await?;
         let problem = match halted {
             Some((reason, at)) if *at == positions => Some(reason.clone()),
-            _ => misplaced(consumer, &positions)?,
+            _ => misplaced(&self.settings.kafka, &positions)?,
         };
         if let Some(reason) = problem {
             consumer.assign(&HashMap::new())?;

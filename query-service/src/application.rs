@@ -90,7 +90,7 @@ impl Application {
         let health = Health::new();
         health
             .postgres(pool.clone())
-            .kafka(&config.kafka.brokers)
+            .kafka(&config.kafka.brokers, &config.kafka.topic)
             .redis(&config.cache.redis_url);
         let (changes, listening) = ChangeFeed::start(pool.clone(), &health);
         let cache = ReadCache::connect(&config.cache).await;
@@ -128,6 +128,9 @@ impl Application {
             .fallback(not_found)
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(
+                flowline_service_kit::telemetry::trace_requests,
+            ))
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;
         Ok(Self {

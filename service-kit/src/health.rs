@@ -123,13 +123,13 @@ impl Health {
         })
     }
 
-    /// Adds a broker probe: a metadata request to `brokers` on a fresh client.
-    pub fn kafka(&self, brokers: &str) -> &Self {
-        let brokers = brokers.to_owned();
+    /// Adds a broker probe: a metadata request for `topic` to `brokers` on a fresh client.
+    pub fn kafka(&self, brokers: &str, topic: &str) -> &Self {
+        let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
         self.probe("kafka", move || {
-            let brokers = brokers.clone();
+            let (brokers, topic) = (brokers.clone(), topic.clone());
             async move {
-                flowline_event_log::reachable(&brokers, PROBE_TIMEOUT / 2)
+                flowline_event_log::reachable(&brokers, &topic, PROBE_TIMEOUT / 2)
                     .await
                     .map_err(|error| error.to_string())
             }
