@@ -15,8 +15,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many partitions `topic` has, from the broker's metadata.
 pub fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
-    let consumer: BaseConsumer = crate::client_config(brokers)
-        .create()?;
+    let consumer: BaseConsumer = crate::client_config(brokers).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let partitions = metadata
         .topics()
@@ -48,7 +47,11 @@ pub async fn reachable(brokers: &str, topic: &str, timeout: Duration) -> Result<
         Ok(())
     })
     .await
-    .unwrap_or_else(|join| Err(Error::NotDelivered(format!("metadata probe failed: {join}"))))
+    .unwrap_or_else(|join| {
+        Err(Error::NotDelivered(format!(
+            "metadata probe failed: {join}"
+        )))
+    })
 }
 
 /// Creates the topic if it is missing (brokers such as tansu do not auto-create), then
@@ -58,8 +61,8 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> Result<i32> {
     if let Ok(partitions) = topic_partitions(&settings.brokers, &settings.topic) {
         return Ok(partitions);
     }
-    let admin: AdminClient<DefaultClientContext> = crate::client_config(&settings.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        crate::client_config(&settings.brokers).create()?;
     let topic = NewTopic::new(
         &settings.topic,
         settings.partitions,
@@ -91,8 +94,7 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> Result<i32> {
 
 /// The high watermark (next offset to be written) of every partition of `topic`. Blocking.
 pub fn high_watermarks(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
-    let consumer: BaseConsumer = crate::client_config(brokers)
-        .create()?;
+    let consumer: BaseConsumer = crate::client_config(brokers).create()?;
     let partitions = topic_partitions(brokers, topic)?;
     (0..partitions)
         .map(|partition| {

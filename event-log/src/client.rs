@@ -133,14 +133,21 @@ mod tests {
                 ("KAFKA_PROPERTY_SECURITY_PROTOCOL", "SASL_SSL"),
                 ("KAFKA_PROPERTY_SASL_USERNAME", "flowline"),
                 ("KAFKA_PROPERTY_SSL_CA_LOCATION", "/etc/kafka/ca.pem"),
-                ("KAFKA_PROPERTY_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "none"),
+                (
+                    "KAFKA_PROPERTY_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+                    "none",
+                ),
                 ("KAFKA_BROKERS", "not a property"),
             ]),
         )
         .unwrap();
         let config = with_properties("broker:9093", &properties);
         assert_eq!(config.get("bootstrap.servers"), Some("broker:9093"));
-        assert_eq!(config.get("security.protocol"), Some("SASL_SSL"), "variables win");
+        assert_eq!(
+            config.get("security.protocol"),
+            Some("SASL_SSL"),
+            "variables win"
+        );
         assert_eq!(config.get("sasl.mechanism"), Some("PLAIN"));
         assert_eq!(config.get("sasl.username"), Some("flowline"));
         assert_eq!(config.get("ssl.ca.location"), Some("/etc/kafka/ca.pem"));
@@ -154,14 +161,20 @@ mod tests {
 
     #[test]
     fn a_literal_underscore_is_written_twice() {
-        assert_eq!(property_name("SASL_OAUTHBEARER_CONFIG"), "sasl.oauthbearer.config");
+        assert_eq!(
+            property_name("SASL_OAUTHBEARER_CONFIG"),
+            "sasl.oauthbearer.config"
+        );
         assert_eq!(property_name("SOME__NAME"), "some_name");
     }
 
     #[test]
     fn a_malformed_file_is_refused_naming_the_line() {
         let error = passthrough(Some("a=b\nnonsense\n"), Vec::new()).unwrap_err();
-        assert!(matches!(error, PassthroughError::Malformed { line: 2 }), "{error}");
+        assert!(
+            matches!(error, PassthroughError::Malformed { line: 2 }),
+            "{error}"
+        );
     }
 
     /// librdkafka refuses TLS and SASL settings it was built without: creating clients

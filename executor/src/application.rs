@@ -64,13 +64,20 @@ impl Application {
         });
         let stop = CancellationToken::new();
         let health = Health::new();
-        health.postgres(pool.clone()).kafka(&config.kafka.brokers, &config.kafka.topic);
+        health
+            .postgres(pool.clone())
+            .kafka(&config.kafka.brokers, &config.kafka.topic);
         let leases = Leases::new(pool, LEASE_NAME, partitions).with_ttl(config.lease_ttl());
         // Watched, not restarted: the partition workers of a feed that died still run.
         let feed = health.watch(
             "feed",
             stop.clone(),
-            feed::run(Arc::clone(&shared), leases, config.lease_ttl(), stop.clone()),
+            feed::run(
+                Arc::clone(&shared),
+                leases,
+                config.lease_ttl(),
+                stop.clone(),
+            ),
         );
         let router = admin::router(AdminState { shared }).merge(health.readiness_route());
         let server = HttpServer::bind(config.admin_listen, router).await?;

@@ -836,7 +836,9 @@ async fn swap(settings: &RebuildSettings, record: &RebuildRecord, partitions: i3
     .await;
     match locked {
         Ok(_) => {}
-        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+        Err(sqlx::Error::Database(error))
+            if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+        {
             drop(transaction);
             info!(id = %record.id, "swap waited for readers of the live tables; trying again");
             tokio::time::sleep(SWAP_RETRY_PAUSE).await;

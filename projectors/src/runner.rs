@@ -378,9 +378,7 @@ impl<P: Projection> Runner<P> {
         let mut check_now = true;
         let mut halted: Option<(String, Positions)> = None;
         while !stop.is_cancelled() {
-            if check_now
-                || halted.is_some()
-                || renewed.is_none_or(|at| at.elapsed() >= RENEW_EVERY)
+            if check_now || halted.is_some() || renewed.is_none_or(|at| at.elapsed() >= RENEW_EVERY)
             {
                 let check = check_now || checked.elapsed() >= WATERMARK_CHECK_INTERVAL;
                 let placed = runtime.block_on(self.follow_leases(
@@ -694,15 +692,29 @@ mod tests {
 
     #[test]
     fn a_checkpoint_outside_the_logs_watermarks_is_a_problem_naming_why() {
-        assert_eq!(position_problem(0, 0, 0, 0), None, "an empty log, nothing applied");
+        assert_eq!(
+            position_problem(0, 0, 0, 0),
+            None,
+            "an empty log, nothing applied"
+        );
         assert_eq!(position_problem(0, 5, 0, 5), None, "caught up");
-        assert_eq!(position_problem(0, 3, 2, 9), None, "behind, still on the log");
+        assert_eq!(
+            position_problem(0, 3, 2, 9),
+            None,
+            "behind, still on the log"
+        );
         let ahead = position_problem(1, 7, 0, 2).unwrap();
-        assert!(ahead.contains("partition 1") && ahead.contains("ahead of the log's high watermark 2"), "{ahead}");
+        assert!(
+            ahead.contains("partition 1") && ahead.contains("ahead of the log's high watermark 2"),
+            "{ahead}"
+        );
         // Retention deleted offsets 3 and 4 before the projection applied them: reading
         // on from the low watermark would skip them.
         let behind = position_problem(2, 3, 5, 9).unwrap();
-        assert!(behind.contains("behind the log's low watermark 5") && behind.contains("records 3..5"), "{behind}");
+        assert!(
+            behind.contains("behind the log's low watermark 5") && behind.contains("records 3..5"),
+            "{behind}"
+        );
     }
 
     #[test]

@@ -281,22 +281,21 @@ impl Health {
     /// not.
     pub fn readiness_route<S: Clone + Send + Sync + 'static>(&self) -> Router<S> {
         let health = self.clone();
-        Router::new()
-            .route(
-                "/readyz",
-                get(move || {
-                    let health = health.clone();
-                    async move {
-                        let readiness = health.readiness().await;
-                        let status = if readiness.ready {
-                            StatusCode::OK
-                        } else {
-                            StatusCode::SERVICE_UNAVAILABLE
-                        };
-                        (status, Json(readiness)).into_response()
-                    }
-                }),
-            )
+        Router::new().route(
+            "/readyz",
+            get(move || {
+                let health = health.clone();
+                async move {
+                    let readiness = health.readiness().await;
+                    let status = if readiness.ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, Json(readiness)).into_response()
+                }
+            }),
+        )
     }
 }
 
@@ -445,7 +444,9 @@ mod tests {
         assert!(!readiness.ready);
         report.resume();
         assert!(health.readiness().await.ready);
-        health.probe("postgres", || async { Err("connection refused".to_owned()) });
+        health.probe("postgres", || async {
+            Err("connection refused".to_owned())
+        });
         let readiness = health.readiness().await;
         assert!(!readiness.ready);
         assert_eq!(readiness.dependencies["postgres"], "connection refused");

@@ -155,12 +155,11 @@ async fn a_writer_killed_under_load_loses_and_duplicates_nothing_it_acknowledged
         wait_for_acks(&load, round * 50).await;
         writer.kill();
         // Nothing writes now: the log and the store are as the kill left them.
-        let marked: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM event_store WHERE published_at IS NOT NULL",
-        )
-        .fetch_one(&system.pool)
-        .await
-        .unwrap();
+        let marked: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM event_store WHERE published_at IS NOT NULL")
+                .fetch_one(&system.pool)
+                .await
+                .unwrap();
         if system.records_on_log().await > marked {
             inside_a_batch += 1;
         }

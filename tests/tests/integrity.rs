@@ -62,11 +62,7 @@ async fn a_different_event_at_an_applied_version_is_dead_lettered_and_alarms() {
                 original.payload.clone(),
                 &original_event_id.to_string(),
             ),
-            outgoing(
-                original,
-                codec.encode(&forged).unwrap().payload,
-                &forged_id,
-            ),
+            outgoing(original, codec.encode(&forged).unwrap().payload, &forged_id),
         ])
         .await
         .unwrap();
@@ -167,7 +163,11 @@ async fn a_checkpoint_ahead_of_a_recreated_topic_halts_the_projection_instead_of
         (readiness(&system, &projectors.url).await.0 == 200).then_some(())
     })
     .await;
-    assert!(ready.is_some(), "ready before: {:?}", readiness(&system, &projectors.url).await);
+    assert!(
+        ready.is_some(),
+        "ready before: {:?}",
+        readiness(&system, &projectors.url).await
+    );
     commands.stop().await;
 
     recreate_topic(&system).await;
@@ -186,9 +186,12 @@ async fn a_checkpoint_ahead_of_a_recreated_topic_halts_the_projection_instead_of
         "{halted}"
     );
     let lag = system.get(&format!("{}/admin/lag", projectors.url)).await;
-    let read_model = lag.body.as_array().unwrap().iter().find(|row| {
-        row["projection"] == "workflow_read_model.v1" && row["partition"] == 0
-    });
+    let read_model = lag
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["projection"] == "workflow_read_model.v1" && row["partition"] == 0);
     assert_eq!(
         read_model.unwrap()["lag"],
         -3,
@@ -218,5 +221,8 @@ async fn a_checkpoint_ahead_of_a_recreated_topic_halts_the_projection_instead_of
     );
     let (status, body) = readiness(&system, &projectors.url).await;
     assert_eq!(status, 503, "{body}");
-    assert_eq!(body["tasks"]["projection workflow_read_model.v1"]["state"], "halted");
+    assert_eq!(
+        body["tasks"]["projection workflow_read_model.v1"]["state"],
+        "halted"
+    );
 }

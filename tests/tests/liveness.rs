@@ -19,10 +19,16 @@ async fn all_reach(system: &TestSystem, services: &[&str], status: u16) -> Vec<V
         .await;
         let last = system.get(&format!("{url}/readyz")).await;
         bodies.push(body.unwrap_or_else(|| {
-            panic!("{url}/readyz did not answer {status}: {} {}", last.status, last.body)
+            panic!(
+                "{url}/readyz did not answer {status}: {} {}",
+                last.status, last.body
+            )
         }));
         let live = system.get(&format!("{url}/livez")).await;
-        assert_eq!(live.status, 200, "{url}/livez answers while the process runs");
+        assert_eq!(
+            live.status, 200,
+            "{url}/livez answers while the process runs"
+        );
     }
     bodies
 }

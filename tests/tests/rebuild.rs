@@ -1,8 +1,8 @@
 //! Rebuilding projections without downtime: queries keep answering during a rebuild and
 //! across the swap; an interrupted rebuild resumes where it stopped.
 
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -60,7 +60,10 @@ async fn assert_reads_overlapped_the_swap(
         .iter()
         .filter(|r| !read_since_the_swap(r.run, r.started))
         .count();
-    assert!(first_reads > 0, "runs read by id for the first time since the swap");
+    assert!(
+        first_reads > 0,
+        "runs read by id for the first time since the swap"
+    );
 }
 
 async fn submit_many(system: &TestSystem, url: &str, count: usize) -> Vec<String> {

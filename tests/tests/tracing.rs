@@ -111,7 +111,10 @@ async fn one_commands_trace_holds_its_spans_and_the_projection_of_its_event() {
 
     let traced = eventually(Duration::from_secs(60), || async {
         let spans = spans.lock().unwrap().clone();
-        let of_trace: Vec<Received> = spans.into_iter().filter(|s| s.trace_id == trace_id).collect();
+        let of_trace: Vec<Received> = spans
+            .into_iter()
+            .filter(|s| s.trace_id == trace_id)
+            .collect();
         let projected = of_trace
             .iter()
             .find(|s| s.service == "projectors" && s.name == "project")?;
