@@ -9,6 +9,7 @@ use axum::routing::get;
 use flowline_event_store::{
     EventStore, OutboxRelay, ParkedEvents, Publications, RelayConfig, WorkflowRepository,
 };
+use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::problem::problem_errors;
 use tokio_util::sync::CancellationToken;
@@ -53,8 +54,16 @@ impl Application {
         );
         let store = EventStore::with_waker(pool.clone(), relay.waker());
         let parked = ParkedEvents::new(pool.clone());
+        let health = Health::new();
+        health
+            .postgres(pool.clone())
+            .kafka(&config.kafka.brokers, &config.kafka.topic)
+            .redis(&config.redis_url);
         let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
-        let relay = tokio::spawn(relay.run(background.clone()));
+        let stop = background.clone();
+        let relay = health.supervise("outbox relay", background.clone(), move || {
+            relay.clone().run(stop.clone())
+        });
 
         let handler = CommandHandler::new(
             repository,
@@ -78,10 +87,14 @@ impl Application {
             .merge(api::router())
             .route("/health", get(routes::health))
             .route("/metrics", get(routes::metrics))
+            .merge(health.routes())
             .fallback(routes::not_found)
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(
+                flowline_service_kit::telemetry::trace_requests,
+            ))
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;
         Ok(Self {

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -16,9 +15,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How many partitions `topic` has, from the broker's metadata.
 pub fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let consumer: BaseConsumer = crate::client_config(brokers).create()?;
     let metadata = consumer.fetch_metadata(Some(topic), METADATA_TIMEOUT)?;
     let partitions = metadata
         .topics()
@@ -32,6 +29,31 @@ pub fn topic_partitions(brokers: &str, topic: &str) -> Result<i32> {
     Ok(partitions)
 }
 
+/// Whether the brokers answer a metadata request for `topic` within `timeout`, and hold
+/// it (a readiness probe: a fresh client each time, so nothing cached answers for a broker
+/// that is gone; one topic only, since a cluster's full metadata can be large).
+pub async fn reachable(brokers: &str, topic: &str, timeout: Duration) -> Result<()> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        let consumer: BaseConsumer = crate::client_config(&brokers).create()?;
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+        if !metadata
+            .topics()
+            .iter()
+            .any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+        {
+            return Err(Error::UnknownTopic(topic));
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|join| {
+        Err(Error::NotDelivered(format!(
+            "metadata probe failed: {join}"
+        )))
+    })
+}
+
 /// Creates the topic if it is missing (brokers such as tansu do not auto-create), then
 /// waits until metadata shows its partitions: producing before that was seen to put
 /// every record of a new topic on one partition.
@@ -39,9 +61,8 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> Result<i32> {
     if let Ok(partitions) = topic_partitions(&settings.brokers, &settings.topic) {
         return Ok(partitions);
     }
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> =
+        crate::client_config(&settings.brokers).create()?;
     let topic = NewTopic::new(
         &settings.topic,
         settings.partitions,
@@ -73,9 +94,7 @@ pub async fn ensure_topic(settings: &KafkaSettings) -> Result<i32> {
 
 /// The high watermark (next offset to be written) of every partition of `topic`. Blocking.
 pub fn high_watermarks(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .create()?;
+    let consumer: BaseConsumer = crate::client_config(brokers).create()?;
     let partitions = topic_partitions(brokers, topic)?;
     (0..partitions)
         .map(|partition| {
@@ -85,11 +104,28 @@ pub fn high_watermarks(brokers: &str, topic: &str) -> Result<Vec<(i32, i64)>> {
         .collect()
 }
 
+/// The low and high watermarks of `partitions` of `topic`, read by a client of its own
+/// (a consumer that is reading the topic was seen to crash librdkafka's metadata cache when
+/// asked, against tansu). Blocking.
+pub fn watermarks(
+    brokers: &str,
+    topic: &str,
+    partitions: impl IntoIterator<Item = i32>,
+) -> Result<HashMap<i32, (i64, i64)>> {
+    let consumer: BaseConsumer = crate::client_config(brokers).create()?;
+    partitions
+        .into_iter()
+        .map(|partition| {
+            let marks = consumer.fetch_watermarks(topic, partition, METADATA_TIMEOUT)?;
+            Ok((partition, marks))
+        })
+        .collect()
+}
+
 /// For every partition of `topic`, the offset of the first record at or after `time_ms`
 /// (milliseconds since the epoch), or the high watermark when there is none. Blocking.
 pub fn offsets_at_time(brokers: &str, topic: &str, time_ms: i64) -> Result<HashMap<i32, i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let consumer: BaseConsumer = crate::client_config(brokers)
         .set("group.id", "flowline-offsets-at-time")
         .set("isolation.level", "read_uncommitted")
         .create()?;

@@ -16,9 +16,8 @@ use crate::{LogRecord, Result};
 
 /// Base settings for every consumer of the log.
 pub fn consumer_config(brokers: &str, group_id: &str) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = crate::client_config(brokers);
     config
-        .set("bootstrap.servers", brokers)
         .set("group.id", group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")

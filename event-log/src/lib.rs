@@ -6,13 +6,17 @@
 //! Kafka transactions (tansu 0.6 rejects `EndTxn`).
 
 mod admin;
+pub mod client;
 mod consumer;
 mod partitioner;
 mod position;
 mod producer;
 mod record;
 
-pub use admin::{ensure_topic, high_watermarks, offsets_at_time, topic_partitions};
+pub use admin::{
+    ensure_topic, high_watermarks, offsets_at_time, reachable, topic_partitions, watermarks,
+};
+pub use client::client_config;
 pub use consumer::{PartitionConsumer, consumer_config, read_partition_tails};
 pub use partitioner::{murmur2, partition_for};
 pub use position::{ConsistencyToken, InvalidToken};
@@ -20,7 +24,9 @@ pub use producer::{Delivery, LogProducer, OutgoingRecord};
 pub use record::LogRecord;
 
 /// Connection settings shared by every client of the log (flattened into each binary's
-/// command line, so every `--help` documents them the same way).
+/// command line, so every `--help` documents them the same way). Any other librdkafka
+/// property (TLS, SASL, …) passes through from `KAFKA_PROPERTY_<NAME>` variables or the
+/// file named by `KAFKA_CONFIG_FILE` (see [`client`]).
 #[derive(Debug, Clone, clap::Args)]
 pub struct KafkaSettings {
     /// Kafka bootstrap servers, comma separated.

@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -50,8 +49,7 @@ impl std::fmt::Debug for LogProducer {
 impl LogProducer {
     /// Connects a producer for `settings.topic`.
     pub fn new(settings: &KafkaSettings) -> Result<Self> {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &settings.brokers)
+        let producer: FutureProducer = crate::client_config(&settings.brokers)
             // Idempotence gives per-partition order with no duplicates from retries inside
             // one producer session; acks=all makes a delivery report mean "replicated".
             .set("enable.idempotence", "true")

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use flowline_event_store::{EventStore, WorkflowRepository};
+use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::leases::Leases;
 use tokio_util::sync::CancellationToken;
@@ -62,15 +63,24 @@ impl Application {
             partitions,
         });
         let stop = CancellationToken::new();
+        let health = Health::new();
+        health
+            .postgres(pool.clone())
+            .kafka(&config.kafka.brokers, &config.kafka.topic);
         let leases = Leases::new(pool, LEASE_NAME, partitions).with_ttl(config.lease_ttl());
-        let feed = tokio::spawn(feed::run(
-            Arc::clone(&shared),
-            leases,
-            config.lease_ttl(),
+        // Watched, not restarted: the partition workers of a feed that died still run.
+        let feed = health.watch(
+            "feed",
             stop.clone(),
-        ));
-        let server =
-            HttpServer::bind(config.admin_listen, admin::router(AdminState { shared })).await?;
+            feed::run(
+                Arc::clone(&shared),
+                leases,
+                config.lease_ttl(),
+                stop.clone(),
+            ),
+        );
+        let router = admin::router(AdminState { shared }).merge(health.readiness_route());
+        let server = HttpServer::bind(config.admin_listen, router).await?;
         Ok(Self { server, stop, feed })
     }
 

@@ -26,7 +26,9 @@ pub struct PartitionLag {
     /// The next offset the projection will apply.
     next_offset: i64,
     high_watermark: i64,
-    /// Records on the log not yet applied.
+    /// Records on the log not yet applied: `high_watermark - next_offset`, never clamped.
+    /// Negative means the checkpoint is ahead of the log (the topic was recreated), and the
+    /// projection halts rather than skip (see `/readyz`).
     lag: i64,
 }
 
@@ -50,7 +52,7 @@ async fn lag_rows(state: &AdminState) -> Result<Vec<PartitionLag>, Problem> {
                 partition,
                 next_offset,
                 high_watermark: high,
-                lag: (high - next_offset).max(0),
+                lag: high - next_offset,
             }
         }));
     }
@@ -65,7 +67,9 @@ pub async fn lag(State(state): State<AdminState>) -> Result<Json<Vec<PartitionLa
     Ok(Json(lag_rows(&state).await?))
 }
 
-/// Prometheus metrics: `flowline_projection_lag{projection, partition}`.
+/// Prometheus metrics: `flowline_projection_lag{projection, partition}` and
+/// `flowline_dead_letters_pending{projection}` (alert on it above 0: a record was set aside,
+/// for instance a different event at an already applied version).
 #[utoipa::path(get, path = "/metrics", tag = "admin", responses(
     (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
 ))]
@@ -79,6 +83,25 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<impl IntoRespons
         text.push_str(&format!(
             "flowline_projection_lag{{projection=\"{}\",partition=\"{}\"}} {}\n",
             row.projection, row.partition, row.lag
+        ));
+    }
+    let pending: std::collections::HashMap<String, i64> = sqlx::query_as(
+        "SELECT projection, count(*) FROM dead_letters \
+         WHERE redriven_at IS NULL AND superseded_at IS NULL GROUP BY projection",
+    )
+    .fetch_all(&state.pool)
+    .await
+    .map_err(|e| Problem::internal(&e))?
+    .into_iter()
+    .collect();
+    text.push_str(
+        "# HELP flowline_dead_letters_pending Records a projection set aside and nobody re-drove yet.\n\
+         # TYPE flowline_dead_letters_pending gauge\n",
+    );
+    for projection in Projections::NAMES {
+        text.push_str(&format!(
+            "flowline_dead_letters_pending{{projection=\"{projection}\"}} {}\n",
+            pending.get(projection).copied().unwrap_or(0)
         ));
     }
     Ok((

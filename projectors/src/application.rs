@@ -6,6 +6,7 @@ use axum::Router;
 use axum::routing::get;
 use flowline_event_log::KafkaSettings;
 use flowline_service_kit::Problem;
+use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -120,18 +121,23 @@ impl Application {
             batch_size: config.batch_size,
             fetch_wait_ms: config.fetch_wait_ms,
         };
+        let health = Health::new();
+        health.postgres(pool.clone());
+        health.kafka(&config.kafka.brokers, &config.kafka.topic);
         let runners = vec![
             runner::spawn(
                 projections.read_model,
                 settings(workflow_read_model::NAME),
                 rebuild_settings.dead_letters.clone(),
                 stop.clone(),
+                &health,
             )?,
             runner::spawn(
                 projections.graph.clone(),
                 settings(workflow_graph::NAME),
                 rebuild_settings.dead_letters.clone(),
                 stop.clone(),
+                &health,
             )?,
         ];
         let rebuilds = Rebuilds {
@@ -145,6 +151,7 @@ impl Application {
         tokio::spawn(drop_retired_tables(pool.clone(), stop.clone()));
         let router = Router::new()
             .route("/health", get(|| async { "ok" }))
+            .merge(health.routes())
             .merge(admin::router())
             .fallback(|| async { Problem::not_found("no such endpoint") })
             .layer(axum::middleware::map_response(

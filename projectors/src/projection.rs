@@ -29,6 +29,22 @@ pub enum ApplyError {
         /// The version the view is at, if the stream is known.
         projected: Option<i64>,
     },
+    /// The event is at a version of its stream that was already applied, but it is not
+    /// the event applied there: two different events claim one place in the stream.
+    /// Dropping it as a duplicate would hide it; it is dead-lettered and alarms instead.
+    #[error(
+        "event {offered} is at version {version} of stream {stream}, where event {applied:?} was applied"
+    )]
+    Conflict {
+        /// The stream.
+        stream: uuid::Uuid,
+        /// The version both claim.
+        version: u64,
+        /// The event applied there (`None`: none is recorded).
+        applied: Option<uuid::Uuid>,
+        /// The event offered now.
+        offered: uuid::Uuid,
+    },
     /// The database refused the change.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
@@ -45,7 +61,8 @@ pub trait Projection: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// Applies events in log order (per partition) inside the batch's transaction, all or
-    /// none. Re-delivered events (at or below the projected version) must be no-ops. The
+    /// none. Re-delivered events (at or below the projected version) must be no-ops when
+    /// they are the event applied there, and [`ApplyError::Conflict`] when not. The
     /// runtime calls it with a whole batch, and with single events to isolate a failure.
     fn apply_all(
         &self,

@@ -790,8 +790,16 @@ impl<'a> GapReader<'a> {
     }
 }
 
+/// Longest a swap waits for the live tables' readers before it steps back.
+const SWAP_LOCK_TIMEOUT: Duration = Duration::from_millis(200);
+/// Pause after a swap stepped back, in which the reads queued behind it go through.
+const SWAP_RETRY_PAUSE: Duration = Duration::from_millis(500);
+/// SQLSTATE of a lock not granted within `lock_timeout`.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// Swaps the shadow tables in if the rebuild is at least as far as the live projection on
-/// every partition; `false` when it is not yet.
+/// every partition; `false` when it is not yet, or when the live tables' readers kept
+/// their locks past [`SWAP_LOCK_TIMEOUT`].
 async fn swap(settings: &RebuildSettings, record: &RebuildRecord, partitions: i32) -> Result<bool> {
     let topic = &settings.kafka.topic;
     let all: Vec<i32> = (0..partitions).collect();
@@ -817,9 +825,27 @@ async fn swap(settings: &RebuildSettings, record: &RebuildRecord, partitions: i3
         ));
     }
     ddl.push_str(&format!("DROP SCHEMA {shadow};"));
-    sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-        .execute(&mut *transaction)
-        .await?;
+    // `ALTER TABLE` waits for every reader of the table, and every read after it waits
+    // behind it: a long reader would stall all reads. Bounded, the DDL gives up instead,
+    // and is tried again after a pause in which queued reads go through.
+    let locked = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET LOCAL lock_timeout = '{}ms'; {ddl}",
+        SWAP_LOCK_TIMEOUT.as_millis()
+    )))
+    .execute(&mut *transaction)
+    .await;
+    match locked {
+        Ok(_) => {}
+        Err(sqlx::Error::Database(error))
+            if error.code().as_deref() == Some(LOCK_NOT_AVAILABLE) =>
+        {
+            drop(transaction);
+            info!(id = %record.id, "swap waited for readers of the live tables; trying again");
+            tokio::time::sleep(SWAP_RETRY_PAUSE).await;
+            return Ok(false);
+        }
+        Err(error) => return Err(error.into()),
+    }
     let next: HashMap<i32, i64> = rebuilt;
     checkpoint::advance(&mut transaction, &record.projection, topic, &next).await?;
     sqlx::query("DELETE FROM projection_checkpoints WHERE projection = $1")

@@ -13,6 +13,7 @@ use flowline_event_log::{
 };
 use flowline_event_store::PublishedHistory;
 use flowline_schemas::EventCodec;
+use flowline_service_kit::health::{Health, TaskReport, TaskState};
 use sqlx::{PgPool, Postgres, Transaction};
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,10 @@ use crate::{Error, Result};
 const GROUP_COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// Tries of a failing handler before its record is dead-lettered.
 pub const HANDLER_ATTEMPTS: i32 = 3;
+/// How often the checkpoints of the owned partitions are compared with the log's
+/// watermarks even when nothing seems wrong: a log that was recreated or trimmed under an
+/// idle projection shows nothing to its consumer.
+const WATERMARK_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// What a runner needs.
 pub struct RunnerSettings {
@@ -54,16 +59,22 @@ pub async fn dead_letter_producer(kafka: &KafkaSettings) -> Result<LogProducer> 
     Ok(LogProducer::new(&settings)?)
 }
 
-/// Starts `projection` on a thread of its own; it stops when `stop` is cancelled.
+/// Starts `projection` on a thread of its own; it stops when `stop` is cancelled. Its
+/// state shows in `health` (halted, or failed if the thread panicked).
 pub fn spawn<P: Projection>(
     projection: P,
     settings: RunnerSettings,
     dead_letters: LogProducer,
     stop: CancellationToken,
+    health: &Health,
 ) -> Result<JoinHandle<()>> {
     let runtime = Handle::current();
     let mut config = consumer_config(&settings.kafka.brokers, &settings.group_id);
     config.set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string());
+    // A position the log does not hold is an error to look at, never a silent jump to
+    // the beginning: see `misplaced`.
+    config.set("auto.offset.reset", "error");
+    let report = health.task(&format!("projection {}", projection.name()));
     let consumer = PartitionConsumer::new(&config, &settings.kafka.topic)?;
     let partitions =
         flowline_event_log::topic_partitions(&settings.kafka.brokers, &settings.kafka.topic)?;
@@ -71,7 +82,7 @@ pub fn spawn<P: Projection>(
     let runner = Runner::new(projection, None, settings, dead_letters);
     let handle = std::thread::Builder::new()
         .name(format!("projector-{}", runner.projection.name()))
-        .spawn(move || runner.run(consumer, leases, runtime, stop))
+        .spawn(move || runner.run(consumer, leases, runtime, stop, report))
         .expect("spawn projector thread");
     Ok(handle)
 }
@@ -90,6 +101,58 @@ pub(crate) struct Runner<P> {
 
 /// An event with its place on the log.
 type Placed = (EventEnvelope, LogPlace);
+
+/// What following the leases found.
+enum Placement {
+    /// Nothing to do.
+    Unchanged,
+    /// Reading every owned partition from its checkpoint.
+    Reading,
+    /// A checkpoint is not a position the log holds (why, and the positions then):
+    /// reading nothing.
+    Halted(String, Positions),
+}
+
+/// Next offset per partition (`None`: none stored yet).
+type Positions = HashMap<i32, Option<i64>>;
+
+/// Why the log cannot be read from one of `positions` (next offset per partition; `None`
+/// reads from offset 0): a checkpoint past the high watermark means the log is not the one
+/// the projection read (the topic was recreated), one below the low watermark means records
+/// were deleted (retention) before they were applied. Reading on would skip records, or
+/// apply other records at known offsets; the projection halts instead.
+fn misplaced(kafka: &KafkaSettings, positions: &Positions) -> Result<Option<String>> {
+    let marks =
+        flowline_event_log::watermarks(&kafka.brokers, &kafka.topic, positions.keys().copied())?;
+    let mut partitions: Vec<_> = positions.iter().collect();
+    partitions.sort();
+    for (&partition, &next) in partitions {
+        let (low, high) = marks[&partition];
+        if let Some(problem) = position_problem(partition, next.unwrap_or(0), low, high) {
+            return Ok(Some(problem));
+        }
+    }
+    Ok(None)
+}
+
+/// Why reading `partition` from `next` would not read what the projection has not applied
+/// yet, given the log's watermarks.
+fn position_problem(partition: i32, next: i64, low: i64, high: i64) -> Option<String> {
+    if next > high {
+        return Some(format!(
+            "partition {partition}: checkpoint {next} is ahead of the log's high watermark {high} \
+             (was the topic recreated?); rebuild the projection or restore the log"
+        ));
+    }
+    if next < low {
+        return Some(format!(
+            "partition {partition}: checkpoint {next} is behind the log's low watermark {low}: \
+             records {next}..{low} were deleted before they were applied (retention?); \
+             rebuild the projection from the event store"
+        ));
+    }
+    None
+}
 
 /// Records with their events decoded: decoding is pure work that a reader can do ahead,
 /// on its own thread, while the previous batch is being written.
@@ -161,7 +224,7 @@ enum Isolation {
 /// (retry the batch).
 fn is_record_failure(error: &ApplyError) -> bool {
     match error {
-        ApplyError::OutOfOrder { .. } => true,
+        ApplyError::OutOfOrder { .. } | ApplyError::Conflict { .. } => true,
         ApplyError::Database(sqlx::Error::Database(refused)) => {
             !refused.code().is_some_and(|code| is_transient(&code))
         }
@@ -223,27 +286,78 @@ impl<P: Projection> Runner<P> {
     }
 
     /// Renews the leases and, when the owned partitions changed, reads exactly those from
-    /// their checkpoints.
+    /// their checkpoints, after checking (then, and whenever `check`) that the log holds
+    /// those positions. A halt lasts until the checkpoints change (an operator rebuilt or
+    /// reset the projection): a recreated log that grows past the old checkpoints would
+    /// otherwise pass the check and have its first records skipped.
     async fn follow_leases(
         &self,
         leases: &Leases,
         consumer: &PartitionConsumer,
         owned: &mut BTreeSet<i32>,
-    ) -> Result<()> {
+        check: bool,
+        halted: Option<&(String, Positions)>,
+    ) -> Result<Placement> {
         let now_owned = leases.renew().await?;
-        if now_owned != *owned {
-            let positions = checkpoint::positions(
-                &self.settings.pool,
-                self.projection.name(),
-                &self.settings.kafka.topic,
-                &now_owned,
-            )
-            .await?;
+        let moved = now_owned != *owned;
+        if !moved && !check {
+            return Ok(Placement::Unchanged);
+        }
+        let positions = checkpoint::positions(
+            &self.settings.pool,
+            self.projection.name(),
+            &self.settings.kafka.topic,
+            &now_owned,
+        )
+        .await?;
+        let problem = match halted {
+            Some((reason, at)) if *at == positions => Some(reason.clone()),
+            _ => misplaced(&self.settings.kafka, &positions)?,
+        };
+        if let Some(reason) = problem {
+            consumer.assign(&HashMap::new())?;
+            // Owning "nothing read" makes the next renewal look again.
+            owned.clear();
+            return Ok(Placement::Halted(reason, positions));
+        }
+        if moved {
             consumer.assign(&positions)?;
             info!(projection = self.projection.name(), partitions = ?now_owned, "reading partitions");
             *owned = now_owned;
         }
-        Ok(())
+        Ok(Placement::Reading)
+    }
+
+    /// One span per record that carries a `traceparent`, a child of the request that
+    /// decided its event, open while its batch is applied: a trace shows the command and
+    /// the projection of its event. Records read from the event store carry none.
+    fn record_spans(&self, batch: &DecodedBatch) -> Vec<tracing::Span> {
+        batch
+            .records
+            .iter()
+            .filter_map(|record| {
+                let traceparent = record
+                    .headers
+                    .iter()
+                    .find(|(name, _)| name == "traceparent")?
+                    .1
+                    .as_deref()?;
+                let span = tracing::info_span!(
+                    "project",
+                    projection = self.projection.name(),
+                    partition = record.partition,
+                    offset = record.offset
+                );
+                if span.is_disabled() {
+                    return None;
+                }
+                flowline_service_kit::telemetry::adopt_traceparent(
+                    &span,
+                    std::str::from_utf8(traceparent).ok()?,
+                );
+                Some(span)
+            })
+            .collect()
     }
 
     fn run(
@@ -252,6 +366,7 @@ impl<P: Projection> Runner<P> {
         leases: Leases,
         runtime: Handle,
         stop: CancellationToken,
+        report: TaskReport,
     ) {
         let name = self.projection.name();
         info!(projection = name, group = %self.settings.group_id, "projector started");
@@ -259,20 +374,54 @@ impl<P: Projection> Runner<P> {
         let mut progress_committed = Instant::now();
         let mut owned = BTreeSet::new();
         let mut renewed: Option<Instant> = None;
+        let mut checked = Instant::now();
+        let mut check_now = true;
+        let mut halted: Option<(String, Positions)> = None;
         while !stop.is_cancelled() {
-            if renewed.is_none_or(|at| at.elapsed() >= RENEW_EVERY) {
-                if let Err(error) =
-                    runtime.block_on(self.follow_leases(&leases, &consumer, &mut owned))
-                {
-                    warn!(%error, "lease renewal failed");
+            if check_now || halted.is_some() || renewed.is_none_or(|at| at.elapsed() >= RENEW_EVERY)
+            {
+                let check = check_now || checked.elapsed() >= WATERMARK_CHECK_INTERVAL;
+                let placed = runtime.block_on(self.follow_leases(
+                    &leases,
+                    &consumer,
+                    &mut owned,
+                    check,
+                    halted.as_ref(),
+                ));
+                match placed {
+                    Ok(Placement::Unchanged) => {}
+                    Ok(Placement::Reading) => {
+                        if halted.take().is_some() {
+                            info!(projection = name, "checkpoints reset; projecting again");
+                            report.resume();
+                        }
+                    }
+                    Ok(Placement::Halted(reason, at)) => {
+                        if halted.as_ref().is_none_or(|(before, _)| *before != reason) {
+                            error!(projection = name, alert = "projection_halted", %reason, "projection halted");
+                            report.halt(reason.clone());
+                        }
+                        halted = Some((reason, at));
+                    }
+                    Err(error) => warn!(%error, "lease renewal failed"),
                 }
+                if check {
+                    checked = Instant::now();
+                }
+                check_now = false;
                 renewed = Some(Instant::now());
+            }
+            if halted.is_some() {
+                std::thread::sleep(RENEW_EVERY.min(Duration::from_millis(500)));
+                continue;
             }
             let batch =
                 match consumer.poll_records(self.settings.batch_size, Duration::from_millis(100)) {
                     Ok(batch) => self.decode(batch),
                     Err(error) => {
+                        // An offset out of range among them: look at the watermarks now.
                         warn!(%error, "poll failed");
+                        check_now = true;
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
                     }
@@ -280,8 +429,10 @@ impl<P: Projection> Runner<P> {
             if batch.is_empty() {
                 continue;
             }
-            let Some(next_offsets) = runtime.block_on(self.apply_with_retries(&batch, &stop))
-            else {
+            let spans = self.record_spans(&batch);
+            let applied = runtime.block_on(self.apply_with_retries(&batch, &stop));
+            drop(spans);
+            let Some(next_offsets) = applied else {
                 break;
             };
             progress.extend(next_offsets);
@@ -298,6 +449,7 @@ impl<P: Projection> Runner<P> {
         if let Err(error) = runtime.block_on(leases.release()) {
             warn!(%error, "leases not released; they expire on their own");
         }
+        report.set(TaskState::Stopped);
         info!(projection = name, "projector stopped");
     }
 
@@ -466,7 +618,10 @@ impl<P: Projection> Runner<P> {
                 }
                 Err(error) if is_record_failure(&error) => {
                     savepoint.rollback().await.map_err(BatchError::other)?;
-                    let deterministic = matches!(error, ApplyError::OutOfOrder { .. });
+                    let deterministic = matches!(
+                        error,
+                        ApplyError::OutOfOrder { .. } | ApplyError::Conflict { .. }
+                    );
                     if deterministic || attempts >= HANDLER_ATTEMPTS {
                         return Ok(Some((error.to_string(), attempts)));
                     }
@@ -533,7 +688,34 @@ impl BatchError {
 
 #[cfg(test)]
 mod tests {
-    use super::is_transient;
+    use super::{is_transient, position_problem};
+
+    #[test]
+    fn a_checkpoint_outside_the_logs_watermarks_is_a_problem_naming_why() {
+        assert_eq!(
+            position_problem(0, 0, 0, 0),
+            None,
+            "an empty log, nothing applied"
+        );
+        assert_eq!(position_problem(0, 5, 0, 5), None, "caught up");
+        assert_eq!(
+            position_problem(0, 3, 2, 9),
+            None,
+            "behind, still on the log"
+        );
+        let ahead = position_problem(1, 7, 0, 2).unwrap();
+        assert!(
+            ahead.contains("partition 1") && ahead.contains("ahead of the log's high watermark 2"),
+            "{ahead}"
+        );
+        // Retention deleted offsets 3 and 4 before the projection applied them: reading
+        // on from the low watermark would skip them.
+        let behind = position_problem(2, 3, 5, 9).unwrap();
+        assert!(
+            behind.contains("behind the log's low watermark 5") && behind.contains("records 3..5"),
+            "{behind}"
+        );
+    }
 
     #[test]
     fn infrastructure_failures_are_retried_and_refused_records_dead_lettered() {

@@ -298,7 +298,9 @@ fn changes_steps(event: &WorkflowEvent) -> bool {
 }
 
 /// Folds the batch per stream in log order against the projected versions. An event at or
-/// below the known version is a duplicate; one that skips a version is out of order.
+/// below the known version is a duplicate only if it is the event applied at that version
+/// (same event id); another event there is a conflict, never silently dropped. One that
+/// skips a version is out of order.
 async fn fold<'a>(
     transaction: &mut Transaction<'_, Postgres>,
     events: &'a [(EventEnvelope, LogPlace)],
@@ -319,6 +321,7 @@ async fn fold<'a>(
     let mut known_steps = read_known_steps(transaction, events, &known).await?;
 
     let mut changes = Changes::default();
+    let mut duplicates = Vec::new();
     for (envelope, place) in events {
         let metadata = &envelope.metadata;
         let id = metadata.stream_id;
@@ -329,7 +332,10 @@ async fn fold<'a>(
             .map(|row| row.version)
             .or_else(|| known.get(&id).map(|row| row.version));
         match (current, &envelope.event) {
-            (Some(current), _) if version <= current => continue, // a duplicate
+            (Some(current), _) if version <= current => {
+                duplicates.push(envelope);
+                continue;
+            }
             (None, WorkflowEvent::Submitted(submitted)) if version == 1 => {
                 changes.order.push(id);
                 changes.rows.insert(id, Row::submitted(metadata, submitted));
@@ -376,7 +382,67 @@ async fn fold<'a>(
         }
         changes.events.push((envelope, *place));
     }
+    check_duplicates(transaction, &duplicates, &changes).await?;
     Ok(changes)
+}
+
+/// Fails with [`ApplyError::Conflict`] unless every event at an already applied version
+/// is the event applied there: the one this batch applies, or the one stored.
+async fn check_duplicates(
+    transaction: &mut Transaction<'_, Postgres>,
+    duplicates: &[&EventEnvelope],
+    changes: &Changes<'_>,
+) -> Result<(), ApplyError> {
+    if duplicates.is_empty() {
+        return Ok(());
+    }
+    let in_batch: HashMap<(Uuid, u64), Uuid> = changes
+        .events
+        .iter()
+        .map(|(envelope, _)| {
+            let metadata = &envelope.metadata;
+            (
+                (metadata.stream_id, metadata.stream_version),
+                metadata.event_id,
+            )
+        })
+        .collect();
+    let (streams, versions): (Vec<Uuid>, Vec<i64>) = duplicates
+        .iter()
+        .map(|envelope| &envelope.metadata)
+        .filter(|metadata| !in_batch.contains_key(&(metadata.stream_id, metadata.stream_version)))
+        .map(|metadata| (metadata.stream_id, metadata.stream_version as i64))
+        .unzip();
+    let stored: HashMap<(Uuid, u64), Uuid> = if streams.is_empty() {
+        HashMap::new()
+    } else {
+        sqlx::query_as::<_, (Uuid, i64, Uuid)>(
+            "SELECT e.workflow_id, e.version, e.event_id FROM workflow_events e \
+             JOIN unnest($1::uuid[], $2::bigint[]) AS d(workflow_id, version) \
+             ON e.workflow_id = d.workflow_id AND e.version = d.version",
+        )
+        .bind(&streams)
+        .bind(&versions)
+        .fetch_all(&mut **transaction)
+        .await?
+        .into_iter()
+        .map(|(stream, version, event_id)| ((stream, version as u64), event_id))
+        .collect()
+    };
+    for envelope in duplicates {
+        let metadata = &envelope.metadata;
+        let place = (metadata.stream_id, metadata.stream_version);
+        let applied = in_batch.get(&place).or_else(|| stored.get(&place)).copied();
+        if applied != Some(metadata.event_id) {
+            return Err(ApplyError::Conflict {
+                stream: metadata.stream_id,
+                version: metadata.stream_version,
+                applied,
+                offered: metadata.event_id,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The stored steps of the known runs whose step events (or failure, or cancellation) are

@@ -14,6 +14,7 @@ use axum::routing::get;
 use flowline_event_store::{EventStore, WorkflowRepository};
 use flowline_graph::AnyGraph;
 use flowline_service_kit::Problem;
+use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::problem::problem_errors;
 use flowline_service_kit::request::tenant;
@@ -178,7 +179,12 @@ impl Application {
             ))
             .await?;
         let read_model = ReadModel::new(pool.clone());
-        let (changes, listening) = ChangeFeed::start(pool.clone());
+        let health = Health::new();
+        health
+            .postgres(pool.clone())
+            .kafka(&config.kafka.brokers, &config.kafka.topic)
+            .redis(&config.cache.redis_url);
+        let (changes, listening) = ChangeFeed::start(pool.clone(), &health);
         let cache = ReadCache::connect(&config.cache).await;
         cache.follow(&changes);
         let (gate, checkpoints) =
@@ -214,9 +220,13 @@ impl Application {
             .route("/graphql", get(graphiql).post(graphql))
             .route("/graphql/ws", get(subscriptions::websocket))
             .route("/health", get(|| async { "ok" }))
+            .merge(health.routes())
             .fallback(not_found)
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
+            .layer(axum::middleware::from_fn(
+                flowline_service_kit::telemetry::trace_requests,
+            ))
             .with_state(state);
         let server = HttpServer::bind(config.listen, router).await?;
         Ok(Self {

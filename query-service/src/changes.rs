@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use flowline_domain::WorkflowChange;
 use flowline_domain::change::{CHANNEL, TABLES_REPLACED_CHANNEL};
+use flowline_service_kit::health::Health;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How many changes a slow reader may fall behind before it is told to resync.
 const BUFFER: usize = 4096;
@@ -89,24 +91,30 @@ impl Fanout {
 
 /// Stops the listening task when dropped.
 #[derive(Debug)]
-pub struct Listening(JoinHandle<()>);
+pub struct Listening(JoinHandle<()>, CancellationToken);
 
 impl Drop for Listening {
     fn drop(&mut self) {
+        self.1.cancel();
         self.0.abort();
     }
 }
 
 impl ChangeFeed {
-    /// Starts listening with a connection of `pool` (held for as long as it listens).
-    pub fn start(pool: PgPool) -> (Self, Listening) {
+    /// Starts listening with a connection of `pool` (held for as long as it listens), as a
+    /// task `health` supervises: one that panics is started again (its readers resync).
+    pub fn start(pool: PgPool, health: &Health) -> (Self, Listening) {
         let fanout = Fanout {
             all: broadcast::channel(BUFFER).0,
             tenants: Arc::default(),
             rereads: Arc::default(),
         };
-        let task = tokio::spawn(listen(pool, fanout.clone()));
-        (Self { fanout }, Listening(task))
+        let stop = CancellationToken::new();
+        let feed = fanout.clone();
+        let task = health.supervise("change feed", stop.clone(), move || {
+            listen(pool.clone(), feed.clone())
+        });
+        (Self { fanout }, Listening(task, stop))
     }
 
     /// A new reader; it hears every change committed from now on.

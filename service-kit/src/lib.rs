@@ -1,8 +1,9 @@
 //! What every service of the engine needs at its edges, written once: the PostgreSQL pool
 //! and embedded migrations, RFC 9457 problem responses, tracing with W3C trace context,
-//! and graceful shutdown.
+//! graceful shutdown, and liveness/readiness with supervised background tasks.
 
 pub mod db;
+pub mod health;
 pub mod http;
 pub mod leases;
 pub mod openapi;

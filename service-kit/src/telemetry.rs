@@ -4,11 +4,15 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
+use axum::extract::Request;
 use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::Response;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -54,9 +58,22 @@ pub fn shutdown() {
     }
 }
 
-/// Makes the current span a child of the caller's trace, when the request carried a
-/// `traceparent` header.
-pub fn adopt_remote_parent(headers: &HeaderMap) {
+/// Middleware: runs the request in an `info` span that is a child of the caller's trace
+/// when the request carries a `traceparent`. The parent is set before the span is first
+/// entered: set later, the exported span keeps a trace of its own.
+pub async fn trace_requests(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path()
+    );
+    if let Some(context) = remote_context(request.headers()) {
+        let _ = span.set_parent(context);
+    }
+    next.run(request).instrument(span).await
+}
+
+fn remote_context(headers: &HeaderMap) -> Option<opentelemetry::Context> {
     let carrier: HashMap<String, String> = ["traceparent", "tracestate"]
         .into_iter()
         .filter_map(|name| {
@@ -66,10 +83,29 @@ pub fn adopt_remote_parent(headers: &HeaderMap) {
                 .map(|v| (name.to_owned(), v.to_owned()))
         })
         .collect();
-    if carrier.contains_key("traceparent") {
-        let context = TraceContextPropagator::new().extract(&carrier);
-        let _ = tracing::Span::current().set_parent(context);
+    carrier
+        .contains_key("traceparent")
+        .then(|| TraceContextPropagator::new().extract(&carrier))
+}
+
+/// Makes the current span a child of the caller's trace, when the request carried a
+/// `traceparent` header, unless it already is one ([`trace_requests`] did it).
+pub fn adopt_remote_parent(headers: &HeaderMap) {
+    use opentelemetry::trace::TraceContextExt as _;
+    if let Some(context) = remote_context(headers) {
+        let current = tracing::Span::current();
+        let remote_trace = context.span().span_context().trace_id();
+        if current.context().span().span_context().trace_id() != remote_trace {
+            let _ = current.set_parent(context);
+        }
     }
+}
+
+/// Makes `span` a child of the trace named by a W3C `traceparent` (one a record carries).
+pub fn adopt_traceparent(span: &tracing::Span, traceparent: &str) {
+    let carrier = HashMap::from([("traceparent".to_owned(), traceparent.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    let _ = span.set_parent(context);
 }
 
 /// The current span's W3C `traceparent` and `tracestate`, for recording on events.

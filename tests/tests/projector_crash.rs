@@ -84,26 +84,55 @@ async fn projectors_killed_mid_batch_end_equal_to_a_fresh_rebuild() {
     // Named connections, so the killer can see the projector's transactions.
     let mut projector = projector_named(&system, "projector-under-test").await;
     let loaded = load(&system, &commands.url, 600, 8);
+    let open_batch = || async {
+        // The full transaction id of a projector transaction that holds checkpoint rows.
+        sqlx::query_scalar::<_, i64>(
+            "SELECT ((pg_current_xact_id()::text::bigint >> 32) << 32) + a.backend_xid::text::bigint \
+             FROM pg_stat_activity a \
+             WHERE a.application_name = 'projector-under-test' AND a.backend_xid IS NOT NULL \
+               AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid \
+                           AND l.relation = 'projection_checkpoints'::regclass) \
+             LIMIT 1",
+        )
+        .fetch_optional(&system.pool)
+        .await
+        .unwrap()
+    };
     let killer = async {
-        for _ in 0..5 {
+        // Kills that landed inside an open batch: the batch transaction (it holds the
+        // checkpoint rows) seen just before the kill ended aborted, not committed.
+        let mut inside_a_batch = 0;
+        let mut kills = 0;
+        while kills < 5 || (inside_a_batch == 0 && kills < 15) {
+            kills += 1;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            // Aim for a batch in flight: a transaction of the projector is open. Batches
-            // take milliseconds, so this is a best effort; the kill comes either way.
-            let _ = eventually(Duration::from_secs(2), || async {
-                let open: i64 = sqlx::query_scalar(
-                    "SELECT count(*) FROM pg_stat_activity \
-                     WHERE application_name = 'projector-under-test' AND xact_start IS NOT NULL",
-                )
-                .fetch_one(&system.pool)
-                .await
-                .unwrap();
-                (open > 0).then_some(())
-            })
-            .await;
+            // Aim for a batch in flight: batches take milliseconds, so the kill follows
+            // the sighting at once, and comes anyway after two seconds without one.
+            let open_batch = eventually(Duration::from_secs(2), open_batch).await;
             projector.kill();
+            if let Some(xid) = open_batch {
+                // Its server process ends it once it notices the client is gone.
+                let ended = eventually(Duration::from_secs(10), || async {
+                    let status: Option<String> =
+                        sqlx::query_scalar("SELECT pg_xact_status($1::text::xid8)")
+                            .bind(xid.to_string())
+                            .fetch_one(&system.pool)
+                            .await
+                            .unwrap();
+                    status.filter(|status| status != "in progress")
+                })
+                .await;
+                if ended.as_deref() == Some("aborted") {
+                    inside_a_batch += 1;
+                }
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
             projector.restart().await;
         }
+        assert!(
+            inside_a_batch > 0,
+            "none of {kills} kills landed inside an open batch"
+        );
     };
     tokio::join!(loaded, killer);
     wait_for_events(&system.pool, 1_200).await;

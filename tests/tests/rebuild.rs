@@ -1,13 +1,70 @@
 //! Rebuilding projections without downtime: queries keep answering during a rebuild and
 //! across the swap; an interrupted rebuild resumes where it stopped.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::json;
 use system_tests::{ADMIN_TOKEN, TestSystem, bin_dir, eventually};
+
+/// One read of the zero-downtime test: which run it read, when.
+struct Read {
+    run: usize,
+    started: chrono::DateTime<chrono::Utc>,
+    ended: chrono::DateTime<chrono::Utc>,
+}
+
+/// The reads went on right up to the swap and right after it, without a gap a caller
+/// would notice, and after it they read runs by id that nobody had read since the swap:
+/// the cache (emptied by the swap) could not answer those, the new tables did.
+async fn assert_reads_overlapped_the_swap(
+    system: &TestSystem,
+    rebuild: &str,
+    timeline: &Mutex<Vec<Read>>,
+) {
+    let swapped_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT swapped_at FROM projection_rebuilds WHERE id = $1::uuid")
+            .bind(rebuild)
+            .fetch_one(&system.pool)
+            .await
+            .unwrap();
+    // Reads started within 2 s after the swap, to be sure of those that follow it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = timeline.lock().unwrap();
+    let near = chrono::Duration::seconds(2);
+    let before = reads
+        .iter()
+        .filter(|r| r.ended <= swapped_at && r.ended > swapped_at - near)
+        .count();
+    let after: Vec<&Read> = reads
+        .iter()
+        .filter(|r| r.started >= swapped_at && r.started < swapped_at + near)
+        .collect();
+    let across = reads
+        .iter()
+        .filter(|r| r.started <= swapped_at && r.ended >= swapped_at)
+        .count();
+    assert!(
+        before > 0 && !after.is_empty(),
+        "reads within 2 s before ({before}) and after ({}) the swap at {swapped_at}; {across} in flight across it",
+        after.len()
+    );
+    let read_since_the_swap = |run: usize, until: chrono::DateTime<chrono::Utc>| {
+        reads
+            .iter()
+            .any(|r| r.run == run && r.started >= swapped_at && r.ended < until)
+    };
+    let first_reads = after
+        .iter()
+        .filter(|r| !read_since_the_swap(r.run, r.started))
+        .count();
+    assert!(
+        first_reads > 0,
+        "runs read by id for the first time since the swap"
+    );
+}
 
 async fn submit_many(system: &TestSystem, url: &str, count: usize) -> Vec<String> {
     let mut ids = Vec::new();
@@ -39,19 +96,30 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
         .wait_for_count("SELECT count(*) FROM workflows", 150)
         .await;
 
-    // Readers hammer the query service for the whole rebuild.
+    // Readers hammer the query service for the whole rebuild: a page of the list (never
+    // cached) and one run by id, each run in turn, so that most reads by id are the first
+    // of that run since the cache was emptied, and go to the tables.
     let reading = Arc::new(AtomicBool::new(true));
     let (reads, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let next_run = Arc::new(AtomicU64::new(0));
+    let timeline: Arc<Mutex<Vec<Read>>> = Arc::default();
+    let ids = Arc::new(ids);
     let readers: Vec<_> = (0..3)
         .map(|_| {
-            let (reading, reads, failures) = (
+            let (reading, reads, failures, next_run, timeline, ids) = (
                 Arc::clone(&reading),
                 Arc::clone(&reads),
                 Arc::clone(&failures),
+                Arc::clone(&next_run),
+                Arc::clone(&timeline),
+                Arc::clone(&ids),
             );
-            let (http, base, probe) = (system.http.clone(), queries.url.clone(), ids[0].clone());
+            let (http, base) = (system.http.clone(), queries.url.clone());
             tokio::spawn(async move {
                 while reading.load(Ordering::Relaxed) {
+                    let run = next_run.fetch_add(1, Ordering::Relaxed) as usize % ids.len();
+                    let probe = &ids[run];
+                    let started = chrono::Utc::now();
                     let list = http
                         .get(format!("{base}/v1/workflows?limit=100"))
                         .send()
@@ -75,6 +143,11 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
                     if !ok {
                         failures.fetch_add(1, Ordering::Relaxed);
                     }
+                    timeline.lock().unwrap().push(Read {
+                        run,
+                        started,
+                        ended: chrono::Utc::now(),
+                    });
                 }
             })
         })
@@ -116,6 +189,7 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
         reads.load(Ordering::Relaxed) > reads_at_start,
         "readers read while it rebuilt"
     );
+    assert_reads_overlapped_the_swap(&system, &id, &timeline).await;
     // The 20 written meanwhile may land before or after the swap (a rebuild read from the
     // event store can be that quick); the counts below show none was lost either way.
     assert!(swapped["progress"]["applied"].as_u64().unwrap() >= 150);
@@ -457,4 +531,78 @@ async fn a_failed_rebuild_says_why_and_resumes_when_started_again() {
         20,
         "the rebuilt read model holds every run"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_long_reader_delays_the_swap_without_stalling_every_read_behind_it() {
+    use sqlx::Connection;
+    let system = TestSystem::new(1).await;
+    let commands = system.command_service().await;
+    let queries = system.query_service().await;
+    let projectors = system.projectors().await;
+    let ids = submit_many(&system, &commands.url, 60).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 60)
+        .await;
+    // A long reader of the live tables (a report, an analyst's session): its snapshot
+    // holds a lock the swap's DDL must wait for.
+    let mut reader = sqlx::PgConnection::connect(&system.database_url)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut reader).await.unwrap();
+    sqlx::query("SELECT count(*) FROM workflows")
+        .execute(&mut reader)
+        .await
+        .unwrap();
+    let id = system
+        .start_rebuild(
+            &projectors.url,
+            json!({"projection": "workflow_read_model"}),
+        )
+        .await;
+    let swap_waited = eventually(Duration::from_secs(60), || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE wait_event_type = 'Lock' AND query LIKE '%SET SCHEMA%'",
+        )
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+        (waiting > 0).then_some(())
+    })
+    .await;
+    assert!(swap_waited.is_some(), "the swap tried to take the tables");
+
+    // Meanwhile runs nobody read yet (nothing cached) are answered, each well within a
+    // bound: behind a DDL queued on the reader they would wait as long as the reader.
+    let bounded = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    for id in ids.iter().take(20) {
+        let reply = bounded
+            .get(format!("{}/v1/workflows/{id}", queries.url))
+            .send()
+            .await
+            .expect("a read answered within 5 s while the swap waits for the reader");
+        assert_eq!(reply.status(), 200);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let meanwhile = system
+        .send(
+            system
+                .http
+                .get(format!("{}/admin/rebuilds/{id}", projectors.url))
+                .bearer_auth(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(
+        meanwhile.body["status"], "running",
+        "no swap while the reader holds its snapshot"
+    );
+    sqlx::query("COMMIT").execute(&mut reader).await.unwrap();
+    system
+        .rebuild_reaches(&projectors.url, &id, "swapped")
+        .await;
+    assert_eq!(system.count("SELECT count(*) FROM workflows").await, 60);
 }

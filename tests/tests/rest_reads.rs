@@ -594,28 +594,49 @@ async fn the_documents_validate_and_schemathesis_finds_no_server_error_or_answer
         ),
     )
     .unwrap();
-    let (passed, output) = run_python(&[
-        "-m",
-        "schemathesis.cli",
-        "--config-file",
-        config.to_str().unwrap(),
-        "run",
-        &format!("{}/openapi.json", queries.url),
-        "--checks",
-        "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
-        "--phases",
-        "examples,coverage,fuzzing",
-        "--max-examples",
-        "25",
-        "--seed",
-        "20261126",
-        "--workers",
-        "2",
-        "--generation-database",
-        "none",
-        "--no-color",
-    ])
-    .await;
+    // Every service's document, fuzzed: the query service, the command service, and the
+    // projectors' admin API.
+    let mut problems = Vec::new();
+    for (service, url) in [
+        ("query service", &queries.url),
+        ("command service", &commands.url),
+        ("projectors", &projectors.url),
+    ] {
+        let (passed, output) = run_python(&[
+            "-m",
+            "schemathesis.cli",
+            "--config-file",
+            config.to_str().unwrap(),
+            "run",
+            &format!("{url}/openapi.json"),
+            "--checks",
+            "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            "25",
+            "--seed",
+            "20261126",
+            "--workers",
+            "2",
+            "--generation-database",
+            "none",
+            "--no-color",
+        ])
+        .await;
+        // What it tested, so a run that checked nothing cannot pass unnoticed.
+        assert!(
+            output.contains("passed") || output.contains("failed"),
+            "{service}: schemathesis reported no operations:\n{output}"
+        );
+        if !passed {
+            problems.push(format!("{service} ({url}):\n{output}"));
+        }
+    }
     let _ = std::fs::remove_file(&config);
-    assert!(passed, "schemathesis found problems:\n{output}");
+    assert!(
+        problems.is_empty(),
+        "schemathesis found problems:\n{}",
+        problems.join("\n")
+    );
 }

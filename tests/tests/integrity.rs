@@ -1,0 +1,228 @@
+//! Integrity of the projections: a record at an already applied version is dropped only
+//! when it is the event applied there, and a checkpoint the log does not hold (the topic
+//! was recreated under the projection) halts the projection, with an alert, instead of
+//! skipping records.
+
+use std::time::Duration;
+
+use flowline_event_log::{LogProducer, OutgoingRecord};
+use flowline_schemas::EventCodec;
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
+use serde_json::{Value, json};
+use system_tests::{LogRecord, TestSystem, eventually};
+
+fn workflow(name: &str) -> Value {
+    json!({"name": name, "steps": [{"id": "a", "kind": "llm"}]})
+}
+
+fn outgoing(record: &LogRecord, payload: Vec<u8>, event_id: &str) -> OutgoingRecord {
+    let mut headers: Vec<(String, Vec<u8>)> = record
+        .headers
+        .iter()
+        .map(|(name, value)| (name.clone(), value.clone().into_bytes()))
+        .collect();
+    for (name, value) in &mut headers {
+        if name == "event-id" || name == "ce_id" {
+            *value = event_id.as_bytes().to_vec();
+        }
+    }
+    OutgoingRecord {
+        key: record.key.clone().into_bytes(),
+        partition: record.partition,
+        payload,
+        headers,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_different_event_at_an_applied_version_is_dead_lettered_and_alarms() {
+    let system = TestSystem::new(1).await;
+    let commands = system.command_service().await;
+    let projectors = system.projectors().await;
+    let id = system.submit(&commands.url, &workflow("original")).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflow_events", 1)
+        .await;
+    let log = system.read_log().await;
+    let original = &log[0];
+    let codec = EventCodec::default();
+    let mut forged = codec.decode(&original.payload).unwrap();
+    let original_event_id = forged.metadata.event_id;
+    forged.metadata.event_id = uuid::Uuid::now_v7();
+    let forged_id = forged.metadata.event_id.to_string();
+
+    // The same record again (a relay that lost its lock mid-flight can leave one), then a
+    // different event claiming version 1 of the same stream, produced straight to the topic.
+    let producer = LogProducer::new(&system.kafka).unwrap();
+    let deliveries = producer
+        .publish(&[
+            outgoing(
+                original,
+                original.payload.clone(),
+                &original_event_id.to_string(),
+            ),
+            outgoing(original, codec.encode(&forged).unwrap().payload, &forged_id),
+        ])
+        .await
+        .unwrap();
+    let forged_offset = deliveries[1].offset;
+    // The projection goes on past both.
+    system.submit(&commands.url, &workflow("after")).await;
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 2)
+        .await;
+
+    let letters: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT projection, log_offset, reason FROM dead_letters \
+         WHERE projection = 'workflow_read_model.v1' ORDER BY id",
+    )
+    .fetch_all(&system.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        letters.len(),
+        1,
+        "only the different event is set aside, not the true duplicate: {letters:?}"
+    );
+    let (_, offset, reason) = &letters[0];
+    assert_eq!(*offset, forged_offset);
+    assert!(
+        reason.contains(&forged_id) && reason.contains(&original_event_id.to_string()),
+        "the reason names both events: {reason}"
+    );
+    let applied: uuid::Uuid = sqlx::query_scalar(
+        "SELECT event_id FROM workflow_events WHERE workflow_id = $1::uuid AND version = 1",
+    )
+    .bind(&id)
+    .fetch_one(&system.pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, original_event_id, "the applied event stays");
+
+    // The alarm: the pending dead letter shows in the metrics operators alert on.
+    let metrics = system
+        .http
+        .get(format!("{}/metrics", projectors.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("flowline_dead_letters_pending{projection=\"workflow_read_model.v1\"} 1"),
+        "{metrics}"
+    );
+}
+
+async fn recreate_topic(system: &TestSystem) {
+    let admin: AdminClient<DefaultClientContext> =
+        flowline_event_log::client_config(&system.kafka.brokers)
+            .create()
+            .unwrap();
+    let deleted = admin
+        .delete_topics(&[system.kafka.topic.as_str()], &AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    let gone = eventually(Duration::from_secs(30), || async {
+        let (brokers, topic) = (system.kafka.brokers.clone(), system.kafka.topic.clone());
+        tokio::task::spawn_blocking(move || flowline_event_log::topic_partitions(&brokers, &topic))
+            .await
+            .unwrap()
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the topic was deleted");
+    flowline_event_log::ensure_topic(&system.kafka)
+        .await
+        .unwrap();
+}
+
+async fn readiness(system: &TestSystem, url: &str) -> (u16, Value) {
+    let reply = system.get(&format!("{url}/readyz")).await;
+    (reply.status, reply.body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_ahead_of_a_recreated_topic_halts_the_projection_instead_of_skipping() {
+    let system = TestSystem::new(1).await;
+    let commands = system.command_service().await;
+    let projectors = system.projectors().await;
+    for i in 0..3 {
+        system
+            .submit(&commands.url, &workflow(&format!("before-{i}")))
+            .await;
+    }
+    system
+        .wait_for_count("SELECT count(*) FROM workflows", 3)
+        .await;
+    let ready = eventually(Duration::from_secs(30), || async {
+        (readiness(&system, &projectors.url).await.0 == 200).then_some(())
+    })
+    .await;
+    assert!(
+        ready.is_some(),
+        "ready before: {:?}",
+        readiness(&system, &projectors.url).await
+    );
+    commands.stop().await;
+
+    recreate_topic(&system).await;
+    let halted = eventually(Duration::from_secs(30), || async {
+        let (status, body) = readiness(&system, &projectors.url).await;
+        let task = &body["tasks"]["projection workflow_read_model.v1"];
+        (status == 503 && task["state"] == "halted").then(|| task["reason"].clone())
+    })
+    .await
+    .expect("the projection halts");
+    assert!(
+        halted
+            .as_str()
+            .unwrap()
+            .contains("checkpoint 3 is ahead of the log's high watermark 0"),
+        "{halted}"
+    );
+    let lag = system.get(&format!("{}/admin/lag", projectors.url)).await;
+    let read_model = lag
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["projection"] == "workflow_read_model.v1" && row["partition"] == 0);
+    assert_eq!(
+        read_model.unwrap()["lag"],
+        -3,
+        "lag is not clamped: {}",
+        lag.body
+    );
+
+    // The new log grows past the old checkpoint: reading on from offset 3 would skip its
+    // first three records. The projection stays halted instead.
+    let commands = system.command_service().await;
+    for i in 0..5 {
+        system
+            .submit(&commands.url, &workflow(&format!("after-{i}")))
+            .await;
+    }
+    let grown = eventually(Duration::from_secs(30), || async {
+        (system.records_on_log().await == 5).then_some(())
+    })
+    .await;
+    assert!(grown.is_some(), "the new log holds the five records");
+    // Longer than the projection's periodic check of the watermarks.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        system.count("SELECT count(*) FROM workflows").await,
+        3,
+        "nothing read from the recreated topic"
+    );
+    let (status, body) = readiness(&system, &projectors.url).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(
+        body["tasks"]["projection workflow_read_model.v1"]["state"],
+        "halted"
+    );
+}
