@@ -7,8 +7,6 @@ use std::time::Duration;
 
 use flowline_event_log::{LogProducer, OutgoingRecord};
 use flowline_schemas::EventCodec;
-use rdkafka::admin::{AdminClient, AdminOptions};
-use rdkafka::client::DefaultClientContext;
 use serde_json::{Value, json};
 use system_tests::{LogRecord, TestSystem, eventually};
 
@@ -116,38 +114,28 @@ async fn a_different_event_at_an_applied_version_is_dead_lettered_and_alarms() {
     );
 }
 
-async fn recreate_topic(system: &TestSystem) {
-    let admin: AdminClient<DefaultClientContext> =
-        flowline_event_log::client_config(&system.kafka.brokers)
-            .create()
-            .unwrap();
-    let deleted = admin
-        .delete_topics(&[system.kafka.topic.as_str()], &AdminOptions::new())
-        .await
-        .unwrap();
-    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
-    let gone = eventually(Duration::from_secs(30), || async {
-        let (brokers, topic) = (system.kafka.brokers.clone(), system.kafka.topic.clone());
-        tokio::task::spawn_blocking(move || flowline_event_log::topic_partitions(&brokers, &topic))
-            .await
-            .unwrap()
-            .is_err()
-            .then_some(())
-    })
-    .await;
-    assert!(gone.is_some(), "the topic was deleted");
-    flowline_event_log::ensure_topic(&system.kafka)
-        .await
-        .unwrap();
-}
-
 async fn readiness(system: &TestSystem, url: &str) -> (u16, Value) {
     let reply = system.get(&format!("{url}/readyz")).await;
     (reply.status, reply.body)
 }
 
+/// Where the read model's checkpoint stands on partition 0.
+async fn read_model_checkpoint(system: &TestSystem) -> i64 {
+    system
+        .count(
+            "SELECT next_offset FROM projection_checkpoints \
+             WHERE projection = 'workflow_read_model.v1' AND partition = 0",
+        )
+        .await
+}
+
+// A recreated topic is what puts a checkpoint ahead of the log in practice. On tansu 0.6,
+// deleting a topic under live clients makes librdkafka crash in its metadata cache (a
+// SIGSEGV in rd_kafka_metadata_cache_find on the broker's answer for the deleted topic),
+// so the test puts the checkpoint ahead of the log instead: what the projection finds at
+// start is the same, a checkpoint past the high watermark.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_checkpoint_ahead_of_a_recreated_topic_halts_the_projection_instead_of_skipping() {
+async fn a_checkpoint_ahead_of_the_log_halts_the_projection_instead_of_skipping() {
     let system = TestSystem::new(1).await;
     let commands = system.command_service().await;
     let projectors = system.projectors().await;
@@ -168,9 +156,17 @@ async fn a_checkpoint_ahead_of_a_recreated_topic_halts_the_projection_instead_of
         "ready before: {:?}",
         readiness(&system, &projectors.url).await
     );
-    commands.stop().await;
+    projectors.stop().await;
+    assert_eq!(read_model_checkpoint(&system).await, 3);
+    sqlx::query(
+        "UPDATE projection_checkpoints SET next_offset = 13 \
+         WHERE projection = 'workflow_read_model.v1' AND partition = 0",
+    )
+    .execute(&system.pool)
+    .await
+    .unwrap();
 
-    recreate_topic(&system).await;
+    let projectors = system.projectors().await;
     let halted = eventually(Duration::from_secs(30), || async {
         let (status, body) = readiness(&system, &projectors.url).await;
         let task = &body["tasks"]["projection workflow_read_model.v1"];
@@ -182,7 +178,7 @@ async fn a_checkpoint_ahead_of_a_recreated_topic_halts_the_projection_instead_of
         halted
             .as_str()
             .unwrap()
-            .contains("checkpoint 3 is ahead of the log's high watermark 0"),
+            .contains("checkpoint 13 is ahead of the log's high watermark 3"),
         "{halted}"
     );
     let lag = system.get(&format!("{}/admin/lag", projectors.url)).await;
@@ -194,31 +190,31 @@ async fn a_checkpoint_ahead_of_a_recreated_topic_halts_the_projection_instead_of
         .find(|row| row["projection"] == "workflow_read_model.v1" && row["partition"] == 0);
     assert_eq!(
         read_model.unwrap()["lag"],
-        -3,
+        -10,
         "lag is not clamped: {}",
         lag.body
     );
 
-    // The new log grows past the old checkpoint: reading on from offset 3 would skip its
-    // first three records. The projection stays halted instead.
-    let commands = system.command_service().await;
-    for i in 0..5 {
+    // The log grows past the checkpoint: reading on from offset 13 would skip records
+    // 3..13. The projection stays halted instead.
+    for i in 0..12 {
         system
             .submit(&commands.url, &workflow(&format!("after-{i}")))
             .await;
     }
     let grown = eventually(Duration::from_secs(30), || async {
-        (system.records_on_log().await == 5).then_some(())
+        (system.records_on_log().await == 15).then_some(())
     })
     .await;
-    assert!(grown.is_some(), "the new log holds the five records");
+    assert!(grown.is_some(), "the log holds the fifteen records");
     // Longer than the projection's periodic check of the watermarks.
     tokio::time::sleep(Duration::from_secs(8)).await;
     assert_eq!(
         system.count("SELECT count(*) FROM workflows").await,
         3,
-        "nothing read from the recreated topic"
+        "nothing read past the misplaced checkpoint"
     );
+    assert_eq!(read_model_checkpoint(&system).await, 13);
     let (status, body) = readiness(&system, &projectors.url).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(
