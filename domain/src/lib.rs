@@ -14,6 +14,7 @@ pub mod command;
 pub mod event;
 pub mod policy;
 pub mod schedule;
+pub mod usage;
 pub mod validation;
 pub mod workflow;
 
@@ -31,6 +32,7 @@ pub use event::{
 };
 pub use policy::{OnFailure, RetryPolicy, StepPolicy};
 pub use schedule::{Decision, Plan};
+pub use usage::{ModelCall, TokenUsage};
 pub use validation::{FieldError, MAX_FIELD_ERRORS, ValidationErrors};
 pub use workflow::{
     Attempt, AttemptOutcome, DomainError, ReceivedSignal, StepState, StepStatus, Workflow,
