@@ -7,7 +7,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use flowline_event_store::{
-    EventStore, OutboxRelay, ParkedEvents, Publications, RelayConfig, WorkflowRepository,
+    EventStore, OutboxRelay, ParkedEvents, Publications, RecordLimit, RelayConfig,
+    WorkflowRepository,
 };
 use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
@@ -52,7 +53,11 @@ impl Application {
                 ..RelayConfig::default()
             },
         );
-        let store = EventStore::with_waker(pool.clone(), relay.waker());
+        let store =
+            EventStore::with_waker(pool.clone(), relay.waker()).with_record_limit(RecordLimit {
+                max_bytes: config.limits.max_event_bytes,
+                cloudevents_source: config.cloudevents_source.clone(),
+            });
         let parked = ParkedEvents::new(pool.clone());
         let health = Health::new();
         health
@@ -70,7 +75,6 @@ impl Application {
             publications,
             config.publish_timeout(),
             config.limits.clone(),
-            config.cloudevents_source.clone(),
         );
         let answers = AnswerCache::connect(
             &config.redis_url,

@@ -11,9 +11,8 @@ use flowline_domain::{
     Aggregate, EventEnvelope, EventMetadata, Versioned, Workflow, WorkflowCommand,
 };
 use flowline_event_store::{
-    AppendedCommand, AsOf, EventStore, LogPosition, Publications, WorkflowRepository, record_bytes,
+    AppendedCommand, AsOf, EventStore, LogPosition, Publications, WorkflowRepository,
 };
-use flowline_schemas::EventCodec;
 use rand::Rng;
 use uuid::Uuid;
 
@@ -101,7 +100,6 @@ pub struct CommandHandler {
     publications: Arc<Publications>,
     publish_timeout: Duration,
     limits: CommandLimits,
-    cloudevents_source: String,
 }
 
 /// How long a command without `If-Match` keeps retrying once other writers (other
@@ -113,15 +111,14 @@ const CONTENTION_BUDGET: Duration = Duration::from_secs(10);
 const QUEUE_BUDGET: Duration = Duration::from_secs(30);
 
 impl CommandHandler {
-    /// A handler on `store`, answering once `publications` confirms the log has the event;
-    /// it accepts only events within `limits`, whose records the relay publishes with
-    /// `cloudevents_source`.
+    /// A handler on `repository`, answering once `publications` confirms the log has the
+    /// event; it accepts only commands within `limits` (the record size limit is the
+    /// store's, checked on the encoding it stores).
     pub fn new(
         repository: WorkflowRepository,
         publications: Arc<Publications>,
         publish_timeout: Duration,
         limits: CommandLimits,
-        cloudevents_source: String,
     ) -> Self {
         Self {
             turns: StreamTurns::default(),
@@ -129,24 +126,7 @@ impl CommandHandler {
             publications,
             publish_timeout,
             limits,
-            cloudevents_source,
         }
-    }
-
-    /// Refuses an event whose record the producer would refuse: stored, it could never be
-    /// published.
-    fn check_record_size(&self, envelope: &EventEnvelope) -> Result<()> {
-        let encoded = EventCodec::default()
-            .encode(envelope)
-            .map_err(flowline_event_store::Error::from)?;
-        let bytes = record_bytes(envelope, &encoded, &self.cloudevents_source);
-        if bytes > self.limits.max_event_bytes {
-            return Err(Error::EventTooLarge {
-                bytes,
-                max_bytes: self.limits.max_event_bytes,
-            });
-        }
-        Ok(())
     }
 
     /// Decides and appends `command` on stream `workflow_id`.
@@ -210,7 +190,6 @@ impl CommandHandler {
                 },
                 event,
             };
-            self.check_record_size(&envelope)?;
             let appended = self
                 .store()
                 .append(&envelope, context.fingerprint.as_deref())
@@ -276,6 +255,9 @@ impl CommandHandler {
                         workflow_id,
                         event_id: envelope.metadata.event_id,
                     });
+                }
+                Err(flowline_event_store::Error::EventTooLarge { bytes, max_bytes }) => {
+                    return Err(Error::EventTooLarge { bytes, max_bytes });
                 }
                 Err(error) => return Err(error.into()),
             }

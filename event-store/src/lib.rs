@@ -23,7 +23,7 @@ pub use relay::{OutboxRelay, RelayConfig};
 pub use repository::{
     AsOf, PastState, SNAPSHOTS_KEPT, WORKFLOW_SNAPSHOT_SHAPE, WorkflowRepository,
 };
-pub use store::{AppendedCommand, EventStore, RelayWaker, StoredEvent};
+pub use store::{AppendedCommand, EventStore, RecordLimit, RelayWaker, StoredEvent};
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,17 @@ pub enum Error {
     /// event of its stream) for good, and it waits for an operator's redrive.
     #[error("event {} is stored but parked, not published: {}", .0.event_id, .0.reason)]
     PublicationParked(Box<ParkedEvent>),
+    /// The event's record would be larger than the log accepts: stored, it could never be
+    /// published, so it is not stored.
+    #[error(
+        "the event would make a record of {bytes} bytes on the log; at most {max_bytes} are accepted"
+    )]
+    EventTooLarge {
+        /// The record's size.
+        bytes: usize,
+        /// The limit.
+        max_bytes: usize,
+    },
     /// PostgreSQL failed.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::chain::{self, ChainedEvent};
 use crate::parked::{ParkedEvents, PublicationStatus};
 use crate::publications::LogPosition;
+use crate::record_size::record_bytes;
 use crate::repository::AsOf;
 use crate::{Error, Result};
 
@@ -73,6 +74,17 @@ pub struct EventStore {
     /// needs no read of the predecessor. Stored events never change, so an entry is right
     /// for as long as it names the version before the one being appended.
     last_hashes: Arc<std::sync::Mutex<std::collections::HashMap<Uuid, (u64, chain::Hash)>>>,
+    record_limit: Option<Arc<RecordLimit>>,
+}
+
+/// The largest record the log accepts, and what the relay adds to each record: an append
+/// whose record would be larger is refused before anything is stored.
+#[derive(Debug, Clone)]
+pub struct RecordLimit {
+    /// Largest record, in bytes as the producer counts them (`message.max.bytes`).
+    pub max_bytes: usize,
+    /// The relay's `ce_source` template (its headers count towards the record).
+    pub cloudevents_source: String,
 }
 
 /// Streams whose last hash a store remembers before it starts over.
@@ -99,7 +111,15 @@ impl EventStore {
             codec: EventCodec::default(),
             waker,
             last_hashes: Arc::default(),
+            record_limit: None,
         }
+    }
+
+    /// The same store, refusing appends whose record would exceed `limit`
+    /// ([`Error::EventTooLarge`]); the check uses the encoding that is stored.
+    pub fn with_record_limit(mut self, limit: RecordLimit) -> Self {
+        self.record_limit = Some(Arc::new(limit));
+        self
     }
 
     /// A store for a process that appends often but runs no relay (the executor): an
@@ -241,6 +261,15 @@ impl EventStore {
     /// [`Error::DuplicateCommand`].
     pub async fn append(&self, envelope: &EventEnvelope, fingerprint: Option<&str>) -> Result<i64> {
         let encoded = self.codec.encode(envelope)?;
+        if let Some(limit) = &self.record_limit {
+            let bytes = record_bytes(envelope, &encoded, &limit.cloudevents_source);
+            if bytes > limit.max_bytes {
+                return Err(Error::EventTooLarge {
+                    bytes,
+                    max_bytes: limit.max_bytes,
+                });
+            }
+        }
         let metadata = &envelope.metadata;
         // Stored events never change, so the predecessor's hash needs no transaction around
         // this read and the insert; a concurrent append of the same version loses on

@@ -866,7 +866,8 @@ pub fn submitted_event(body: Value) -> flowline_domain::WorkflowEvent {
 }
 
 impl TestSystem {
-    /// The value of the unlabelled metric `name` on `{service_url}/metrics`.
+    /// The value of the series `name` on `{service_url}/metrics` (with its labels, as
+    /// exposed: `name{label="value"}`).
     pub async fn metric(&self, service_url: &str, name: &str) -> u64 {
         let text = self
             .http
@@ -938,5 +939,31 @@ impl TestSystem {
             )
             .await;
         assert_eq!(answer["data"]["workflow"]["name"], "plain", "{answer}");
+    }
+}
+
+/// The whole command-to-read path over one [`TestSystem`]: a command service, a query
+/// service and the projectors between them.
+pub struct Stack {
+    /// The database and topic.
+    pub system: TestSystem,
+    /// The command service.
+    pub commands: Running,
+    /// The query service.
+    pub queries: Running,
+    /// The projectors (kept running for the stack's life).
+    pub projectors: Running,
+}
+
+impl Stack {
+    /// Starts the projectors beside `commands` and `queries` on `system`.
+    pub async fn around(system: TestSystem, commands: Running, queries: Running) -> Self {
+        let projectors = system.projectors().await;
+        Self {
+            system,
+            commands,
+            queries,
+            projectors,
+        }
     }
 }

@@ -6,14 +6,16 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use system_tests::{OwnedBroker, Reply, Running, TestSystem, eventually};
+use system_tests::{OwnedBroker, Reply, Running, Stack, TestSystem, eventually};
 
 /// The command and query services and the projectors of one test.
-struct Services {
-    system: TestSystem,
-    commands: Running,
-    queries: Running,
-    _projectors: Running,
+struct Services(Stack);
+
+impl std::ops::Deref for Services {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 impl Services {
@@ -25,13 +27,7 @@ impl Services {
 
     async fn around(system: TestSystem, commands: Running) -> Self {
         let queries = system.query_service().await;
-        let projectors = system.projectors().await;
-        Self {
-            system,
-            commands,
-            queries,
-            _projectors: projectors,
-        }
+        Self(Stack::around(system, commands, queries).await)
     }
 
     async fn submit(&self, body: &Value) -> Reply {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use system_tests::{ADMIN_TOKEN, Reply, Running, TestSystem};
+use system_tests::{ADMIN_TOKEN, Reply, Stack, TestSystem};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -25,11 +25,13 @@ fn workflow() -> Value {
 }
 
 /// The three services of a test, with the query service configured by `limits`.
-struct Services {
-    system: TestSystem,
-    commands: Running,
-    queries: Running,
-    _projectors: Running,
+struct Services(Stack);
+
+impl std::ops::Deref for Services {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.0
+    }
 }
 
 impl Services {
@@ -43,13 +45,7 @@ impl Services {
                 limits,
             ))
             .await;
-        let projectors = system.projectors().await;
-        Self {
-            system,
-            commands,
-            queries,
-            _projectors: projectors,
-        }
+        Self(Stack::around(system, commands, queries).await)
     }
 
     /// Submits a run as `tenant`; its id and consistency token.

@@ -99,19 +99,13 @@ async fn a_different_event_at_an_applied_version_is_dead_lettered_and_alarms() {
     assert_eq!(applied, original_event_id, "the applied event stays");
 
     // The alarm: the pending dead letter shows in the metrics operators alert on.
-    let metrics = system
-        .http
-        .get(format!("{}/metrics", projectors.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("flowline_dead_letters_pending{projection=\"workflow_read_model.v1\"} 1"),
-        "{metrics}"
-    );
+    let pending = system
+        .metric(
+            &projectors.url,
+            "flowline_dead_letters_pending{projection=\"workflow_read_model.v1\"}",
+        )
+        .await;
+    assert_eq!(pending, 1);
 }
 
 async fn readiness(system: &TestSystem, url: &str) -> (u16, Value) {
