@@ -79,17 +79,14 @@ impl Application {
             .postgres(pool.clone())
             .kafka(&config.kafka.brokers, &config.kafka.topic);
         let leases = Leases::new(pool, LEASE_NAME, partitions).with_ttl(config.lease_ttl());
-        // Watched, not restarted: the partition workers of a feed that died still run.
-        let feed = health.watch(
-            "feed",
-            stop.clone(),
-            feed::run(
-                Arc::clone(&shared),
-                leases,
-                config.lease_ttl(),
-                stop.clone(),
-            ),
-        );
+        // Restarted when it fails; its partition workers and run actors end with it, and
+        // the new feed takes the leases (still this process's) and adopts the live runs.
+        let feed = {
+            let (shared, stop, ttl) = (Arc::clone(&shared), stop.clone(), config.lease_ttl());
+            health.supervise("feed", stop.clone(), move || {
+                feed::run(Arc::clone(&shared), leases.clone(), ttl, stop.clone())
+            })
+        };
         let router = admin::router(AdminState { shared }).merge(health.readiness_route());
         let server = HttpServer::bind(config.admin_listen, router).await?;
         Ok(Self { server, stop, feed })

@@ -185,6 +185,38 @@ impl Shared {
             partition,
             origin,
             stop.child_token(),
+            0,
+        );
+        registry.runs.insert(id, handle);
+    }
+
+    /// Starts a new actor for run `id` in place of one that panicked (whose inbox is
+    /// `dead`), unless the run got another actor meanwhile or was let go.
+    pub(crate) fn restart_actor(
+        self: &Arc<Self>,
+        id: Uuid,
+        tenant: &str,
+        partition: i32,
+        dead: &mpsc::UnboundedSender<RunMessage>,
+        stop: CancellationToken,
+        restarts: u32,
+    ) {
+        let mut registry = self.registry.lock().expect("registry lock");
+        if !registry
+            .runs
+            .get(&id)
+            .is_some_and(|handle| handle.inbox.same_channel(dead))
+        {
+            return;
+        }
+        let handle = run::spawn(
+            Arc::clone(self),
+            id,
+            tenant.to_owned(),
+            partition,
+            Origin::Stored,
+            stop,
+            restarts,
         );
         registry.runs.insert(id, handle);
     }
@@ -214,6 +246,7 @@ impl Shared {
                 partition,
                 Origin::Stored,
                 stop.child_token(),
+                0,
             );
             registry.runs.insert(id, handle);
         }
@@ -239,10 +272,16 @@ pub(crate) async fn run(
     lease_ttl: Duration,
     stop: CancellationToken,
 ) {
+    // Everything this feed starts (the listener, partition workers, their run actors)
+    // lives in its scope and stops when the feed ends, also by a panic: the feed is
+    // restarted by its supervisor, and a new one must not find the old one's workers still
+    // driving the same partitions.
+    let scope = stop.child_token();
+    let _scope_ends_with_the_feed = scope.clone().drop_guard();
     tokio::spawn(listen(
         Arc::clone(&shared),
         shared.pool.clone(),
-        stop.clone(),
+        scope.clone(),
     ));
     let mut owned: HashMap<i32, CancellationToken> = HashMap::new();
     let mut last_renewed = Instant::now();
@@ -253,7 +292,7 @@ pub(crate) async fn run(
         match tokio::time::timeout(lease_ttl / 3, leases.renew()).await {
             Ok(Ok(now_owned)) => {
                 last_renewed = asked;
-                take(&shared, &mut owned, &now_owned, &stop);
+                take(&shared, &mut owned, &now_owned, &scope);
             }
             outcome => {
                 match outcome {
@@ -263,7 +302,7 @@ pub(crate) async fn run(
                 // Give up before they expire, so another process never drives them too.
                 if last_renewed.elapsed() >= lease_ttl.mul_f64(0.8) {
                     // Others may own them by now: stop rather than drive runs twice.
-                    take(&shared, &mut owned, &BTreeSet::new(), &stop);
+                    take(&shared, &mut owned, &BTreeSet::new(), &scope);
                 }
             }
         }

@@ -29,6 +29,10 @@ pub struct Metrics {
     pub appends: AtomicU64,
     /// Appends that lost a race with another writer (the run was reloaded).
     pub append_conflicts: AtomicU64,
+    /// Attempts whose runner panicked (each recorded as a failed attempt).
+    pub runner_panics: AtomicU64,
+    /// Run actors that panicked (each restarted from the store).
+    pub actor_panics: AtomicU64,
 }
 
 impl Metrics {
@@ -90,6 +94,16 @@ impl Metrics {
                 "flowline_executor_append_conflicts_total",
                 "Appends that lost a race",
                 &self.append_conflicts,
+            ),
+            (
+                "flowline_executor_runner_panics_total",
+                "Step attempts whose runner panicked (recorded as failed attempts)",
+                &self.runner_panics,
+            ),
+            (
+                "flowline_executor_actor_panics_total",
+                "Run actors that panicked and were restarted from the store",
+                &self.actor_panics,
             ),
         ];
         for (name, help, counter) in counters {

@@ -4,6 +4,7 @@
 //! attempts. Events of other writers (cancel, signal, pause) reach it from the feed.
 
 use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,13 +14,14 @@ use flowline_domain::{
     Aggregate, EventEnvelope, EventMetadata, StepCommand, StepError, StepKind, StepPolicy,
     StepStatus, Versioned, Workflow, WorkflowCommand, WorkflowEvent,
 };
+use futures::FutureExt;
 use rand::Rng;
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 use uuid::Uuid;
 
 use crate::bounded;
@@ -114,8 +116,11 @@ pub(crate) fn spawn(
     partition: i32,
     origin: Origin,
     stop: CancellationToken,
+    restarts: u32,
 ) -> RunHandle {
     let (sender, inbox) = mpsc::unbounded_channel();
+    let shared_for_restart = Arc::clone(&shared);
+    let tenant_for_restart = tenant.clone();
     let summary = Arc::new(Mutex::new(RunSummary {
         workflow_id: id,
         tenant: tenant.clone(),
@@ -140,12 +145,76 @@ pub(crate) fn spawn(
         summary: Arc::clone(&summary),
         stop: stop.clone(),
     };
-    tokio::spawn(actor.run(origin));
+    let task = tokio::spawn(actor.run(origin));
+    let restart = Restart {
+        shared: Arc::clone(&shared_for_restart),
+        id,
+        tenant: tenant_for_restart,
+        partition,
+        inbox: sender.clone(),
+        stop: stop.clone(),
+        restarts,
+    };
+    tokio::spawn(restart.after_panic(task));
     RunHandle {
         inbox: sender,
         stop,
         summary,
     }
+}
+
+/// What restarting a run's actor takes.
+struct Restart {
+    shared: Arc<Shared>,
+    id: Uuid,
+    tenant: String,
+    partition: i32,
+    inbox: mpsc::UnboundedSender<RunMessage>,
+    stop: CancellationToken,
+    restarts: u32,
+}
+
+impl Restart {
+    /// Waits for the actor's task; when it panicked, starts a new actor from the store
+    /// after a pause that doubles with each restart of this run (1 s up to a minute), so a
+    /// run that panics every time costs one reload a minute, not a busy loop. Attempts the
+    /// dead actor had started are found orphaned by the new one and retried (`lost`).
+    async fn after_panic(self, task: tokio::task::JoinHandle<()>) {
+        let Err(error) = task.await else { return };
+        if !error.is_panic() || self.stop.is_cancelled() {
+            return;
+        }
+        Metrics::count(&self.shared.metrics.actor_panics);
+        let pause = Duration::from_secs(1 << self.restarts.min(6));
+        error!(
+            workflow_id = %self.id,
+            why = %panic_text(&*error.into_panic()),
+            ?pause,
+            "run actor panicked; restarting it from the store"
+        );
+        tokio::select! {
+            () = self.stop.cancelled() => {}
+            () = tokio::time::sleep(pause) => {
+                self.shared.restart_actor(
+                    self.id,
+                    &self.tenant,
+                    self.partition,
+                    &self.inbox,
+                    self.stop.clone(),
+                    self.restarts + 1,
+                );
+            }
+        }
+    }
+}
+
+/// The message a panic carried.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 enum Woke {
@@ -594,9 +663,21 @@ impl RunActor {
         };
         let report = self.me.clone();
         let step = step_id.to_owned();
+        let metrics = Arc::clone(&self.shared.metrics);
         let task = tokio::spawn(async move {
             let began = Instant::now();
-            let result = runner.run(attempt_input).await;
+            // A runner that panics fails its attempt instead of leaving the step running
+            // with nobody to report its outcome.
+            let result = AssertUnwindSafe(runner.run(attempt_input))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| {
+                    Metrics::count(&metrics.runner_panics);
+                    Err(AttemptFailure::transient(
+                        "runner_panicked",
+                        format!("the step's runner panicked: {}", panic_text(&*panic)),
+                    ))
+                });
             // The slot is held until the outcome is handed over.
             let _slot = slot;
             drop(report.send(RunMessage::AttemptDone {

@@ -534,6 +534,16 @@ impl TestSystem {
 
     /// The executor in-process, with its settings adjusted by `adjust`.
     pub async fn executor_with(&self, adjust: impl FnOnce(&mut executor::Config)) -> Running {
+        self.executor_with_runners(adjust, |runners| runners).await
+    }
+
+    /// The executor in-process, with its settings adjusted by `adjust` and step runners
+    /// replaced by `runners` (a test's own runner for a kind).
+    pub async fn executor_with_runners(
+        &self,
+        adjust: impl FnOnce(&mut executor::Config),
+        runners: impl FnOnce(executor::runners::Runners) -> executor::runners::Runners,
+    ) -> Running {
         use clap::Parser;
         let mut config = executor::Config::parse_from(["executor"]);
         config.admin_listen = "127.0.0.1:0".parse().unwrap();
@@ -541,7 +551,7 @@ impl TestSystem {
         config.database = self.database();
         config.kafka = self.kafka.clone();
         adjust(&mut config);
-        let app = executor::Application::build(config)
+        let app = executor::Application::build_with(config, runners)
             .await
             .expect("executor builds");
         spawn_server(app.port(), |stop| app.run_until(stopped(stop)))

@@ -719,3 +719,66 @@ async fn outputs_a_server_controls_stay_readable_in_every_projection() {
     executor.stop().await;
     commands.stop().await;
 }
+
+/// A `template` runner whose first attempt of every step panics.
+struct PanicsFirst;
+
+impl executor::runners::StepRunner for PanicsFirst {
+    fn run(
+        &self,
+        attempt: executor::runners::AttemptInput,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<executor::runners::StepOutput, executor::runners::AttemptFailure>,
+    > {
+        Box::pin(async move {
+            if attempt.attempt == 1 {
+                panic!("a bug in a runner");
+            }
+            Ok(attempt.input["template"].clone().into())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_runner_that_panics_fails_its_attempt_and_the_retry_runs() {
+    let system = TestSystem::new(1).await;
+    let commands = system.command_service().await;
+    let executor = system
+        .executor_with_runners(
+            |_| {},
+            |runners| {
+                runners.with(
+                    flowline_domain::StepKind::Template,
+                    std::sync::Arc::new(PanicsFirst),
+                )
+            },
+        )
+        .await;
+    let id = system
+        .submit(
+            &commands.url,
+            &json!({"name": "panics", "input": {}, "steps": [
+                step("a", "template", &[], json!({"template": "fine", "retry": {"initial_interval": "10ms"}}))
+            ]}),
+        )
+        .await;
+    system.wait_for_run(&id, "succeeded", RUN_WITHIN).await;
+    let events = system.events(&id).await;
+    let failed = step_events(&events, "a")
+        .into_iter()
+        .find_map(|e| match e {
+            WorkflowEvent::StepFailed(failed) => Some(failed.clone()),
+            _ => None,
+        })
+        .expect("the panicking attempt is a failed attempt on the log");
+    assert_eq!(failed.error.kind, "runner_panicked");
+    assert!(failed.error.message.contains("a bug in a runner"));
+    assert_eq!(output_of(&events, "a"), json!("fine"));
+    assert_eq!(
+        system
+            .metric(&executor.url, "flowline_executor_runner_panics_total")
+            .await,
+        1
+    );
+}
