@@ -7,6 +7,7 @@ use flowline_event_log::KafkaSettings;
 use flowline_service_kit::db::DatabaseSettings;
 
 use crate::runners::http::HttpSettings;
+use crate::runners::mcp_tool::McpSettings;
 
 /// Runs the steps of every workflow run: reads the published log from the event store,
 /// decides each run's next transitions, runs step attempts and records their outcomes.
@@ -36,6 +37,9 @@ pub struct Config {
     /// `http` step settings.
     #[command(flatten)]
     pub http: HttpSettings,
+    /// `mcp_tool` step settings.
+    #[command(flatten)]
+    pub mcp: McpSettings,
     /// PostgreSQL settings.
     #[command(flatten)]
     pub database: DatabaseSettings,

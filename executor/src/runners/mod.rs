@@ -3,6 +3,7 @@
 //! retries or timers (the attempt's deadline is enforced by dropping its future).
 
 pub mod http;
+pub mod mcp_tool;
 pub mod template;
 
 use std::collections::HashMap;
