@@ -27,6 +27,9 @@ use crate::config::ServersConfig;
 use crate::session::{EnvLookup, Session};
 use crate::{McpCallError, ToolCall, ToolCaller, ToolOutcome};
 
+/// How long a call's progress subscription outlives its result.
+const PROGRESS_GRACE: Duration = Duration::from_millis(250);
+
 /// Longest tool error text put in a failure's message.
 const ERROR_TEXT_CHARS: usize = 2000;
 
@@ -179,7 +182,7 @@ impl McpClient {
             Ok(handle) => handle,
             Err(error) => return Err(Self::failed(slot, &session, call, error).await),
         };
-        let _progress = call.progress.as_ref().map(|callback| {
+        let progress = call.progress.as_ref().map(|callback| {
             session
                 .progress()
                 .subscribe(handle.progress_token.clone(), Arc::clone(callback))
@@ -190,6 +193,15 @@ impl McpClient {
         };
         let answer = handle.await_response().await;
         abandon.peer = None;
+        if let Some(progress) = progress {
+            // rmcp handles each notification on a task of its own, so the last ones sent
+            // before the result may still be on their way: they are let through a moment
+            // longer.
+            tokio::spawn(async move {
+                tokio::time::sleep(PROGRESS_GRACE).await;
+                drop(progress);
+            });
+        }
         match answer {
             Ok(ServerResult::CallToolResult(result)) => {
                 tool_outcome(result, call, slot.spec.limits.max_result_bytes)

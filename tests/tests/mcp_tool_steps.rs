@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use flowline_domain::{EventEnvelope, WorkflowEvent};
+use flowline_service_kit::live::{LiveEntry, LiveReader, stream_key};
 use serde_json::{Value, json};
 use system_tests::mcp_servers::{EverythingHttp, ServersFile};
-use system_tests::{Running, TestSystem, eventually};
+use system_tests::{Running, TestSystem, eventually, redis_url};
 
 const RUN_WITHIN: Duration = Duration::from_secs(60);
 
@@ -18,13 +19,19 @@ fn step(id: &str, depends_on: &[&str], config: Value) -> Value {
     json!({"id": id, "kind": "mcp_tool", "depends_on": depends_on, "config": config})
 }
 
-/// A system whose executor calls the servers of `servers`.
+/// A system whose executor calls the servers of `servers` and publishes live output
+/// under the test's Redis prefix.
 async fn started(servers: &ServersFile) -> (TestSystem, Running, Running) {
     let system = TestSystem::new(2).await;
     let commands = system.command_service().await;
     let path = servers.path.clone();
+    let prefix = system.redis_prefix();
     let executor = system
-        .executor_with(move |config| config.mcp.servers_file = Some(path))
+        .executor_with(move |config| {
+            config.mcp.servers_file = Some(path);
+            config.redis.redis_url = redis_url();
+            config.redis.redis_key_prefix = prefix;
+        })
         .await;
     (system, commands, executor)
 }
@@ -177,6 +184,58 @@ async fn a_tool_error_fails_the_step_for_good_and_the_run() {
         unknown.error.message.contains("everything"),
         "{}",
         unknown.error.message
+    );
+}
+
+#[tokio::test]
+async fn progress_notifications_of_a_long_running_tool_reach_the_live_channel_while_it_runs() {
+    let servers = ServersFile::write(None, "");
+    let (system, commands, _executor) = started(&servers).await;
+    let id = system
+        .submit(
+            &commands.url,
+            &json!({
+                "name": "progress",
+                "steps": [step("long", &[], json!({"server": "everything", "tool": "trigger-long-running-operation",
+                                                   "arguments": {"duration": 4, "steps": 4}}))]
+            }),
+        )
+        .await;
+    let tenant = system.events(&id).await[0].metadata.tenant.clone();
+    let key = stream_key(&system.redis_prefix(), &tenant, id.parse().unwrap(), "long");
+    let mut reader = LiveReader::open(&redis_url(), key).await.expect("Redis");
+    let first = reader
+        .next_batch(Duration::from_secs(30), 100)
+        .await
+        .expect("Redis read");
+    assert!(!first.is_empty(), "no progress within 30 s");
+    // Live: the first notification is there a second in, while the tool still runs.
+    assert_eq!(system.run_status(&id).await.as_deref(), Some("running"));
+
+    system.wait_for_run(&id, "succeeded", RUN_WITHIN).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut entries = first;
+    entries.extend(reader.drain(100).await.expect("Redis read"));
+    let progress: Vec<(u32, f64, Option<f64>)> = entries
+        .iter()
+        .map(|entry| match entry {
+            LiveEntry::Progress {
+                attempt,
+                progress,
+                total,
+                ..
+            } => (*attempt, *progress, *total),
+            other => panic!("only progress expected: {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        progress,
+        vec![
+            (1, 1.0, Some(4.0)),
+            (1, 2.0, Some(4.0)),
+            (1, 3.0, Some(4.0)),
+            (1, 4.0, Some(4.0)),
+        ]
     );
 }
 

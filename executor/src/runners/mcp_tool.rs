@@ -17,7 +17,7 @@ use flowline_mcp_client::{
 use futures::future::BoxFuture;
 use serde_json::{Map, Value};
 
-use super::{AttemptFailure, AttemptInput, StepRunner};
+use super::{AttemptFailure, AttemptInput, StepOutput, StepRunner};
 
 /// `mcp_tool` step settings.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -110,9 +110,11 @@ fn failure(error: McpCallError) -> AttemptFailure {
 async fn run_attempt(
     caller: Arc<dyn ToolCaller>,
     attempt: AttemptInput,
-    progress: Option<ProgressCallback>,
-) -> Result<Value, AttemptFailure> {
+) -> Result<StepOutput, AttemptFailure> {
     let settings = call_settings(&attempt.input)?;
+    let live = attempt.live.clone();
+    let progress: ProgressCallback =
+        Arc::new(move |p| live.progress(p.progress, p.total, p.message));
     let timeout = attempt
         .deadline
         .map(|deadline| (deadline - Utc::now()).to_std().unwrap_or_default());
@@ -121,17 +123,17 @@ async fn run_attempt(
         tool: settings.tool,
         arguments: settings.arguments,
         timeout,
-        progress,
+        progress: Some(progress),
     };
     caller
         .call_tool(call)
         .await
-        .map(|outcome| outcome.output)
+        .map(|outcome| StepOutput::from(outcome.output))
         .map_err(failure)
 }
 
 impl StepRunner for McpToolRunner {
-    fn run(&self, attempt: AttemptInput) -> BoxFuture<'static, Result<Value, AttemptFailure>> {
+    fn run(&self, attempt: AttemptInput) -> BoxFuture<'static, Result<StepOutput, AttemptFailure>> {
         let Some(caller) = self.caller.clone() else {
             return Box::pin(async {
                 Err(AttemptFailure::permanent(
@@ -141,7 +143,7 @@ impl StepRunner for McpToolRunner {
                 ))
             });
         };
-        Box::pin(run_attempt(caller, attempt, None))
+        Box::pin(run_attempt(caller, attempt))
     }
 }
 
@@ -172,6 +174,8 @@ mod tests {
                 attempt_id: uuid::Uuid::nil(),
                 input: json!({"server": "s", "tool": "t"}),
                 deadline: None,
+                last_attempt: true,
+                live: crate::live::LiveSink::disabled(),
             })
             .await
             .unwrap_err();
