@@ -11,7 +11,7 @@ use flowline_domain::{EventEnvelope, WorkflowEvent};
 use flowline_service_kit::live::{LiveEntry, LiveReader, stream_key};
 use serde_json::{Value, json};
 use system_tests::mcp_servers::{EverythingHttp, ServersFile};
-use system_tests::{Running, TestSystem, eventually, redis_url};
+use system_tests::{Running, TestSystem, redis_url};
 
 const RUN_WITHIN: Duration = Duration::from_secs(60);
 
@@ -54,6 +54,32 @@ fn failures_of(events: &[EventEnvelope], step_id: &str) -> Vec<flowline_domain::
             _ => None,
         })
         .collect()
+}
+
+/// A reader of the live output of `step` of run `id`.
+async fn live_reader(system: &TestSystem, id: &str, step: &str) -> LiveReader {
+    let tenant = system.events(id).await[0].metadata.tenant.clone();
+    let key = stream_key(&system.redis_prefix(), &tenant, id.parse().unwrap(), step);
+    LiveReader::open(&redis_url(), key).await.expect("Redis")
+}
+
+/// The first live entries, waited for up to 30 s (in short blocking reads: a long one
+/// would outlast the Redis connection's response timeout).
+async fn first_entries(reader: &mut LiveReader) -> Vec<LiveEntry> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let entries = reader
+            .next_batch(Duration::from_millis(200), 100)
+            .await
+            .expect("Redis read");
+        if !entries.is_empty() {
+            return entries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no live entry within 30 s"
+        );
+    }
 }
 
 fn text_of(output: &Value) -> &str {
@@ -149,7 +175,8 @@ async fn a_tool_error_fails_the_step_for_good_and_the_run() {
     assert!(!failure.retryable);
     assert!(failure.next_attempt_at.is_none());
 
-    // Arguments the server's schema refuses and an unknown tool fail the same way.
+    // Arguments the server's schema refuses fail the same way; an unknown tool and an
+    // unknown server fail for good too, with kinds of their own.
     let id = system
         .submit(
             &commands.url,
@@ -161,12 +188,14 @@ async fn a_tool_error_fails_the_step_for_good_and_the_run() {
                                             "on_failure": "continue"})),
                     step("nope", &[], json!({"server": "time", "tool": "no_such_tool",
                                              "on_failure": "continue"})),
-                    step("unknown", &[], json!({"server": "nowhere", "tool": "x"})),
+                    step("unknown", &[], json!({"server": "nowhere", "tool": "x",
+                                                "on_failure": "continue"})),
                 ]
             }),
         )
         .await;
-    system.wait_for_run(&id, "failed", RUN_WITHIN).await;
+    // Every step fails, each with `continue`: the run ends once all three did.
+    system.wait_for_run(&id, "succeeded", RUN_WITHIN).await;
     let events = system.events(&id).await;
     let sum = &failures_of(&events, "sum")[0];
     assert_eq!(sum.error.kind, "mcp_tool_error");
@@ -201,14 +230,8 @@ async fn progress_notifications_of_a_long_running_tool_reach_the_live_channel_wh
             }),
         )
         .await;
-    let tenant = system.events(&id).await[0].metadata.tenant.clone();
-    let key = stream_key(&system.redis_prefix(), &tenant, id.parse().unwrap(), "long");
-    let mut reader = LiveReader::open(&redis_url(), key).await.expect("Redis");
-    let first = reader
-        .next_batch(Duration::from_secs(30), 100)
-        .await
-        .expect("Redis read");
-    assert!(!first.is_empty(), "no progress within 30 s");
+    let mut reader = live_reader(&system, &id, "long").await;
+    let first = first_entries(&mut reader).await;
     // Live: the first notification is there a second in, while the tool still runs.
     assert_eq!(system.run_status(&id).await.as_deref(), Some("running"));
 
@@ -249,19 +272,19 @@ async fn a_server_killed_mid_call_fails_the_attempt_and_the_retry_succeeds_on_a_
             &json!({
                 "name": "long",
                 "steps": [step("long", &[], json!({"server": "everything", "tool": "trigger-long-running-operation",
-                                                   "arguments": {"duration": 3, "steps": 3},
+                                                   "arguments": {"duration": 4, "steps": 4},
                                                    "retry": {"max_attempts": 2, "initial_interval": "100ms"}}))]
             }),
         )
         .await;
-    let first = eventually(RUN_WITHIN, || async {
-        servers.everything_starts().first().copied()
-    })
-    .await
-    .expect("the server started");
-    // Mid-call: the operation takes three seconds.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert_eq!(system.run_status(&id).await.as_deref(), Some("running"));
+    // Mid-call: the tool's first progress notification (a second into four) came.
+    let mut reader = live_reader(&system, &id, "long").await;
+    let progress = first_entries(&mut reader).await;
+    assert!(
+        matches!(progress[0], LiveEntry::Progress { attempt: 1, .. }),
+        "{progress:?}"
+    );
+    let first = servers.everything_starts()[0];
     let killed = std::process::Command::new("kill")
         .args(["-9", &first.to_string()])
         .status()
