@@ -330,3 +330,34 @@ async fn streamable_http_calls_share_a_session_and_report_progress() {
         .unwrap_err();
     assert!(error.retryable(), "{error:?}");
 }
+
+#[tokio::test]
+async fn the_example_servers_file_reaches_its_servers() {
+    everything();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/mcp-servers.example.toml");
+    let client = McpClient::with_env(ServersConfig::load(&path).unwrap(), |name| {
+        std::env::var(name).ok().or_else(|| {
+            // What scripts/lib.sh's ensure_python_venv exports.
+            (name == "FLOWLINE_PYTHON").then(|| {
+                format!(
+                    "{}/.cache/flowline/venv/bin/python",
+                    std::env::var("HOME").unwrap_or_default()
+                )
+            })
+        })
+    });
+    let echoed = client
+        .call_tool(call("echo", json!({"message": "example"})))
+        .await
+        .unwrap();
+    assert_eq!(echoed.output[0]["text"], "Echo: example");
+    let time = client
+        .call_tool(ToolCall {
+            server: "time".into(),
+            ..call("get_current_time", json!({"timezone": "UTC"}))
+        })
+        .await
+        .unwrap();
+    assert!(time.structured, "{time:?}");
+    assert_eq!(time.output["timezone"], "UTC");
+}
