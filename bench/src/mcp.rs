@@ -5,9 +5,11 @@
 //!    one after another;
 //! 2. port: the same calls through `flowline-mcp-client`'s `ToolCaller` (what the runner
 //!    uses), to tell the port's cost from the executor's;
-//! 3. executor: one-step `mcp_tool` workflows submitted one at a time; per call, the time
-//!    from the step's `StepStarted` to its `StepSucceeded` (their `occurred_at`, set by the
-//!    executor when it records each), and submit → run succeeded end to end.
+//! 3. executor: one-step `mcp_tool` workflows submitted one at a time; per call, the
+//!    attempt as the executor timed it (`StepSucceeded.duration_ms`: runner start → result,
+//!    whole milliseconds), the time from the step's `StepStarted` to its `StepSucceeded`
+//!    (their `occurred_at`, set when the executor decides each: the `StepStarted` append,
+//!    rendering and the call are in it), and submit → run succeeded end to end.
 //!
 //! The overhead of a call through the executor is (3) minus (1), at p50 and at p99.
 
@@ -93,6 +95,7 @@ async fn wait_succeeded(system: &TestSystem, id: &str) -> anyhow::Result<()> {
 }
 
 struct ExecutorPhase {
+    attempt: Histogram<u64>,
     step: Histogram<u64>,
     end_to_end: Histogram<u64>,
 }
@@ -105,6 +108,7 @@ async fn through_executor(servers: &ServersFile, runs: usize) -> anyhow::Result<
         .executor_with(move |config| config.mcp.servers_file = Some(path))
         .await;
     let mut phase = ExecutorPhase {
+        attempt: histogram(),
         step: histogram(),
         end_to_end: histogram(),
     };
@@ -137,6 +141,15 @@ async fn through_executor(servers: &ServersFile, runs: usize) -> anyhow::Result<
         let started = at(|e| matches!(e, WorkflowEvent::StepStarted(_))).context("StepStarted")?;
         let succeeded =
             at(|e| matches!(e, WorkflowEvent::StepSucceeded(_))).context("StepSucceeded")?;
+        let duration_ms = events
+            .iter()
+            .find_map(|e| match &e.event {
+                WorkflowEvent::StepSucceeded(s) => Some(s.duration_ms),
+                _ => None,
+            })
+            .unwrap_or(0);
+        // Whole milliseconds on the event; a 0 is recorded as under one.
+        phase.attempt.record((duration_ms * 1000).max(1))?;
         let micros = (succeeded - started).num_microseconds().unwrap_or(0).max(1);
         phase.step.record(micros as u64)?;
     }
