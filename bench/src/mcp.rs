@@ -160,7 +160,7 @@ async fn through_executor(servers: &ServersFile, runs: usize) -> anyhow::Result<
 
 fn row(label: &str, latency: &Histogram<u64>) {
     println!(
-        "{label:<52} {:>9.3} {:>9.3} {:>9.3}",
+        "{label:<60} {:>9.3} {:>9.3} {:>9.3}",
         ms(latency, 0.5),
         ms(latency, 0.99),
         ms(latency, 1.0)
@@ -173,12 +173,16 @@ pub async fn mcp(calls: usize, runs: usize) -> anyhow::Result<()> {
     println!(
         "mcp_tool calls to server-everything `echo` over stdio ({calls} direct and port calls, {runs} runs)"
     );
-    println!("{:<52} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
+    println!("{:<60} {:>9} {:>9} {:>9}", "", "p50 ms", "p99 ms", "max ms");
     let direct = direct(calls).await?;
     row("direct rmcp call (baseline)", &direct);
     let port = through_port(&servers, calls).await?;
     row("through the ToolCaller port (McpClient)", &port);
     let executor = through_executor(&servers, runs).await?;
+    row(
+        "through the executor: the attempt (duration_ms, whole ms)",
+        &executor.attempt,
+    );
     row(
         "through the executor: StepStarted → StepSucceeded",
         &executor.step,
