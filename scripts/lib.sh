@@ -131,3 +131,15 @@ ensure_js_clients() {
     (cd "$dir" && npm ci --no-audit --no-fund --cache "$FLOWLINE_CACHE/npm") >&2 || die "npm ci failed in $dir"
   fi
 }
+
+# Installs the npm MCP servers that the mcp_tool tests and `scripts/bench mcp` call
+# (tests/mcp-servers, versions pinned by its package-lock.json) when they are missing or
+# older than the lock.
+ensure_mcp_servers() {
+  local dir="$FLOWLINE_ROOT/tests/mcp-servers"
+  command -v npm >/dev/null || die "node and npm are missing (Node 20+): apt-get install nodejs npm"
+  if [ ! -f "$dir/node_modules/.package-lock.json" ] || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+    say "installing the npm MCP servers (npm ci in tests/mcp-servers)"
+    (cd "$dir" && npm ci --no-audit --no-fund --cache "$FLOWLINE_CACHE/npm") >&2 || die "npm ci failed in $dir"
+  fi
+}

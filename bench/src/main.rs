@@ -27,6 +27,7 @@ use system_tests::TestSystem;
 use uuid::Uuid;
 
 mod execute;
+mod mcp;
 
 #[derive(Parser)]
 #[command(
@@ -118,6 +119,16 @@ enum Command {
         /// Seconds of the baseline and of the latency phase.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// `mcp_tool` calls to server-everything through the executor (step time and
+    /// submit → succeeded), next to direct rmcp calls and calls through the MCP port.
+    Mcp {
+        /// Measured direct calls and calls through the port.
+        #[arg(long, default_value_t = 1_000)]
+        calls: usize,
+        /// Measured one-step runs through the executor, one at a time.
+        #[arg(long, default_value_t = 200)]
+        runs: usize,
     },
     /// Aggregate load time of a long stream, with and without a snapshot.
     Load {
@@ -1314,6 +1325,7 @@ async fn main() -> anyhow::Result<()> {
             commands,
             partitions,
         } => subscribe(commands, partitions).await,
+        Command::Mcp { calls, runs } => mcp::mcp(calls, runs).await,
         Command::Graphql {
             clients,
             seconds,

@@ -96,20 +96,27 @@ pub(crate) struct StepConfigDoc {
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
     )]
     model: Option<String>,
-    /// `mcp_tool` steps: the MCP server (1-200 characters, no control characters; indexed).
+    /// `mcp_tool` steps, required: the MCP server, a name from the executor's servers file
+    /// (1-200 characters, no control characters; indexed).
     #[schema(
         min_length = 1,
         max_length = 200,
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
     )]
     server: Option<String>,
-    /// `mcp_tool` steps: the tool (1-200 characters, no control characters; indexed).
+    /// `mcp_tool` steps, required: the tool (1-200 characters, no control characters;
+    /// indexed).
     #[schema(
         min_length = 1,
         max_length = 200,
         pattern = "^[^\\u0000-\\u001F\\u007F-\\u009F]+$"
     )]
     tool: Option<String>,
+    /// `mcp_tool` steps: the tool's arguments (its strings are templates). The step's
+    /// output is the tool's `structuredContent` when it sends one, else its `content`
+    /// blocks.
+    #[schema(value_type = Option<Object>)]
+    arguments: Option<serde_json::Value>,
 }
 
 /// A step of a submitted workflow.

@@ -280,6 +280,7 @@ impl SubmitWorkflow {
             }
             if let Some(kind) = kind {
                 check_indexed_names(kind, &config, &at, &mut errors);
+                check_mcp_tool_settings(kind, &config, &at, &mut errors);
             }
             steps.push((kind, config));
         }
@@ -400,6 +401,40 @@ fn check_indexed_names(
                 errors,
             );
         }
+    }
+}
+
+/// An `mcp_tool` step names its server and tool (strings; templates are fine) and gives
+/// the tool's arguments as an object, so a step that could never call anything is refused
+/// at submit rather than failing at run time.
+fn check_mcp_tool_settings(
+    kind: StepKind,
+    config: &serde_json::Value,
+    at: &str,
+    errors: &mut ValidationErrors,
+) {
+    if kind != StepKind::McpTool {
+        return;
+    }
+    for (member, what) in [
+        ("server", "the name of a configured MCP server"),
+        ("tool", "the name of the tool to call"),
+    ] {
+        if !matches!(config.get(member), Some(serde_json::Value::String(_))) {
+            errors.push(
+                format!("{at}.config.{member}"),
+                format!("is required for an mcp_tool step: {what}, a string"),
+            );
+        }
+    }
+    if !matches!(
+        config.get("arguments"),
+        None | Some(serde_json::Value::Null | serde_json::Value::Object(_))
+    ) {
+        errors.push(
+            format!("{at}.config.arguments"),
+            "must be an object: the tool's arguments (its strings are templates)",
+        );
     }
 }
 

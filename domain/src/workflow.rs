@@ -1004,7 +1004,10 @@ mod tests {
                 step("a", "http", &["c"]),
                 step("b", "llm", &["a"]),
                 step("c", "template", &["b"]),
-                step("d", "mcp_tool", &[]),
+                StepSpec {
+                    config: Some(json!({"server": "web", "tool": "search"})),
+                    ..step("d", "mcp_tool", &[])
+                },
             ]),
         );
         let Err(DomainError::Invalid(errors)) = result else {
@@ -1012,6 +1015,40 @@ mod tests {
         };
         assert_eq!(errors.0[0].field, "steps");
         assert_eq!(errors.0[0].message, "dependency cycle: a -> c -> b -> a");
+    }
+
+    #[test]
+    fn an_mcp_tool_step_needs_its_server_and_tool_and_object_arguments() {
+        let refused = |config: serde_json::Value| {
+            field_errors(given_when(
+                &[],
+                submit(vec![StepSpec {
+                    config: Some(config),
+                    ..step("call", "mcp_tool", &[])
+                }]),
+            ))
+        };
+        assert_eq!(
+            refused(json!({"arguments": {"q": "x"}})),
+            vec!["steps[0].config.server", "steps[0].config.tool"]
+        );
+        assert_eq!(
+            refused(json!({"server": "web", "tool": 7})),
+            vec!["steps[0].config.tool"]
+        );
+        assert_eq!(
+            refused(json!({"server": "web", "tool": "search", "arguments": "q=x"})),
+            vec!["steps[0].config.arguments"]
+        );
+        let accepted = given_when(
+            &[],
+            submit(vec![StepSpec {
+                config: Some(json!({"server": "{{ input.server }}", "tool": "search",
+                                    "arguments": {"q": "{{ input.topic }}"}})),
+                ..step("call", "mcp_tool", &[])
+            }]),
+        );
+        assert!(accepted.is_ok(), "{accepted:?}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use flowline_domain::StepKind;
 use flowline_event_store::{EventStore, WorkflowRepository};
 use flowline_pricing::PriceTable;
 use flowline_service_kit::health::Health;
@@ -19,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::payloads::Payloads;
 use crate::runners::Runners;
 use crate::runners::http::HttpRunner;
+use crate::runners::mcp_tool::McpToolRunner;
 use crate::{Error, Result};
 
 /// Snapshot cadence of the executor's appends (as the command service's default).
@@ -58,6 +60,7 @@ impl Application {
         let partitions = flowline_event_log::ensure_topic(&config.kafka).await?;
         let http = HttpRunner::new(&config.http).map_err(Error::Config)?;
         let default_http_timeout = http.default_timeout();
+        let mcp_tool = McpToolRunner::from_settings(&config.mcp).map_err(Error::Config)?;
         let store = EventStore::with_background_wakeups(pool.clone());
         let shared = Shared::new(Parts {
             repository: WorkflowRepository::new(store, pool.clone(), SNAPSHOT_EVERY),
@@ -66,7 +69,7 @@ impl Application {
                 config.max_concurrent_attempts,
                 config.max_attempts_per_tenant,
             ),
-            runners: runners(Runners::new(http)),
+            runners: runners(Runners::new(http).with(StepKind::McpTool, Arc::new(mcp_tool))),
             payloads: Payloads::new(pool.clone(), config.output_inline_bytes),
             metrics: Arc::new(Metrics::default()),
             default_http_timeout,

@@ -10,8 +10,9 @@
 //! processes through the same PostgreSQL leases as the projectors; a killed process's
 //! runs continue elsewhere once its leases expire.
 //!
-//! Step kinds run behind one [`runners::StepRunner`] port each: `template` and `http`
-//! here, `llm` and `mcp_tool` answering `not_configured` until their runners exist.
+//! Step kinds run behind one [`runners::StepRunner`] port each: `template`, `http` and
+//! `mcp_tool` (through the `flowline-mcp-client` port, ADR 0023) here, `llm` answering
+//! `not_configured` until its runner exists.
 
 pub mod admin;
 pub mod application;
