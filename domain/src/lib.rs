@@ -12,6 +12,7 @@ pub mod aggregate;
 pub mod change;
 pub mod command;
 pub mod event;
+pub mod llm;
 pub mod policy;
 pub mod schedule;
 pub mod usage;
