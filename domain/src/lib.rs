@@ -9,6 +9,7 @@
 
 pub mod accepted;
 pub mod aggregate;
+pub mod budget;
 pub mod change;
 pub mod command;
 pub mod event;
