@@ -15,6 +15,8 @@
 //! `response_format`, `parsed` (the text parsed as JSON and valid against the schema; a
 //! text that is not fails the attempt with `invalid_output`, retryable).
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +31,58 @@ use serde_json::{Value, json};
 
 use super::{AttemptFailure, AttemptInput, StepOutput, StepRunner};
 use crate::budget::{BudgetLedger, Reservation, ReserveError};
+
+/// `llm` step settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LlmSettings {
+    /// The providers file: which model servers `llm` steps may call, with their wire API,
+    /// base URL, the environment variable holding each key, timeouts and limits (see
+    /// `config/providers.example.toml`). Unset: `llm` steps fail with `not_configured`.
+    #[arg(long = "llm-providers-file", env = "LLM_PROVIDERS_FILE")]
+    pub providers_file: Option<PathBuf>,
+    /// Keys given in-process, looked up before the environment (embedding and tests).
+    #[arg(skip)]
+    pub keys: ProviderKeys,
+}
+
+/// Provider keys by environment variable name, given in-process; never printed.
+#[derive(Clone, Default)]
+pub struct ProviderKeys(BTreeMap<String, String>);
+
+impl ProviderKeys {
+    /// The key held for `variable`.
+    pub fn get(&self, variable: &str) -> Option<String> {
+        self.0.get(variable).cloned()
+    }
+}
+
+impl<const N: usize> From<[(&str, &str); N]> for ProviderKeys {
+    fn from(keys: [(&str, &str); N]) -> Self {
+        Self(
+            keys.into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+}
+
+impl std::fmt::Debug for ProviderKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl LlmSettings {
+    /// The providers of the file, keys from [`LlmSettings::keys`] then the environment;
+    /// `None` without a file.
+    pub fn providers(&self) -> Result<Option<Providers>, flowline_model_providers::Error> {
+        let Some(path) = &self.providers_file else {
+            return Ok(None);
+        };
+        let lookup = |variable: &str| self.keys.get(variable).or_else(|| std::env::var(variable).ok());
+        Providers::load(path, &lookup).map(Some)
+    }
+}
 
 /// Runs `llm` steps.
 #[derive(Clone)]
