@@ -295,11 +295,15 @@ impl Provider {
         Ok(())
     }
 
-    /// Streams one completion. `on_text` gets each text chunk as it arrives.
+    /// Streams one completion. `on_text` gets each text chunk as it arrives. The call ends
+    /// at the provider's `request_timeout` or at `deadline`, whichever comes first, with
+    /// a `model_timed_out` failure that keeps what arrived (a caller that would otherwise
+    /// drop the call at its deadline learns its usage this way).
     pub async fn call(
         &self,
         request: &ChatRequest,
         on_text: &mut (dyn FnMut(&str) + Send),
+        deadline: Option<std::time::Instant>,
     ) -> Result<Completion, CallError> {
         let name = &self.config.name;
         let Some(key) = &self.config.api_key else {
@@ -336,7 +340,9 @@ impl Provider {
         self.wait_for_cooldown().await?;
 
         let mut state = StreamState::default();
-        let deadline = Instant::now() + self.config.request_timeout;
+        let own_deadline = Instant::now() + self.config.request_timeout;
+        let callers = deadline.map(Instant::from_std);
+        let deadline = callers.map_or(own_deadline, |d| d.min(own_deadline));
         let outcome =
             tokio::time::timeout_at(deadline, self.stream(request, key, &mut state, on_text)).await;
         let (usage, usage_reported) = state.usage_or_estimate(prompt_estimate);
@@ -347,10 +353,14 @@ impl Provider {
                 let mut error = CallError::new(
                     FailureKind::TimedOut,
                     true,
-                    format!(
-                        "provider '{name}' did not finish within its request_timeout of {} ms",
-                        self.config.request_timeout.as_millis()
-                    ),
+                    if deadline < own_deadline {
+                        format!("provider '{name}' did not finish before the step's timeout")
+                    } else {
+                        format!(
+                            "provider '{name}' did not finish within its request_timeout of {} ms",
+                            self.config.request_timeout.as_millis()
+                        )
+                    },
                 );
                 // Sent or not, the provider may bill it: counted as sent.
                 error.partial.sent = true;

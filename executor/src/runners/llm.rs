@@ -84,6 +84,9 @@ impl LlmSettings {
     }
 }
 
+/// How long before an attempt's deadline a call ends itself.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
 /// Runs `llm` steps.
 #[derive(Clone)]
 pub struct LlmRunner {
@@ -224,7 +227,13 @@ impl LlmRunner {
         };
         let live = attempt.live.clone();
         let mut on_text = move |chunk: &str| live.token(chunk);
-        let outcome = provider.call(request, &mut on_text).await;
+        // Ends the call itself a little before the attempt's deadline, so that its usage
+        // is reported instead of lost with the dropped attempt.
+        let deadline = attempt.deadline.and_then(|at| {
+            let left = (at - Utc::now()).to_std().unwrap_or_default();
+            Some(std::time::Instant::now() + left.checked_sub(DEADLINE_MARGIN)?)
+        });
+        let outcome = provider.call(request, &mut on_text, deadline).await;
         let (usage, complete, sent) = match &outcome {
             Ok(completion) => (completion.usage, true, true),
             Err(error) => (error.partial.usage, false, error.partial.sent),
