@@ -10,6 +10,7 @@ use uuid::Uuid;
 use crate::accepted::{MAX_TEXT_CHARS, check_json, check_name, check_text};
 use crate::event::{StepDefinition, StepError, StepKind, WorkflowSubmitted};
 use crate::policy::{StepPolicy, parse_duration};
+use crate::usage::ModelCall;
 use crate::validation::{ValidationErrors, shown};
 
 pub use crate::accepted::MAX_NAME_CHARS;
@@ -105,6 +106,8 @@ pub enum StepCommand {
         output_ref: Option<String>,
         /// How long it ran.
         duration_ms: u64,
+        /// The model calls it made.
+        calls: Vec<ModelCall>,
     },
     /// The running attempt failed.
     Fail {
@@ -116,6 +119,8 @@ pub enum StepCommand {
         retryable: bool,
         /// When the next attempt is due; `None` = failed for good.
         next_attempt_at: Option<DateTime<Utc>>,
+        /// The model calls it made before it failed.
+        calls: Vec<ModelCall>,
     },
     /// The running attempt passed its deadline.
     TimeOut {

@@ -4,6 +4,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::usage::ModelCall;
+
 /// What kind of work a step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,6 +136,9 @@ pub struct StepSucceeded {
     pub output_ref: Option<String>,
     /// How long the attempt ran, in milliseconds.
     pub duration_ms: u64,
+    /// The model calls the attempt made, with their usage and cost (`llm` steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<ModelCall>,
 }
 
 /// Why an attempt failed.
@@ -170,6 +175,10 @@ pub struct StepFailed {
     pub retryable: bool,
     /// When the next attempt is due; `None`: the step failed for good.
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The model calls the attempt made before it failed, with what they used and cost
+    /// (a call cut short is billed for the tokens that were received).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub calls: Vec<ModelCall>,
 }
 
 /// An attempt of a step ran past its timeout (or a wait step's signal did not come).

@@ -348,6 +348,7 @@ mod tests {
                     output: json!("ok"),
                     output_ref: None,
                     duration_ms: 1,
+                    calls: vec![],
                 },
             })
         }
@@ -363,6 +364,7 @@ mod tests {
                     },
                     retryable: true,
                     next_attempt_at: next,
+                    calls: vec![],
                 },
             })
         }
@@ -441,6 +443,7 @@ mod tests {
                 output: json!(1),
                 output_ref: None,
                 duration_ms: 1,
+                calls: vec![],
             },
         };
         assert!(matches!(

@@ -447,6 +447,7 @@ impl Workflow {
                 output,
                 output_ref,
                 duration_ms,
+                calls,
             } => {
                 self.require_live("completing a step")?;
                 let attempt = running(attempt_id)?;
@@ -457,6 +458,7 @@ impl Workflow {
                     output: output.clone(),
                     output_ref: output_ref.clone(),
                     duration_ms: *duration_ms,
+                    calls: calls.clone(),
                 }))
             }
             StepCommand::Fail {
@@ -464,6 +466,7 @@ impl Workflow {
                 error,
                 retryable,
                 next_attempt_at,
+                calls,
             } => {
                 self.require_live("failing a step")?;
                 let attempt = running(attempt_id)?;
@@ -474,6 +477,7 @@ impl Workflow {
                     error: error.clone(),
                     retryable: *retryable,
                     next_attempt_at: *next_attempt_at,
+                    calls: calls.clone(),
                 }))
             }
             StepCommand::TimeOut {

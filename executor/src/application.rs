@@ -4,6 +4,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use flowline_event_store::{EventStore, WorkflowRepository};
+use flowline_pricing::PriceTable;
 use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::leases::Leases;
@@ -13,6 +14,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::feed::{self, Parts, Shared};
+use crate::live::LiveHub;
 use crate::metrics::Metrics;
 use crate::payloads::Payloads;
 use crate::runners::Runners;
@@ -39,11 +41,19 @@ impl Application {
         Self::build_with(config, |runners| runners).await
     }
 
-    /// The same, with step runners replaced or added (the AI and MCP runners plug in here).
+    /// The same, with step runners replaced or added (tests plug theirs in here).
     pub async fn build_with(
         config: Config,
         runners: impl FnOnce(Runners) -> Runners,
     ) -> Result<Self> {
+        let prices = match &config.price_table {
+            Some(path) => PriceTable::load(path),
+            None => PriceTable::shipped(),
+        }
+        .map(Arc::new)
+        .map_err(|e| Error::Config(e.to_string()))?;
+        tracing::info!(entries = prices.len(), "price table loaded");
+        let live = LiveHub::connect(&config.redis).await;
         let pool = config.database.prepare().await?;
         let partitions = flowline_event_log::ensure_topic(&config.kafka).await?;
         let http = HttpRunner::new(&config.http).map_err(Error::Config)?;
@@ -61,6 +71,7 @@ impl Application {
             metrics: Arc::new(Metrics::default()),
             default_http_timeout,
             partitions,
+            live,
         });
         let stop = CancellationToken::new();
         let health = Health::new();

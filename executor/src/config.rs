@@ -1,10 +1,12 @@
 //! Settings, from flags or environment variables, with defaults that run locally.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use flowline_event_log::KafkaSettings;
 use flowline_service_kit::db::DatabaseSettings;
+use flowline_service_kit::live::RedisSettings;
 
 use crate::runners::http::HttpSettings;
 
@@ -33,9 +35,18 @@ pub struct Config {
     /// table by content hash, and their event carries the reference.
     #[arg(long, env = "STEP_OUTPUT_INLINE_BYTES", default_value_t = 64 * 1024)]
     pub output_inline_bytes: usize,
+    /// The price table every model call is priced with when it is made, in the format of
+    /// `pricing/prices.toml` (its header gives the format and the prices' source); unset,
+    /// that file as it was when the executor was built.
+    #[arg(long, env = "PRICE_TABLE_FILE")]
+    pub price_table: Option<PathBuf>,
     /// `http` step settings.
     #[command(flatten)]
     pub http: HttpSettings,
+    /// Redis carrying the live output of running steps (streamed model text, tool
+    /// progress); without it steps run and only the live view is missing.
+    #[command(flatten)]
+    pub redis: RedisSettings,
     /// PostgreSQL settings.
     #[command(flatten)]
     pub database: DatabaseSettings,

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::dispatch::Dispatcher;
+use crate::live::LiveHub;
 use crate::metrics::Metrics;
 use crate::payloads::Payloads;
 use crate::render::Renderer;
@@ -55,6 +56,7 @@ pub(crate) struct Shared {
     pub(crate) payloads: Payloads,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) default_http_timeout: Duration,
+    pub(crate) live: LiveHub,
     registry: Mutex<Registry>,
     wakers: HashMap<i32, Arc<Notify>>,
 }
@@ -69,6 +71,7 @@ pub(crate) struct Parts {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) default_http_timeout: Duration,
     pub(crate) partitions: i32,
+    pub(crate) live: LiveHub,
 }
 
 impl Shared {
@@ -82,6 +85,7 @@ impl Shared {
             payloads: parts.payloads,
             metrics: parts.metrics,
             default_http_timeout: parts.default_http_timeout,
+            live: parts.live,
             registry: Mutex::new(Registry::default()),
             wakers: (0..parts.partitions)
                 .map(|p| (p, Arc::new(Notify::new())))

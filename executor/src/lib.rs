@@ -19,6 +19,7 @@ pub mod bounded;
 pub mod config;
 pub mod dispatch;
 mod feed;
+pub mod live;
 pub mod metrics;
 pub mod payloads;
 pub mod render;

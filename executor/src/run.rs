@@ -26,7 +26,7 @@ use crate::bounded;
 use crate::dispatch::Slot;
 use crate::feed::Shared;
 use crate::metrics::Metrics;
-use crate::runners::{AttemptFailure, AttemptInput};
+use crate::runners::{AttemptFailure, AttemptInput, StepOutput};
 
 /// What an actor hears.
 #[derive(Debug)]
@@ -37,7 +37,7 @@ pub(crate) enum RunMessage {
     AttemptDone {
         step_id: String,
         attempt_id: Uuid,
-        result: Result<Value, AttemptFailure>,
+        result: Result<StepOutput, AttemptFailure>,
         elapsed: Duration,
     },
 }
@@ -422,7 +422,7 @@ impl RunActor {
                         attempt_id,
                         payload,
                     } => {
-                        self.record_success(&step_id, attempt_id, payload, Duration::ZERO)
+                        self.record_success(&step_id, attempt_id, payload.into(), Duration::ZERO)
                             .await
                     }
                     Decision::TimeOutStep {
@@ -586,6 +586,11 @@ impl RunActor {
             attempt_id,
             input,
             deadline,
+            last_attempt: self.is_last_attempt(index, attempt),
+            live: self
+                .shared
+                .live
+                .sink(&self.tenant, self.id, step_id, attempt),
         };
         let report = self.me.clone();
         let step = step_id.to_owned();
@@ -649,7 +654,7 @@ impl RunActor {
         &mut self,
         step_id: &str,
         attempt_id: Uuid,
-        result: Result<Value, AttemptFailure>,
+        result: Result<StepOutput, AttemptFailure>,
         elapsed: Duration,
     ) {
         match result {
@@ -677,10 +682,11 @@ impl RunActor {
         &mut self,
         step_id: &str,
         attempt_id: Uuid,
-        output: Value,
+        output: StepOutput,
         elapsed: Duration,
     ) -> Recorded {
-        let output = bounded::text_of(output);
+        let StepOutput { value, calls } = output;
+        let output = bounded::text_of(value);
         let Some((inline, output_ref)) = self.stored(output.clone()).await else {
             return Recorded::Stopped;
         };
@@ -692,6 +698,7 @@ impl RunActor {
                     output: inline,
                     output_ref,
                     duration_ms: elapsed.as_millis() as u64,
+                    calls,
                 },
             })
             .await;
@@ -721,6 +728,12 @@ impl RunActor {
                 }
             }
         }
+    }
+
+    /// Whether attempt `attempt` of step `index` is the last its retry policy allows.
+    fn is_last_attempt(&self, index: usize, attempt: u32) -> bool {
+        let policy_attempt = self.state.state.steps[index].policy_attempt(attempt);
+        policy_attempt >= self.policies[index].retry.max_attempts
     }
 
     /// When the attempt after `attempt` of step `index` is due, per its policy with jitter.
@@ -771,6 +784,7 @@ impl RunActor {
                     },
                     retryable: failure.retryable,
                     next_attempt_at,
+                    calls: failure.calls,
                 },
             })
             .await;

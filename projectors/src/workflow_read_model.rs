@@ -1187,6 +1187,7 @@ mod tests {
             },
             retryable: retry,
             next_attempt_at: retry.then(|| at(50)),
+            calls: vec![],
         })
     }
 
@@ -1211,6 +1212,7 @@ mod tests {
             },
             output_ref: output_ref.map(Into::into),
             duration_ms: 12,
+            calls: vec![],
         })
     }
 

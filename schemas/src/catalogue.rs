@@ -52,7 +52,13 @@ const FILES: &[(&str, u32, &str)] = &[
         1,
         include_str!("../avro/StepSucceeded.v1.avsc"),
     ),
+    (
+        "StepSucceeded",
+        2,
+        include_str!("../avro/StepSucceeded.v2.avsc"),
+    ),
     ("StepFailed", 1, include_str!("../avro/StepFailed.v1.avsc")),
+    ("StepFailed", 2, include_str!("../avro/StepFailed.v2.avsc")),
     (
         "StepTimedOut",
         1,

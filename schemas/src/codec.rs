@@ -181,10 +181,10 @@ mod tests {
     use apache_avro::GenericSingleObjectWriter;
     use chrono::{Duration, TimeZone, Utc};
     use flowline_domain::{
-        EventMetadata, SignalReceived, StepDefinition, StepError, StepFailed, StepKind,
-        StepRetried, StepSkipped, StepStarted, StepSucceeded, StepTimedOut, WorkflowCancelled,
-        WorkflowEvent, WorkflowFailed, WorkflowPaused, WorkflowResumed, WorkflowStarted,
-        WorkflowSubmitted, WorkflowSucceeded,
+        EventMetadata, ModelCall, SignalReceived, StepDefinition, StepError, StepFailed, StepKind,
+        StepRetried, StepSkipped, StepStarted, StepSucceeded, StepTimedOut, TokenUsage,
+        WorkflowCancelled, WorkflowEvent, WorkflowFailed, WorkflowPaused, WorkflowResumed,
+        WorkflowStarted, WorkflowSubmitted, WorkflowSucceeded,
     };
     use serde_json::json;
     use uuid::Uuid;
@@ -206,6 +206,47 @@ mod tests {
                 tracestate: None,
             },
             event,
+        }
+    }
+
+    fn model_call(at: chrono::DateTime<Utc>, priced: bool) -> ModelCall {
+        ModelCall {
+            provider: "anthropic".into(),
+            model: "claude-sonnet-4-20250514".into(),
+            called_at: at,
+            usage: TokenUsage {
+                input_tokens: 50,
+                output_tokens: 800,
+                cache_read_tokens: 10_000,
+                cache_write_tokens: 2_000,
+                reasoning_tokens: 0,
+            },
+            // More digits than any float carries: the text is the value.
+            cost_usd: priced.then(|| "0.022650000000000000000000001".parse().unwrap()),
+            price_ref: priced
+                .then(|| "anthropic/claude-sonnet-4-20250514@2025-05-22T00:00:00Z".into()),
+            complete: priced,
+        }
+    }
+
+    #[test]
+    fn steps_recorded_before_model_calls_existed_read_back_with_none() {
+        let codec = EventCodec::default();
+        for event in every_event().into_iter().filter(|e| {
+            matches!(
+                e.event,
+                WorkflowEvent::StepSucceeded(_) | WorkflowEvent::StepFailed(_)
+            )
+        }) {
+            let v1 = recorded::encode_with_version(&event, 1);
+            let decoded = codec.decode(&v1).unwrap();
+            assert_eq!(codec.writer_schema(&v1).unwrap().version, 1);
+            let (WorkflowEvent::StepSucceeded(StepSucceeded { calls, .. })
+            | WorkflowEvent::StepFailed(StepFailed { calls, .. })) = decoded.event
+            else {
+                unreachable!()
+            };
+            assert!(calls.is_empty());
         }
     }
 
@@ -294,6 +335,7 @@ mod tests {
                 output: json!({"status": 200, "body": "ok"}),
                 output_ref: None,
                 duration_ms: 1_234,
+                calls: vec![model_call(at, true), model_call(at, false)],
             })),
             envelope(WorkflowEvent::StepSucceeded(StepSucceeded {
                 step_id: "summarize".into(),
@@ -302,6 +344,7 @@ mod tests {
                 output: json!(null),
                 output_ref: Some(format!("sha256:{}", "ab".repeat(32))),
                 duration_ms: u64::try_from(i64::MAX).unwrap(),
+                calls: vec![],
             })),
             envelope(WorkflowEvent::StepFailed(StepFailed {
                 step_id: "fetch".into(),
@@ -313,6 +356,7 @@ mod tests {
                 },
                 retryable: true,
                 next_attempt_at: Some(at + Duration::seconds(2)),
+                calls: vec![model_call(at, false)],
             })),
             envelope(WorkflowEvent::StepFailed(StepFailed {
                 step_id: "fetch".into(),
@@ -324,6 +368,7 @@ mod tests {
                 },
                 retryable: false,
                 next_attempt_at: None,
+                calls: vec![],
             })),
             envelope(WorkflowEvent::StepTimedOut(StepTimedOut {
                 step_id: "fetch".into(),
@@ -410,11 +455,11 @@ mod tests {
         // and on the log by tests/clients/python/read_log.py).
         let spec = [
             ("SignalReceived", 0xec82_d443_c22f_8259_u64),
-            ("StepFailed", 0x4080_7037_3b5b_552a),
+            ("StepFailed", 0xaf36_ec59_24af_e3dc),
             ("StepRetried", 0x4ac0_758f_f870_c9b3),
             ("StepSkipped", 0xf2ba_e5fc_fc82_26a6),
             ("StepStarted", 0x8531_11a5_4969_922f),
-            ("StepSucceeded", 0xd465_b45d_7d81_a017),
+            ("StepSucceeded", 0xddc8_e4f8_d167_a2b1),
             ("StepTimedOut", 0xcb26_a7af_7bb7_b520),
             ("WorkflowCancelled", 0xe040_142d_79d7_c8eb),
             ("WorkflowFailed", 0x5c98_f84a_d669_c976),
@@ -449,10 +494,12 @@ mod tests {
         let fastavro = [
             ("SignalReceived.v1.avsc", 0xec82_d443_c22f_8259_u64),
             ("StepFailed.v1.avsc", 0x4080_7037_3b5b_552a),
+            ("StepFailed.v2.avsc", 0xaf36_ec59_24af_e3dc),
             ("StepRetried.v1.avsc", 0x4ac0_758f_f870_c9b3),
             ("StepSkipped.v1.avsc", 0xf2ba_e5fc_fc82_26a6),
             ("StepStarted.v1.avsc", 0x8531_11a5_4969_922f),
             ("StepSucceeded.v1.avsc", 0xd465_b45d_7d81_a017),
+            ("StepSucceeded.v2.avsc", 0xddc8_e4f8_d167_a2b1),
             ("StepTimedOut.v1.avsc", 0xcb26_a7af_7bb7_b520),
             ("WorkflowCancelled.v1.avsc", 0xe040_142d_79d7_c8eb),
             ("WorkflowFailed.v1.avsc", 0x5c98_f84a_d669_c976),
@@ -528,7 +575,7 @@ mod tests {
 /// Records written by earlier versions of this build, kept byte for byte: the log holds
 /// them forever, so every later build must still decode them.
 #[cfg(test)]
-mod recorded {
+pub(crate) mod recorded {
     use std::path::PathBuf;
 
     use chrono::{TimeZone, Utc};
@@ -545,7 +592,7 @@ mod recorded {
     /// wrote that version did: the newest shape's record less the fields `schema` lacks
     /// (fields added later are appended; renamed ones keep their newest name only where
     /// `schema` has it).
-    fn encode_with_version(envelope: &EventEnvelope, version: u32) -> Vec<u8> {
+    pub(super) fn encode_with_version(envelope: &EventEnvelope, version: u32) -> Vec<u8> {
         let entry = Catalogue::embedded()
             .entries()
             .iter()

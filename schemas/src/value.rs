@@ -3,11 +3,12 @@
 use apache_avro::types::Value;
 use chrono::{DateTime, Utc};
 use flowline_domain::{
-    EventEnvelope, EventMetadata, SignalReceived, StepDefinition, StepError, StepFailed, StepKind,
-    StepRetried, StepSkipped, StepStarted, StepSucceeded, StepTimedOut, WorkflowCancelled,
-    WorkflowEvent, WorkflowFailed, WorkflowPaused, WorkflowResumed, WorkflowStarted,
-    WorkflowSubmitted, WorkflowSucceeded,
+    EventEnvelope, EventMetadata, ModelCall, SignalReceived, StepDefinition, StepError, StepFailed,
+    StepKind, StepRetried, StepSkipped, StepStarted, StepSucceeded, StepTimedOut, TokenUsage,
+    WorkflowCancelled, WorkflowEvent, WorkflowFailed, WorkflowPaused, WorkflowResumed,
+    WorkflowStarted, WorkflowSubmitted, WorkflowSucceeded,
 };
+use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use crate::{Error, Result};
@@ -60,6 +61,33 @@ fn metadata_value(metadata: &EventMetadata) -> Value {
         ("traceparent".into(), optional_string(&metadata.traceparent)),
         ("tracestate".into(), optional_string(&metadata.tracestate)),
     ])
+}
+
+fn calls_value(calls: &[ModelCall]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .map(|call| {
+                let usage = &call.usage;
+                Value::Record(vec![
+                    ("provider".into(), Value::String(call.provider.clone())),
+                    ("model".into(), Value::String(call.model.clone())),
+                    ("called_at".into(), timestamp(&call.called_at)),
+                    ("input_tokens".into(), long(usage.input_tokens)),
+                    ("output_tokens".into(), long(usage.output_tokens)),
+                    ("cache_read_tokens".into(), long(usage.cache_read_tokens)),
+                    ("cache_write_tokens".into(), long(usage.cache_write_tokens)),
+                    ("reasoning_tokens".into(), long(usage.reasoning_tokens)),
+                    (
+                        "cost_usd".into(),
+                        optional_string(&call.cost_usd.map(|cost| cost.to_string())),
+                    ),
+                    ("price_ref".into(), optional_string(&call.price_ref)),
+                    ("complete".into(), Value::Boolean(call.complete)),
+                ])
+            })
+            .collect(),
+    )
 }
 
 fn json_text(value: &serde_json::Value) -> Value {
@@ -138,6 +166,7 @@ pub(crate) fn to_value(envelope: &EventEnvelope) -> Value {
             fields.push(("output_json".into(), json_text(&step.output)));
             fields.push(("output_ref".into(), optional_string(&step.output_ref)));
             fields.push(("duration_ms".into(), long(step.duration_ms)));
+            fields.push(("calls".into(), calls_value(&step.calls)));
         }
         WorkflowEvent::StepFailed(step) => {
             fields.push(("step_id".into(), Value::String(step.step_id.clone())));
@@ -155,6 +184,7 @@ pub(crate) fn to_value(envelope: &EventEnvelope) -> Value {
                 "next_attempt_at".into(),
                 optional_timestamp(&step.next_attempt_at),
             ));
+            fields.push(("calls".into(), calls_value(&step.calls)));
         }
         WorkflowEvent::StepTimedOut(step) => {
             fields.push(("step_id".into(), Value::String(step.step_id.clone())));
@@ -334,6 +364,38 @@ fn metadata_from(event_type: &str, value: &Value) -> Result<EventMetadata> {
 }
 
 /// Builds the domain envelope from a record already in the newest schema's shape.
+fn calls_from(event_type: &str, fields: &Fields<'_>) -> Result<Vec<ModelCall>> {
+    fields
+        .array("calls")?
+        .iter()
+        .map(|call| {
+            let call = Fields::of(event_type, call)?;
+            let cost_usd = call
+                .optional_string("cost_usd")?
+                .map(|text| {
+                    text.parse::<Decimal>()
+                        .map_err(|e| malformed(event_type, format!("cost_usd '{text}': {e}")))
+                })
+                .transpose()?;
+            Ok(ModelCall {
+                provider: call.string("provider")?,
+                model: call.string("model")?,
+                called_at: call.timestamp("called_at")?,
+                usage: TokenUsage {
+                    input_tokens: call.unsigned("input_tokens")?,
+                    output_tokens: call.unsigned("output_tokens")?,
+                    cache_read_tokens: call.unsigned("cache_read_tokens")?,
+                    cache_write_tokens: call.unsigned("cache_write_tokens")?,
+                    reasoning_tokens: call.unsigned("reasoning_tokens")?,
+                },
+                cost_usd,
+                price_ref: call.optional_string("price_ref")?,
+                complete: call.boolean("complete")?,
+            })
+        })
+        .collect()
+}
+
 pub(crate) fn from_value(event_type: &str, value: &Value) -> Result<EventEnvelope> {
     let fields = Fields::of(event_type, value)?;
     let metadata = metadata_from(event_type, fields.get("metadata")?)?;
@@ -403,6 +465,7 @@ pub(crate) fn from_value(event_type: &str, value: &Value) -> Result<EventEnvelop
             output: fields.json("output_json")?,
             output_ref: fields.optional_string("output_ref")?,
             duration_ms: fields.unsigned("duration_ms")?,
+            calls: calls_from(event_type, &fields)?,
         }),
         "StepFailed" => {
             let error = Fields::of(event_type, fields.get("error")?)?;
@@ -416,6 +479,7 @@ pub(crate) fn from_value(event_type: &str, value: &Value) -> Result<EventEnvelop
                 },
                 retryable: fields.boolean("retryable")?,
                 next_attempt_at: fields.optional_timestamp("next_attempt_at")?,
+                calls: calls_from(event_type, &fields)?,
             })
         }
         "StepTimedOut" => WorkflowEvent::StepTimedOut(StepTimedOut {

@@ -1,11 +1,13 @@
 //! What every service of the engine needs at its edges, written once: the PostgreSQL pool
 //! and embedded migrations, RFC 9457 problem responses, tracing with W3C trace context,
-//! graceful shutdown, and liveness/readiness with supervised background tasks.
+//! graceful shutdown, liveness/readiness with supervised background tasks, and the live
+//! output channel of running steps.
 
 pub mod db;
 pub mod health;
 pub mod http;
 pub mod leases;
+pub mod live;
 pub mod openapi;
 pub mod problem;
 pub mod request;

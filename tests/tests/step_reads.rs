@@ -244,6 +244,7 @@ async fn step_attempts_outputs_and_run_outcomes_read_back_and_rebuild_the_same()
                 error: http_error("503 Service Unavailable"),
                 retryable: true,
                 next_attempt_at: Some(retry_at),
+                calls: vec![],
             }),
         )
         .await;
@@ -281,6 +282,7 @@ async fn step_attempts_outputs_and_run_outcomes_read_back_and_rebuild_the_same()
             output: json!({"status": 200, "body": "about rust"}),
             output_ref: None,
             duration_ms: 42,
+            calls: vec![],
         }),
     )
     .await;
@@ -310,6 +312,7 @@ async fn step_attempts_outputs_and_run_outcomes_read_back_and_rebuild_the_same()
             output: Value::Null,
             output_ref: Some(reference.clone()),
             duration_ms: 1500,
+            calls: vec![],
         }),
     )
     .await;

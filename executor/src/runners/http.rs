@@ -19,7 +19,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use serde_json::{Map, Value};
 
-use super::{AttemptFailure, AttemptInput, StepRunner};
+use super::{AttemptFailure, AttemptInput, StepOutput, StepRunner};
 
 /// `http` step settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -338,7 +338,7 @@ fn classify(error: &reqwest::Error) -> AttemptFailure {
 }
 
 impl StepRunner for HttpRunner {
-    fn run(&self, attempt: AttemptInput) -> BoxFuture<'static, Result<Value, AttemptFailure>> {
+    fn run(&self, attempt: AttemptInput) -> BoxFuture<'static, Result<StepOutput, AttemptFailure>> {
         let request = self.request(&attempt);
         let limit = self.max_response_bytes;
         Box::pin(async move {
@@ -385,6 +385,7 @@ impl StepRunner for HttpRunner {
                     message,
                     retryable,
                     retry_after: wait.filter(|_| retryable),
+                    calls: Vec::new(),
                 });
             }
             // Parsed only when shallow: a deeply nested document stays text, so reads and
@@ -401,7 +402,8 @@ impl StepRunner for HttpRunner {
                 "status": status.as_u16(),
                 "headers": headers,
                 "body": body,
-            }))
+            })
+            .into())
         })
     }
 }

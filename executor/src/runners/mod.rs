@@ -1,6 +1,8 @@
 //! Step runners: one port per step kind. The executor hands an attempt its rendered input
-//! and gets back an output or a classified failure; runners know nothing of events,
-//! retries or timers (the attempt's deadline is enforced by dropping its future).
+//! and gets back an output or a classified failure, each with the model calls the attempt
+//! made; runners know nothing of events, retries or timers (the attempt's deadline is
+//! enforced by dropping its future, so a runner that has usage to report on a slow call
+//! ends it itself a little before the deadline).
 
 pub mod http;
 pub mod template;
@@ -10,10 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use flowline_domain::StepKind;
+use flowline_domain::{ModelCall, StepKind};
 use futures::future::BoxFuture;
 use serde_json::Value;
 use uuid::Uuid;
+
+use crate::live::LiveSink;
 
 /// What an attempt runs with.
 #[derive(Debug, Clone)]
@@ -32,6 +36,29 @@ pub struct AttemptInput {
     pub input: Value,
     /// When the executor stops waiting for it.
     pub deadline: Option<DateTime<Utc>>,
+    /// Whether the step's retry policy allows no attempt after this one (an `llm` step
+    /// falls back to other models only then).
+    pub last_attempt: bool,
+    /// Where its live output (streamed text, progress) goes.
+    pub live: LiveSink,
+}
+
+/// What a successful attempt produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOutput {
+    /// The step's output.
+    pub value: Value,
+    /// The model calls made to produce it.
+    pub calls: Vec<ModelCall>,
+}
+
+impl From<Value> for StepOutput {
+    fn from(value: Value) -> Self {
+        Self {
+            value,
+            calls: Vec::new(),
+        }
+    }
 }
 
 /// Why an attempt failed, classified for the retry policy.
@@ -46,6 +73,8 @@ pub struct AttemptFailure {
     pub retryable: bool,
     /// The server's `Retry-After`, a floor for the next attempt's pause.
     pub retry_after: Option<Duration>,
+    /// The model calls made before it failed (billed as far as they went).
+    pub calls: Vec<ModelCall>,
 }
 
 impl AttemptFailure {
@@ -56,6 +85,7 @@ impl AttemptFailure {
             message: message.into(),
             retryable: false,
             retry_after: None,
+            calls: Vec::new(),
         }
     }
 
@@ -66,12 +96,18 @@ impl AttemptFailure {
             ..Self::permanent(kind, message)
         }
     }
+
+    /// The same failure, with the model calls made before it.
+    pub fn with_calls(mut self, calls: Vec<ModelCall>) -> Self {
+        self.calls = calls;
+        self
+    }
 }
 
 /// Runs attempts of one step kind.
 pub trait StepRunner: Send + Sync {
     /// Runs one attempt. Dropping the future aborts it (cancel, timeout).
-    fn run(&self, attempt: AttemptInput) -> BoxFuture<'static, Result<Value, AttemptFailure>>;
+    fn run(&self, attempt: AttemptInput) -> BoxFuture<'static, Result<StepOutput, AttemptFailure>>;
 }
 
 /// Answers every attempt with `not_configured`: the kind's runner is not part of this
@@ -80,7 +116,7 @@ pub trait StepRunner: Send + Sync {
 pub struct NotConfigured(pub StepKind);
 
 impl StepRunner for NotConfigured {
-    fn run(&self, _: AttemptInput) -> BoxFuture<'static, Result<Value, AttemptFailure>> {
+    fn run(&self, _: AttemptInput) -> BoxFuture<'static, Result<StepOutput, AttemptFailure>> {
         let kind = self.0.as_str();
         Box::pin(async move {
             Err(AttemptFailure::permanent(

@@ -4,16 +4,16 @@
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use super::{AttemptFailure, AttemptInput, StepRunner};
+use super::{AttemptFailure, AttemptInput, StepOutput, StepRunner};
 
 /// Runs `template` steps.
 #[derive(Debug, Clone, Copy)]
 pub struct TemplateRunner;
 
 impl StepRunner for TemplateRunner {
-    fn run(&self, attempt: AttemptInput) -> BoxFuture<'static, Result<Value, AttemptFailure>> {
+    fn run(&self, attempt: AttemptInput) -> BoxFuture<'static, Result<StepOutput, AttemptFailure>> {
         let output = match attempt.input.get("template") {
-            Some(Value::String(text)) => Ok(Value::String(text.clone())),
+            Some(Value::String(text)) => Ok(Value::String(text.clone()).into()),
             _ => Err(AttemptFailure::permanent(
                 "invalid_config",
                 "a template step needs `config.template`, a string",
