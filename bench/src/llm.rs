@@ -68,7 +68,11 @@ pub async fn llm(calls: usize, concurrency: usize, seconds: u64) -> anyhow::Resu
         Reply::Text {
             chunks: vec!["Hello!".into()],
             delay: Duration::from_millis(50),
-            usage: MockUsage { input: 12, output: 2, ..MockUsage::default() },
+            usage: MockUsage {
+                input: 12,
+                output: 2,
+                ..MockUsage::default()
+            },
         },
     );
     let dir = std::env::temp_dir().join(format!("bench-llm-{}", uuid::Uuid::new_v4().simple()));
@@ -170,9 +174,16 @@ pub async fn llm(calls: usize, concurrency: usize, seconds: u64) -> anyhow::Resu
     commands.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!("bench llm: one-step llm runs against the local mock answering in 50 ms (OpenAI wire, streamed), one executor, 3 partitions");
+    println!(
+        "bench llm: one-step llm runs against the local mock answering in 50 ms (OpenAI wire, streamed), one executor, 3 partitions"
+    );
     println!("{:<52} {:>10} {:>10}", "per call", "p50 ms", "p99 ms");
-    println!("{:<52} {:>10.1} {:>10.1}", "direct reqwest call (baseline)", ms(&direct, 0.5), ms(&direct, 0.99));
+    println!(
+        "{:<52} {:>10.1} {:>10.1}",
+        "direct reqwest call (baseline)",
+        ms(&direct, 0.5),
+        ms(&direct, 0.99)
+    );
     println!(
         "{:<52} {:>10.1} {:>10.1}",
         "through the executor (StepStarted → StepSucceeded)",

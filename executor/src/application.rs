@@ -11,6 +11,7 @@ use flowline_service_kit::leases::Leases;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::budget::BudgetLedger;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::feed::{self, Parts, Shared};
@@ -19,7 +20,9 @@ use crate::metrics::Metrics;
 use crate::payloads::Payloads;
 use crate::runners::Runners;
 use crate::runners::http::HttpRunner;
+use crate::runners::llm::LlmRunner;
 use crate::{Error, Result};
+use flowline_domain::StepKind;
 
 /// Snapshot cadence of the executor's appends (as the command service's default).
 const SNAPSHOT_EVERY: u64 = 100;
@@ -58,6 +61,20 @@ impl Application {
         let partitions = flowline_event_log::ensure_topic(&config.kafka).await?;
         let http = HttpRunner::new(&config.http).map_err(Error::Config)?;
         let default_http_timeout = http.default_timeout();
+        let mut own_runners = Runners::new(http);
+        if let Some(providers) = config
+            .llm
+            .providers()
+            .map_err(|e| Error::Config(e.to_string()))?
+        {
+            tracing::info!(providers = ?providers.names().collect::<Vec<_>>(), "llm providers loaded");
+            let llm = LlmRunner::new(
+                Arc::new(providers),
+                Arc::clone(&prices),
+                BudgetLedger::new(pool.clone()),
+            );
+            own_runners = own_runners.with(StepKind::Llm, Arc::new(llm));
+        }
         let store = EventStore::with_background_wakeups(pool.clone());
         let shared = Shared::new(Parts {
             repository: WorkflowRepository::new(store, pool.clone(), SNAPSHOT_EVERY),
@@ -66,7 +83,7 @@ impl Application {
                 config.max_concurrent_attempts,
                 config.max_attempts_per_tenant,
             ),
-            runners: runners(Runners::new(http)),
+            runners: runners(own_runners),
             payloads: Payloads::new(pool.clone(), config.output_inline_bytes),
             metrics: Arc::new(Metrics::default()),
             default_http_timeout,

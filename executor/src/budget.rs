@@ -155,7 +155,11 @@ impl BudgetLedger {
     /// Replaces the reservation by the call's real `cost` (also for a call that failed
     /// part-way). The spend of tenants without a budget is recorded too, so a budget set
     /// mid-month counts what the month already spent.
-    pub async fn settle(&self, reservation: &Reservation, cost: Decimal) -> Result<(), sqlx::Error> {
+    pub async fn settle(
+        &self,
+        reservation: &Reservation,
+        cost: Decimal,
+    ) -> Result<(), sqlx::Error> {
         let mut transaction = self.pool.begin().await?;
         if let Some(id) = reservation.id {
             sqlx::query("DELETE FROM budget_reservations WHERE id = $1")

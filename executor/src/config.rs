@@ -9,6 +9,7 @@ use flowline_service_kit::db::DatabaseSettings;
 use flowline_service_kit::live::RedisSettings;
 
 use crate::runners::http::HttpSettings;
+use crate::runners::llm::LlmSettings;
 
 /// Runs the steps of every workflow run: reads the published log from the event store,
 /// decides each run's next transitions, runs step attempts and records their outcomes.
@@ -43,6 +44,9 @@ pub struct Config {
     /// `http` step settings.
     #[command(flatten)]
     pub http: HttpSettings,
+    /// `llm` step settings.
+    #[command(flatten)]
+    pub llm: LlmSettings,
     /// Redis carrying the live output of running steps (streamed model text, tool
     /// progress); without it steps run and only the live view is missing.
     #[command(flatten)]

@@ -11,11 +11,13 @@
 //! runs continue elsewhere once its leases expire.
 //!
 //! Step kinds run behind one [`runners::StepRunner`] port each: `template` and `http`
-//! here, `llm` and `mcp_tool` answering `not_configured` until their runners exist.
+//! here, `llm` (over `flowline-model-providers`, with budgets, see `budget`) once a providers file
+//! is configured, and `mcp_tool`.
 
 pub mod admin;
 pub mod application;
 pub mod bounded;
+pub mod budget;
 pub mod config;
 pub mod dispatch;
 mod feed;

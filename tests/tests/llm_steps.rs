@@ -176,18 +176,36 @@ async fn both_wire_apis_stream_normalise_usage_and_price_each_call_on_its_event(
         [
             Reply::text(
                 "Hello from OpenAI",
-                MockUsage { input: 200, output: 100, cache_read: 800, cache_write: 0, reasoning: 50 },
+                MockUsage {
+                    input: 200,
+                    output: 100,
+                    cache_read: 800,
+                    cache_write: 0,
+                    reasoning: 50,
+                },
             ),
             Reply::text(
                 "Hello from Anthropic",
-                MockUsage { input: 200, output: 42, cache_read: 800, cache_write: 100, reasoning: 0 },
+                MockUsage {
+                    input: 200,
+                    output: 42,
+                    cache_read: 800,
+                    cache_write: 100,
+                    reasoning: 0,
+                },
             ),
         ],
     );
     let openai = setup.run(config("mock-openai", "priced")).await;
-    setup.system.wait_for_run(&openai, "succeeded", RUN_WITHIN).await;
+    setup
+        .system
+        .wait_for_run(&openai, "succeeded", RUN_WITHIN)
+        .await;
     let anthropic = setup.run(config("mock-anthropic", "priced")).await;
-    setup.system.wait_for_run(&anthropic, "succeeded", RUN_WITHIN).await;
+    setup
+        .system
+        .wait_for_run(&anthropic, "succeeded", RUN_WITHIN)
+        .await;
 
     let (output, calls) = successes(&setup.system.events(&openai).await).remove(0);
     assert_eq!(output["text"], "Hello from OpenAI");
@@ -197,7 +215,12 @@ async fn both_wire_apis_stream_normalise_usage_and_price_each_call_on_its_event(
     let call = &calls[0];
     // prompt_tokens 1000 of which 800 cached; completion_tokens 150 of which 50 reasoning.
     assert_eq!(
-        (call.usage.input_tokens, call.usage.cache_read_tokens, call.usage.output_tokens, call.usage.reasoning_tokens),
+        (
+            call.usage.input_tokens,
+            call.usage.cache_read_tokens,
+            call.usage.output_tokens,
+            call.usage.reasoning_tokens
+        ),
         (200, 800, 100, 50)
     );
     // 200 × 1.00 + 800 × 0.50 + 100 × 2.00 + 50 × 2.00 per million.
@@ -210,7 +233,12 @@ async fn both_wire_apis_stream_normalise_usage_and_price_each_call_on_its_event(
     assert_eq!(output["finish_reason"], "end_turn");
     let call = &calls[0];
     assert_eq!(
-        (call.usage.input_tokens, call.usage.cache_read_tokens, call.usage.cache_write_tokens, call.usage.output_tokens),
+        (
+            call.usage.input_tokens,
+            call.usage.cache_read_tokens,
+            call.usage.cache_write_tokens,
+            call.usage.output_tokens
+        ),
         (200, 800, 100, 42)
     );
     // 200 × 3 + 800 × 0.30 + 100 × 3.75 + 42 × 15 per million.
@@ -219,9 +247,15 @@ async fn both_wire_apis_stream_normalise_usage_and_price_each_call_on_its_event(
     let requests = setup.server.requests_for("priced");
     let openai_request = &requests[0];
     assert_eq!(openai_request.path, "/v1/chat/completions");
-    assert_eq!(openai_request.headers["authorization"], format!("Bearer {OPENAI_KEY}"));
+    assert_eq!(
+        openai_request.headers["authorization"],
+        format!("Bearer {OPENAI_KEY}")
+    );
     assert_eq!(openai_request.body["stream"], json!(true));
-    assert_eq!(openai_request.body["stream_options"]["include_usage"], json!(true));
+    assert_eq!(
+        openai_request.body["stream_options"]["include_usage"],
+        json!(true)
+    );
     assert_eq!(openai_request.body["messages"][0]["content"], "Say hello");
     let anthropic_request = &requests[1];
     assert_eq!(anthropic_request.path, "/v1/messages");
@@ -245,7 +279,11 @@ async fn retryable_statuses_are_retried_honouring_retry_after_and_a_400_fails_at
     );
     setup.server.always(
         "refused",
-        Reply::Status { code: 400, retry_after: None, message: "model 'refused' does not exist".into() },
+        Reply::Status {
+            code: 400,
+            retry_after: None,
+            message: "model 'refused' does not exist".into(),
+        },
     );
     let retry = json!({"max_attempts": 5, "initial_interval": "100ms"});
     let mut flaky = config("mock-anthropic", "flaky");
@@ -254,20 +292,47 @@ async fn retryable_statuses_are_retried_honouring_retry_after_and_a_400_fails_at
     refused["retry"] = retry;
     let flaky = setup.run(flaky).await;
     let refused = setup.run(refused).await;
-    setup.system.wait_for_run(&flaky, "succeeded", RUN_WITHIN).await;
-    setup.system.wait_for_run(&refused, "failed", RUN_WITHIN).await;
+    setup
+        .system
+        .wait_for_run(&flaky, "succeeded", RUN_WITHIN)
+        .await;
+    setup
+        .system
+        .wait_for_run(&refused, "failed", RUN_WITHIN)
+        .await;
 
     let requests = setup.server.requests_for("flaky");
     assert_eq!(requests.len(), 4);
     let after_503 = requests[3].at - requests[2].at;
-    assert!(after_503 >= Duration::from_millis(950), "Retry-After: 1 honoured, waited {after_503:?}");
-    let kinds: Vec<String> = failures(&setup.system.events(&flaky).await).into_iter().map(|(e, _)| e.kind).collect();
-    assert_eq!(kinds, ["model_unavailable", "model_unavailable", "model_unavailable"]);
+    assert!(
+        after_503 >= Duration::from_millis(950),
+        "Retry-After: 1 honoured, waited {after_503:?}"
+    );
+    let kinds: Vec<String> = failures(&setup.system.events(&flaky).await)
+        .into_iter()
+        .map(|(e, _)| e.kind)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "model_unavailable",
+            "model_unavailable",
+            "model_unavailable"
+        ]
+    );
 
-    assert_eq!(setup.server.requests_for("refused").len(), 1, "a 400 is not retried");
+    assert_eq!(
+        setup.server.requests_for("refused").len(),
+        1,
+        "a 400 is not retried"
+    );
     let (error, _) = failures(&setup.system.events(&refused).await).remove(0);
     assert_eq!(error.kind, "model_request_refused");
-    assert!(error.message.contains("model 'refused' does not exist"), "{}", error.message);
+    assert!(
+        error.message.contains("model 'refused' does not exist"),
+        "{}",
+        error.message
+    );
     assert!(error.message.contains("mock-openai"), "{}", error.message);
     setup.stop().await;
 }
@@ -275,7 +340,9 @@ async fn retryable_statuses_are_retried_honouring_retry_after_and_a_400_fails_at
 #[tokio::test]
 async fn a_429_cools_the_provider_down_for_every_run_of_the_process() {
     let setup = started().await;
-    setup.server.script("limited", [Reply::status(429, Some("2"))]);
+    setup
+        .server
+        .script("limited", [Reply::status(429, Some("2"))]);
     let mut limited = config("mock-openai", "limited");
     limited["retry"] = json!({"max_attempts": 3, "initial_interval": "100ms"});
     let first = setup.run(limited).await;
@@ -286,12 +353,21 @@ async fn a_429_cools_the_provider_down_for_every_run_of_the_process() {
     .expect("the first run called");
     // Another run, another model, same provider: it waits out the cool-down.
     let second = setup.run(config("mock-openai", "bystander")).await;
-    setup.system.wait_for_run(&first, "succeeded", RUN_WITHIN).await;
-    setup.system.wait_for_run(&second, "succeeded", RUN_WITHIN).await;
+    setup
+        .system
+        .wait_for_run(&first, "succeeded", RUN_WITHIN)
+        .await;
+    setup
+        .system
+        .wait_for_run(&second, "succeeded", RUN_WITHIN)
+        .await;
     let bystander = setup.server.requests_for("bystander");
     assert_eq!(bystander.len(), 1);
     let waited = bystander[0].at - limited_at;
-    assert!(waited >= Duration::from_millis(1900), "the second run called {waited:?} after the 429");
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the second run called {waited:?} after the 429"
+    );
     let retried = setup.server.requests_for("limited");
     assert_eq!(retried.len(), 2);
     assert!(retried[1].at - limited_at >= Duration::from_millis(1900));
@@ -306,9 +382,16 @@ async fn malformed_answers_cut_streams_and_slow_answers_fail_clearly_with_what_a
     setup.server.always("garbled", Reply::Malformed);
     setup.server.always(
         "cut",
-        Reply::Cut { chunks: vec!["one".into(), " two".into(), " three".into()] },
+        Reply::Cut {
+            chunks: vec!["one".into(), " two".into(), " three".into()],
+        },
     );
-    setup.server.always("slow", Reply::Slow { delay: Duration::from_secs(5) });
+    setup.server.always(
+        "slow",
+        Reply::Slow {
+            delay: Duration::from_secs(5),
+        },
+    );
     let garbled = setup.run(config("mock-anthropic", "garbled")).await;
     let cut = setup.run(config("mock-openai", "cut")).await;
     let slow = setup.run(config("mock-openai", "slow")).await;
@@ -323,7 +406,10 @@ async fn malformed_answers_cut_streams_and_slow_answers_fail_clearly_with_what_a
     assert_eq!(error.kind, "model_stream_cut", "{}", error.message);
     assert_eq!(calls.len(), 1, "the cut call is recorded");
     assert!(!calls[0].complete);
-    assert_eq!(calls[0].usage.output_tokens, 3, "output counted by the chunks that arrived");
+    assert_eq!(
+        calls[0].usage.output_tokens, 3,
+        "output counted by the chunks that arrived"
+    );
     assert!(calls[0].usage.input_tokens > 0, "the prompt is counted");
 
     let (error, calls) = failures(&setup.system.events(&slow).await).remove(0);
@@ -337,20 +423,42 @@ async fn malformed_answers_cut_streams_and_slow_answers_fail_clearly_with_what_a
 async fn fallback_models_answer_once_the_primary_failed_on_the_last_attempt() {
     let setup = started().await;
     setup.server.always("down", Reply::status(503, None));
-    setup.server.always("backup", Reply::text("Backup here", MockUsage { input: 5, output: 2, ..MockUsage::default() }));
+    setup.server.always(
+        "backup",
+        Reply::text(
+            "Backup here",
+            MockUsage {
+                input: 5,
+                output: 2,
+                ..MockUsage::default()
+            },
+        ),
+    );
     let run = setup
-        .run(json!({"provider": "mock-openai", "model": "down", "prompt": "hi",
+        .run(
+            json!({"provider": "mock-openai", "model": "down", "prompt": "hi",
                     "fallback_models": ["backup"],
-                    "retry": {"max_attempts": 2, "initial_interval": "100ms"}}))
+                    "retry": {"max_attempts": 2, "initial_interval": "100ms"}}),
+        )
         .await;
-    setup.system.wait_for_run(&run, "succeeded", RUN_WITHIN).await;
-    assert_eq!(setup.server.requests_for("down").len(), 2, "retried first, then fell back");
+    setup
+        .system
+        .wait_for_run(&run, "succeeded", RUN_WITHIN)
+        .await;
+    assert_eq!(
+        setup.server.requests_for("down").len(),
+        2,
+        "retried first, then fell back"
+    );
     assert_eq!(setup.server.requests_for("backup").len(), 1);
     let events = setup.system.events(&run).await;
     let (output, calls) = successes(&events).remove(0);
     assert_eq!(output["text"], "Backup here");
     assert_eq!(output["fallback_from"], json!(["mock-openai/down"]));
-    let models: Vec<(&str, bool)> = calls.iter().map(|c| (c.model.as_str(), c.complete)).collect();
+    let models: Vec<(&str, bool)> = calls
+        .iter()
+        .map(|c| (c.model.as_str(), c.complete))
+        .collect();
     assert_eq!(models, [("down", false), ("backup", true)]);
     setup.stop().await;
 }
@@ -360,8 +468,14 @@ async fn response_format_is_asked_for_and_the_output_parsed_and_validated() {
     let setup = started().await;
     let schema = json!({"type": "object", "required": ["answer"],
                         "properties": {"answer": {"type": "integer"}}});
-    setup.server.always("json-good", Reply::text(r#"{"answer": 42}"#, MockUsage::default()));
-    setup.server.always("json-bad", Reply::text(r#"{"answer": "forty-two"}"#, MockUsage::default()));
+    setup.server.always(
+        "json-good",
+        Reply::text(r#"{"answer": 42}"#, MockUsage::default()),
+    );
+    setup.server.always(
+        "json-bad",
+        Reply::text(r#"{"answer": "forty-two"}"#, MockUsage::default()),
+    );
     let mut good = config("mock-openai", "json-good");
     good["response_format"] = schema.clone();
     let mut fenced = config("mock-anthropic", "json-good");
@@ -371,20 +485,40 @@ async fn response_format_is_asked_for_and_the_output_parsed_and_validated() {
     let good = setup.run(good).await;
     let fenced = setup.run(fenced).await;
     let bad = setup.run(bad).await;
-    setup.system.wait_for_run(&good, "succeeded", RUN_WITHIN).await;
-    setup.system.wait_for_run(&fenced, "succeeded", RUN_WITHIN).await;
+    setup
+        .system
+        .wait_for_run(&good, "succeeded", RUN_WITHIN)
+        .await;
+    setup
+        .system
+        .wait_for_run(&fenced, "succeeded", RUN_WITHIN)
+        .await;
     setup.system.wait_for_run(&bad, "failed", RUN_WITHIN).await;
-    assert_eq!(successes(&setup.system.events(&good).await)[0].0["parsed"], json!({"answer": 42}));
+    assert_eq!(
+        successes(&setup.system.events(&good).await)[0].0["parsed"],
+        json!({"answer": 42})
+    );
     let (error, _) = failures(&setup.system.events(&bad).await).remove(0);
     assert_eq!(error.kind, "invalid_output");
     assert!(error.message.contains("answer"), "{}", error.message);
 
     let requests = setup.server.requests_for("json-good");
-    let openai = requests.iter().find(|r| r.path == "/v1/chat/completions").unwrap();
+    let openai = requests
+        .iter()
+        .find(|r| r.path == "/v1/chat/completions")
+        .unwrap();
     assert_eq!(openai.body["response_format"]["type"], "json_schema");
-    assert_eq!(openai.body["response_format"]["json_schema"]["schema"], schema);
+    assert_eq!(
+        openai.body["response_format"]["json_schema"]["schema"],
+        schema
+    );
     let anthropic = requests.iter().find(|r| r.path == "/v1/messages").unwrap();
-    assert!(anthropic.body["system"].as_str().unwrap().contains(r#""required":["answer"]"#));
+    assert!(
+        anthropic.body["system"]
+            .as_str()
+            .unwrap()
+            .contains(r#""required":["answer"]"#)
+    );
 
     // A config of the wrong shape is refused at submit, naming the field.
     let refused = setup
@@ -397,8 +531,19 @@ async fn response_format_is_asked_for_and_the_output_parsed_and_validated() {
         )
         .await;
     assert_eq!(refused.status, 422);
-    let fields: Vec<&str> = refused.body["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
-    assert_eq!(fields, ["steps[0].config.max_tokens", "steps[0].config.response_format"]);
+    let fields: Vec<&str> = refused.body["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "steps[0].config.max_tokens",
+            "steps[0].config.response_format"
+        ]
+    );
     setup.stop().await;
 }
 
@@ -414,7 +559,11 @@ async fn a_provider_without_a_key_fails_at_once_naming_the_variable_to_set() {
     assert_eq!(failed.len(), 1, "not retried");
     let (error, calls) = &failed[0];
     assert_eq!(error.kind, "missing_api_key");
-    assert!(error.message.contains("keyless") && error.message.contains(UNSET_KEY_VAR), "{}", error.message);
+    assert!(
+        error.message.contains("keyless") && error.message.contains(UNSET_KEY_VAR),
+        "{}",
+        error.message
+    );
     assert!(calls.is_empty());
     assert!(setup.server.requests().is_empty(), "nothing was sent");
     setup.stop().await;
@@ -428,18 +577,32 @@ async fn keys_never_appear_in_events_the_log_or_reads() {
     // A provider that echoes the refused key in its error, as OpenAI's 401 does.
     setup.server.always(
         "echo",
-        Reply::Status { code: 401, retry_after: None, message: format!("Incorrect API key provided: {OPENAI_KEY}") },
+        Reply::Status {
+            code: 401,
+            retry_after: None,
+            message: format!("Incorrect API key provided: {OPENAI_KEY}"),
+        },
     );
     let ok_openai = setup.run(config("mock-openai", "fine")).await;
     let ok_anthropic = setup.run(config("mock-anthropic", "fine")).await;
     let echo = setup.run(config("mock-openai", "echo")).await;
-    setup.system.wait_for_run(&ok_openai, "succeeded", RUN_WITHIN).await;
-    setup.system.wait_for_run(&ok_anthropic, "succeeded", RUN_WITHIN).await;
+    setup
+        .system
+        .wait_for_run(&ok_openai, "succeeded", RUN_WITHIN)
+        .await;
+    setup
+        .system
+        .wait_for_run(&ok_anthropic, "succeeded", RUN_WITHIN)
+        .await;
     setup.system.wait_for_run(&echo, "failed", RUN_WITHIN).await;
     let (error, _) = failures(&setup.system.events(&echo).await).remove(0);
     assert!(error.message.contains("[redacted]"), "{}", error.message);
     // The keys went to the provider...
-    assert!(setup.server.requests().iter().any(|r| r.headers.get("authorization").is_some_and(|v| v.contains(OPENAI_KEY))));
+    assert!(setup.server.requests().iter().any(|r| {
+        r.headers
+            .get("authorization")
+            .is_some_and(|v| v.contains(OPENAI_KEY))
+    }));
     // ...and nowhere else: not the stored events, not the log, not the reads.
     let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM event_store")
         .fetch_all(&setup.system.pool)
@@ -451,14 +614,23 @@ async fn keys_never_appear_in_events_the_log_or_reads() {
     }
     for run in [&ok_openai, &ok_anthropic, &echo] {
         let read = system_tests::eventually(RUN_WITHIN, || async {
-            let reply = setup.system.get(&format!("{}/v1/workflows/{run}", query.url)).await;
-            (reply.status == 200 && reply.body["status"] != "pending" && reply.body["status"] != "running").then_some(reply)
+            let reply = setup
+                .system
+                .get(&format!("{}/v1/workflows/{run}", query.url))
+                .await;
+            (reply.status == 200
+                && reply.body["status"] != "pending"
+                && reply.body["status"] != "running")
+                .then_some(reply)
         })
         .await
         .expect("the run is readable");
         everything.extend_from_slice(read.body.to_string().as_bytes());
         for read in ["steps/ask", "events", "state"] {
-            let reply = setup.system.get(&format!("{}/v1/workflows/{run}/{read}", query.url)).await;
+            let reply = setup
+                .system
+                .get(&format!("{}/v1/workflows/{run}/{read}", query.url))
+                .await;
             everything.extend_from_slice(reply.body.to_string().as_bytes());
         }
     }
@@ -483,7 +655,11 @@ async fn a_budget_race_never_overspends_past_the_reservations_in_flight() {
         Reply::Text {
             chunks: vec!["a".into(), "b".into()],
             delay: Duration::from_millis(150),
-            usage: MockUsage { input: 12, output: 1000, ..MockUsage::default() },
+            usage: MockUsage {
+                input: 12,
+                output: 1000,
+                ..MockUsage::default()
+            },
         },
     );
     let put = setup
@@ -500,7 +676,13 @@ async fn a_budget_race_never_overspends_past_the_reservations_in_flight() {
     assert_eq!(put.body["monthly_limit_usd"], "0.01012");
     let bad = setup
         .system
-        .send(setup.system.http.put(format!("{}/v1/budgets/default", setup.commands.url)).json(&json!({"monthly_limit_usd": 12.5})))
+        .send(
+            setup
+                .system
+                .http
+                .put(format!("{}/v1/budgets/default", setup.commands.url))
+                .json(&json!({"monthly_limit_usd": 12.5})),
+        )
         .await;
     assert_eq!(bad.status, 422);
     assert_eq!(bad.body["errors"][0]["field"], "monthly_limit_usd");
@@ -515,7 +697,11 @@ async fn a_budget_race_never_overspends_past_the_reservations_in_flight() {
     let mut exceeded = 0;
     for run in &runs {
         system_tests::eventually(RUN_WITHIN, || async {
-            matches!(setup.system.run_status(run).await.as_deref(), Some("succeeded" | "failed")).then_some(())
+            matches!(
+                setup.system.run_status(run).await.as_deref(),
+                Some("succeeded" | "failed")
+            )
+            .then_some(())
         })
         .await
         .expect("every run ends");
@@ -528,11 +714,21 @@ async fn a_budget_race_never_overspends_past_the_reservations_in_flight() {
             assert_eq!(failed[0].0.kind, "budget_exceeded");
             assert!(failed[0].1.is_empty(), "a refused call is not made");
             let message = &failed[0].0.message;
-            assert!(message.contains("0.01012") && message.contains("spent") && message.contains("reserved"), "{message}");
+            assert!(
+                message.contains("0.01012")
+                    && message.contains("spent")
+                    && message.contains("reserved"),
+                "{message}"
+            );
             exceeded += 1;
         }
     }
-    assert_eq!((succeeded, exceeded), (10, 40), "in {:?}", started_at.elapsed());
+    assert_eq!(
+        (succeeded, exceeded),
+        (10, 40),
+        "in {:?}",
+        started_at.elapsed()
+    );
     assert_eq!(setup.server.requests_for("budgeted").len(), 10);
     let (spent, reservations): (String, i64) = sqlx::query_as(
         "SELECT (SELECT spent_usd FROM budget_spend WHERE tenant = 'default')::text, \
@@ -567,7 +763,12 @@ impl Llmock {
         let url = format!("http://127.0.0.1:{port}");
         let client = reqwest::Client::new();
         system_tests::eventually(Duration::from_secs(30), || async {
-            client.get(format!("{url}/v1/models")).send().await.ok().map(drop)
+            client
+                .get(format!("{url}/v1/models"))
+                .send()
+                .await
+                .ok()
+                .map(drop)
         })
         .await
         .expect("llmock listens");
@@ -605,21 +806,32 @@ api_key_env = "MOCK_ANTHROPIC_KEY"
     })
     .await;
     let mut runs = Vec::new();
-    for (provider, model) in [("mock-openai", "gpt-4o-mini"), ("mock-anthropic", "claude-3-5-haiku")] {
+    for (provider, model) in [
+        ("mock-openai", "gpt-4o-mini"),
+        ("mock-anthropic", "claude-3-5-haiku"),
+    ] {
         let run = setup
-            .run(json!({"provider": provider, "model": model, "prompt": "hello there",
-                        "max_tokens": 50, "retry": {"max_attempts": 1}}))
+            .run(
+                json!({"provider": provider, "model": model, "prompt": "hello there",
+                        "max_tokens": 50, "retry": {"max_attempts": 1}}),
+            )
             .await;
         runs.push((provider, run));
     }
     for (provider, run) in &runs {
-        setup.system.wait_for_run(run, "succeeded", RUN_WITHIN).await;
+        setup
+            .system
+            .wait_for_run(run, "succeeded", RUN_WITHIN)
+            .await;
         let (output, calls) = successes(&setup.system.events(run).await).remove(0);
         assert_eq!(output["text"], "Hello! You said: hello there", "{provider}");
         assert_eq!(output["provider"], *provider);
         assert!(output["finish_reason"].is_string(), "{provider}: {output}");
         let usage = calls[0].usage;
-        assert!(usage.input_tokens > 0 && usage.output_tokens > 0, "{provider}: {usage:?}");
+        assert!(
+            usage.input_tokens > 0 && usage.output_tokens > 0,
+            "{provider}: {usage:?}"
+        );
         assert!(calls[0].complete);
     }
     setup.stop().await;

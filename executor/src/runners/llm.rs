@@ -79,7 +79,11 @@ impl LlmSettings {
         let Some(path) = &self.providers_file else {
             return Ok(None);
         };
-        let lookup = |variable: &str| self.keys.get(variable).or_else(|| std::env::var(variable).ok());
+        let lookup = |variable: &str| {
+            self.keys
+                .get(variable)
+                .or_else(|| std::env::var(variable).ok())
+        };
         Providers::load(path, &lookup).map(Some)
     }
 }
@@ -190,7 +194,11 @@ impl LlmRunner {
                     format!(
                         "provider '{}' is not in the providers file (LLM_PROVIDERS_FILE); known: {}",
                         choice.provider,
-                        if known.is_empty() { "none".into() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".into()
+                        } else {
+                            known.join(", ")
+                        }
                     ),
                 )),
                 None,
@@ -212,13 +220,31 @@ impl LlmRunner {
         {
             Ok(reservation) => reservation,
             Err(ReserveError::Exceeded(exceeded)) => {
-                return (Err(AttemptFailure::permanent("budget_exceeded", exceeded.to_string())), None);
+                return (
+                    Err(AttemptFailure::permanent(
+                        "budget_exceeded",
+                        exceeded.to_string(),
+                    )),
+                    None,
+                );
             }
             Err(error @ ReserveError::Unpriced { .. }) => {
-                return (Err(AttemptFailure::permanent("budget_exceeded", error.to_string())), None);
+                return (
+                    Err(AttemptFailure::permanent(
+                        "budget_exceeded",
+                        error.to_string(),
+                    )),
+                    None,
+                );
             }
             Err(error @ ReserveError::Database(_)) => {
-                return (Err(AttemptFailure::transient("budget_unavailable", error.to_string())), None);
+                return (
+                    Err(AttemptFailure::transient(
+                        "budget_unavailable",
+                        error.to_string(),
+                    )),
+                    None,
+                );
             }
         };
         let guard = SettleOnDrop {
@@ -292,18 +318,30 @@ impl LlmRunner {
             let completion = match outcome {
                 Ok(completion) => completion,
                 Err(failure) => {
-                    let ends_the_step = !policy.retry.retries(attempt.attempt, &failure.kind, failure.retryable);
+                    let ends_the_step = attempt.last_attempt
+                        || !policy
+                            .retry
+                            .retries(attempt.attempt, &failure.kind, failure.retryable);
                     let falls_back = ends_the_step
                         && index + 1 < models.len()
-                        && !matches!(failure.kind.as_str(), "budget_exceeded" | "budget_unavailable");
+                        && !matches!(
+                            failure.kind.as_str(),
+                            "budget_exceeded" | "budget_unavailable"
+                        );
                     if falls_back {
                         tracing::info!(provider = %choice.provider, model = %choice.model, kind = %failure.kind, "falling back to the next model");
-                        failures.push(format!("{}/{}: {}", choice.provider, choice.model, failure.message));
+                        failures.push(format!(
+                            "{}/{}: {}",
+                            choice.provider, choice.model, failure.message
+                        ));
                         continue;
                     }
                     let mut failure = failure.with_calls(calls);
                     if !failures.is_empty() {
-                        failures.push(format!("{}/{}: {}", choice.provider, choice.model, failure.message));
+                        failures.push(format!(
+                            "{}/{}: {}",
+                            choice.provider, choice.model, failure.message
+                        ));
                         failure.message = format!("every model failed: {}", failures.join("; "));
                     }
                     return Err(failure);
@@ -319,16 +357,21 @@ impl LlmRunner {
                 "cost_usd": call.cost_usd.map(|c| c.normalize().to_string()),
             });
             if index > 0 {
-                output["fallback_from"] = json!(models[..index]
-                    .iter()
-                    .map(|m| format!("{}/{}", m.provider, m.model))
-                    .collect::<Vec<_>>());
+                output["fallback_from"] = json!(
+                    models[..index]
+                        .iter()
+                        .map(|m| format!("{}/{}", m.provider, m.model))
+                        .collect::<Vec<_>>()
+                );
             }
             if let Some(validator) = &validator {
                 let parsed = parse_json_output(&completion.text).map_err(|e| {
                     AttemptFailure::transient(
                         "invalid_output",
-                        format!("{}/{}: the output is not JSON ({e})", choice.provider, choice.model),
+                        format!(
+                            "{}/{}: the output is not JSON ({e})",
+                            choice.provider, choice.model
+                        ),
                     )
                     .with_calls(calls.clone())
                 })?;
@@ -351,7 +394,10 @@ impl LlmRunner {
                 }
                 output["parsed"] = parsed;
             }
-            return Ok(StepOutput { value: output, calls });
+            return Ok(StepOutput {
+                value: output,
+                calls,
+            });
         }
         unreachable!("at least the primary model is tried")
     }
@@ -370,7 +416,10 @@ mod tests {
     #[test]
     fn json_output_may_come_in_a_code_fence() {
         assert_eq!(parse_json_output(" {\"a\": 1} ").unwrap(), json!({"a": 1}));
-        assert_eq!(parse_json_output("```json\n{\"a\": 1}\n```").unwrap(), json!({"a": 1}));
+        assert_eq!(
+            parse_json_output("```json\n{\"a\": 1}\n```").unwrap(),
+            json!({"a": 1})
+        );
         assert!(parse_json_output("sure! {\"a\": 1}").is_err());
     }
 }
