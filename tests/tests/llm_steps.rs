@@ -710,7 +710,11 @@ async fn a_budget_race_never_overspends_past_the_reservations_in_flight() {
             succeeded += 1;
         } else {
             let failed = failures(&events);
-            assert_eq!(failed.len(), 1, "budget_exceeded is not retried");
+            assert_eq!(
+                failed.len(),
+                1,
+                "budget_exceeded is not retried: {failed:?}"
+            );
             assert_eq!(failed[0].0.kind, "budget_exceeded");
             assert!(failed[0].1.is_empty(), "a refused call is not made");
             let message = &failed[0].0.message;
