@@ -744,6 +744,34 @@ async fn a_budget_race_never_overspends_past_the_reservations_in_flight() {
     assert!(usd(&spent) <= usd("0.01012"), "spent {spent}");
     assert_eq!(usd(&spent), usd("0.01012"));
     assert_eq!(reservations, 0, "every reservation settled");
+    let query = setup.system.query_service().await;
+    let read = setup
+        .system
+        .get(&format!("{}/v1/budgets/default", query.url))
+        .await;
+    assert_eq!(read.status, 200, "{}", read.body);
+    assert_eq!(
+        (
+            &read.body["monthly_limit_usd"],
+            &read.body["spent_usd"],
+            &read.body["reserved_usd"],
+            &read.body["remaining_usd"],
+            &read.body["calls"]
+        ),
+        (
+            &json!("0.01012"),
+            &json!("0.01012"),
+            &json!("0"),
+            &json!("0"),
+            &json!(10)
+        )
+    );
+    let unlimited = setup
+        .system
+        .get(&format!("{}/v1/budgets/someone-else", query.url))
+        .await;
+    assert_eq!(unlimited.body["monthly_limit_usd"], Value::Null);
+    query.stop().await;
     setup.stop().await;
 }
 
