@@ -113,6 +113,7 @@ async fn started_with(providers: impl FnOnce(&ModelServer) -> String) -> Setup {
                 ("MOCK_ANTHROPIC_KEY", ANTHROPIC_KEY),
             ]);
             config.price_table = Some(prices);
+            config.redis.redis_key_prefix = system.redis_prefix();
         })
         .await;
     Setup {
@@ -227,6 +228,35 @@ async fn both_wire_apis_stream_normalise_usage_and_price_each_call_on_its_event(
     assert_eq!(call.cost_usd, Some(usd("0.0009")));
     assert!(call.complete);
     assert_eq!(output["cost_usd"], "0.0009");
+
+    // The text went out live, chunk by chunk, in order.
+    let key = flowline_service_kit::live::stream_key(
+        &setup.system.redis_prefix(),
+        "default",
+        openai.parse().unwrap(),
+        "ask",
+    );
+    let mut reader = flowline_service_kit::live::LiveReader::open(&system_tests::redis_url(), key)
+        .await
+        .expect("redis");
+    let mut tokens = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokens.len() < 3 && Instant::now() < deadline {
+        tokens.extend(
+            reader
+                .next_batch(Duration::from_millis(200), 100)
+                .await
+                .expect("redis"),
+        );
+    }
+    let texts: Vec<String> = tokens
+        .iter()
+        .filter_map(|entry| match entry {
+            flowline_service_kit::live::LiveEntry::Token { text, .. } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, ["Hello", " from", " OpenAI"]);
 
     let (output, calls) = successes(&setup.system.events(&anthropic).await).remove(0);
     assert_eq!(output["text"], "Hello from Anthropic");
