@@ -48,15 +48,24 @@ async fn direct_call(http: &reqwest::Client, url: &str, index: usize) -> anyhow:
     Ok(began.elapsed())
 }
 
-async fn wait_for(system: &TestSystem, run: &str, within: Duration) -> anyhow::Result<()> {
+/// Waits for the run to end; whether it succeeded.
+async fn ended(system: &TestSystem, run: &str, within: Duration) -> anyhow::Result<bool> {
     let deadline = Instant::now() + within;
     loop {
         match system.run_status(run).await.as_deref() {
-            Some("succeeded") => return Ok(()),
-            Some("failed") => anyhow::bail!("run {run} failed: {:?}", system.events(run).await),
+            Some("succeeded") => return Ok(true),
+            Some("failed") => return Ok(false),
             _ if Instant::now() > deadline => anyhow::bail!("run {run} did not finish"),
             _ => tokio::time::sleep(Duration::from_millis(2)).await,
         }
+    }
+}
+
+async fn wait_for(system: &TestSystem, run: &str, within: Duration) -> anyhow::Result<()> {
+    if ended(system, run, within).await? {
+        Ok(())
+    } else {
+        anyhow::bail!("run {run} failed: {:?}", system.events(run).await)
     }
 }
 
@@ -148,18 +157,27 @@ pub async fn llm(calls: usize, concurrency: usize, seconds: u64) -> anyhow::Resu
 
     // Phase 2: `concurrency` closed-loop clients.
     let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
     let stop_at = began + Duration::from_secs(seconds);
     let system = Arc::new(system);
     let mut clients = Vec::new();
     for client in 0..concurrency {
-        let (system, done, url) = (Arc::clone(&system), Arc::clone(&done), commands.url.clone());
+        let (system, done, failed, url) = (
+            Arc::clone(&system),
+            Arc::clone(&done),
+            Arc::clone(&failed),
+            commands.url.clone(),
+        );
         clients.push(tokio::spawn(async move {
             let mut index = 1_000_000 * (client + 1);
             while Instant::now() < stop_at {
                 let run = system.submit(&url, &step(index)).await;
-                wait_for(&system, &run, Duration::from_secs(120)).await?;
-                done.fetch_add(1, Ordering::Relaxed);
+                if ended(&system, &run, Duration::from_secs(120)).await? {
+                    done.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
                 index += 1;
             }
             anyhow::Ok(())
@@ -170,6 +188,7 @@ pub async fn llm(calls: usize, concurrency: usize, seconds: u64) -> anyhow::Resu
     }
     let elapsed = began.elapsed();
     let steps = done.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
     executor.stop().await;
     commands.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -197,7 +216,7 @@ pub async fn llm(calls: usize, concurrency: usize, seconds: u64) -> anyhow::Resu
         ms(&through, 0.99) - ms(&direct, 0.99)
     );
     println!(
-        "throughput with {concurrency} concurrent runs: {:.1} steps/s ({steps} in {:.1} s; the 50 ms mock alone bounds it at {:.0}/s)",
+        "throughput with {concurrency} concurrent runs: {:.1} steps/s ({steps} succeeded, {failed} failed, in {:.1} s; the 50 ms mock alone bounds it at {:.0}/s)",
         steps as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64(),
         concurrency as f64 / 0.05
