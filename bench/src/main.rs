@@ -8,6 +8,8 @@
 //! `bench subscribe`: command 2xx → event received by a `graphql-ws` client subscribed to
 //! `workflowEvents`, p50/p99, next to 2xx → visible to a client polling the REST API.
 //! `bench execute`: the executor driving template workflows, next to the write path.
+//! `bench llm`: `llm` steps against a 50 ms local model mock, overhead per call through the
+//! executor next to direct reqwest calls, and steps/s with 100 concurrent runs.
 //! `bench graphql`: N concurrent clients read pages of 100 workflows over GraphQL; reports
 //! pages/s and latency p50/p99 next to the same page from the REST list endpoint.
 
@@ -27,6 +29,7 @@ use system_tests::TestSystem;
 use uuid::Uuid;
 
 mod execute;
+mod llm;
 mod mcp;
 
 #[derive(Parser)]
@@ -129,6 +132,19 @@ enum Command {
         /// Measured one-step runs through the executor, one at a time.
         #[arg(long, default_value_t = 200)]
         runs: usize,
+    },
+    /// `llm` steps against the local model mock (50 ms per call): per-call overhead through
+    /// the executor next to direct reqwest calls, and steps/s with concurrent runs.
+    Llm {
+        /// Calls of the overhead phase (each way).
+        #[arg(long, default_value_t = 200)]
+        calls: usize,
+        /// Concurrent runs of the throughput phase.
+        #[arg(long, default_value_t = 100)]
+        concurrency: usize,
+        /// Seconds of the throughput phase.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Aggregate load time of a long stream, with and without a snapshot.
     Load {
@@ -1321,6 +1337,11 @@ async fn main() -> anyhow::Result<()> {
             clients,
             seconds,
         } => execute::execute(runs, clients, seconds).await,
+        Command::Llm {
+            calls,
+            concurrency,
+            seconds,
+        } => llm::llm(calls, concurrency, seconds).await,
         Command::Subscribe {
             commands,
             partitions,

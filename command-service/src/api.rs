@@ -202,7 +202,10 @@ pub(crate) struct CancelDoc {
             the log. Every error is `application/problem+json` (RFC 9457); refused bodies list \
             `errors: [{field, message}]`."
     ),
-    tags((name = "commands", description = "Submit, cancel, signal, pause and resume runs; retry failed steps"))
+    tags(
+        (name = "commands", description = "Submit, cancel, signal, pause and resume runs; retry failed steps"),
+        (name = "budgets", description = "Monthly budgets of tenants for model calls")
+    )
 )]
 struct ApiDoc;
 
@@ -215,6 +218,7 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::pause))
         .routes(routes!(routes::resume))
         .routes(routes!(routes::retry_step))
+        .routes(routes!(crate::budgets::set_budget))
         .split_for_parts();
     (router, openapi::finish(api, &["/v1"]))
 }

@@ -26,6 +26,8 @@ pub(crate) struct AppState {
     pub(crate) handler: Arc<CommandHandler>,
     pub(crate) answers: AnswerCache,
     pub(crate) parked: ParkedEvents,
+    /// The database, for what is not a run's event (budgets).
+    pub(crate) pool: sqlx::PgPool,
 }
 
 /// How long a stopping service waits for its relay to finish what it is publishing.
@@ -64,7 +66,7 @@ impl Application {
             .postgres(pool.clone())
             .kafka(&config.kafka.brokers, &config.kafka.topic)
             .redis(&config.redis_url);
-        let repository = WorkflowRepository::new(store, pool, config.snapshot_every);
+        let repository = WorkflowRepository::new(store, pool.clone(), config.snapshot_every);
         let stop = background.clone();
         let relay = health.supervise("outbox relay", background.clone(), move || {
             relay.clone().run(stop.clone())
@@ -86,6 +88,7 @@ impl Application {
             handler: Arc::new(handler),
             answers,
             parked,
+            pool,
         };
         let router = Router::new()
             .merge(api::router())

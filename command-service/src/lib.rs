@@ -6,6 +6,7 @@
 
 mod api;
 mod application;
+mod budgets;
 mod commands;
 pub mod config;
 mod error;

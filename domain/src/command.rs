@@ -282,6 +282,9 @@ impl SubmitWorkflow {
                 check_indexed_names(kind, &config, &at, &mut errors);
                 check_mcp_tool_settings(kind, &config, &at, &mut errors);
             }
+            if kind == Some(StepKind::Llm) && config.is_object() {
+                crate::llm::check_submitted(&config, &format!("{at}.config"), &mut errors);
+            }
             steps.push((kind, config));
         }
         for (index, spec) in self.steps.iter().enumerate() {

@@ -9,9 +9,11 @@
 
 pub mod accepted;
 pub mod aggregate;
+pub mod budget;
 pub mod change;
 pub mod command;
 pub mod event;
+pub mod llm;
 pub mod policy;
 pub mod schedule;
 pub mod usage;

@@ -12,6 +12,7 @@ use flowline_service_kit::leases::Leases;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState};
+use crate::budget::BudgetLedger;
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
 use crate::feed::{self, Parts, Shared};
@@ -20,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::payloads::Payloads;
 use crate::runners::Runners;
 use crate::runners::http::HttpRunner;
+use crate::runners::llm::LlmRunner;
 use crate::runners::mcp_tool::McpToolRunner;
 use crate::{Error, Result};
 
@@ -61,6 +63,20 @@ impl Application {
         let http = HttpRunner::new(&config.http).map_err(Error::Config)?;
         let default_http_timeout = http.default_timeout();
         let mcp_tool = McpToolRunner::from_settings(&config.mcp).map_err(Error::Config)?;
+        let mut own_runners = Runners::new(http);
+        if let Some(providers) = config
+            .llm
+            .providers()
+            .map_err(|e| Error::Config(e.to_string()))?
+        {
+            tracing::info!(providers = ?providers.names().collect::<Vec<_>>(), "llm providers loaded");
+            let llm = LlmRunner::new(
+                Arc::new(providers),
+                Arc::clone(&prices),
+                BudgetLedger::new(pool.clone()),
+            );
+            own_runners = own_runners.with(StepKind::Llm, Arc::new(llm));
+        }
         let store = EventStore::with_background_wakeups(pool.clone());
         let shared = Shared::new(Parts {
             repository: WorkflowRepository::new(store, pool.clone(), SNAPSHOT_EVERY),
@@ -69,7 +85,7 @@ impl Application {
                 config.max_concurrent_attempts,
                 config.max_attempts_per_tenant,
             ),
-            runners: runners(Runners::new(http).with(StepKind::McpTool, Arc::new(mcp_tool))),
+            runners: runners(own_runners.with(StepKind::McpTool, Arc::new(mcp_tool))),
             payloads: Payloads::new(pool.clone(), config.output_inline_bytes),
             metrics: Arc::new(Metrics::default()),
             default_http_timeout,

@@ -9,6 +9,7 @@ use flowline_service_kit::db::DatabaseSettings;
 use flowline_service_kit::live::RedisSettings;
 
 use crate::runners::http::HttpSettings;
+use crate::runners::llm::LlmSettings;
 use crate::runners::mcp_tool::McpSettings;
 
 /// Runs the steps of every workflow run: reads the published log from the event store,
@@ -47,6 +48,9 @@ pub struct Config {
     /// `mcp_tool` step settings.
     #[command(flatten)]
     pub mcp: McpSettings,
+    /// `llm` step settings.
+    #[command(flatten)]
+    pub llm: LlmSettings,
     /// Redis carrying the live output of running steps (streamed model text, tool
     /// progress); without it steps run and only the live view is missing.
     #[command(flatten)]

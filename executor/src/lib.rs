@@ -10,13 +10,15 @@
 //! processes through the same PostgreSQL leases as the projectors; a killed process's
 //! runs continue elsewhere once its leases expire.
 //!
-//! Step kinds run behind one [`runners::StepRunner`] port each: `template`, `http` and
-//! `mcp_tool` (through the `flowline-mcp-client` port, ADR 0023) here, `llm` answering
-//! `not_configured` until its runner exists.
+//! Step kinds run behind one [`runners::StepRunner`] port each: `template`, `http`,
+//! `mcp_tool` (through the `flowline-mcp-client` port, ADR 23) and `llm` (over
+//! `flowline-model-providers`, with budgets, see `budget`, ADR 24) once their config files
+//! are given.
 
 pub mod admin;
 pub mod application;
 pub mod bounded;
+pub mod budget;
 pub mod config;
 pub mod dispatch;
 mod feed;

@@ -23,6 +23,7 @@ use crate::{audit, graph_rest, rest};
         (name = "workflows", description = "Runs, their steps, events and past states"),
         (name = "graph", description = "Questions answered by the graph view"),
         (name = "audit", description = "Operators' reads of the event log itself (bearer ADMIN_TOKEN)"),
+        (name = "budgets", description = "Tenants' monthly budgets for model calls and this month's spend"),
     )
 )]
 struct ApiDoc;
@@ -41,6 +42,7 @@ pub(crate) fn router() -> Router<AppState> {
         .routes(routes!(graph_rest::runs))
         .routes(routes!(audit::events))
         .routes(routes!(audit::verify))
+        .routes(routes!(crate::budgets::budget))
         .split_for_parts();
     router.merge(openapi::docs(openapi::finish(
         with_admin_token(api),

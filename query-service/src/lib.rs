@@ -7,6 +7,7 @@
 mod api;
 mod application;
 mod audit;
+mod budgets;
 pub mod cache;
 pub mod changes;
 pub mod config;

@@ -690,6 +690,11 @@ impl ReadModel {
         Self { pool }
     }
 
+    /// Its pool (for reads of tables that are not projections, e.g. budgets).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// One workflow with its steps.
     pub async fn workflow(&self, tenant: &str, id: Uuid) -> Result<Option<WorkflowView>> {
         Ok(self.workflows(tenant, &[id]).await?.pop())

@@ -17,6 +17,7 @@ use uuid::Uuid;
 pub mod fake_dgraph;
 pub mod js_clients;
 pub mod mcp_servers;
+pub mod model_server;
 pub mod step_server;
 pub mod workloads;
 

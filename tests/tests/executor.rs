@@ -602,7 +602,7 @@ async fn an_undefined_reference_fails_the_step_naming_it_and_llm_steps_are_not_c
         .submit(
             &commands.url,
             &json!({"name": "ai", "steps": [
-            step("ask", "llm", &[], json!({"model": "gpt", "prompt": "hi"}))]}),
+            step("ask", "llm", &[], json!({"provider": "openai", "model": "gpt", "prompt": "hi"}))]}),
         )
         .await;
     let metadata = system

@@ -428,6 +428,7 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/graph/runs",
                 "/v1/audit/events",
                 "/v1/audit/verify",
+                "/v1/budgets/{tenant}",
             ],
         ),
         (
@@ -439,6 +440,7 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/workflows/{id}/pause",
                 "/v1/workflows/{id}/resume",
                 "/v1/workflows/{id}/steps/{step}/retry",
+                "/v1/budgets/{tenant}",
             ],
         ),
         (

@@ -5,6 +5,7 @@
 //! ends it itself a little before the deadline).
 
 pub mod http;
+pub mod llm;
 pub mod mcp_tool;
 pub mod template;
 
