@@ -690,6 +690,11 @@ impl ReadModel {
         Self { pool }
     }
 
+    /// The pool it reads with (the statement timeout applies).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// One workflow with its steps.
     pub async fn workflow(&self, tenant: &str, id: Uuid) -> Result<Option<WorkflowView>> {
         Ok(self.workflows(tenant, &[id]).await?.pop())
