@@ -19,7 +19,6 @@ mod log_cursor;
 mod read_model;
 mod rest;
 mod subscriptions;
-mod usage;
 
 pub use application::Application;
 pub use config::ReadLimits;

@@ -690,7 +690,7 @@ impl ReadModel {
         Self { pool }
     }
 
-    /// The pool it reads with (the statement timeout applies): projections, budgets, usage.
+    /// Its pool (for reads of tables that are not projections, e.g. budgets).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
