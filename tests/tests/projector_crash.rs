@@ -79,7 +79,10 @@ async fn load(system: &TestSystem, url: &str, count: usize, clients: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn projectors_killed_mid_batch_end_equal_to_a_fresh_rebuild() {
-    let system = TestSystem::new(3).await;
+    // A broker of its own: 1 200 commands within the publish timeout, which the suite's
+    // shared tansu (slower the more records and headers it holds) no longer gives.
+    let broker = system_tests::OwnedBroker::start().await;
+    let system = TestSystem::with_brokers(broker.address.clone(), 3).await;
     let commands = system.command_service().await;
     // Named connections, so the killer can see the projector's transactions.
     let mut projector = projector_named(&system, "projector-under-test").await;
