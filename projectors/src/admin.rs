@@ -221,7 +221,7 @@ pub async fn redrive_all(
 /// Body of `POST /admin/rebuilds`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct RebuildRequest {
-    /// `workflow_read_model` or `workflow_graph`.
+    /// `workflow_read_model`, `workflow_graph` or `usage`.
     #[schema(example = "workflow_read_model")]
     projection: String,
     /// Replay from this time (RFC 3339) instead of the beginning.

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::dead_letter::{self, Redrive};
 use crate::rebuild::{self, RebuildRecord, RebuildSettings};
 use crate::runner::{self, RunnerSettings};
+use crate::usage::{self, Usage};
 use crate::workflow_graph::{self, WorkflowGraph};
 use crate::workflow_read_model::{self, WorkflowReadModel};
 use crate::{Error, Result, admin};
@@ -65,11 +66,14 @@ pub struct Projections {
     pub read_model: WorkflowReadModel,
     /// The graph view.
     pub graph: WorkflowGraph,
+    /// Model calls' tokens and cost.
+    pub usage: Usage,
 }
 
 impl Projections {
     /// Their names, for lag reports.
-    pub const NAMES: [&'static str; 2] = [workflow_read_model::NAME, workflow_graph::NAME];
+    pub const NAMES: [&'static str; 3] =
+        [workflow_read_model::NAME, workflow_graph::NAME, usage::NAME];
 
     /// Re-drives one dead letter with the projection it belongs to.
     pub async fn redrive(&self, pool: &PgPool, id: i64) -> Result<Redrive> {
@@ -78,6 +82,8 @@ impl Projections {
         };
         if letter.projection == workflow_graph::NAME {
             dead_letter::redrive(pool, &self.graph, id).await
+        } else if letter.projection == usage::NAME {
+            dead_letter::redrive(pool, &self.usage, id).await
         } else {
             dead_letter::redrive(pool, &self.read_model, id).await
         }
@@ -87,6 +93,7 @@ impl Projections {
     pub async fn redrive_all(&self, pool: &PgPool) -> Result<Vec<Redrive>> {
         let mut outcomes = dead_letter::redrive_all(pool, &self.read_model).await?;
         outcomes.extend(dead_letter::redrive_all(pool, &self.graph).await?);
+        outcomes.extend(dead_letter::redrive_all(pool, &self.usage).await?);
         Ok(outcomes)
     }
 }
@@ -113,6 +120,7 @@ impl Application {
         let projections = Projections {
             read_model: WorkflowReadModel::live(),
             graph: WorkflowGraph::new(graph),
+            usage: Usage,
         };
         let settings = |name: &str| RunnerSettings {
             pool: pool.clone(),
@@ -135,6 +143,13 @@ impl Application {
             runner::spawn(
                 projections.graph.clone(),
                 settings(workflow_graph::NAME),
+                rebuild_settings.dead_letters.clone(),
+                stop.clone(),
+                &health,
+            )?,
+            runner::spawn(
+                projections.usage,
+                settings(usage::NAME),
                 rebuild_settings.dead_letters.clone(),
                 stop.clone(),
                 &health,

@@ -60,6 +60,7 @@ pub async fn dead_letters(config: &Config, action: &DlqAction) -> Result<bool> {
             let projections = Projections {
                 read_model: WorkflowReadModel::live(),
                 graph: WorkflowGraph::new(config.graph.store(pool.clone())),
+                usage: crate::usage::Usage,
             };
             let outcomes = match (id, all) {
                 (Some(id), false) => vec![projections.redrive(&pool, *id).await?],

@@ -74,7 +74,7 @@ pub enum Command {
     /// Rebuilds a projection into shadow tables and swaps them in once caught up, while the
     /// live tables keep serving; resumes an interrupted rebuild of the same projection.
     Rebuild {
-        /// `workflow_read_model` or `workflow_graph` (a version suffix like `.v1` is optional).
+        /// `workflow_read_model`, `workflow_graph` or `usage` (a version suffix like `.v1` is optional).
         projection: String,
         /// Read the whole log (the default).
         #[arg(long, conflicts_with = "from")]

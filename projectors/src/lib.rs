@@ -17,6 +17,7 @@ mod leases;
 pub mod projection;
 pub mod rebuild;
 pub mod runner;
+pub mod usage;
 pub mod workflow_graph;
 pub mod workflow_read_model;
 

@@ -29,6 +29,7 @@ use crate::config::HistorySource;
 use crate::dead_letter;
 use crate::projection::Projection;
 use crate::runner::{DecodedBatch, Runner, RunnerSettings};
+use crate::usage::{self, Usage};
 use crate::workflow_graph::{self, WorkflowGraph};
 use crate::workflow_read_model::{self, WorkflowReadModel};
 use crate::{Error, Result};
@@ -43,6 +44,7 @@ pub fn tables_of(projection: &str) -> Option<&'static [&'static str]> {
             "workflow_events",
         ]),
         workflow_graph::NAME => Some(&["graph_nodes", "graph_edges"]),
+        usage::NAME => Some(usage::TABLES),
         _ => None,
     }
 }
@@ -403,6 +405,10 @@ fn rebuild_in_shadow(
         workflow_graph::NAME => {
             let graph = WorkflowGraph::new(AnyGraph::Postgres(PostgresGraph::new(shadow_pool)));
             let runner = shadow_runner(graph, settings, record, runner_settings);
+            catch_up_and_swap(settings, record, &runner, runtime, stop, report)
+        }
+        usage::NAME => {
+            let runner = shadow_runner(Usage, settings, record, runner_settings);
             catch_up_and_swap(settings, record, &runner, runtime, stop, report)
         }
         _ => {

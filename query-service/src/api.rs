@@ -8,7 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::application::AppState;
-use crate::{audit, graph_rest, rest};
+use crate::{audit, graph_rest, rest, usage};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use crate::{audit, graph_rest, rest};
     ),
     tags(
         (name = "workflows", description = "Runs, their steps, events and past states"),
+        (name = "usage", description = "Model calls' tokens and cost"),
         (name = "graph", description = "Questions answered by the graph view"),
         (name = "audit", description = "Operators' reads of the event log itself (bearer ADMIN_TOKEN)"),
         (name = "budgets", description = "Tenants' monthly budgets for model calls and this month's spend"),
@@ -36,6 +37,7 @@ pub(crate) fn router() -> Router<AppState> {
         .routes(routes!(rest::events))
         .routes(routes!(rest::state))
         .routes(routes!(rest::step))
+        .routes(routes!(usage::usage))
         .routes(routes!(graph_rest::dependencies))
         .routes(routes!(graph_rest::dependents))
         .routes(routes!(graph_rest::lineage))
@@ -46,7 +48,7 @@ pub(crate) fn router() -> Router<AppState> {
         .split_for_parts();
     router.merge(openapi::docs(openapi::finish(
         with_admin_token(api),
-        &["/v1/workflows", "/v1/graph"],
+        &["/v1/workflows", "/v1/graph", "/v1/usage"],
     )))
 }
 

@@ -19,6 +19,7 @@ mod log_cursor;
 mod read_model;
 mod rest;
 mod subscriptions;
+mod usage;
 
 pub use application::Application;
 pub use config::ReadLimits;

@@ -690,7 +690,7 @@ impl ReadModel {
         Self { pool }
     }
 
-    /// Its pool (for reads of tables that are not projections, e.g. budgets).
+    /// The pool it reads with (the statement timeout applies): projections, budgets, usage.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

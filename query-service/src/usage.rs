@@ -1,0 +1,343 @@
+//! `GET /v1/usage`: model calls' tokens and cost, summed over the usage read model
+//! (`usage_calls`, projection `usage.v1`) and grouped by any of run, step, tenant, model,
+//! provider and day. Always scoped to the caller's tenant. Costs are summed by PostgreSQL
+//! `numeric` and travel as decimal strings, never floats.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use chrono::{DateTime, NaiveDate, Utc};
+use flowline_service_kit::openapi::PROBLEM_JSON;
+use flowline_service_kit::problem::ProblemDetails;
+use flowline_service_kit::request::tenant;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::application::AppState;
+use crate::{Error, Result};
+
+/// Most groups one answer returns (`limit`'s maximum).
+pub const MAX_GROUPS: i64 = 1000;
+
+/// Query parameters of `GET /v1/usage`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct UsageParams {
+    /// Comma-separated dimensions among `run`, `step`, `tenant`, `model`, `provider`, `day`
+    /// (none: one total).
+    #[param(
+        example = "model,day",
+        max_length = 64,
+        pattern = r"^((run|step|tenant|model|provider|day)(,(run|step|tenant|model|provider|day))*)?$"
+    )]
+    group_by: Option<String>,
+    /// Calls made at or after this time (RFC 3339, or a date: its start, UTC).
+    #[param(example = "2026-12-01")]
+    from: Option<String>,
+    /// Calls made before this time (RFC 3339), or on or before this date (UTC).
+    #[param(example = "2026-12-31")]
+    to: Option<String>,
+    /// Groups to return, 1 to 1000 (default 100); `truncated` says when more exist.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
+    limit: Option<String>,
+}
+
+/// Token sums.
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+pub struct UsageTotals {
+    /// Prompt tokens read neither from nor into a cache.
+    pub input_tokens: i64,
+    /// Generated tokens, reasoning excluded.
+    pub output_tokens: i64,
+    /// Prompt tokens read from the provider's cache.
+    pub cache_read_tokens: i64,
+    /// Prompt tokens written into the provider's cache.
+    pub cache_write_tokens: i64,
+    /// Reasoning tokens.
+    pub reasoning_tokens: i64,
+}
+
+/// One group of model calls.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageGroup {
+    /// The run (when grouped by run or step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run: Option<Uuid>,
+    /// The step (when grouped by step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// The tenant (when grouped by tenant).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The provider (when grouped by provider).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// The model (when grouped by model).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The UTC day (when grouped by day).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub day: Option<NaiveDate>,
+    /// Model calls in the group.
+    pub calls: i64,
+    /// Of those, calls without a price (their cost is not in `cost_usd`).
+    pub unpriced_calls: i64,
+    /// Token sums.
+    pub usage: UsageTotals,
+    /// Cost in US dollars, exact decimal.
+    #[schema(example = "0.012345")]
+    pub cost_usd: String,
+}
+
+/// The answer of `GET /v1/usage`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UsageReport {
+    /// The groups, ordered by their dimensions.
+    pub groups: Vec<UsageGroup>,
+    /// More groups exist than `limit` returned.
+    pub truncated: bool,
+}
+
+/// A dimension of `group_by`, with the columns it groups by.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dimension {
+    Run,
+    Step,
+    Tenant,
+    Model,
+    Provider,
+    Day,
+}
+
+impl Dimension {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text.trim() {
+            "run" => Self::Run,
+            "step" => Self::Step,
+            "tenant" => Self::Tenant,
+            "model" => Self::Model,
+            "provider" => Self::Provider,
+            "day" => Self::Day,
+            _ => return None,
+        })
+    }
+
+    fn columns(self) -> &'static [&'static str] {
+        match self {
+            Self::Run => &["workflow_id"],
+            Self::Step => &["workflow_id", "step_id"],
+            Self::Tenant => &["tenant"],
+            Self::Model => &["model"],
+            Self::Provider => &["provider"],
+            Self::Day => &["day"],
+        }
+    }
+}
+
+fn parse_bound(parameter: &'static str, text: &str, end: bool) -> Result<DateTime<Utc>> {
+    if let Ok(time) = DateTime::parse_from_rfc3339(text) {
+        return Ok(time.with_timezone(&Utc));
+    }
+    let date =
+        NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| Error::InvalidParameter {
+            parameter,
+            message: "not an RFC 3339 time or a date, e.g. 2026-12-01 or 2026-12-01T00:00:00Z"
+                .into(),
+        })?;
+    // A `to` date includes its whole day.
+    let date = if end {
+        date.succ_opt().ok_or_else(|| Error::InvalidParameter {
+            parameter,
+            message: "date out of range".into(),
+        })?
+    } else {
+        date
+    };
+    Ok(date.and_time(chrono::NaiveTime::MIN).and_utc())
+}
+
+/// A validated usage question.
+#[derive(Debug, Clone)]
+pub struct UsageQuery {
+    dimensions: Vec<Dimension>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    limit: i64,
+}
+
+impl UsageQuery {
+    /// Validates the parameters; a bad one is a 400 naming it.
+    pub fn parse(
+        group_by: Option<&str>,
+        from: Option<&str>,
+        to: Option<&str>,
+        limit: Option<&str>,
+    ) -> Result<Self> {
+        let mut dimensions = Vec::new();
+        for part in group_by
+            .unwrap_or("")
+            .split(',')
+            .filter(|p| !p.trim().is_empty())
+        {
+            let dimension = Dimension::parse(part).ok_or_else(|| Error::InvalidParameter {
+                parameter: "group_by",
+                message: format!(
+                    "unknown dimension {:?}: use run, step, tenant, model, provider or day",
+                    part.chars().take(64).collect::<String>()
+                ),
+            })?;
+            if !dimensions.contains(&dimension) {
+                dimensions.push(dimension);
+            }
+        }
+        let from = from.map(|t| parse_bound("from", t, false)).transpose()?;
+        let to = to.map(|t| parse_bound("to", t, true)).transpose()?;
+        if let (Some(from), Some(to)) = (from, to)
+            && from > to
+        {
+            return Err(Error::InvalidParameter {
+                parameter: "to",
+                message: "is before `from`".into(),
+            });
+        }
+        let limit = match limit {
+            None => 100,
+            Some(text) => text
+                .parse::<i64>()
+                .ok()
+                .filter(|n| (1..=MAX_GROUPS).contains(n))
+                .ok_or_else(|| Error::InvalidParameter {
+                    parameter: "limit",
+                    message: format!("must be an integer from 1 to {MAX_GROUPS}"),
+                })?,
+        };
+        Ok(Self {
+            dimensions,
+            from,
+            to,
+            limit,
+        })
+    }
+
+    /// Sums the tenant's calls in the window by the query's dimensions.
+    pub async fn run(&self, pool: &sqlx::PgPool, tenant: &str) -> Result<UsageReport> {
+        let mut columns: Vec<&str> = Vec::new();
+        for dimension in &self.dimensions {
+            for column in dimension.columns() {
+                if !columns.contains(column) {
+                    columns.push(column);
+                }
+            }
+        }
+        let grouped = columns.join(", ");
+        let (select, group, order) = if columns.is_empty() {
+            (String::new(), String::new(), String::new())
+        } else {
+            (
+                format!("{grouped}, "),
+                format!(" GROUP BY {grouped}"),
+                format!(" ORDER BY {grouped}"),
+            )
+        };
+        let sql = format!(
+            "SELECT {select}count(*) AS calls, \
+             count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls, \
+             coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \
+             coalesce(sum(output_tokens), 0)::bigint AS output_tokens, \
+             coalesce(sum(cache_read_tokens), 0)::bigint AS cache_read_tokens, \
+             coalesce(sum(cache_write_tokens), 0)::bigint AS cache_write_tokens, \
+             coalesce(sum(reasoning_tokens), 0)::bigint AS reasoning_tokens, \
+             coalesce(sum(cost_usd), 0)::text AS cost_usd \
+             FROM usage_calls WHERE tenant = $1 \
+             AND ($2::timestamptz IS NULL OR called_at >= $2) \
+             AND ($3::timestamptz IS NULL OR called_at < $3){group}{order} LIMIT $4"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(tenant)
+            .bind(self.from)
+            .bind(self.to)
+            .bind(self.limit + 1)
+            .fetch_all(pool)
+            .await?;
+        let has = |column: &str| columns.contains(&column);
+        let mut groups = Vec::with_capacity(rows.len());
+        for row in rows.iter().take(self.limit as usize) {
+            groups.push(UsageGroup {
+                run: if has("workflow_id") {
+                    row.try_get("workflow_id")?
+                } else {
+                    None
+                },
+                step: if has("step_id") {
+                    row.try_get("step_id")?
+                } else {
+                    None
+                },
+                tenant: if has("tenant") {
+                    row.try_get("tenant")?
+                } else {
+                    None
+                },
+                provider: if has("provider") {
+                    row.try_get("provider")?
+                } else {
+                    None
+                },
+                model: if has("model") {
+                    row.try_get("model")?
+                } else {
+                    None
+                },
+                day: if has("day") {
+                    row.try_get("day")?
+                } else {
+                    None
+                },
+                calls: row.try_get("calls")?,
+                unpriced_calls: row.try_get("unpriced_calls")?,
+                usage: UsageTotals {
+                    input_tokens: row.try_get("input_tokens")?,
+                    output_tokens: row.try_get("output_tokens")?,
+                    cache_read_tokens: row.try_get("cache_read_tokens")?,
+                    cache_write_tokens: row.try_get("cache_write_tokens")?,
+                    reasoning_tokens: row.try_get("reasoning_tokens")?,
+                },
+                cost_usd: row.try_get("cost_usd")?,
+            });
+        }
+        Ok(UsageReport {
+            truncated: rows.len() as i64 > self.limit,
+            groups,
+        })
+    }
+}
+
+/// Tokens and cost of the caller's tenant's model calls, grouped.
+///
+/// Sums what the steps' events recorded (costs are never re-priced). Without `group_by`,
+/// one group with the totals.
+#[utoipa::path(
+    get,
+    path = "/v1/usage",
+    tag = "usage",
+    params(UsageParams),
+    responses(
+        (status = 200, description = "The groups", body = UsageReport),
+        (status = 400, description = "A parameter is invalid; `parameter` names it", body = ProblemDetails, content_type = PROBLEM_JSON),
+    )
+)]
+pub async fn usage(
+    State(state): State<AppState>,
+    Query(params): Query<UsageParams>,
+    headers: HeaderMap,
+) -> Result<Json<UsageReport>> {
+    let tenant = tenant(&headers)?;
+    let query = UsageQuery::parse(
+        params.group_by.as_deref(),
+        params.from.as_deref(),
+        params.to.as_deref(),
+        params.limit.as_deref(),
+    )?;
+    Ok(Json(query.run(state.read_model.pool(), &tenant).await?))
+}
