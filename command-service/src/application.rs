@@ -65,7 +65,7 @@ impl Application {
         health
             .postgres(pool.clone())
             .kafka(&config.kafka.brokers, &config.kafka.topic)
-            .redis(&config.redis_url);
+            .redis(&config.redis.redis_url);
         let repository = WorkflowRepository::new(store, pool.clone(), config.snapshot_every);
         let stop = background.clone();
         let relay = health.supervise("outbox relay", background.clone(), move || {
@@ -79,9 +79,9 @@ impl Application {
             config.limits.clone(),
         );
         let answers = AnswerCache::connect(
-            &config.redis_url,
+            &config.redis.redis_url,
             config.idempotency_ttl_seconds,
-            &config.redis_key_prefix,
+            &config.redis.redis_key_prefix,
         )
         .await;
         let state = AppState {

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use flowline_event_log::KafkaSettings;
 use flowline_service_kit::db::DatabaseSettings;
+use flowline_service_kit::redis_settings::RedisSettings;
 
 /// Accepts workflow commands over HTTP and appends their events to the log.
 #[derive(Debug, Clone, clap::Parser)]
@@ -25,14 +26,11 @@ pub struct Config {
     pub snapshot_every: u64,
     /// Redis holding the first answers to `Idempotency-Key` requests (a cache: correctness
     /// does not depend on it).
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    #[command(flatten)]
+    pub redis: RedisSettings,
     /// How long a first answer stays cached, in seconds.
     #[arg(long, env = "IDEMPOTENCY_TTL_SECONDS", default_value_t = 24 * 3600)]
     pub idempotency_ttl_seconds: u64,
-    /// Prefix of this deployment's Redis keys.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "flowline")]
-    pub redis_key_prefix: String,
     /// `ce_source` (CloudEvents source URI) of every published record; `{tenant}` is
     /// replaced by the event's tenant.
     #[arg(long, env = "CLOUDEVENTS_SOURCE", default_value = flowline_event_store::headers::cloudevents::DEFAULT_SOURCE)]

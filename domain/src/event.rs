@@ -47,6 +47,12 @@ impl StepKind {
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
+
+    /// Whether its attempts stream live output (model text, tool progress) before their
+    /// outcome, and mark its end on the live channel.
+    pub fn streams_live_output(self) -> bool {
+        matches!(self, Self::Llm | Self::McpTool)
+    }
 }
 
 /// A validated step of a submitted workflow.

@@ -34,7 +34,7 @@ pub use event::{
 };
 pub use policy::{OnFailure, RetryPolicy, StepPolicy};
 pub use schedule::{Decision, Plan};
-pub use usage::{ModelCall, TokenUsage};
+pub use usage::{ModelCall, TokenUsage, UsageSummary};
 pub use validation::{FieldError, MAX_FIELD_ERRORS, ValidationErrors};
 pub use workflow::{
     Attempt, AttemptOutcome, DomainError, ReceivedSignal, StepState, StepStatus, Workflow,

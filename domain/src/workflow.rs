@@ -11,6 +11,7 @@ use crate::event::{
     StepSucceeded, StepTimedOut, WorkflowCancelled, WorkflowEvent, WorkflowFailed, WorkflowPaused,
     WorkflowResumed, WorkflowStarted, WorkflowSubmitted, WorkflowSucceeded,
 };
+use crate::usage::UsageSummary;
 use crate::validation::ValidationErrors;
 
 /// Lifecycle of a workflow run.
@@ -181,6 +182,9 @@ pub struct Attempt {
     pub deadline: Option<DateTime<Utc>>,
     /// How it ended, so far.
     pub outcome: AttemptOutcome,
+    /// What its model calls used and cost, once it ended (none when it called no model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageSummary>,
 }
 
 /// A step inside the aggregate.
@@ -225,6 +229,12 @@ impl StepState {
     /// caller retried the step).
     pub fn policy_attempt(&self, attempt: u32) -> u32 {
         attempt.saturating_sub(self.attempts_before_retry).max(1)
+    }
+
+    /// What the model calls of all its attempts used and cost (a failed attempt's calls
+    /// were made, and billed, too).
+    pub fn usage(&self) -> Option<UsageSummary> {
+        UsageSummary::total(self.attempts.iter().filter_map(|a| a.usage.as_ref()))
     }
 
     /// The attempt running now, if any.
@@ -519,6 +529,7 @@ impl Workflow {
         step_id: &str,
         outcome: AttemptOutcome,
         next_attempt_at: Option<DateTime<Utc>>,
+        usage: Option<UsageSummary>,
     ) {
         let Some(step) = self.step_mut(step_id) else {
             return;
@@ -526,6 +537,7 @@ impl Workflow {
         step.error = outcome.error().or_else(|| step.error.take());
         if let Some(attempt) = step.attempts.last_mut() {
             attempt.outcome = outcome;
+            attempt.usage = usage;
         }
         step.next_attempt_at = next_attempt_at;
         step.status = if next_attempt_at.is_some() {
@@ -740,6 +752,7 @@ impl Aggregate for Workflow {
                         started_at: started.started_at,
                         deadline: started.deadline,
                         outcome: AttemptOutcome::Running,
+                        usage: None,
                     });
                 }
             }
@@ -751,6 +764,7 @@ impl Aggregate for Workflow {
                     step.next_attempt_at = None;
                     if let Some(attempt) = step.attempts.last_mut() {
                         attempt.outcome = AttemptOutcome::Succeeded;
+                        attempt.usage = UsageSummary::of(&succeeded.calls);
                     }
                 }
             }
@@ -760,11 +774,13 @@ impl Aggregate for Workflow {
                     error: failed.error.clone(),
                 },
                 failed.next_attempt_at,
+                UsageSummary::of(&failed.calls),
             ),
             WorkflowEvent::StepTimedOut(timed_out) => self.end_attempt(
                 &timed_out.step_id,
                 AttemptOutcome::TimedOut,
                 timed_out.next_attempt_at,
+                None,
             ),
             WorkflowEvent::StepSkipped(skipped) => {
                 if let Some(step) = self.step_mut(&skipped.step_id) {
@@ -1214,5 +1230,85 @@ mod tests {
             }
         }
         assert_eq!(restored.signals, state.state.signals);
+    }
+
+    #[test]
+    fn a_steps_usage_sums_every_attempts_model_calls_and_survives_a_snapshot() {
+        use crate::usage::{ModelCall, TokenUsage};
+        let call = |input, cost: &str| ModelCall {
+            provider: "openai".into(),
+            model: "gpt-4o-mini".into(),
+            called_at: Utc::now(),
+            usage: TokenUsage {
+                input_tokens: input,
+                output_tokens: 7,
+                ..TokenUsage::default()
+            },
+            cost_usd: Some(cost.parse().expect("a decimal")),
+            price_ref: None,
+            complete: true,
+        };
+        let on = |step: &str, command| WorkflowCommand::Step {
+            step_id: step.into(),
+            command,
+        };
+        let start = |attempt_id| StepCommand::Start {
+            attempt_id,
+            input: json!({}),
+            started_at: Utc::now(),
+            deadline: None,
+        };
+        let succeed = |attempt_id, calls| StepCommand::Succeed {
+            attempt_id,
+            output: json!("done"),
+            output_ref: None,
+            duration_ms: 3,
+            calls,
+        };
+        let (fetch, first, second) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let mut run = Versioned::<Workflow>::replay(&[submitted()]);
+        for command in [
+            WorkflowCommand::Start {
+                started_at: Utc::now(),
+            },
+            on("fetch", start(fetch)),
+            on("fetch", succeed(fetch, vec![])),
+            on("summarize", start(first)),
+            on(
+                "summarize",
+                StepCommand::Fail {
+                    attempt_id: first,
+                    error: StepError {
+                        kind: "http_status".into(),
+                        message: "503".into(),
+                    },
+                    retryable: true,
+                    next_attempt_at: Some(Utc::now()),
+                    calls: vec![call(100, "0.25")],
+                },
+            ),
+            on("summarize", start(second)),
+            on(
+                "summarize",
+                succeed(second, vec![call(10, "0.5"), call(1, "0.000001")]),
+            ),
+        ] {
+            let event = run.state.decide(&command).expect("accepted");
+            run.apply(&event);
+        }
+        let step = &run.state.steps[1];
+        assert_eq!(
+            step.attempts[0].usage.as_ref().map(|u| u.model_calls),
+            Some(1)
+        );
+        let usage = step.usage().expect("model calls were made");
+        assert_eq!(usage.model_calls, 3);
+        assert_eq!(usage.tokens.input_tokens, 111);
+        assert_eq!(usage.tokens.output_tokens, 21);
+        assert_eq!(usage.cost_usd.to_string(), "0.750001");
+        assert_eq!(run.state.steps[0].usage(), None, "no model, no usage");
+        let snapshot = serde_json::to_value(run.state.for_snapshot()).expect("serialises");
+        let restored: Workflow = serde_json::from_value(snapshot).expect("reads back");
+        assert_eq!(restored.steps[1].usage(), Some(usage));
     }
 }

@@ -57,7 +57,8 @@ impl Application {
         .map(Arc::new)
         .map_err(|e| Error::Config(e.to_string()))?;
         tracing::info!(entries = prices.len(), "price table loaded");
-        let live = LiveHub::connect(&config.redis).await;
+        let metrics = Arc::new(Metrics::default());
+        let live = LiveHub::connect(&config.redis, Arc::clone(&metrics)).await;
         let pool = config.database.prepare().await?;
         let partitions = flowline_event_log::ensure_topic(&config.kafka).await?;
         let http = HttpRunner::new(&config.http).map_err(Error::Config)?;
@@ -87,7 +88,7 @@ impl Application {
             ),
             runners: runners(own_runners.with(StepKind::McpTool, Arc::new(mcp_tool))),
             payloads: Payloads::new(pool.clone(), config.output_inline_bytes),
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             default_http_timeout,
             partitions,
             live,

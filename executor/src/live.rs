@@ -7,12 +7,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use flowline_service_kit::live::{LiveEntry, LivePublisher, RedisSettings, stream_key};
 use tokio::sync::mpsc;
 use tracing::warn;
 use uuid::Uuid;
+
+use crate::metrics::Metrics;
 
 /// Entries waiting to be published before new ones are dropped.
 const QUEUE: usize = 16_384;
@@ -27,18 +28,17 @@ type Queued = (Arc<str>, LiveEntry);
 pub struct LiveHub {
     sender: Option<mpsc::Sender<Queued>>,
     prefix: String,
-    dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl LiveHub {
     /// Connects to Redis and starts publishing; without Redis the hub drops everything
-    /// (with a warning), and steps run as before.
-    pub async fn connect(settings: &RedisSettings) -> Self {
-        let dropped = Arc::new(AtomicU64::new(0));
+    /// (with a warning), and steps run as before. Dropped entries are counted in `metrics`.
+    pub async fn connect(settings: &RedisSettings, metrics: Arc<Metrics>) -> Self {
         let sender = match LivePublisher::connect(&settings.redis_url).await {
             Ok(publisher) => {
                 let (sender, receiver) = mpsc::channel(QUEUE);
-                tokio::spawn(publish(publisher, receiver, Arc::clone(&dropped)));
+                tokio::spawn(publish(publisher, receiver, Arc::clone(&metrics)));
                 Some(sender)
             }
             Err(error) => {
@@ -49,7 +49,7 @@ impl LiveHub {
         Self {
             sender,
             prefix: settings.redis_key_prefix.clone(),
-            dropped,
+            metrics,
         }
     }
 
@@ -58,7 +58,7 @@ impl LiveHub {
         Self {
             sender: None,
             prefix: String::new(),
-            dropped: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -68,13 +68,8 @@ impl LiveHub {
             key: stream_key(&self.prefix, tenant, workflow_id, step_id).into(),
             attempt,
             sender: self.sender.clone(),
-            dropped: Arc::clone(&self.dropped),
+            metrics: Arc::clone(&self.metrics),
         }
-    }
-
-    /// Entries dropped so far (queue full or Redis failing).
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
     }
 }
 
@@ -84,7 +79,7 @@ pub struct LiveSink {
     key: Arc<str>,
     attempt: u32,
     sender: Option<mpsc::Sender<Queued>>,
-    dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl LiveSink {
@@ -94,7 +89,7 @@ impl LiveSink {
             key: "".into(),
             attempt: 0,
             sender: None,
-            dropped: Arc::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -119,10 +114,17 @@ impl LiveSink {
         });
     }
 
+    /// The attempt's runner returned: marks the end of its live output.
+    pub fn finished(&self) {
+        self.send(LiveEntry::Finished {
+            attempt: self.attempt,
+        });
+    }
+
     fn send(&self, entry: LiveEntry) {
         let Some(sender) = &self.sender else { return };
         if sender.try_send((Arc::clone(&self.key), entry)).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            Metrics::count(&self.metrics.live_entries_dropped);
         }
     }
 }
@@ -130,7 +132,7 @@ impl LiveSink {
 async fn publish(
     publisher: LivePublisher,
     mut receiver: mpsc::Receiver<Queued>,
-    dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
     while receiver.recv_many(&mut batch, BATCH).await > 0 {
@@ -149,7 +151,9 @@ async fn publish(
         for key in order {
             let entries = by_key.remove(&key).unwrap_or_default();
             if let Err(error) = publisher.publish(&key, &entries).await {
-                dropped.fetch_add(entries.len() as u64, Ordering::Relaxed);
+                metrics
+                    .live_entries_dropped
+                    .fetch_add(entries.len() as u64, std::sync::atomic::Ordering::Relaxed);
                 warn!(%error, "live step output not published");
             }
         }

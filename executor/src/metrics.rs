@@ -33,6 +33,8 @@ pub struct Metrics {
     pub runner_panics: AtomicU64,
     /// Run actors that panicked (each restarted from the store).
     pub actor_panics: AtomicU64,
+    /// Live output entries (streamed text, progress) dropped: queue full or Redis failing.
+    pub live_entries_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -104,6 +106,11 @@ impl Metrics {
                 "flowline_executor_actor_panics_total",
                 "Run actors that panicked and were restarted from the store",
                 &self.actor_panics,
+            ),
+            (
+                "flowline_executor_live_entries_dropped_total",
+                "Live step output entries dropped (queue full or Redis failing)",
+                &self.live_entries_dropped,
             ),
         ];
         for (name, help, counter) in counters {

@@ -24,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 use uuid::Uuid;
 
+use flowline_service_kit::health::panic_message;
+
 use crate::bounded;
 use crate::dispatch::Slot;
 use crate::feed::Shared;
@@ -188,7 +190,7 @@ impl Restart {
         let pause = Duration::from_secs(1 << self.restarts.min(6));
         error!(
             workflow_id = %self.id,
-            why = %panic_text(&*error.into_panic()),
+            why = %panic_message(&*error.into_panic()),
             ?pause,
             "run actor panicked; restarting it from the store"
         );
@@ -206,15 +208,6 @@ impl Restart {
             }
         }
     }
-}
-
-/// The message a panic carried.
-fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "(no message)".into())
 }
 
 enum Woke {
@@ -664,6 +657,9 @@ impl RunActor {
         let report = self.me.clone();
         let step = step_id.to_owned();
         let metrics = Arc::clone(&self.shared.metrics);
+        let live = kind
+            .streams_live_output()
+            .then(|| attempt_input.live.clone());
         let task = tokio::spawn(async move {
             let began = Instant::now();
             // A runner that panics fails its attempt instead of leaving the step running
@@ -675,9 +671,14 @@ impl RunActor {
                     Metrics::count(&metrics.runner_panics);
                     Err(AttemptFailure::transient(
                         "runner_panicked",
-                        format!("the step's runner panicked: {}", panic_text(&*panic)),
+                        format!("the step's runner panicked: {}", panic_message(&*panic)),
                     ))
                 });
+            // Before the outcome is recorded, so that a reader seeing the outcome needs to
+            // wait only for this marker to have every entry before it.
+            if let Some(live) = live {
+                live.finished();
+            }
             // The slot is held until the outcome is handed over.
             let _slot = slot;
             drop(report.send(RunMessage::AttemptDone {

@@ -26,8 +26,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use flowline_domain::{
-    EventEnvelope, EventMetadata, StepDefinition, StepError, StepStatus, WorkflowChange,
-    WorkflowEvent, WorkflowStatus, WorkflowSubmitted,
+    EventEnvelope, EventMetadata, ModelCall, StepDefinition, StepError, StepStatus, UsageSummary,
+    WorkflowChange, WorkflowEvent, WorkflowStatus, WorkflowSubmitted,
 };
 use flowline_pg_copy::{CopyRows, Json, TextArray};
 use sqlx::{Postgres, Transaction};
@@ -173,6 +173,8 @@ struct Step<'a> {
     /// The output and its payload reference, when the step succeeded in this batch (a
     /// known step's stored output is kept otherwise, without reading it).
     output: Option<(&'a serde_json::Value, Option<&'a str>)>,
+    /// What its attempts' model calls used and cost so far.
+    usage: Option<UsageSummary>,
     /// Whether the batch changed it (known steps are only updated then).
     changed: bool,
 }
@@ -190,6 +192,7 @@ impl<'a> Step<'a> {
             skip_reason: None,
             skipped_here: false,
             output: None,
+            usage: None,
             changed: false,
         }
     }
@@ -207,6 +210,8 @@ struct Attempt<'a> {
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
     duration_ms: Option<i64>,
+    /// What its model calls used and cost (set when it ends).
+    usage: Option<UsageSummary>,
     /// Started in this batch (insert) or before it (update of how it ended).
     new: bool,
 }
@@ -254,6 +259,7 @@ impl<'a> Attempts<'a> {
                     started_at: None,
                     finished_at: None,
                     duration_ms: None,
+                    usage: None,
                     new: false,
                 });
                 rows.len() - 1
@@ -286,6 +292,7 @@ struct KnownStep {
     finished_at: Option<DateTime<Utc>>,
     error: Option<serde_json::Value>,
     next_attempt_at: Option<DateTime<Utc>>,
+    usage: Option<serde_json::Value>,
 }
 
 /// Whether an event changes steps, so that a known run's stored steps must be read.
@@ -470,7 +477,7 @@ async fn read_known_steps<'a>(
     }
     let rows: Vec<KnownStep> = sqlx::query_as(
         "SELECT workflow_id, step_id, status, attempts, started_at, finished_at, error, \
-         next_attempt_at FROM workflow_steps WHERE workflow_id = ANY($1) \
+         next_attempt_at, usage FROM workflow_steps WHERE workflow_id = ANY($1) \
          ORDER BY workflow_id, position",
     )
     .bind(&wanted)
@@ -489,6 +496,8 @@ async fn read_known_steps<'a>(
             skip_reason: None,
             skipped_here: false,
             output: None,
+            // Written by this projection from a `UsageSummary`.
+            usage: row.usage.and_then(|u| serde_json::from_value(u).ok()),
             changed: false,
         });
     }
@@ -574,6 +583,7 @@ fn apply<'a>(
             );
             attempt.duration_ms = Some(succeeded.duration_ms as i64);
             end_attempt(attempt, attempt_status::SUCCEEDED, at);
+            charge(step, attempt, &succeeded.calls);
         }
         WorkflowEvent::StepFailed(failed) => {
             let Some(position) = step_position else {
@@ -588,6 +598,14 @@ fn apply<'a>(
                 at,
                 attempts,
             );
+            let step = &mut row.steps[position];
+            let attempt = attempts.get_mut(
+                workflow_id,
+                &step.id,
+                failed.attempt as i32,
+                failed.attempt_id,
+            );
+            charge(step, attempt, &failed.calls);
         }
         WorkflowEvent::StepTimedOut(timed_out) => {
             let Some(position) = step_position else {
@@ -676,6 +694,14 @@ fn fail_attempt<'a>(
     attempt.error = Some(error.clone());
     end_attempt(attempt, status, at);
     step.error = Some(error);
+}
+
+/// Records what an attempt's model calls used and cost, on it and on its step.
+fn charge(step: &mut Step<'_>, attempt: &mut Attempt<'_>, calls: &[ModelCall]) {
+    if let Some(usage) = UsageSummary::of(calls) {
+        step.usage.get_or_insert_default().add(&usage);
+        attempt.usage = Some(usage);
+    }
 }
 
 /// Cancels every unfinished step and stops its running attempt (the last one: attempts
@@ -815,6 +841,7 @@ impl Changes<'_> {
             let mut rows = CopyRows::new();
             for attempt in &new {
                 let error = attempt.error.as_ref().map(error_json);
+                let usage = usage_json(&attempt.usage);
                 rows.field(attempt.workflow_id)
                     .field(attempt.step_id.as_ref())
                     .field(attempt.attempt)
@@ -825,6 +852,7 @@ impl Changes<'_> {
                     .field(attempt.started_at)
                     .field(attempt.finished_at)
                     .field(attempt.duration_ms)
+                    .field(usage.as_ref().map(Json))
                     .end_row();
             }
             rows.copy_into(
@@ -841,6 +869,7 @@ impl Changes<'_> {
                     "started_at",
                     "finished_at",
                     "duration_ms",
+                    "usage",
                 ],
             )
             .await?;
@@ -851,10 +880,12 @@ impl Changes<'_> {
                 "UPDATE workflow_step_attempts a SET status = c.status, \
                  error = COALESCE(c.error::jsonb, a.error), finished_at = c.finished_at, \
                  duration_ms = COALESCE(c.duration_ms, GREATEST(0, \
-                     floor(extract(epoch FROM c.finished_at - a.started_at) * 1000)::bigint)) \
+                     floor(extract(epoch FROM c.finished_at - a.started_at) * 1000)::bigint)), \
+                 usage = COALESCE(c.usage::jsonb, a.usage) \
                  FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::text[], \
-                             $6::timestamptz[], $7::bigint[]) \
-                      AS c(workflow_id, step_id, attempt, status, error, finished_at, duration_ms) \
+                             $6::timestamptz[], $7::bigint[], $8::text[]) \
+                      AS c(workflow_id, step_id, attempt, status, error, finished_at, duration_ms, \
+                           usage) \
                  WHERE a.workflow_id = c.workflow_id AND a.step_id = c.step_id \
                    AND a.attempt = c.attempt",
             )
@@ -870,6 +901,12 @@ impl Changes<'_> {
             )
             .bind(ended.iter().map(|a| a.finished_at).collect::<Vec<_>>())
             .bind(ended.iter().map(|a| a.duration_ms).collect::<Vec<_>>())
+            .bind(
+                ended
+                    .iter()
+                    .map(|a| usage_text(&a.usage))
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut **transaction)
             .await?;
         }
@@ -905,6 +942,7 @@ async fn write_new_rows(
         let definitions = row.definitions.unwrap_or_default();
         for (position, (definition, step)) in definitions.iter().zip(&row.steps).enumerate() {
             let error = step.error.as_ref().map(error_json);
+            let usage = usage_json(&step.usage);
             steps
                 .field(**id)
                 .field(&definition.id)
@@ -921,6 +959,7 @@ async fn write_new_rows(
                 .field(error.as_ref().map(Json))
                 .field(step.next_attempt_at)
                 .field(step.skip_reason)
+                .field(usage.as_ref().map(Json))
                 .end_row();
         }
     }
@@ -966,6 +1005,7 @@ async fn write_new_rows(
                 "error",
                 "next_attempt_at",
                 "skip_reason",
+                "usage",
             ],
         )
         .await?;
@@ -1040,12 +1080,13 @@ async fn update_known_rows(
          next_attempt_at = c.next_attempt_at, \
          skip_reason = CASE WHEN c.skipped THEN c.skip_reason ELSE s.skip_reason END, \
          output = CASE WHEN c.succeeded THEN c.output::jsonb ELSE s.output END, \
-         output_ref = CASE WHEN c.succeeded THEN c.output_ref ELSE s.output_ref END \
+         output_ref = CASE WHEN c.succeeded THEN c.output_ref ELSE s.output_ref END, \
+         usage = c.usage::jsonb \
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int[], $5::timestamptz[], \
                      $6::timestamptz[], $7::text[], $8::timestamptz[], $9::bool[], $10::text[], \
-                     $11::bool[], $12::text[], $13::text[]) \
+                     $11::bool[], $12::text[], $13::text[], $14::text[]) \
               AS c(workflow_id, step_id, status, attempts, started_at, finished_at, error, \
-                   next_attempt_at, skipped, skip_reason, succeeded, output, output_ref) \
+                   next_attempt_at, skipped, skip_reason, succeeded, output, output_ref, usage) \
          WHERE s.workflow_id = c.workflow_id AND s.step_id = c.step_id",
     )
     .bind(steps.iter().map(|(id, _)| *id).collect::<Vec<_>>())
@@ -1096,9 +1137,27 @@ async fn update_known_rows(
             .map(|(_, s)| s.output.and_then(|(_, output_ref)| output_ref))
             .collect::<Vec<_>>(),
     )
+    .bind(
+        steps
+            .iter()
+            .map(|(_, s)| usage_text(&s.usage))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut **transaction)
     .await?;
     Ok(())
+}
+
+/// A usage as stored.
+fn usage_json(usage: &Option<UsageSummary>) -> Option<serde_json::Value> {
+    usage
+        .as_ref()
+        .map(|u| serde_json::to_value(u).expect("usage serialises"))
+}
+
+/// A usage as the JSON text an `unnest` of text casts per element.
+fn usage_text(usage: &Option<UsageSummary>) -> Option<String> {
+    usage_json(usage).map(|json| json.to_string())
 }
 
 #[cfg(test)]
@@ -1187,8 +1246,31 @@ mod tests {
             },
             retryable: retry,
             next_attempt_at: retry.then(|| at(50)),
-            calls: vec![],
+            calls: calls(attempt),
         })
+    }
+
+    /// The model calls an attempt records: one, then two, then three calls (none for an
+    /// attempt the domain never started, whose calls the aggregate has nowhere to keep).
+    fn calls(attempt: u32) -> Vec<flowline_domain::ModelCall> {
+        let count = if attempt <= 3 { attempt } else { 0 };
+        (0..count)
+            .map(|call| flowline_domain::ModelCall {
+                provider: "openai".into(),
+                model: "gpt-4o-mini".into(),
+                called_at: at(attempt),
+                usage: flowline_domain::TokenUsage {
+                    input_tokens: u64::from(attempt * 100 + call),
+                    output_tokens: 5,
+                    cache_read_tokens: 2,
+                    cache_write_tokens: 1,
+                    reasoning_tokens: 3,
+                },
+                cost_usd: (call != 1).then(|| rust_decimal::Decimal::new(i64::from(attempt), 7)),
+                price_ref: None,
+                complete: true,
+            })
+            .collect()
     }
 
     fn time_out(step: &str, attempt: u32, retry: bool) -> WorkflowEvent {
@@ -1212,7 +1294,7 @@ mod tests {
             },
             output_ref: output_ref.map(Into::into),
             duration_ms: 12,
-            calls: vec![],
+            calls: calls(attempt),
         })
     }
 
@@ -1263,6 +1345,7 @@ mod tests {
             assert_eq!(step.error, expected.error, "error of {which}");
             assert_eq!(step.next_attempt_at, expected.next_attempt_at, "{which}");
             assert_eq!(step.skip_reason, expected.skip_reason.as_deref(), "{which}");
+            assert_eq!(step.usage, expected.usage(), "usage of {which}");
             assert_eq!(step.output.map(|(o, _)| o), expected.output.as_ref());
             assert_eq!(
                 step.output.and_then(|(_, r)| r),
@@ -1290,6 +1373,11 @@ mod tests {
                 assert_eq!(folded.attempt_id, attempt.attempt_id);
                 assert_eq!(folded.started_at, Some(attempt.started_at));
                 assert_eq!(folded.error, error);
+                assert_eq!(
+                    folded.usage, attempt.usage,
+                    "usage of attempt {}",
+                    attempt.number
+                );
                 assert_eq!(
                     folded.finished_at.is_some(),
                     status != attempt_status::RUNNING

@@ -28,6 +28,7 @@ use crate::config::GraphqlLimits;
 use crate::consistency::{ConsistencyGate, Watching, token_from_headers};
 use crate::graphql::{QuerySchema, Tenant, bounded, schema};
 use crate::read_model::ReadModel;
+use crate::step_output::LiveChannel;
 use crate::{Error, Result, api, subscriptions};
 
 #[derive(Clone)]
@@ -183,7 +184,7 @@ impl Application {
         health
             .postgres(pool.clone())
             .kafka(&config.kafka.brokers, &config.kafka.topic)
-            .redis(&config.cache.redis_url);
+            .redis(&config.cache.redis.redis_url);
         let (changes, listening) = ChangeFeed::start(pool.clone(), &health);
         let cache = ReadCache::connect(&config.cache).await;
         cache.follow(&changes);
@@ -200,6 +201,7 @@ impl Application {
                 config.graphql,
                 changes.clone(),
                 reads.clone(),
+                LiveChannel(config.cache.redis.clone()),
             ),
             websockets: subscriptions::WebSockets::new(config.limits),
             changes,

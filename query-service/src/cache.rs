@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use flowline_event_log::ConsistencyToken;
+use flowline_service_kit::redis_settings::RedisSettings;
 use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tracing::warn;
@@ -59,11 +60,8 @@ return 1
 #[derive(Debug, Clone, clap::Args)]
 pub struct CacheSettings {
     /// Redis holding the read cache.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Prefix of this deployment's Redis keys.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "flowline")]
-    pub redis_key_prefix: String,
+    #[command(flatten)]
+    pub redis: RedisSettings,
     /// How long a cached workflow lives, in seconds (0 turns the cache off).
     #[arg(long, env = "READ_CACHE_TTL_SECONDS", default_value_t = 300)]
     pub read_cache_ttl_seconds: u64,
@@ -113,7 +111,7 @@ impl ReadCache {
         let redis = if ttl.is_zero() {
             None
         } else {
-            match redis::Client::open(settings.redis_url.as_str()) {
+            match redis::Client::open(settings.redis.redis_url.as_str()) {
                 Ok(client) => match ConnectionManager::new(client).await {
                     Ok(manager) => Some(manager),
                     Err(error) => {
@@ -129,7 +127,7 @@ impl ReadCache {
         };
         Self {
             redis,
-            prefix: settings.redis_key_prefix.clone(),
+            prefix: settings.redis.redis_key_prefix.clone(),
             ttl,
             suspect: Arc::default(),
             failed_invalidations: Arc::default(),

@@ -23,6 +23,7 @@ use async_graphql::{
     Request, Schema, ServerError, ServerResult, SimpleObject, ValidationResult, Variables,
 };
 use chrono::{DateTime, Utc};
+use flowline_domain::UsageSummary;
 use flowline_event_log::ConsistencyToken;
 use flowline_event_store::{AsOf, WorkflowRepository};
 use flowline_graph::{AnyGraph, RunRef, model_of, tool_of};
@@ -36,9 +37,11 @@ use crate::consistency::token_from_argument;
 use crate::graph_rest::MAX_DEPTH;
 use crate::read_model::{
     AttemptView, AttemptsByStep, EventView, FailureView, ListFilter, ReadModel, Sort, SortField,
-    StepErrorView, StepView, WorkflowView,
+    StepErrorView, StepView, UsageView, WorkflowView,
 };
+use crate::step_output::LiveChannel;
 use crate::subscriptions::SubscriptionRoot;
+use crate::usage::{Dimension as UsageDimension, UsageQuery, UsageReport};
 use loaders::{
     AttemptsLoader, EventsKey, EventsLoader, UsageRunsLoader, Used, WalkLoader, WorkflowKey,
     WorkflowLoader,
@@ -70,6 +73,7 @@ pub fn schema(
     limits: GraphqlLimits,
     changes: ChangeFeed,
     reads: WorkflowReads,
+    live: LiveChannel,
 ) -> QuerySchema {
     Schema::build(QueryRoot, EmptyMutation, SubscriptionRoot)
         .enable_federation()
@@ -94,6 +98,7 @@ pub fn schema(
         .data(read_model)
         .data(repository)
         .data(changes)
+        .data(live)
         .data(reads)
         .finish()
 }
@@ -569,6 +574,36 @@ impl QueryRoot {
         })
     }
 
+    /// Tokens and cost of the tenant's model calls, summed by PostgreSQL and exact (costs
+    /// as decimal text), grouped by `groupBy` (none: one total), for calls made from `from`
+    /// (an RFC 3339 time or a date) until before `to` (a `to` date includes its day); at
+    /// most `first` groups (1 to 1000), `truncated` when there are more. From the usage read
+    /// model (`usage.v1`), which follows the log beside the run views.
+    #[graphql(complexity = "(first.clamp(1, 1000) as usize) * child_complexity")]
+    async fn usage(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default)] group_by: Vec<UsageDimension>,
+        from: Option<String>,
+        to: Option<String>,
+        #[graphql(default = 100)] first: i32,
+    ) -> async_graphql::Result<UsageReport> {
+        let tenant = tenant(ctx)?;
+        let query = UsageQuery::new(
+            group_by,
+            from.as_deref(),
+            to.as_deref(),
+            (Some(first.into()), "first"),
+        )
+        .map_err(graphql_error)?;
+        let report = query
+            .run(ctx.data::<ReadModel>()?.pool(), tenant)
+            .await
+            .map_err(graphql_error)?;
+        charge(ctx, report.groups.len())?;
+        Ok(report)
+    }
+
     /// Federation: resolves `Workflow` representations (`@key(fields: "id")`) of the
     /// request's tenant; null for ids this tenant does not have.
     #[graphql(entity)]
@@ -699,6 +734,13 @@ async fn workflow_as_of(
         .map_err(graphql_error)?;
     let at = |v: i64| times.get(&v).copied().unwrap_or(time);
     let state = past.workflow.state;
+    let usage = UsageSummary::total(
+        state
+            .steps
+            .iter()
+            .flat_map(|step| &step.attempts)
+            .filter_map(|attempt| attempt.usage.as_ref()),
+    );
     let mut attempts = AttemptsByStep::new();
     let steps = state
         .steps
@@ -708,6 +750,7 @@ async fn workflow_as_of(
                 step.id.clone(),
                 step.attempts.iter().map(past_attempt).collect(),
             );
+            let usage = step.usage();
             StepView {
                 kind: step.kind.as_str().to_owned(),
                 status: step.status.as_str().to_owned(),
@@ -728,6 +771,7 @@ async fn workflow_as_of(
                     None => step.output.map(async_graphql::Json),
                 },
                 output_ref: step.output_ref,
+                usage: usage.as_ref().map(UsageView::from),
                 id: step.id,
             }
         })
@@ -749,6 +793,7 @@ async fn workflow_as_of(
             reason: failure.reason,
             step_id: failure.step_id,
         }),
+        usage: usage.as_ref().map(UsageView::from),
         steps,
     };
     Ok(Some(Workflow {
@@ -774,6 +819,7 @@ fn past_attempt(attempt: &flowline_domain::Attempt) -> AttemptView {
         started_at: attempt.started_at,
         finished_at: None,
         duration_ms: None,
+        usage: attempt.usage.as_ref().map(UsageView::from),
     }
 }
 
@@ -937,6 +983,11 @@ impl Workflow {
     /// When its last event (up to `version`) happened.
     async fn updated_at(&self) -> DateTime<Utc> {
         self.view.updated_at
+    }
+    /// What the model calls of all its steps used and cost (exact decimal); null when none
+    /// called a model.
+    async fn usage(&self) -> Option<&UsageView> {
+        self.view.usage.as_ref()
     }
     /// Steps in submission order (loaded with the workflow, one statement per page).
     #[graphql(complexity = "ASSUMED_STEPS * child_complexity")]
@@ -1171,6 +1222,11 @@ impl Step {
     /// `sha256:<hex>` of an output kept in the payload table rather than on its event.
     async fn output_ref(&self) -> Option<&str> {
         self.view().output_ref.as_deref()
+    }
+    /// What the model calls of all its attempts used and cost (failed attempts' calls
+    /// were billed too); null when it called no model.
+    async fn usage(&self) -> Option<&UsageView> {
+        self.view().usage.as_ref()
     }
     /// Ids of the steps that must finish first.
     async fn depends_on(&self) -> &[String] {

@@ -18,6 +18,7 @@ mod graphql;
 mod log_cursor;
 mod read_model;
 mod rest;
+mod step_output;
 mod subscriptions;
 mod usage;
 

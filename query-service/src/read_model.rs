@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use flowline_domain::WorkflowStatus;
+use flowline_domain::{UsageSummary, WorkflowStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -57,6 +57,65 @@ pub struct FailureView {
     pub step_id: Option<String>,
 }
 
+/// What model calls used and cost: an attempt's, a step's (all its attempts), a run's (all
+/// its steps), or a group of `GET /v1/usage`. Tokens are normalised across providers so
+/// each is counted once ([ADR 22](../docs/adr/0022-model-calls-priced-on-the-event.md)).
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Serialize,
+    Deserialize,
+    async_graphql::SimpleObject,
+    utoipa::ToSchema,
+)]
+#[graphql(name = "Usage")]
+pub struct UsageView {
+    /// Model calls made.
+    pub model_calls: i64,
+    /// Of those, calls the price table had no price for: their cost is not in `cost_usd`.
+    pub unpriced_calls: i64,
+    /// Prompt tokens read neither from nor into a cache.
+    pub input_tokens: i64,
+    /// Generated tokens, reasoning excluded.
+    pub output_tokens: i64,
+    /// Prompt tokens read from the provider's cache.
+    pub cache_read_tokens: i64,
+    /// Prompt tokens written into the provider's cache.
+    pub cache_write_tokens: i64,
+    /// Tokens spent reasoning, where the provider reports them apart.
+    pub reasoning_tokens: i64,
+    /// Every token above.
+    pub total_tokens: i64,
+    /// Cost in US dollars, an exact decimal (as text: never a float), computed with the
+    /// price in effect when each call was made.
+    #[schema(example = "0.0012345")]
+    pub cost_usd: String,
+}
+
+impl From<&UsageSummary> for UsageView {
+    fn from(usage: &UsageSummary) -> Self {
+        let tokens = &usage.tokens;
+        Self {
+            model_calls: usage.model_calls as i64,
+            unpriced_calls: usage.unpriced_calls as i64,
+            input_tokens: tokens.input_tokens as i64,
+            output_tokens: tokens.output_tokens as i64,
+            cache_read_tokens: tokens.cache_read_tokens as i64,
+            cache_write_tokens: tokens.cache_write_tokens as i64,
+            reasoning_tokens: tokens.reasoning_tokens as i64,
+            total_tokens: tokens.total() as i64,
+            cost_usd: usage.cost_usd.normalize().to_string(),
+        }
+    }
+}
+
+/// A stored `UsageSummary` (the projector writes only those; anything else reads as none).
+fn stored_usage(value: Option<serde_json::Value>) -> Option<UsageSummary> {
+    value.and_then(|value| serde_json::from_value(value).ok())
+}
+
 /// One attempt of a step.
 #[derive(Debug, Clone, Serialize, Deserialize, async_graphql::SimpleObject, utoipa::ToSchema)]
 #[graphql(name = "Attempt")]
@@ -84,6 +143,10 @@ pub struct AttemptView {
     /// How long it ran, in milliseconds; absent while it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<i64>,
+    /// What its model calls used and cost; absent while it runs and when it called no
+    /// model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
 }
 
 /// A step as readers see it. What has not happened yet (no attempt, no output, no error…)
@@ -130,6 +193,10 @@ pub struct StepView {
     /// `sha256:<hex>` of an output stored by reference.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_ref: Option<String>,
+    /// What the model calls of all its attempts used and cost (failed attempts' calls
+    /// were billed too); absent when it called no model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
 }
 
 /// A workflow run as readers see it.
@@ -166,6 +233,10 @@ pub struct WorkflowView {
     /// Why it failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<FailureView>,
+    /// What the model calls of all its steps used and cost; absent when none called a
+    /// model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
     /// Steps in submission order.
     pub steps: Vec<StepView>,
 }
@@ -345,6 +416,7 @@ struct StepRow {
     skip_reason: Option<String>,
     output: Option<serde_json::Value>,
     output_ref: Option<String>,
+    usage: Option<serde_json::Value>,
 }
 
 /// A `workflow_step_attempts` row.
@@ -360,6 +432,7 @@ struct AttemptRow {
     started_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
     duration_ms: Option<i64>,
+    usage: Option<serde_json::Value>,
 }
 
 /// A stored `{kind, message}`; anything else reads as none (the projector writes only
@@ -379,13 +452,17 @@ impl From<AttemptRow> for AttemptView {
             started_at: row.started_at,
             finished_at: row.finished_at,
             duration_ms: row.duration_ms,
+            usage: stored_usage(row.usage).as_ref().map(UsageView::from),
         }
     }
 }
 
-impl From<StepRow> for StepView {
-    fn from(step: StepRow) -> Self {
-        Self {
+impl StepRow {
+    /// The step as readers see it, and its usage to add into its run's.
+    fn into_view(self) -> (StepView, Option<UsageSummary>) {
+        let step = self;
+        let usage = stored_usage(step.usage);
+        let view = StepView {
             id: step.step_id,
             kind: step.kind,
             status: step.status,
@@ -403,7 +480,9 @@ impl From<StepRow> for StepView {
                 None => step.output.map(async_graphql::Json),
             },
             output_ref: step.output_ref,
-        }
+            usage: usage.as_ref().map(UsageView::from),
+        };
+        (view, usage)
     }
 }
 
@@ -755,23 +834,30 @@ impl ReadModel {
         let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
         let steps: Vec<StepRow> = sqlx::query_as(
             "SELECT workflow_id, step_id, kind, status, depends_on, config, attempts, started_at, \
-             finished_at, error, next_attempt_at, skip_reason, output, output_ref \
+             finished_at, error, next_attempt_at, skip_reason, output, output_ref, usage \
              FROM workflow_steps WHERE workflow_id = ANY($1) ORDER BY workflow_id, position",
         )
         .bind(&ids)
         .fetch_all(&self.pool)
         .await?;
-        let mut by_workflow: HashMap<Uuid, Vec<StepView>> = HashMap::new();
+        let mut by_workflow: HashMap<Uuid, (Vec<StepView>, Option<UsageSummary>)> = HashMap::new();
         for step in steps {
-            by_workflow
-                .entry(step.workflow_id)
-                .or_default()
-                .push(step.into());
+            let (views, total) = by_workflow.entry(step.workflow_id).or_default();
+            let (view, usage) = step.into_view();
+            if let Some(usage) = usage {
+                total.get_or_insert_default().add(&usage);
+            }
+            views.push(view);
         }
         Ok(rows
             .into_iter()
-            .map(|row| WorkflowView {
-                steps: by_workflow.remove(&row.id).unwrap_or_default(),
+            .map(|row| {
+                let (steps, usage) = by_workflow.remove(&row.id).unwrap_or_default();
+                (row, steps, usage)
+            })
+            .map(|(row, steps, usage)| WorkflowView {
+                steps,
+                usage: usage.as_ref().map(UsageView::from),
                 id: row.id,
                 tenant: row.tenant,
                 name: row.name,
@@ -884,7 +970,7 @@ impl ReadModel {
     ) -> Result<HashMap<Uuid, AttemptsByStep>> {
         let rows: Vec<AttemptRow> = sqlx::query_as(
             "SELECT a.workflow_id, a.step_id, a.attempt, a.attempt_id, a.status, a.input, \
-             a.error, a.started_at, a.finished_at, a.duration_ms \
+             a.error, a.started_at, a.finished_at, a.duration_ms, a.usage \
              FROM workflow_step_attempts a JOIN workflows w ON w.id = a.workflow_id \
              WHERE w.tenant = $1 AND a.workflow_id = ANY($2) \
                AND ($3::text IS NULL OR a.step_id = $3) \

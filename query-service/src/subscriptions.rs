@@ -31,6 +31,7 @@ use crate::config::ReadLimits;
 use crate::graphql::{QuerySchema, Tenant, Workflow};
 use crate::log_cursor::LogCursor;
 use crate::read_model::{EventFilter, EventView, LoggedEvent, ReadModel};
+use crate::step_output::{LiveChannel, StepOutputEvent, StepOutputFollower};
 use crate::{Error, Result};
 
 /// Events read from the database per round trip while catching up.
@@ -478,6 +479,32 @@ impl SubscriptionRoot {
             cursor,
             pending: VecDeque::new(),
         }))
+    }
+
+    /// What a step produces while it runs, in order: a streaming model's text (`TOKEN`), a
+    /// tool's progress (`PROGRESS`), the end of each attempt (`ATTEMPT_FINISHED`; a retry's
+    /// output follows under its own `attempt`), from its first token even when subscribed
+    /// late; then, once the step is finished, one `COMPLETED` item with its status, output,
+    /// error and usage, and the subscription ends. Before the run exists it waits for it;
+    /// a run without that step is an error.
+    async fn step_output(
+        &self,
+        ctx: &Context<'_>,
+        workflow_id: Uuid,
+        step_id: String,
+    ) -> async_graphql::Result<impl Stream<Item = async_graphql::Result<StepOutputEvent>> + use<>>
+    {
+        let tenant = ctx.data::<Tenant>()?.0.clone();
+        Ok(StepOutputFollower {
+            read_model: ctx.data::<ReadModel>()?.clone(),
+            // Subscribed before the step is first read: a change in between is announced.
+            changes: ctx.data::<ChangeFeed>()?.subscribe_tenant(&tenant),
+            live: ctx.data::<LiveChannel>()?.clone(),
+            tenant,
+            workflow_id,
+            step_id,
+        }
+        .stream())
     }
 }
 

@@ -15,6 +15,7 @@ use sqlx::Row;
 use uuid::Uuid;
 
 use crate::application::AppState;
+use crate::read_model::UsageView;
 use crate::{Error, Result};
 
 /// Most groups one answer returns (`limit`'s maximum).
@@ -43,23 +44,8 @@ pub struct UsageParams {
     limit: Option<String>,
 }
 
-/// Token sums.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
-pub struct UsageTotals {
-    /// Prompt tokens read neither from nor into a cache.
-    pub input_tokens: i64,
-    /// Generated tokens, reasoning excluded.
-    pub output_tokens: i64,
-    /// Prompt tokens read from the provider's cache.
-    pub cache_read_tokens: i64,
-    /// Prompt tokens written into the provider's cache.
-    pub cache_write_tokens: i64,
-    /// Reasoning tokens.
-    pub reasoning_tokens: i64,
-}
-
 /// One group of model calls.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema, async_graphql::SimpleObject)]
 pub struct UsageGroup {
     /// The run (when grouped by run or step).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,19 +65,12 @@ pub struct UsageGroup {
     /// The UTC day (when grouped by day).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub day: Option<NaiveDate>,
-    /// Model calls in the group.
-    pub calls: i64,
-    /// Of those, calls without a price (their cost is not in `cost_usd`).
-    pub unpriced_calls: i64,
-    /// Token sums.
-    pub usage: UsageTotals,
-    /// Cost in US dollars, exact decimal.
-    #[schema(example = "0.012345")]
-    pub cost_usd: String,
+    /// What the group's calls used and cost.
+    pub usage: UsageView,
 }
 
 /// The answer of `GET /v1/usage`.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema, async_graphql::SimpleObject)]
 pub struct UsageReport {
     /// The groups, ordered by their dimensions.
     pub groups: Vec<UsageGroup>,
@@ -99,14 +78,21 @@ pub struct UsageReport {
     pub truncated: bool,
 }
 
-/// A dimension of `group_by`, with the columns it groups by.
-#[derive(Debug, Clone, Copy, PartialEq)]
-enum Dimension {
+/// What model calls are grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, async_graphql::Enum)]
+#[graphql(name = "UsageDimension")]
+pub enum Dimension {
+    /// The run.
     Run,
+    /// The run and its step.
     Step,
+    /// The tenant (always the caller's).
     Tenant,
+    /// The model asked.
     Model,
+    /// The provider called.
     Provider,
+    /// The UTC day of the call.
     Day,
 }
 
@@ -167,26 +153,48 @@ pub struct UsageQuery {
 }
 
 impl UsageQuery {
-    /// Validates the parameters; a bad one is a 400 naming it.
+    /// Validates the REST parameters; a bad one is a 400 naming it.
     pub fn parse(
         group_by: Option<&str>,
         from: Option<&str>,
         to: Option<&str>,
         limit: Option<&str>,
     ) -> Result<Self> {
-        let mut dimensions = Vec::new();
-        for part in group_by
+        let dimensions = group_by
             .unwrap_or("")
             .split(',')
             .filter(|p| !p.trim().is_empty())
-        {
-            let dimension = Dimension::parse(part).ok_or_else(|| Error::InvalidParameter {
-                parameter: "group_by",
-                message: format!(
-                    "unknown dimension {:?}: use run, step, tenant, model, provider or day",
-                    part.chars().take(64).collect::<String>()
-                ),
-            })?;
+            .map(|part| {
+                Dimension::parse(part).ok_or_else(|| Error::InvalidParameter {
+                    parameter: "group_by",
+                    message: format!(
+                        "unknown dimension {:?}: use run, step, tenant, model, provider or day",
+                        part.chars().take(64).collect::<String>()
+                    ),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let limit = match limit {
+            None => None,
+            Some(text) => Some(text.parse::<i64>().map_err(|_| Error::InvalidParameter {
+                parameter: "limit",
+                message: format!("must be an integer from 1 to {MAX_GROUPS}"),
+            })?),
+        };
+        Self::new(dimensions, from, to, (limit, "limit"))
+    }
+
+    /// Validates a question (GraphQL arguments, or the REST ones once parsed); `from` and
+    /// `to` are RFC 3339 times or dates; the limit (100 when absent) comes with the name
+    /// of the parameter that gave it, for the error.
+    pub fn new(
+        given: Vec<Dimension>,
+        from: Option<&str>,
+        to: Option<&str>,
+        (limit, limit_parameter): (Option<i64>, &'static str),
+    ) -> Result<Self> {
+        let mut dimensions = Vec::with_capacity(given.len());
+        for dimension in given {
             if !dimensions.contains(&dimension) {
                 dimensions.push(dimension);
             }
@@ -203,14 +211,13 @@ impl UsageQuery {
         }
         let limit = match limit {
             None => 100,
-            Some(text) => text
-                .parse::<i64>()
-                .ok()
-                .filter(|n| (1..=MAX_GROUPS).contains(n))
-                .ok_or_else(|| Error::InvalidParameter {
-                    parameter: "limit",
+            Some(n) if (1..=MAX_GROUPS).contains(&n) => n,
+            Some(_) => {
+                return Err(Error::InvalidParameter {
+                    parameter: limit_parameter,
                     message: format!("must be an integer from 1 to {MAX_GROUPS}"),
-                })?,
+                });
+            }
         };
         Ok(Self {
             dimensions,
@@ -241,14 +248,14 @@ impl UsageQuery {
             )
         };
         let sql = format!(
-            "SELECT {select}count(*) AS calls, \
+            "SELECT {select}count(*) AS model_calls, \
              count(*) FILTER (WHERE cost_usd IS NULL) AS unpriced_calls, \
              coalesce(sum(input_tokens), 0)::bigint AS input_tokens, \
              coalesce(sum(output_tokens), 0)::bigint AS output_tokens, \
              coalesce(sum(cache_read_tokens), 0)::bigint AS cache_read_tokens, \
              coalesce(sum(cache_write_tokens), 0)::bigint AS cache_write_tokens, \
              coalesce(sum(reasoning_tokens), 0)::bigint AS reasoning_tokens, \
-             coalesce(sum(cost_usd), 0)::text AS cost_usd \
+             trim_scale(coalesce(sum(cost_usd), 0))::text AS cost_usd \
              FROM usage_calls WHERE tenant = $1 \
              AND ($2::timestamptz IS NULL OR called_at >= $2) \
              AND ($3::timestamptz IS NULL OR called_at < $3){group}{order} LIMIT $4"
@@ -294,16 +301,7 @@ impl UsageQuery {
                 } else {
                     None
                 },
-                calls: row.try_get("calls")?,
-                unpriced_calls: row.try_get("unpriced_calls")?,
-                usage: UsageTotals {
-                    input_tokens: row.try_get("input_tokens")?,
-                    output_tokens: row.try_get("output_tokens")?,
-                    cache_read_tokens: row.try_get("cache_read_tokens")?,
-                    cache_write_tokens: row.try_get("cache_write_tokens")?,
-                    reasoning_tokens: row.try_get("reasoning_tokens")?,
-                },
-                cost_usd: row.try_get("cost_usd")?,
+                usage: usage_of(row)?,
             });
         }
         Ok(UsageReport {
@@ -311,6 +309,30 @@ impl UsageQuery {
             groups,
         })
     }
+}
+
+/// The sums of one row of the usage query.
+fn usage_of(row: &sqlx::postgres::PgRow) -> sqlx::Result<UsageView> {
+    let input_tokens: i64 = row.try_get("input_tokens")?;
+    let output_tokens: i64 = row.try_get("output_tokens")?;
+    let cache_read_tokens: i64 = row.try_get("cache_read_tokens")?;
+    let cache_write_tokens: i64 = row.try_get("cache_write_tokens")?;
+    let reasoning_tokens: i64 = row.try_get("reasoning_tokens")?;
+    Ok(UsageView {
+        model_calls: row.try_get("model_calls")?,
+        unpriced_calls: row.try_get("unpriced_calls")?,
+        total_tokens: input_tokens
+            + output_tokens
+            + cache_read_tokens
+            + cache_write_tokens
+            + reasoning_tokens,
+        input_tokens,
+        output_tokens,
+        cache_read_tokens,
+        cache_write_tokens,
+        reasoning_tokens,
+        cost_usd: row.try_get("cost_usd")?,
+    })
 }
 
 /// Tokens and cost of the caller's tenant's model calls, grouped.

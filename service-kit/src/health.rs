@@ -308,7 +308,11 @@ impl Drop for AbortOnDrop {
 }
 
 fn panic_text(error: tokio::task::JoinError) -> String {
-    let payload = error.into_panic();
+    panic_message(&*error.into_panic())
+}
+
+/// The message a panic carried (`panic!("…")` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

@@ -10,6 +10,7 @@ pub mod leases;
 pub mod live;
 pub mod openapi;
 pub mod problem;
+pub mod redis_settings;
 pub mod request;
 pub mod shutdown;
 pub mod telemetry;

@@ -17,6 +17,8 @@ use redis::{AsyncCommands, RedisResult};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use crate::redis_settings::RedisSettings;
+
 /// Entries kept per step stream; older ones are trimmed (approximately, as Redis trims).
 pub const MAX_ENTRIES_PER_STEP: usize = 10_000;
 
@@ -48,6 +50,13 @@ pub enum LiveEntry {
         /// What it is doing.
         message: Option<String>,
     },
+    /// The attempt's runner returned: nothing more of this attempt follows. Written before
+    /// the attempt's outcome is appended, so a reader that sees the step's outcome knows
+    /// to wait only a moment for this marker and thereby for every entry before it.
+    Finished {
+        /// The attempt.
+        attempt: u32,
+    },
 }
 
 /// The stream of one step of one run: `{prefix}:live:{tenant}:{workflow}:{step}`. The
@@ -55,17 +64,6 @@ pub enum LiveEntry {
 /// tenant cannot reach another tenant's output.
 pub fn stream_key(prefix: &str, tenant: &str, workflow_id: Uuid, step_id: &str) -> String {
     format!("{prefix}:live:{tenant}:{workflow_id}:{step_id}")
-}
-
-/// Where the live channel is.
-#[derive(Debug, Clone, clap::Args)]
-pub struct RedisSettings {
-    /// Redis carrying the live output of running steps.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
-    /// Prefix of this deployment's Redis keys.
-    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "flowline")]
-    pub redis_key_prefix: String,
 }
 
 /// Appends entries to step streams.

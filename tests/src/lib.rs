@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 pub mod fake_dgraph;
 pub mod js_clients;
+pub mod llm;
 pub mod mcp_servers;
 pub mod model_server;
 pub mod step_server;
@@ -197,8 +198,7 @@ impl TestSystem {
                 read_model_projection: "workflow_read_model.v1".into(),
             },
             cache: query_service::cache::CacheSettings {
-                redis_url: redis_url(),
-                redis_key_prefix: self.redis_prefix(),
+                redis: self.redis_settings(),
                 read_cache_ttl_seconds: 300,
             },
             graphql,
@@ -218,6 +218,14 @@ impl TestSystem {
     /// This test's Redis key prefix.
     pub fn redis_prefix(&self) -> String {
         format!("test:{}", self.kafka.topic)
+    }
+
+    /// The test's Redis, under its own key prefix.
+    pub fn redis_settings(&self) -> flowline_service_kit::redis_settings::RedisSettings {
+        flowline_service_kit::redis_settings::RedisSettings {
+            redis_url: redis_url(),
+            redis_key_prefix: self.redis_prefix(),
+        }
     }
 
     /// The consumer group prefix of this test's projectors.
@@ -552,6 +560,7 @@ impl TestSystem {
         config.lease_ttl_ms = 2_000;
         config.database = self.database();
         config.kafka = self.kafka.clone();
+        config.redis = self.redis_settings();
         adjust(&mut config);
         let app = executor::Application::build_with(config, runners)
             .await
@@ -909,9 +918,8 @@ impl TestSystem {
             max_body_bytes: 1024 * 1024,
             publish_timeout_ms: 10_000,
             snapshot_every: 100,
-            redis_url: redis_url(),
+            redis: self.redis_settings(),
             idempotency_ttl_seconds: 600,
-            redis_key_prefix: self.redis_prefix(),
             cloudevents_source: flowline_event_store::headers::cloudevents::DEFAULT_SOURCE.into(),
             database: self.database(),
             kafka: self.kafka.clone(),

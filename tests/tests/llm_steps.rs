@@ -5,21 +5,15 @@
 //! streams, a slow answer past the timeout, keys kept out of everything a user reads, and
 //! the budget race. Command service, executor, PostgreSQL and the broker are all real.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use flowline_domain::{ModelCall, StepError, WorkflowEvent};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
+use system_tests::llm::{ANTHROPIC_KEY, LlmSystem, OPENAI_KEY, UNSET_KEY_VAR, llm_config};
 use system_tests::model_server::{MockUsage, ModelServer, Reply};
-use system_tests::{Running, TestSystem};
 
 const RUN_WITHIN: Duration = Duration::from_secs(60);
-const OPENAI_KEY: &str = "sk-test-openai-SECRET-1234";
-const ANTHROPIC_KEY: &str = "sk-ant-test-SECRET-5678";
-/// A variable no test sets: the `keyless` provider's key.
-const UNSET_KEY_VAR: &str = "FLOWLINE_TEST_UNSET_MODEL_KEY";
-
 /// Prices of the mock models: OpenAI-like and Anthropic-like shapes.
 const PRICES: &str = r#"
 [[price]]
@@ -53,96 +47,16 @@ cache_write = "1"
 reasoning = "1"
 "#;
 
-fn write_temp(name: &str, text: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("{}-{name}", uuid::Uuid::new_v4().simple()));
-    std::fs::write(&path, text).expect("temp file");
-    path
+async fn started() -> LlmSystem {
+    LlmSystem::start(PRICES).await
 }
 
-fn providers_file(base_url: &str) -> String {
-    format!(
-        r#"
-[[provider]]
-name = "mock-openai"
-api = "openai"
-base_url = "{base_url}"
-api_key_env = "MOCK_OPENAI_KEY"
-request_timeout = "2s"
-default_cooldown = "1s"
-
-[[provider]]
-name = "mock-anthropic"
-api = "anthropic"
-base_url = "{base_url}"
-api_key_env = "MOCK_ANTHROPIC_KEY"
-request_timeout = "2s"
-
-[[provider]]
-name = "keyless"
-api = "openai"
-base_url = "{base_url}"
-api_key_env = "{UNSET_KEY_VAR}"
-"#
-    )
-}
-
-/// A test's system: a model server, a command service and an executor configured with
-/// both mock providers and their keys.
-struct Setup {
-    system: TestSystem,
-    server: ModelServer,
-    commands: Running,
-    executor: Running,
-}
-
-async fn started() -> Setup {
-    started_with(|server| providers_file(&server.url)).await
-}
-
-async fn started_with(providers: impl FnOnce(&ModelServer) -> String) -> Setup {
-    let system = TestSystem::new(3).await;
-    let server = ModelServer::start().await;
-    let commands = system.command_service().await;
-    let providers = write_temp("providers.toml", &providers(&server));
-    let prices = write_temp("prices.toml", PRICES);
-    let executor = system
-        .executor_with(|config| {
-            config.llm.providers_file = Some(providers);
-            config.llm.keys = executor::runners::llm::ProviderKeys::from([
-                ("MOCK_OPENAI_KEY", OPENAI_KEY),
-                ("MOCK_ANTHROPIC_KEY", ANTHROPIC_KEY),
-            ]);
-            config.price_table = Some(prices);
-            config.redis.redis_key_prefix = system.redis_prefix();
-        })
-        .await;
-    Setup {
-        system,
-        server,
-        commands,
-        executor,
-    }
-}
-
-impl Setup {
-    async fn run(&self, config: Value) -> String {
-        self.system
-            .submit(
-                &self.commands.url,
-                &json!({"name": "ask", "steps": [{"id": "ask", "kind": "llm", "config": config}]}),
-            )
-            .await
-    }
-
-    async fn stop(self) {
-        self.executor.stop().await;
-        self.commands.stop().await;
-    }
+async fn started_with(providers: impl FnOnce(&ModelServer) -> String) -> LlmSystem {
+    LlmSystem::start_with(PRICES, providers).await
 }
 
 fn config(provider: &str, model: &str) -> Value {
-    json!({"provider": provider, "model": model, "prompt": "Say hello", "max_tokens": 64,
-           "retry": {"max_attempts": 1}})
+    llm_config(provider, model)
 }
 
 fn successes(events: &[flowline_domain::EventEnvelope]) -> Vec<(Value, Vec<ModelCall>)> {

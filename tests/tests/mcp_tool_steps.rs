@@ -25,13 +25,8 @@ async fn started(servers: &ServersFile) -> (TestSystem, Running, Running) {
     let system = TestSystem::new(2).await;
     let commands = system.command_service().await;
     let path = servers.path.clone();
-    let prefix = system.redis_prefix();
     let executor = system
-        .executor_with(move |config| {
-            config.mcp.servers_file = Some(path);
-            config.redis.redis_url = redis_url();
-            config.redis.redis_key_prefix = prefix;
-        })
+        .executor_with(move |config| config.mcp.servers_file = Some(path))
         .await;
     (system, commands, executor)
 }

@@ -146,17 +146,18 @@ async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
     );
 
     // Copies on the dead-letter topic, for consumers outside the database (produced once
-    // the batch that dead-lettered them committed).
+    // the batch that dead-lettered them committed): the read model's three, the graph's and
+    // the usage projection's garbage (it decodes every record too).
     let dead_letter_topic = eventually(Duration::from_secs(30), || async {
         let records = system_tests::LogRecords::of(
             &system.kafka.brokers,
             &format!("{}.dlq", system.kafka.topic),
         )
         .await;
-        (records.len() == 4).then_some(records)
+        (records.len() == 5).then_some(records)
     })
     .await
-    .expect("four copies on the dead-letter topic");
+    .expect("five copies on the dead-letter topic");
     assert!(
         dead_letter_topic
             .iter()
@@ -183,8 +184,8 @@ async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
         .collect();
     assert_eq!(
         outcomes,
-        vec!["failed", "applied", "applied", "failed"],
-        "read model's, then the graph's"
+        vec!["failed", "applied", "applied", "failed", "failed"],
+        "read model's, then the graph's, then the usage projection's"
     );
     visible(&system, &queries.url, &forbidden, 2).await;
 
@@ -193,7 +194,7 @@ async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
     assert!(output.status.success());
     let listing = String::from_utf8_lossy(&output.stdout);
     assert!(
-        listing.contains("2 dead letter(s)") && listing.contains("undecodable"),
+        listing.contains("3 dead letter(s)") && listing.contains("undecodable"),
         "{listing}"
     );
     let shown = dlq_cli(&system, &["show", &letters[0]["id"].to_string()]);
@@ -268,9 +269,11 @@ async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
         dlq(&["redrive", "--all"]),
         (
             false,
-            ["failed", "applied", "failed"].map(str::to_owned).to_vec()
+            ["failed", "applied", "failed", "failed"]
+                .map(str::to_owned)
+                .to_vec()
         ),
-        "the garbage still fails, for both projections; the signal applies"
+        "the garbage still fails, for every projection; the signal applies"
     );
     visible(&system, &queries.url, &forbidden, 2).await;
 }

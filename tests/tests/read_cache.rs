@@ -222,7 +222,7 @@ async fn a_failed_invalidation_never_lets_an_older_run_be_served() {
         query_service::GraphqlLimits::default(),
         Default::default(),
     );
-    config.cache.redis_url = proxy.url.clone();
+    config.cache.redis.redis_url = proxy.url.clone();
     let queries = system.query_service_from(config).await;
     let _projectors = system.projectors().await;
     let (id, token) = submit(&system, &commands).await;

@@ -429,6 +429,7 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/audit/events",
                 "/v1/audit/verify",
                 "/v1/budgets/{tenant}",
+                "/v1/usage",
             ],
         ),
         (
