@@ -438,6 +438,9 @@ impl Provider {
             .map_err(|e| sent(transport_error(name, &e)))?;
         let status = response.status();
         if !status.is_success() {
+            // An error answer generated nothing, and providers bill none of it: its usage
+            // is a reported zero rather than the prompt estimate a cut stream is charged.
+            state.usage = Some(TokenUsage::default());
             let wait = retry_after(response.headers());
             let mut body = Vec::new();
             let mut chunks = response.bytes_stream();

@@ -26,9 +26,10 @@ cache_write = "0"
 reasoning = "2"
 "#;
 
+/// At least a token per streamed chunk, as real providers count.
 const USAGE: MockUsage = MockUsage {
     input: 10,
-    output: 4,
+    output: 8,
     cache_read: 0,
     cache_write: 0,
     reasoning: 0,
@@ -154,10 +155,10 @@ async fn a_streaming_steps_tokens_arrive_live_in_order_then_its_completion() {
     let completed = items.last().unwrap();
     assert_eq!(completed["status"], "succeeded");
     assert_eq!(completed["output"]["text"], "Once upon a time there was");
-    // 10 × 1 + 4 × 2 per million.
+    // 10 × 1 + 8 × 2 per million.
     assert_eq!(
         completed["usage"],
-        json!({"modelCalls": 1, "costUsd": "0.000018"})
+        json!({"modelCalls": 1, "costUsd": "0.000026"})
     );
     llm.system.wait_for_run(&id, "succeeded", WITHIN).await;
 
@@ -226,11 +227,13 @@ async fn a_retried_steps_attempts_arrive_in_turn_and_a_missing_step_is_an_error(
             break line;
         }
     };
+    let error = &line["next"]["errors"][0];
     assert!(
-        line["error"][0]["message"]
+        error["message"]
             .as_str()
             .is_some_and(|m| m.contains("nope")),
         "{line}"
     );
+    assert_eq!(error["extensions"]["code"], "not-found", "{line}");
     llm.stop().await;
 }
