@@ -54,6 +54,25 @@ pub enum ApplyError {
     External(String),
 }
 
+impl ApplyError {
+    /// `Ok` when `applied` (the event recorded at the offered event's place, if any) is
+    /// the offered event itself, a re-delivery; a [`ApplyError::Conflict`] otherwise.
+    pub fn unless_applied(
+        offered: &flowline_domain::EventMetadata,
+        applied: Option<uuid::Uuid>,
+    ) -> Result<(), Self> {
+        if applied == Some(offered.event_id) {
+            return Ok(());
+        }
+        Err(Self::Conflict {
+            stream: offered.stream_id,
+            version: offered.stream_version,
+            applied,
+            offered: offered.event_id,
+        })
+    }
+}
+
 /// A projection of the workflow log.
 pub trait Projection: Send + Sync + 'static {
     /// Its name with its version (`workflow_read_model.v1`): checkpoints, consumer group and

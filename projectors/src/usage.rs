@@ -96,14 +96,7 @@ impl Projection for Usage {
                     .bind(index as i32)
                     .fetch_optional(&mut **transaction)
                     .await?;
-                    if applied != Some(metadata.event_id) {
-                        return Err(ApplyError::Conflict {
-                            stream: metadata.stream_id,
-                            version: metadata.stream_version,
-                            applied,
-                            offered: metadata.event_id,
-                        });
-                    }
+                    ApplyError::unless_applied(metadata, applied)?;
                 }
             }
         }

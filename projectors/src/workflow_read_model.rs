@@ -440,14 +440,7 @@ async fn check_duplicates(
         let metadata = &envelope.metadata;
         let place = (metadata.stream_id, metadata.stream_version);
         let applied = in_batch.get(&place).or_else(|| stored.get(&place)).copied();
-        if applied != Some(metadata.event_id) {
-            return Err(ApplyError::Conflict {
-                stream: metadata.stream_id,
-                version: metadata.stream_version,
-                applied,
-                offered: metadata.event_id,
-            });
-        }
+        ApplyError::unless_applied(metadata, applied)?;
     }
     Ok(())
 }

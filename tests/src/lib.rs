@@ -584,11 +584,17 @@ impl TestSystem {
         let reply = self
             .post(&format!("{command_url}/v1/workflows"), body)
             .await;
-        assert_eq!(reply.status, 201, "{}", reply.body);
-        reply.body["workflow_id"]
-            .as_str()
-            .expect("an id")
-            .to_owned()
+        created_run(reply)
+    }
+
+    /// Submits `body` in `tenant` and returns the new run's id.
+    pub async fn submit_in(&self, command_url: &str, tenant: &str, body: &Value) -> String {
+        let request = self
+            .http
+            .post(format!("{command_url}/v1/workflows"))
+            .header("X-Tenant-Id", tenant)
+            .json(body);
+        created_run(self.send(request).await)
     }
 
     /// The run's status, straight from the event store's events (independent of the
@@ -832,6 +838,15 @@ impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
+}
+
+/// The id of the run a submission created (asserting it did).
+fn created_run(reply: Reply) -> String {
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    reply.body["workflow_id"]
+        .as_str()
+        .expect("an id")
+        .to_owned()
 }
 
 /// Polls `probe` until it returns `Some`, for at most `within`.

@@ -17,6 +17,40 @@ pub const ANTHROPIC_KEY: &str = "sk-ant-test-SECRET-5678";
 /// A variable no test sets: the `keyless` provider's key.
 pub const UNSET_KEY_VAR: &str = "FLOWLINE_TEST_UNSET_MODEL_KEY";
 
+/// Prices of the mock models (USD per million tokens), in the OpenAI-like and
+/// Anthropic-like shapes: `priced` at either provider, `budgeted` at `mock-openai`.
+pub const PRICES: &str = r#"
+[[price]]
+provider = "mock-openai"
+model = "priced"
+effective_from = "2020-01-01T00:00:00Z"
+input = "1.00"
+output = "2.00"
+cache_read = "0.50"
+cache_write = "0"
+reasoning = "2.00"
+
+[[price]]
+provider = "mock-anthropic"
+model = "priced"
+effective_from = "2020-01-01T00:00:00Z"
+input = "3.00"
+output = "15.00"
+cache_read = "0.30"
+cache_write = "3.75"
+reasoning = "15.00"
+
+[[price]]
+provider = "mock-openai"
+model = "budgeted"
+effective_from = "2020-01-01T00:00:00Z"
+input = "1"
+output = "1"
+cache_read = "1"
+cache_write = "1"
+reasoning = "1"
+"#;
+
 /// Writes `text` to a fresh file in the temp directory.
 pub fn write_temp(name: &str, text: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{}-{name}", uuid::Uuid::new_v4().simple()));
@@ -110,20 +144,9 @@ impl LlmSystem {
     pub async fn run_in(&self, tenant: &str, config: Value) -> String {
         let body =
             json!({"name": "ask", "steps": [{"id": "ask", "kind": "llm", "config": config}]});
-        let reply = self
-            .system
-            .send(
-                reqwest::Client::new()
-                    .post(format!("{}/v1/workflows", self.commands.url))
-                    .header("X-Tenant-Id", tenant)
-                    .json(&body),
-            )
-            .await;
-        assert_eq!(reply.status, 201, "{}", reply.body);
-        reply.body["workflow_id"]
-            .as_str()
-            .expect("an id")
-            .to_owned()
+        self.system
+            .submit_in(&self.commands.url, tenant, &body)
+            .await
     }
 
     /// Stops the executor and the command service.

@@ -10,43 +10,10 @@ use std::time::{Duration, Instant};
 use flowline_domain::{ModelCall, StepError, WorkflowEvent};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use system_tests::llm::{ANTHROPIC_KEY, LlmSystem, OPENAI_KEY, UNSET_KEY_VAR, llm_config};
+use system_tests::llm::{ANTHROPIC_KEY, LlmSystem, OPENAI_KEY, PRICES, UNSET_KEY_VAR, llm_config};
 use system_tests::model_server::{MockUsage, ModelServer, Reply};
 
 const RUN_WITHIN: Duration = Duration::from_secs(60);
-/// Prices of the mock models: OpenAI-like and Anthropic-like shapes.
-const PRICES: &str = r#"
-[[price]]
-provider = "mock-openai"
-model = "priced"
-effective_from = "2020-01-01T00:00:00Z"
-input = "1.00"
-output = "2.00"
-cache_read = "0.50"
-cache_write = "0"
-reasoning = "2.00"
-
-[[price]]
-provider = "mock-anthropic"
-model = "priced"
-effective_from = "2020-01-01T00:00:00Z"
-input = "3.00"
-output = "15.00"
-cache_read = "0.30"
-cache_write = "3.75"
-reasoning = "15.00"
-
-[[price]]
-provider = "mock-openai"
-model = "budgeted"
-effective_from = "2020-01-01T00:00:00Z"
-input = "1"
-output = "1"
-cache_read = "1"
-cache_write = "1"
-reasoning = "1"
-"#;
-
 async fn started() -> LlmSystem {
     LlmSystem::start(PRICES).await
 }

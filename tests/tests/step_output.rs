@@ -8,23 +8,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use system_tests::js_clients::JsSubscription;
-use system_tests::llm::{LlmSystem, llm_config};
+use system_tests::llm::{LlmSystem, PRICES, llm_config};
 use system_tests::model_server::{MockUsage, Reply};
 use system_tests::{Running, TestSystem};
 
 const WITHIN: Duration = Duration::from_secs(60);
-
-const PRICES: &str = r#"
-[[price]]
-provider = "mock-openai"
-model = "storyteller"
-effective_from = "2020-01-01T00:00:00Z"
-input = "1"
-output = "2"
-cache_read = "0"
-cache_write = "0"
-reasoning = "2"
-"#;
 
 /// At least a token per streamed chunk, as real providers count.
 const USAGE: MockUsage = MockUsage {
@@ -112,12 +100,12 @@ async fn wait_until_running(system: &TestSystem, id: &str) {
 async fn a_streaming_steps_tokens_arrive_live_in_order_then_its_completion() {
     let (llm, queries, _projectors) = started().await;
     llm.server.script(
-        "storyteller",
+        "priced",
         [slow_story(&[
             "Once", " upon", " a", " time", " there", " was",
         ])],
     );
-    let id = llm.run(llm_config("mock-openai", "storyteller")).await;
+    let id = llm.run(llm_config("mock-openai", "priced")).await;
     wait_until_running(&llm.system, &id).await;
     let mut live = subscribe(&queries, &id, "ask");
     let first = loop {
@@ -172,7 +160,7 @@ async fn a_streaming_steps_tokens_arrive_live_in_order_then_its_completion() {
 async fn a_retried_steps_attempts_arrive_in_turn_and_a_missing_step_is_an_error() {
     let (llm, queries, _projectors) = started().await;
     llm.server.script(
-        "storyteller",
+        "priced",
         [
             Reply::Cut {
                 chunks: vec!["Once".into(), " up".into()],
@@ -180,7 +168,7 @@ async fn a_retried_steps_attempts_arrive_in_turn_and_a_missing_step_is_an_error(
             slow_story(&["Once", " upon", " a", " time"]),
         ],
     );
-    let mut config = llm_config("mock-openai", "storyteller");
+    let mut config = llm_config("mock-openai", "priced");
     config["retry"] = json!({"max_attempts": 2, "initial_interval": "200ms"});
     let id = llm.run(config).await;
     let mut live = subscribe(&queries, &id, "ask");

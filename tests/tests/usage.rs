@@ -10,38 +10,15 @@ use chrono::{DateTime, SubsecRound, Utc};
 use flowline_domain::WorkflowEvent;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use system_tests::llm::{LlmSystem, llm_config};
+use system_tests::llm::{LlmSystem, PRICES, llm_config};
 use system_tests::model_server::{MockUsage, Reply};
 use system_tests::{Running, TestSystem, eventually};
 
 const WITHIN: Duration = Duration::from_secs(60);
 const OTHER_TENANT: &str = "globex";
 
-/// The mock models' prices (USD per million tokens), like the providers' own shapes.
-const PRICES: &str = r#"
-[[price]]
-provider = "mock-openai"
-model = "gpt-a"
-effective_from = "2020-01-01T00:00:00Z"
-input = "1.00"
-output = "2.00"
-cache_read = "0.50"
-cache_write = "0"
-reasoning = "2.00"
-
-[[price]]
-provider = "mock-anthropic"
-model = "claude-a"
-effective_from = "2020-01-01T00:00:00Z"
-input = "3.00"
-output = "15.00"
-cache_read = "0.30"
-cache_write = "3.75"
-reasoning = "15.00"
-"#;
-
 /// An OpenAI-shaped answer: 200 + 800 cached prompt tokens, 100 + 50 reasoning output
-/// tokens. At gpt-a's prices: 200 × 1 + 800 × 0.5 + 100 × 2 + 50 × 2 = 900 per million.
+/// tokens. At `priced`'s prices at mock-openai: 200 × 1 + 800 × 0.5 + 100 × 2 + 50 × 2 = 900 per million.
 fn openai_answer() -> Reply {
     Reply::text(
         "Hello from OpenAI",
@@ -55,7 +32,8 @@ fn openai_answer() -> Reply {
     )
 }
 
-/// An Anthropic-shaped answer. At claude-a's prices:
+/// An Anthropic-shaped answer. At `priced`'s prices at
+/// mock-anthropic:
 /// 200 × 3 + 800 × 0.3 + 100 × 3.75 + 42 × 15 = 1845 per million.
 fn anthropic_answer() -> Reply {
     Reply::text(
@@ -140,53 +118,53 @@ fn cost(value: &Value) -> Decimal {
 }
 
 #[tokio::test]
-async fn usage_sums_exact_costs_by_model_run_and_step_for_the_callers_tenant_only() {
+async fn usage_sums_exact_costs_by_provider_model_run_and_step_for_the_callers_tenant_only() {
     let llm = LlmSystem::start(PRICES).await;
     let system = &llm.system;
     let queries = system.query_service().await;
     let _projectors = system.projectors().await;
     llm.server.script(
-        "gpt-a",
+        "priced",
         [
             openai_answer(),
+            anthropic_answer(),
             Reply::status(500, None),
             openai_answer(),
             openai_answer(),
         ],
     );
-    llm.server.script("claude-a", [anthropic_answer()]);
 
     // One at a time, so each takes its scripted answers in order.
-    let first = llm.run(llm_config("mock-openai", "gpt-a")).await;
+    let first = llm.run(llm_config("mock-openai", "priced")).await;
     system.wait_for_run(&first, "succeeded", WITHIN).await;
-    let second = llm.run(llm_config("mock-anthropic", "claude-a")).await;
+    let second = llm.run(llm_config("mock-anthropic", "priced")).await;
     system.wait_for_run(&second, "succeeded", WITHIN).await;
-    let mut retried_config = llm_config("mock-openai", "gpt-a");
+    let mut retried_config = llm_config("mock-openai", "priced");
     retried_config["retry"] = json!({"max_attempts": 2, "initial_interval": "100ms"});
     let retried = llm.run(retried_config).await;
     system.wait_for_run(&retried, "succeeded", WITHIN).await;
     let other = llm
-        .run_in(OTHER_TENANT, llm_config("mock-openai", "gpt-a"))
+        .run_in(OTHER_TENANT, llm_config("mock-openai", "priced"))
         .await;
     system.wait_for_run(&other, "succeeded", WITHIN).await;
 
-    // By model: the failed attempt's call (a 500: no tokens, nothing billed) counts as a
-    // call; the other tenant's call is not there.
-    let by_model = usage_once(system, &queries, "default", "group_by=model", &[1, 3]).await;
-    let groups = by_model["groups"].as_array().unwrap();
-    assert_eq!(groups[0]["model"], "claude-a");
+    // By provider: the failed attempt's call (a 500: no tokens, nothing billed) counts as
+    // a call; the other tenant's call is not there.
+    let by_provider = usage_once(system, &queries, "default", "group_by=provider", &[1, 3]).await;
+    let groups = by_provider["groups"].as_array().unwrap();
+    assert_eq!(groups[0]["provider"], "mock-anthropic");
     assert_eq!(
         groups[0]["usage"],
         json!({"model_calls": 1, "unpriced_calls": 0, "input_tokens": 200, "output_tokens": 42,
                "cache_read_tokens": 800, "cache_write_tokens": 100, "reasoning_tokens": 0,
                "total_tokens": 1142, "cost_usd": "0.001845"})
     );
-    assert_eq!(groups[1]["model"], "gpt-a");
+    assert_eq!(groups[1]["provider"], "mock-openai");
     assert_eq!(groups[1]["usage"]["input_tokens"], 400);
     assert_eq!(groups[1]["usage"]["cache_read_tokens"], 1600);
     assert_eq!(groups[1]["usage"]["reasoning_tokens"], 100);
     assert_eq!(groups[1]["usage"]["cost_usd"], "0.0018");
-    assert_eq!(by_model["truncated"], false);
+    assert_eq!(by_provider["truncated"], false);
 
     let total = usage(system, &queries, "default", "").await;
     assert_eq!(total["groups"][0]["usage"]["model_calls"], 4);
@@ -320,9 +298,9 @@ async fn usage_sums_exact_costs_by_model_run_and_step_for_the_callers_tenant_onl
     assert_eq!(
         data["usage"]["groups"],
         json!([
-            {"model": "claude-a", "provider": "mock-anthropic",
+            {"model": "priced", "provider": "mock-anthropic",
              "usage": {"modelCalls": 1, "costUsd": "0.001845", "totalTokens": 1142}},
-            {"model": "gpt-a", "provider": "mock-openai",
+            {"model": "priced", "provider": "mock-openai",
              "usage": {"modelCalls": 3, "costUsd": "0.0018", "totalTokens": 2300}},
         ])
     );
