@@ -237,6 +237,11 @@ impl StepState {
         UsageSummary::total(self.attempts.iter().filter_map(|a| a.usage.as_ref()))
     }
 
+    /// Attempt `number` (1-based), if the step had it.
+    fn attempt_mut(&mut self, number: u32) -> Option<&mut Attempt> {
+        self.attempts.iter_mut().rev().find(|a| a.number == number)
+    }
+
     /// The attempt running now, if any.
     pub fn running_attempt(&self) -> Option<&Attempt> {
         self.attempts
@@ -527,6 +532,7 @@ impl Workflow {
     fn end_attempt(
         &mut self,
         step_id: &str,
+        number: u32,
         outcome: AttemptOutcome,
         next_attempt_at: Option<DateTime<Utc>>,
         usage: Option<UsageSummary>,
@@ -535,9 +541,11 @@ impl Workflow {
             return;
         };
         step.error = outcome.error().or_else(|| step.error.take());
-        if let Some(attempt) = step.attempts.last_mut() {
+        if let Some(attempt) = step.attempt_mut(number) {
             attempt.outcome = outcome;
-            attempt.usage = usage;
+            if usage.is_some() {
+                attempt.usage = usage;
+            }
         }
         step.next_attempt_at = next_attempt_at;
         step.status = if next_attempt_at.is_some() {
@@ -545,6 +553,16 @@ impl Workflow {
         } else {
             StepStatus::Failed
         };
+    }
+
+    /// What the model calls of all its steps used and cost.
+    pub fn usage(&self) -> Option<UsageSummary> {
+        UsageSummary::total(
+            self.steps
+                .iter()
+                .flat_map(|step| &step.attempts)
+                .filter_map(|attempt| attempt.usage.as_ref()),
+        )
     }
 
     /// The state as a snapshot keeps it: signal payloads only where a `wait` step may still
@@ -762,7 +780,7 @@ impl Aggregate for Workflow {
                     step.output = Some(succeeded.output.clone());
                     step.output_ref = succeeded.output_ref.clone();
                     step.next_attempt_at = None;
-                    if let Some(attempt) = step.attempts.last_mut() {
+                    if let Some(attempt) = step.attempt_mut(succeeded.attempt) {
                         attempt.outcome = AttemptOutcome::Succeeded;
                         attempt.usage = UsageSummary::of(&succeeded.calls);
                     }
@@ -770,6 +788,7 @@ impl Aggregate for Workflow {
             }
             WorkflowEvent::StepFailed(failed) => self.end_attempt(
                 &failed.step_id,
+                failed.attempt,
                 AttemptOutcome::Failed {
                     error: failed.error.clone(),
                 },
@@ -778,6 +797,7 @@ impl Aggregate for Workflow {
             ),
             WorkflowEvent::StepTimedOut(timed_out) => self.end_attempt(
                 &timed_out.step_id,
+                timed_out.attempt,
                 AttemptOutcome::TimedOut,
                 timed_out.next_attempt_at,
                 None,

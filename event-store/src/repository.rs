@@ -18,7 +18,8 @@ use crate::store::EventStore;
 
 /// Shape of the serialized `Workflow` state. Bump it when the state's serde form changes:
 /// snapshots of other shapes are then ignored and rebuilt from events.
-pub const WORKFLOW_SNAPSHOT_SHAPE: i32 = 3;
+/// `4`: attempts carry what their model calls used and cost.
+pub const WORKFLOW_SNAPSHOT_SHAPE: i32 = 4;
 
 /// Snapshots kept per stream (the newest ones, one every `snapshot_every` versions): "as
 /// of" a version in their span replays at most `snapshot_every - 1` events.

@@ -623,13 +623,26 @@ impl RunActor {
         Metrics::count(&self.shared.metrics.attempts_started);
         let attempt = self.state.state.steps[index].attempts.len() as u32;
         let kind = self.state.state.steps[index].kind;
+        let sink = self
+            .shared
+            .live
+            .sink(&self.tenant, self.id, step_id, attempt);
+        // Subscribers of a streaming step wait for each attempt's end marker: it goes out
+        // before the attempt's outcome is recorded, whichever way the attempt ends.
+        let live = kind.streams_live_output().then(|| sink.clone());
         let runner = match (rendered, self.shared.runners.get(kind)) {
             (Err(failure), _) => {
+                if let Some(live) = &live {
+                    live.finished();
+                }
                 self.record_failure(step_id, attempt_id, attempt, failure)
                     .await;
                 return;
             }
             (Ok(_), None) => {
+                if let Some(live) = &live {
+                    live.finished();
+                }
                 let failure = AttemptFailure::permanent(
                     "not_configured",
                     format!("no runner for '{}' steps", kind.as_str()),
@@ -649,17 +662,11 @@ impl RunActor {
             input,
             deadline,
             last_attempt: self.is_last_attempt(index, attempt),
-            live: self
-                .shared
-                .live
-                .sink(&self.tenant, self.id, step_id, attempt),
+            live: sink,
         };
         let report = self.me.clone();
         let step = step_id.to_owned();
         let metrics = Arc::clone(&self.shared.metrics);
-        let live = kind
-            .streams_live_output()
-            .then(|| attempt_input.live.clone());
         let task = tokio::spawn(async move {
             let began = Instant::now();
             // A runner that panics fails its attempt instead of leaving the step running
@@ -674,9 +681,7 @@ impl RunActor {
                         format!("the step's runner panicked: {}", panic_message(&*panic)),
                     ))
                 });
-            // Before the outcome is recorded, so that a reader seeing the outcome needs to
-            // wait only for this marker to have every entry before it.
-            if let Some(live) = live {
+            if let Some(live) = &live {
                 live.finished();
             }
             // The slot is held until the outcome is handed over.

@@ -582,21 +582,15 @@ fn apply<'a>(
             let Some(position) = step_position else {
                 return;
             };
-            fail_attempt(
-                &mut row.steps[position],
+            let step = &mut row.steps[position];
+            let attempt = fail_attempt(
+                step,
                 workflow_id,
                 (failed.attempt, failed.attempt_id),
                 (attempt_status::FAILED, failed.error.clone()),
                 failed.next_attempt_at,
                 at,
                 attempts,
-            );
-            let step = &mut row.steps[position];
-            let attempt = attempts.get_mut(
-                workflow_id,
-                &step.id,
-                failed.attempt as i32,
-                failed.attempt_id,
             );
             charge(step, attempt, &failed.calls);
         }
@@ -665,15 +659,15 @@ fn apply<'a>(
 
 /// A failed or timed-out attempt: the step retries when another attempt is due, else it
 /// failed for good.
-fn fail_attempt<'a>(
+fn fail_attempt<'a, 'b>(
     step: &mut Step<'a>,
     workflow_id: Uuid,
     (number, attempt_id): (u32, Uuid),
     (status, error): (&'static str, StepError),
     next_attempt_at: Option<DateTime<Utc>>,
     at: DateTime<Utc>,
-    attempts: &mut Attempts<'a>,
-) {
+    attempts: &'b mut Attempts<'a>,
+) -> &'b mut Attempt<'a> {
     step.changed = true;
     step.next_attempt_at = next_attempt_at;
     if next_attempt_at.is_some() {
@@ -687,6 +681,7 @@ fn fail_attempt<'a>(
     attempt.error = Some(error.clone());
     end_attempt(attempt, status, at);
     step.error = Some(error);
+    attempt
 }
 
 /// Records what an attempt's model calls used and cost, on it and on its step.

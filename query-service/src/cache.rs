@@ -36,8 +36,9 @@ use crate::read_model::{ReadModel, WorkflowView};
 
 /// The shape of cached entries, part of their keys: a query service reading another shape
 /// (an older release during a rolling upgrade) neither serves nor overwrites these. Bump it
-/// whenever `WorkflowView` changes. `v2`: runs and steps as the executor drives them.
-const ENTRY_SHAPE: &str = "v2";
+/// whenever `WorkflowView` changes. `v2`: runs and steps as the executor drives them;
+/// `v3`: with their usage.
+const ENTRY_SHAPE: &str = "v3";
 
 /// How long a version floor outlives the entries it guards.
 const FLOOR_TTL: Duration = Duration::from_secs(24 * 3600);

@@ -23,7 +23,6 @@ use async_graphql::{
     Request, Schema, ServerError, ServerResult, SimpleObject, ValidationResult, Variables,
 };
 use chrono::{DateTime, Utc};
-use flowline_domain::UsageSummary;
 use flowline_event_log::ConsistencyToken;
 use flowline_event_store::{AsOf, WorkflowRepository};
 use flowline_graph::{AnyGraph, RunRef, model_of, tool_of};
@@ -734,13 +733,7 @@ async fn workflow_as_of(
         .map_err(graphql_error)?;
     let at = |v: i64| times.get(&v).copied().unwrap_or(time);
     let state = past.workflow.state;
-    let usage = UsageSummary::total(
-        state
-            .steps
-            .iter()
-            .flat_map(|step| &step.attempts)
-            .filter_map(|attempt| attempt.usage.as_ref()),
-    );
+    let usage = state.usage();
     let mut attempts = AttemptsByStep::new();
     let steps = state
         .steps

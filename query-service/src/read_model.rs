@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use flowline_domain::{UsageSummary, WorkflowStatus};
+use flowline_domain::{TokenUsage, UsageSummary, WorkflowStatus};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
@@ -94,20 +94,37 @@ pub struct UsageView {
     pub cost_usd: String,
 }
 
-impl From<&UsageSummary> for UsageView {
-    fn from(usage: &UsageSummary) -> Self {
-        let tokens = &usage.tokens;
+impl UsageView {
+    /// `model_calls` calls, `unpriced_calls` of them without a price, using `tokens` and
+    /// costing `cost_usd` (exact decimal text).
+    pub fn new(
+        model_calls: u64,
+        unpriced_calls: u64,
+        tokens: &TokenUsage,
+        cost_usd: String,
+    ) -> Self {
         Self {
-            model_calls: usage.model_calls as i64,
-            unpriced_calls: usage.unpriced_calls as i64,
+            model_calls: model_calls as i64,
+            unpriced_calls: unpriced_calls as i64,
             input_tokens: tokens.input_tokens as i64,
             output_tokens: tokens.output_tokens as i64,
             cache_read_tokens: tokens.cache_read_tokens as i64,
             cache_write_tokens: tokens.cache_write_tokens as i64,
             reasoning_tokens: tokens.reasoning_tokens as i64,
             total_tokens: tokens.total() as i64,
-            cost_usd: usage.cost_usd.normalize().to_string(),
+            cost_usd,
         }
+    }
+}
+
+impl From<&UsageSummary> for UsageView {
+    fn from(usage: &UsageSummary) -> Self {
+        Self::new(
+            usage.model_calls,
+            usage.unpriced_calls,
+            &usage.tokens,
+            usage.cost_usd.normalize().to_string(),
+        )
     }
 }
 

@@ -145,10 +145,20 @@ pub(crate) struct StepOutputFollower {
     pub step_id: String,
 }
 
+/// Where the followed step is.
+enum Progress {
+    /// Its run is not in the read model (yet).
+    Absent,
+    /// It may still produce output.
+    Unfinished,
+    /// It finished: its completion goes out once its last attempt's output is through.
+    Finished(Finishing),
+}
+
 /// A finished step, and what is still awaited before its completion is sent.
 struct Finishing {
     step: StepView,
-    /// The attempt whose `finished` marker is awaited, if any.
+    /// The attempt whose `finished` marker is awaited (none: nothing streamed).
     marker: Option<u32>,
     deadline: Instant,
 }
@@ -185,54 +195,51 @@ impl StepOutputFollower {
                 None
             }
         };
+        // The highest attempt whose `finished` marker was read (it may come before the
+        // read model shows the outcome, usually does).
+        let mut marked = 0;
+        let mut progress = Progress::Absent;
         let mut stale = true;
-        let mut finishing: Option<Finishing> = None;
         loop {
-            if stale && finishing.is_none() {
+            if stale && !matches!(progress, Progress::Finished(_)) {
                 stale = false;
-                match self.finished_step().await {
-                    Ok(found) => finishing = found,
+                progress = match self.progress().await {
+                    Ok(progress) => progress,
                     Err(error) => {
                         let _ = sender.send(Err(error)).await;
                         return;
                     }
-                }
+                };
             }
-            if let Some(done) = &finishing
-                && (done.marker.is_none() || Instant::now() >= done.deadline)
+            if let Progress::Finished(done) = &progress
+                && (done.marker.is_none_or(|attempt| attempt <= marked)
+                    || reader.is_none()
+                    || Instant::now() >= done.deadline)
             {
                 // Whatever arrived up to now goes out before the completion.
-                if let Some(reader) = reader.as_mut() {
-                    match reader.drain(LIVE_BATCH * 16).await {
-                        Ok(entries) => {
-                            for entry in entries {
-                                if sender.send(Ok(StepOutputEvent::live(entry))).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(error) => warn!(%error, "live step output not drained"),
-                    }
+                if let Some(reader) = reader.as_mut()
+                    && !forward_rest(reader, sender).await
+                {
+                    return;
                 }
-                let done = finishing.take().expect("checked above");
+                let Progress::Finished(done) = progress else {
+                    unreachable!("matched above")
+                };
                 let _ = sender.send(Ok(StepOutputEvent::completed(done.step))).await;
                 return;
             }
             match reader.as_mut() {
-                Some(live) => {
-                    let wait = if finishing.is_some() {
-                        Duration::from_millis(50)
-                    } else {
-                        LIVE_WAIT
+                // Nothing can be live before the run is projected: wait for it to be.
+                Some(live) if !matches!(progress, Progress::Absent) => {
+                    let wait = match progress {
+                        Progress::Finished(_) => Duration::from_millis(50),
+                        _ => LIVE_WAIT,
                     };
                     match live.next_batch(wait, LIVE_BATCH).await {
                         Ok(entries) => {
                             for entry in entries {
-                                if let (LiveEntry::Finished { attempt }, Some(done)) =
-                                    (&entry, finishing.as_mut())
-                                    && done.marker == Some(*attempt)
-                                {
-                                    done.marker = None;
+                                if let LiveEntry::Finished { attempt } = &entry {
+                                    marked = marked.max(*attempt);
                                 }
                                 if sender.send(Ok(StepOutputEvent::live(entry))).await.is_err() {
                                     return;
@@ -252,12 +259,7 @@ impl StepOutputFollower {
                         }
                     }
                 }
-                None if finishing.is_some() => {
-                    if let Some(done) = finishing.as_mut() {
-                        done.marker = None;
-                    }
-                }
-                None => match self.changes.next().await {
+                _ => match self.changes.next().await {
                     Some(change) => stale |= self.concerns(&change),
                     None => return,
                 },
@@ -274,16 +276,16 @@ impl StepOutputFollower {
         }
     }
 
-    /// The step, once it is finished, with the marker to wait for; `None` while it is not
-    /// (or its run does not exist yet); an error when the run has no such step.
-    async fn finished_step(&mut self) -> Result<Option<Finishing>> {
+    /// Where the step is, as the read model has it; an error when the run has no such
+    /// step.
+    async fn progress(&mut self) -> Result<Progress> {
         self.changes.count_read();
         let Some(workflow) = self
             .read_model
             .workflow(&self.tenant, self.workflow_id)
             .await?
         else {
-            return Ok(None);
+            return Ok(Progress::Absent);
         };
         let Some(step) = workflow.steps.into_iter().find(|s| s.id == self.step_id) else {
             return Err(Error::UnknownStep(self.step_id.clone()));
@@ -291,14 +293,38 @@ impl StepOutputFollower {
         let finished = flowline_domain::StepStatus::parse(&step.status)
             .is_some_and(|status| status.is_finished());
         if !finished {
-            return Ok(None);
+            return Ok(Progress::Unfinished);
         }
         let streams = StepKind::parse(&step.kind).is_some_and(StepKind::streams_live_output);
         let marker = (streams && step.attempt_count > 0).then_some(step.attempt_count as u32);
-        Ok(Some(Finishing {
+        Ok(Progress::Finished(Finishing {
             step,
             marker,
             deadline: Instant::now() + MARKER_GRACE,
         }))
+    }
+}
+
+/// Sends every entry left on the stream; `false` when the client went away.
+async fn forward_rest(
+    reader: &mut LiveReader,
+    sender: &mpsc::Sender<Result<StepOutputEvent>>,
+) -> bool {
+    loop {
+        match reader.drain(LIVE_BATCH).await {
+            // (Unreadable entries are skipped, so only an empty answer says the end.)
+            Ok(entries) if entries.is_empty() => return true,
+            Ok(entries) => {
+                for entry in entries {
+                    if sender.send(Ok(StepOutputEvent::live(entry))).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(%error, "live step output not drained");
+                return true;
+            }
+        }
     }
 }

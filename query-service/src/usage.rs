@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, NaiveDate, Utc};
+use flowline_domain::TokenUsage;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
 use flowline_service_kit::request::tenant;
@@ -313,26 +314,20 @@ impl UsageQuery {
 
 /// The sums of one row of the usage query.
 fn usage_of(row: &sqlx::postgres::PgRow) -> sqlx::Result<UsageView> {
-    let input_tokens: i64 = row.try_get("input_tokens")?;
-    let output_tokens: i64 = row.try_get("output_tokens")?;
-    let cache_read_tokens: i64 = row.try_get("cache_read_tokens")?;
-    let cache_write_tokens: i64 = row.try_get("cache_write_tokens")?;
-    let reasoning_tokens: i64 = row.try_get("reasoning_tokens")?;
-    Ok(UsageView {
-        model_calls: row.try_get("model_calls")?,
-        unpriced_calls: row.try_get("unpriced_calls")?,
-        total_tokens: input_tokens
-            + output_tokens
-            + cache_read_tokens
-            + cache_write_tokens
-            + reasoning_tokens,
-        input_tokens,
-        output_tokens,
-        cache_read_tokens,
-        cache_write_tokens,
-        reasoning_tokens,
-        cost_usd: row.try_get("cost_usd")?,
-    })
+    let count = |column: &str| row.try_get::<i64, _>(column).map(|n| n.max(0) as u64);
+    let tokens = TokenUsage {
+        input_tokens: count("input_tokens")?,
+        output_tokens: count("output_tokens")?,
+        cache_read_tokens: count("cache_read_tokens")?,
+        cache_write_tokens: count("cache_write_tokens")?,
+        reasoning_tokens: count("reasoning_tokens")?,
+    };
+    Ok(UsageView::new(
+        count("model_calls")?,
+        count("unpriced_calls")?,
+        &tokens,
+        row.try_get("cost_usd")?,
+    ))
 }
 
 /// Tokens and cost of the caller's tenant's model calls, grouped.

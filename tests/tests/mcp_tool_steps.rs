@@ -234,6 +234,12 @@ async fn progress_notifications_of_a_long_running_tool_reach_the_live_channel_wh
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut entries = first;
     entries.extend(reader.drain(100).await.expect("Redis read"));
+    // The attempt's end is marked last, before its outcome was recorded.
+    assert_eq!(
+        entries.pop(),
+        Some(LiveEntry::Finished { attempt: 1 }),
+        "{entries:?}"
+    );
     let progress: Vec<(u32, f64, Option<f64>)> = entries
         .iter()
         .map(|entry| match entry {
