@@ -152,7 +152,7 @@ enum Progress {
     /// It may still produce output.
     Unfinished,
     /// It finished: its completion goes out once its last attempt's output is through.
-    Finished(Finishing),
+    Finished(Box<Finishing>),
 }
 
 /// A finished step, and what is still awaited before its completion is sent.
@@ -297,11 +297,11 @@ impl StepOutputFollower {
         }
         let streams = StepKind::parse(&step.kind).is_some_and(StepKind::streams_live_output);
         let marker = (streams && step.attempt_count > 0).then_some(step.attempt_count as u32);
-        Ok(Progress::Finished(Finishing {
+        Ok(Progress::Finished(Box::new(Finishing {
             step,
             marker,
             deadline: Instant::now() + MARKER_GRACE,
-        }))
+        })))
     }
 }
 
