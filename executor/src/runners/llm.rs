@@ -3,7 +3,8 @@
 //!
 //! Each model call reserves its maximum cost against the tenant's monthly budget first
 //! (prompt estimate at the dearest prompt price + `max_tokens` at the dearest output price)
-//! and settles on the real cost afterwards, also when the call failed part-way. Every call
+//! and settles on the real cost afterwards (beside recording the outcome, off the step's
+//! path), also when the call failed part-way. Every call
 //! is priced when it is made and returned as a `ModelCall` with the attempt's outcome;
 //! streamed text goes to the live channel as it arrives.
 //!
@@ -268,9 +269,10 @@ impl LlmRunner {
             self.prices
                 .price_call(&choice.provider, &choice.model, called_at, usage, complete)
         });
-        guard
-            .settle(call.as_ref().and_then(|c| c.cost_usd).unwrap_or_default())
-            .await;
+        // Settled beside the recording of the outcome, not before it: until then the
+        // reservation, never less than the cost, still counts against the budget, so
+        // nothing can overspend in between (and a crash leaves it to expire, as before).
+        tokio::spawn(guard.settle(call.as_ref().and_then(|c| c.cost_usd).unwrap_or_default()));
         let outcome = outcome.map_err(|error: CallError| AttemptFailure {
             kind: error.kind.as_str().to_owned(),
             message: error.message,
