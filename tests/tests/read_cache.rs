@@ -234,7 +234,7 @@ async fn a_failed_invalidation_never_lets_an_older_run_be_served() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let entry_key = format!("{}:read:workflow:v2:default:{id}", system.redis_prefix());
+    let entry_key = format!("{}:read:workflow:v3:default:{id}", system.redis_prefix());
     let cached: bool = redis::cmd("EXISTS")
         .arg(&entry_key)
         .query_async(&mut redis)
