@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::model_server::ModelServer;
+use crate::model_server::{MockUsage, ModelServer, Reply};
 use crate::{Running, TestSystem};
 
 /// The `mock-openai` provider's key.
@@ -50,6 +50,38 @@ cache_read = "1"
 cache_write = "1"
 reasoning = "1"
 "#;
+
+/// An OpenAI-shaped answer: 200 + 800 cached prompt tokens, 100 + 50 reasoning output
+/// tokens. At `priced`'s prices at mock-openai: 200 × 1 + 800 × 0.5 + 100 × 2 + 50 × 2
+/// = 900 per million.
+pub fn openai_answer() -> Reply {
+    Reply::text(
+        "Hello from OpenAI",
+        MockUsage {
+            input: 200,
+            output: 100,
+            cache_read: 800,
+            cache_write: 0,
+            reasoning: 50,
+        },
+    )
+}
+
+/// An Anthropic-shaped answer. At `priced`'s prices at
+/// mock-anthropic:
+/// 200 × 3 + 800 × 0.3 + 100 × 3.75 + 42 × 15 = 1845 per million.
+pub fn anthropic_answer() -> Reply {
+    Reply::text(
+        "Hello from Anthropic",
+        MockUsage {
+            input: 200,
+            output: 42,
+            cache_read: 800,
+            cache_write: 100,
+            reasoning: 0,
+        },
+    )
+}
 
 /// Writes `text` to a fresh file in the temp directory.
 pub fn write_temp(name: &str, text: &str) -> PathBuf {

@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use flowline_domain::{ModelCall, StepError, WorkflowEvent};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use system_tests::llm::{ANTHROPIC_KEY, LlmSystem, OPENAI_KEY, PRICES, UNSET_KEY_VAR, llm_config};
+use system_tests::llm::{
+    ANTHROPIC_KEY, LlmSystem, OPENAI_KEY, PRICES, UNSET_KEY_VAR, anthropic_answer, llm_config,
+    openai_answer,
+};
 use system_tests::model_server::{MockUsage, ModelServer, Reply};
 
 const RUN_WITHIN: Duration = Duration::from_secs(60);
@@ -53,31 +56,9 @@ fn usd(text: &str) -> Decimal {
 #[tokio::test]
 async fn both_wire_apis_stream_normalise_usage_and_price_each_call_on_its_event() {
     let setup = started().await;
-    setup.server.script(
-        "priced",
-        [
-            Reply::text(
-                "Hello from OpenAI",
-                MockUsage {
-                    input: 200,
-                    output: 100,
-                    cache_read: 800,
-                    cache_write: 0,
-                    reasoning: 50,
-                },
-            ),
-            Reply::text(
-                "Hello from Anthropic",
-                MockUsage {
-                    input: 200,
-                    output: 42,
-                    cache_read: 800,
-                    cache_write: 100,
-                    reasoning: 0,
-                },
-            ),
-        ],
-    );
+    setup
+        .server
+        .script("priced", [openai_answer(), anthropic_answer()]);
     let openai = setup.run(config("mock-openai", "priced")).await;
     setup
         .system

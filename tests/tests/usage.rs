@@ -10,43 +10,12 @@ use chrono::{DateTime, SubsecRound, Utc};
 use flowline_domain::WorkflowEvent;
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use system_tests::llm::{LlmSystem, PRICES, llm_config};
+use system_tests::llm::{LlmSystem, PRICES, anthropic_answer, llm_config, openai_answer};
 use system_tests::model_server::{MockUsage, Reply};
 use system_tests::{Running, TestSystem, eventually};
 
 const WITHIN: Duration = Duration::from_secs(60);
 const OTHER_TENANT: &str = "globex";
-
-/// An OpenAI-shaped answer: 200 + 800 cached prompt tokens, 100 + 50 reasoning output
-/// tokens. At `priced`'s prices at mock-openai: 200 × 1 + 800 × 0.5 + 100 × 2 + 50 × 2 = 900 per million.
-fn openai_answer() -> Reply {
-    Reply::text(
-        "Hello from OpenAI",
-        MockUsage {
-            input: 200,
-            output: 100,
-            cache_read: 800,
-            cache_write: 0,
-            reasoning: 50,
-        },
-    )
-}
-
-/// An Anthropic-shaped answer. At `priced`'s prices at
-/// mock-anthropic:
-/// 200 × 3 + 800 × 0.3 + 100 × 3.75 + 42 × 15 = 1845 per million.
-fn anthropic_answer() -> Reply {
-    Reply::text(
-        "Hello from Anthropic",
-        MockUsage {
-            input: 200,
-            output: 42,
-            cache_read: 800,
-            cache_write: 100,
-            reasoning: 0,
-        },
-    )
-}
 
 /// `GET /v1/usage?{query}` as `tenant`.
 async fn usage(system: &TestSystem, queries: &Running, tenant: &str, query: &str) -> Value {
