@@ -90,7 +90,7 @@ async fn two_executors_one_killed_five_times_finish_every_run_once() {
         )]
     };
     let mut doomed = system.executor_process(limits()).await;
-    let _survivor = system.executor_process(limits()).await;
+    let mut survivor = system.executor_process(limits()).await;
 
     // Kills land while runs are being submitted and driven.
     let kills = async {
@@ -160,8 +160,9 @@ async fn two_executors_one_killed_five_times_finish_every_run_once() {
     tracing::info!(lost, "attempts lost to kills and retried");
 
     // The read model, projected live through all of it, equals a fresh projection of the
-    // whole log into an empty database. (Hang guards, not speed limits: three projections
-    // fetch the whole log from tansu, whose fetches slow as it grows, on a loaded machine.)
+    // whole log into an empty database. (Hang guards, not speed limits: the projections
+    // fetch the whole log from tansu, whose fetches slow as it grows and with every other
+    // consumer polling it, so everything else is stopped before the fresh projection.)
     let total: i64 = system.stored_events().await;
     let caught_up = eventually(CATCH_UP_WITHIN, || async {
         let projected: i64 = sqlx::query_scalar("SELECT count(*) FROM workflow_events")
@@ -172,6 +173,10 @@ async fn two_executors_one_killed_five_times_finish_every_run_once() {
     })
     .await;
     assert!(caught_up.is_some(), "the live read model did not catch up");
+    doomed.kill();
+    survivor.kill();
+    projectors.stop().await;
+    commands.stop().await;
     let (fresh_url, fresh_pool) = system.another_database().await;
     let fresh = system.projectors_into(&fresh_url, "fresh").await;
     let caught_up = eventually(CATCH_UP_WITHIN, || async {
@@ -193,8 +198,6 @@ async fn two_executors_one_killed_five_times_finish_every_run_once() {
         );
     }
     fresh.stop().await;
-    projectors.stop().await;
-    commands.stop().await;
 }
 
 async fn submissions_in_chunks(
