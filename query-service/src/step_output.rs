@@ -237,13 +237,13 @@ impl StepOutputFollower {
                     };
                     match live.next_batch(wait, LIVE_BATCH).await {
                         Ok(entries) => {
-                            for entry in entries {
-                                if let LiveEntry::Finished { attempt } = &entry {
+                            for entry in &entries {
+                                if let LiveEntry::Finished { attempt } = entry {
                                     marked = marked.max(*attempt);
                                 }
-                                if sender.send(Ok(StepOutputEvent::live(entry))).await.is_err() {
-                                    return;
-                                }
+                            }
+                            if !forward(entries, sender).await {
+                                return;
                             }
                         }
                         Err(error) => {
@@ -315,10 +315,8 @@ async fn forward_rest(
             // (Unreadable entries are skipped, so only an empty answer says the end.)
             Ok(entries) if entries.is_empty() => return true,
             Ok(entries) => {
-                for entry in entries {
-                    if sender.send(Ok(StepOutputEvent::live(entry))).await.is_err() {
-                        return false;
-                    }
+                if !forward(entries, sender).await {
+                    return false;
                 }
             }
             Err(error) => {
@@ -327,4 +325,14 @@ async fn forward_rest(
             }
         }
     }
+}
+
+/// Sends `entries` in order; `false` when the client went away.
+async fn forward(entries: Vec<LiveEntry>, sender: &mpsc::Sender<Result<StepOutputEvent>>) -> bool {
+    for entry in entries {
+        if sender.send(Ok(StepOutputEvent::live(entry))).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
