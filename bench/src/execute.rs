@@ -155,7 +155,7 @@ pub async fn execute(runs: usize, clients: usize, seconds: u64) -> anyhow::Resul
     // Baseline: the write path alone, signals from `clients` clients to many streams.
     let baseline_system = TestSystem::new(3).await;
     let writer = baseline_system.command_service().await;
-    let http = reqwest::Client::new();
+    let http = system_tests::client();
     let mut ids = Vec::new();
     for _ in 0..500 {
         let reply = submit_workflow(&http, &format!("{}/v1/workflows", writer.url)).await?;

@@ -113,7 +113,7 @@ pub async fn llm(calls: usize, concurrency: usize, seconds: u64) -> anyhow::Resu
             config.max_attempts_per_tenant = concurrency.max(16) + 16;
         })
         .await;
-    let http = reqwest::Client::new();
+    let http = system_tests::client();
     // A budget, so every call reserves and settles as a budgeted tenant's would.
     http.put(format!("{}/v1/budgets/default", commands.url))
         .json(&json!({"monthly_limit_usd": "1000000"}))

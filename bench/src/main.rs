@@ -344,7 +344,7 @@ impl LogShape {
     /// Submits one workflow through `command_url` and reads its record back from the log.
     async fn of_submission(system: &TestSystem, command_url: &str) -> anyhow::Result<Self> {
         submit_workflow(
-            &reqwest::Client::new(),
+            &system_tests::client(),
             &format!("{command_url}/v1/workflows"),
         )
         .await?;
@@ -492,7 +492,7 @@ async fn submit(
     } else {
         Some(system.projectors().await)
     };
-    let http = reqwest::Client::new();
+    let http = system_tests::client();
     let submit_url = format!("{}/v1/workflows", commands.url);
     // Submit → visible is sampled beside the clients, not by them: a client's command
     // latency and rate do not include polling the query service.
@@ -627,7 +627,7 @@ async fn append(clients: usize, seconds: u64, streams: usize) -> anyhow::Result<
     .await?;
 
     let urls: Arc<Vec<String>> = Arc::new(writers.iter().map(|w| w.url.clone()).collect());
-    let http = reqwest::Client::new();
+    let http = system_tests::client();
     let mut ids = Vec::with_capacity(streams);
     for n in 0..streams {
         let reply = submit_workflow(&http, &format!("{}/v1/workflows", urls[n % 2])).await?;
@@ -1179,7 +1179,7 @@ async fn subscribe(commands: usize, partitions: i32) -> anyhow::Result<()> {
     let command_service = system.command_service().await;
     let query_service = system.query_service().await;
     let _projectors = system.projectors().await;
-    let http = reqwest::Client::new();
+    let http = system_tests::client();
     let submit_url = format!("{}/v1/workflows", command_service.url);
 
     let mut client = system_tests::js_clients::JsSubscription::start(&json!({
@@ -1255,7 +1255,7 @@ async fn graphql(clients: usize, seconds: u64, runs: u64) -> anyhow::Result<()> 
         "{:<40} {:>10} {:>9} {:>9}",
         "", "pages/s", "p50 ms", "p99 ms"
     );
-    let http = reqwest::Client::new();
+    let http = system_tests::client();
     let duration = Duration::from_secs(seconds);
     let rest = {
         let http = http.clone();

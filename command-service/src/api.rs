@@ -200,11 +200,14 @@ pub(crate) struct CancelDoc {
         title = "flowline command-service",
         description = "Commands on workflow runs. A command is answered once its event is on \
             the log. Every error is `application/problem+json` (RFC 9457); refused bodies list \
-            `errors: [{field, message}]`."
+            `errors: [{field, message}]`. Every operation needs `Authorization: Bearer` with a \
+            JWT or an API key: submitters and above send run commands, admins manage budgets \
+            and keys."
     ),
     tags(
         (name = "commands", description = "Submit, cancel, signal, pause and resume runs; retry failed steps"),
-        (name = "budgets", description = "Monthly budgets of tenants for model calls")
+        (name = "budgets", description = "Monthly budgets of tenants for model calls (admins)"),
+        (name = "api-keys", description = "API keys of the caller's tenant for service-to-service calls (admins)")
     )
 )]
 struct ApiDoc;
@@ -219,6 +222,8 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::resume))
         .routes(routes!(routes::retry_step))
         .routes(routes!(crate::budgets::set_budget))
+        .routes(routes!(crate::api_keys::create, crate::api_keys::list))
+        .routes(routes!(crate::api_keys::revoke))
         .split_for_parts();
     (router, openapi::finish(api, &["/v1"]))
 }

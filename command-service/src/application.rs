@@ -28,6 +28,8 @@ pub(crate) struct AppState {
     pub(crate) parked: ParkedEvents,
     /// The database, for what is not a run's event (budgets).
     pub(crate) pool: sqlx::PgPool,
+    /// Credentials, roles, API keys.
+    pub(crate) access: flowline_access::Access,
 }
 
 /// How long a stopping service waits for its relay to finish what it is publishing.
@@ -84,11 +86,13 @@ impl Application {
             &config.redis.redis_key_prefix,
         )
         .await;
+        let access = flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
         let state = AppState {
             handler: Arc::new(handler),
             answers,
             parked,
             pool,
+            access: access.clone(),
         };
         let router = Router::new()
             .merge(api::router())
@@ -96,6 +100,10 @@ impl Application {
             .route("/metrics", get(routes::metrics))
             .merge(health.routes())
             .fallback(routes::not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                access,
+                flowline_access::guard,
+            ))
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())

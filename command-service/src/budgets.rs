@@ -10,6 +10,7 @@ use bytes::Bytes;
 use flowline_service_kit::Problem;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
+use flowline_access::{Caller, Role};
 use flowline_service_kit::request::{body_bytes, json_body, valid_tenant};
 use serde::{Deserialize, Serialize};
 
@@ -59,10 +60,13 @@ fn invalid_limit(message: String) -> Problem {
 )]
 pub(crate) async fn set_budget(
     State(state): State<AppState>,
+    caller: Caller,
     Path(tenant): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<BudgetBody>, Problem> {
+    caller.require(Role::Admin)?;
     let tenant = valid_tenant(&tenant, "parameter", "tenant")?;
+    caller.require_tenant(&tenant)?;
     let body = body_bytes(body)?;
     let request: SetBudget = json_body(&body)?;
     let limit = match &request.monthly_limit_usd {

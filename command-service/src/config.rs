@@ -44,6 +44,9 @@ pub struct Config {
     /// What a command may make the log and a stream hold.
     #[command(flatten)]
     pub limits: CommandLimits,
+    /// Credentials, roles and rate limits.
+    #[command(flatten)]
+    pub access: flowline_access::AccessSettings,
 }
 
 /// Bounds of what one command may add (see ADR 0017).

@@ -88,6 +88,9 @@ pub enum Error {
     /// The log could not be prepared at start.
     #[error(transparent)]
     Log(#[from] flowline_event_log::Error),
+    /// Access control could not start (an unusable key set).
+    #[error(transparent)]
+    Access(#[from] flowline_access::Error),
 }
 
 /// Result of this crate's operations.
@@ -237,7 +240,9 @@ impl IntoResponse for Error {
             .retry_after(1),
             Error::Request(problem) => problem,
             Error::Store(error) => Problem::internal(&error),
-            error @ (Error::Startup(_) | Error::Log(_)) => Problem::internal(&error),
+            error @ (Error::Startup(_) | Error::Log(_) | Error::Access(_)) => {
+                Problem::internal(&error)
+            }
         };
         problem.into_response()
     }

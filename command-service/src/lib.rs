@@ -5,6 +5,7 @@
 //! the real service in-process.
 
 mod api;
+mod api_keys;
 mod application;
 mod budgets;
 mod commands;

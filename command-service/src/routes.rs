@@ -14,7 +14,8 @@ use flowline_domain::{
 use flowline_event_log::ConsistencyToken;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
-use flowline_service_kit::request::{body_bytes, json_body, tenant};
+use flowline_access::{Caller, Role};
+use flowline_service_kit::request::{body_bytes, json_body};
 use flowline_service_kit::{Problem, telemetry};
 use serde::Serialize;
 use uuid::Uuid;
@@ -143,27 +144,6 @@ fn correlation_id(headers: &HeaderMap) -> Result<Option<Uuid>, Problem> {
         .transpose()
 }
 
-/// `X-Principal`: who acts (until authentication lands, the caller says).
-fn principal(headers: &HeaderMap) -> Result<Option<String>, Problem> {
-    headers
-        .get("x-principal")
-        .map(|value| {
-            value
-                .to_str()
-                .ok()
-                .map(str::trim)
-                .filter(|p| !p.is_empty() && p.len() <= 200)
-                .map(str::to_owned)
-                .ok_or_else(|| {
-                    invalid_header(
-                        "X-Principal",
-                        "X-Principal must be 1-200 visible characters",
-                    )
-                })
-        })
-        .transpose()
-}
-
 fn workflow_id(raw: &str) -> Result<Uuid, Problem> {
     Uuid::parse_str(raw).map_err(|_| Problem::not_found(format!("no workflow with id '{raw}'")))
 }
@@ -190,6 +170,7 @@ fn no_body(body: &[u8]) -> Result<(), Problem> {
 /// executes and caches the first answer.
 async fn dispatch(
     state: &AppState,
+    caller: &Caller,
     headers: &HeaderMap,
     path: &str,
     body: &[u8],
@@ -199,7 +180,8 @@ async fn dispatch(
 ) -> Result<Response> {
     telemetry::adopt_remote_parent(headers);
     let (traceparent, tracestate) = telemetry::current_trace_context();
-    let tenant = tenant(headers)?;
+    caller.require(Role::Submitter)?;
+    let tenant = caller.tenant().to_owned();
     let keyed = idempotency::keyed(headers, &tenant, "POST", path, body)?;
     if let Some(keyed) = &keyed
         && let Some(cached) = state.answers.get(&tenant, &keyed.key).await
@@ -239,7 +221,6 @@ async fn dispatch(
     tag = "commands",
     request_body = crate::api::SubmitDoc,
     params(
-        ("X-Principal" = Option<String>, Header, description = "Who submits (recorded as `submitted_by`; 1-200 characters)"),
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the command safe to retry: the same key and body get the original answer and append nothing; the same key with another body is 422 (1-255 visible ASCII characters)"),
         ("If-Match" = Option<String>, Header, description = "`\"<version>\"`: apply only if the run is at this version, else 412 with `current_version`"),
         ("X-Correlation-Id" = Option<Uuid>, Header, description = "Recorded on the event"),
@@ -262,17 +243,20 @@ async fn dispatch(
 #[tracing::instrument(skip_all)]
 pub async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response> {
+    caller.require(Role::Submitter)?;
     let body = body_bytes(body)?;
     let mut command: SubmitWorkflow = json_body(&body)?;
-    command.submitted_by = principal(&headers)?;
+    command.submitted_by = Some(caller.actor());
     let stream = Stream::New(Uuid::now_v7());
     let command = WorkflowCommand::Submit(command);
     dispatch(
         &state,
+        &caller,
         &headers,
         uri.path(),
         &body,
@@ -314,6 +298,7 @@ pub async fn submit(
 #[tracing::instrument(skip_all, fields(workflow_id = %id))]
 pub async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
@@ -325,6 +310,7 @@ pub async fn cancel(
     let command = WorkflowCommand::Cancel(command.unwrap_or_default());
     dispatch(
         &state,
+        &caller,
         &headers,
         uri.path(),
         &body,
@@ -367,6 +353,7 @@ pub async fn cancel(
 #[tracing::instrument(skip_all, fields(workflow_id = %id, signal = %name))]
 pub async fn signal(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, name)): Path<(String, String)>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
@@ -378,6 +365,7 @@ pub async fn signal(
     let command = WorkflowCommand::Signal(SendSignal { name, payload });
     dispatch(
         &state,
+        &caller,
         &headers,
         uri.path(),
         &body,
@@ -419,6 +407,7 @@ pub async fn signal(
 #[tracing::instrument(skip_all, fields(workflow_id = %id))]
 pub async fn pause(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
@@ -430,6 +419,7 @@ pub async fn pause(
     let command = WorkflowCommand::Pause(command.unwrap_or_default());
     dispatch(
         &state,
+        &caller,
         &headers,
         uri.path(),
         &body,
@@ -472,6 +462,7 @@ pub async fn pause(
 #[tracing::instrument(skip_all, fields(workflow_id = %id))]
 pub async fn resume(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
@@ -482,6 +473,7 @@ pub async fn resume(
     no_body(&body)?;
     dispatch(
         &state,
+        &caller,
         &headers,
         uri.path(),
         &body,
@@ -525,6 +517,7 @@ pub async fn resume(
 #[tracing::instrument(skip_all, fields(workflow_id = %id, step = %step))]
 pub async fn retry_step(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, step)): Path<(String, String)>,
     OriginalUri(uri): OriginalUri,
     headers: HeaderMap,
@@ -542,6 +535,7 @@ pub async fn retry_step(
     };
     dispatch(
         &state,
+        &caller,
         &headers,
         uri.path(),
         &body,
@@ -560,12 +554,16 @@ pub async fn health() -> &'static str {
 
 /// `GET /metrics` (Prometheus text): `flowline_outbox_parked_events`, the events the relay
 /// parked because the log refused them (or an earlier event of their stream). Alert on > 0.
-pub async fn metrics(State(state): State<AppState>) -> Result<Response> {
+pub async fn metrics(State(state): State<AppState>, caller: Option<Caller>) -> Result<Response> {
+    if let Err(refusal) = state.access.metrics_allowed(caller.as_ref()) {
+        return Ok(refusal.into_response());
+    }
     let parked = state.parked.count().await?;
     let text = format!(
         "# HELP flowline_outbox_parked_events Stored events the relay parked instead of publishing.\n\
          # TYPE flowline_outbox_parked_events gauge\n\
-         flowline_outbox_parked_events {parked}\n"
+         flowline_outbox_parked_events {parked}\n{}",
+        flowline_access::metrics_text(&state.access)
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

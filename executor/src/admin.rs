@@ -5,7 +5,9 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
+use flowline_access::{Caller, Role};
+use flowline_service_kit::Problem;
 use utoipa::OpenApi;
 use utoipa_axum::routes;
 
@@ -16,14 +18,21 @@ use crate::run::RunSummary;
 #[derive(Clone)]
 pub(crate) struct AdminState {
     pub(crate) shared: Arc<Shared>,
+    pub(crate) access: flowline_access::Access,
 }
 
 /// The runs this process drives now (with an actor here), oldest first.
 #[utoipa::path(get, path = "/admin/runs", tag = "admin", responses(
     (status = 200, description = "Runs in flight in this executor process", body = Vec<RunSummary>),
+    (status = 403, description = "Not an operator of the platform tenant"),
 ))]
-pub(crate) async fn runs(State(state): State<AdminState>) -> Json<Vec<RunSummary>> {
-    Json(state.shared.summaries())
+pub(crate) async fn runs(
+    State(state): State<AdminState>,
+    caller: Caller,
+) -> Result<Json<Vec<RunSummary>>, Problem> {
+    // Every tenant's runs: the platform's operators only.
+    caller.require_platform(Role::Operator)?;
+    Ok(Json(state.shared.summaries()))
 }
 
 /// Prometheus metrics: counters of runs, attempts and appends; gauges of runs in flight,
@@ -31,7 +40,10 @@ pub(crate) async fn runs(State(state): State<AdminState>) -> Json<Vec<RunSummary
 #[utoipa::path(get, path = "/metrics", tag = "admin", responses(
     (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
 ))]
-pub(crate) async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): State<AdminState>, caller: Option<Caller>) -> Response {
+    if let Err(refusal) = state.access.metrics_allowed(caller.as_ref()) {
+        return refusal.into_response();
+    }
     let shared = &state.shared;
     let (running, per_tenant) = shared.dispatcher.load();
     let label = |tenant: &str| format!("{{tenant=\"{}\"}}", tenant.replace(['"', '\\', '\n'], "_"));
@@ -68,8 +80,13 @@ pub(crate) async fn metrics(State(state): State<AdminState>) -> impl IntoRespons
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        shared.metrics.render(&gauges),
+        format!(
+            "{}{}",
+            flowline_access::metrics_text(&state.access),
+            shared.metrics.render(&gauges)
+        ),
     )
+        .into_response()
 }
 
 /// The process is up.
@@ -81,7 +98,8 @@ pub(crate) async fn livez() -> &'static str {
 #[derive(OpenApi)]
 #[openapi(info(
     title = "flowline executor admin",
-    description = "Runs in flight, metrics and health of one executor process."
+    description = "Runs in flight, metrics and health of one executor process. `/admin/runs` \
+        needs the credentials of an operator of the platform tenant."
 ))]
 struct ApiDoc;
 

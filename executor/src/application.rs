@@ -98,7 +98,7 @@ impl Application {
         health
             .postgres(pool.clone())
             .kafka(&config.kafka.brokers, &config.kafka.topic);
-        let leases = Leases::new(pool, LEASE_NAME, partitions).with_ttl(config.lease_ttl());
+        let leases = Leases::new(pool.clone(), LEASE_NAME, partitions).with_ttl(config.lease_ttl());
         // Restarted when it fails; its partition workers and run actors end with it, and
         // the new feed takes the leases (still this process's) and adopts the live runs.
         let feed = {
@@ -107,7 +107,16 @@ impl Application {
                 feed::run(Arc::clone(&shared), leases.clone(), ttl, stop.clone())
             })
         };
-        let router = admin::router(AdminState { shared }).merge(health.readiness_route());
+        let access = flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
+        let router = admin::router(AdminState {
+            shared,
+            access: access.clone(),
+        })
+        .merge(health.readiness_route())
+        .layer(axum::middleware::from_fn_with_state(
+            access,
+            flowline_access::guard,
+        ));
         let server = HttpServer::bind(config.admin_listen, router).await?;
         Ok(Self { server, stop, feed })
     }

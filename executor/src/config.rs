@@ -61,6 +61,9 @@ pub struct Config {
     /// Kafka settings (the topic's partitions are the unit of work sharing).
     #[command(flatten)]
     pub kafka: KafkaSettings,
+    /// Credentials, roles and rate limits of the admin endpoint.
+    #[command(flatten)]
+    pub access: flowline_access::AccessSettings,
 }
 
 impl Config {

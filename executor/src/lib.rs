@@ -50,6 +50,9 @@ pub enum Error {
     /// A setting is malformed.
     #[error("configuration: {0}")]
     Config(String),
+    /// Access control could not start (an unusable key set).
+    #[error(transparent)]
+    Access(#[from] flowline_access::Error),
 }
 
 /// Result of this crate's operations.

@@ -3,12 +3,12 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use flowline_access::{Caller, Role};
 use flowline_service_kit::Problem;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
-use flowline_service_kit::request::admin_bearer;
 use serde::{Deserialize, Serialize};
 
 use crate::application::AdminState;
@@ -63,7 +63,11 @@ async fn lag_rows(state: &AdminState) -> Result<Vec<PartitionLag>, Problem> {
 #[utoipa::path(get, path = "/admin/lag", tag = "admin", responses(
     (status = 200, description = "One row per projection and partition", body = Vec<PartitionLag>),
 ))]
-pub async fn lag(State(state): State<AdminState>) -> Result<Json<Vec<PartitionLag>>, Problem> {
+pub async fn lag(
+    State(state): State<AdminState>,
+    caller: Caller,
+) -> Result<Json<Vec<PartitionLag>>, Problem> {
+    caller.require_platform(Role::Operator)?;
     Ok(Json(lag_rows(&state).await?))
 }
 
@@ -73,9 +77,16 @@ pub async fn lag(State(state): State<AdminState>) -> Result<Json<Vec<PartitionLa
 #[utoipa::path(get, path = "/metrics", tag = "admin", responses(
     (status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"),
 ))]
-pub async fn metrics(State(state): State<AdminState>) -> Result<impl IntoResponse, Problem> {
+pub async fn metrics(
+    State(state): State<AdminState>,
+    caller: Option<Caller>,
+) -> Result<axum::response::Response, Problem> {
+    if let Err(refusal) = state.access.metrics_allowed(caller.as_ref()) {
+        return Ok(refusal.into_response());
+    }
     let rows = lag_rows(&state).await?;
-    let mut text = String::from(
+    let mut text = flowline_access::metrics_text(&state.access);
+    text.push_str(
         "# HELP flowline_projection_lag Records on the log not yet applied by the projection.\n\
          # TYPE flowline_projection_lag gauge\n",
     );
@@ -110,12 +121,8 @@ pub async fn metrics(State(state): State<AdminState>) -> Result<impl IntoRespons
             "text/plain; version=0.0.4",
         )],
         text,
-    ))
-}
-
-/// Checks `Authorization: Bearer <ADMIN_TOKEN>`.
-fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Problem> {
-    admin_bearer(headers, state.admin_token.as_deref(), "projectors")
+    )
+        .into_response())
 }
 
 /// Query of `GET /admin/dead-letters`.
@@ -131,17 +138,17 @@ pub struct DeadLetterQuery {
 
 /// Dead letters (pending ones unless `all=true`), in log order.
 #[utoipa::path(get, path = "/admin/dead-letters", tag = "admin", params(DeadLetterQuery),
-    security(("admin_token" = [])), responses(
+    responses(
     (status = 200, description = "The dead letters", body = Vec<DeadLetter>),
         (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not an operator of the platform tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 pub async fn dead_letters(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(query): Query<DeadLetterQuery>,
 ) -> Result<Json<Vec<DeadLetter>>, Problem> {
-    authorize(&state, &headers)?;
+    caller.require_platform(Role::Operator)?;
     let letters = dead_letter::list(&state.pool, query.projection.as_deref(), query.all)
         .await
         .map_err(|e| Problem::internal(&e))?;
@@ -151,18 +158,18 @@ pub async fn dead_letters(
 /// One dead letter, with its payload.
 #[utoipa::path(get, path = "/admin/dead-letters/{id}", tag = "admin",
     params(("id" = i64, Path, description = "The dead letter's id")),
-    security(("admin_token" = [])), responses(
+    responses(
     (status = 200, description = "The dead letter", body = DeadLetter),
         (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not an operator of the platform tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
     (status = 404, description = "No such dead letter", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 pub async fn dead_letter_by_id(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<DeadLetter>, Problem> {
-    authorize(&state, &headers)?;
+    caller.require_platform(Role::Operator)?;
     dead_letter::show(&state.pool, id)
         .await
         .map_err(|e| Problem::internal(&e))?
@@ -173,18 +180,18 @@ pub async fn dead_letter_by_id(
 /// Applies a pending dead letter again (after a fix).
 #[utoipa::path(post, path = "/admin/dead-letters/{id}/redrive", tag = "admin",
     params(("id" = i64, Path, description = "The dead letter's id")),
-    security(("admin_token" = [])), responses(
+    responses(
     (status = 200, description = "What the re-drive did", body = Redrive),
         (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not an operator of the platform tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
     (status = 404, description = "No pending dead letter with this id", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 pub async fn redrive(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<i64>,
 ) -> Result<Json<Redrive>, Problem> {
-    authorize(&state, &headers)?;
+    caller.require_platform(Role::Operator)?;
     let outcome = state
         .projections
         .redrive(&state.pool, id)
@@ -200,16 +207,16 @@ pub async fn redrive(
 
 /// Applies every pending dead letter again, in log order.
 #[utoipa::path(post, path = "/admin/dead-letters/redrive", tag = "admin",
-    security(("admin_token" = [])), responses(
+    responses(
     (status = 200, description = "What each re-drive did", body = Vec<Redrive>),
         (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not an operator of the platform tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 pub async fn redrive_all(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Vec<Redrive>>, Problem> {
-    authorize(&state, &headers)?;
+    caller.require_platform(Role::Operator)?;
     let outcomes = state
         .projections
         .redrive_all(&state.pool)
@@ -232,20 +239,20 @@ pub struct RebuildRequest {
 /// Starts (or resumes) a zero-downtime rebuild in this process; poll
 /// `GET /admin/rebuilds/{id}`.
 #[utoipa::path(post, path = "/admin/rebuilds", tag = "admin", request_body = RebuildRequest,
-    security(("admin_token" = [])), responses(
+    responses(
     (status = 202, description = "Started, or resumed (a rebuild from the same point that was interrupted or failed)", body = RebuildRecord),
     (status = 400, description = "Malformed JSON", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not an operator of the platform tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
     (status = 409, description = "A rebuild of the projection from another point is still running", body = ProblemDetails, content_type = PROBLEM_JSON),
     (status = 422, description = "Unknown projection, invalid `from`, or a graph kept in Dgraph (`errors` names the field)", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 pub async fn start_rebuild(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    caller: Caller,
     body: Result<Json<RebuildRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, Problem> {
-    authorize(&state, &headers)?;
+    caller.require_platform(Role::Operator)?;
     let Json(request) = body.map_err(|e| Problem::bad_request(e.body_text()))?;
     let invalid = |field: &str, detail: String| {
         Problem::new(
@@ -296,18 +303,18 @@ pub async fn start_rebuild(
 /// A rebuild's status and progress.
 #[utoipa::path(get, path = "/admin/rebuilds/{id}", tag = "admin",
     params(("id" = uuid::Uuid, Path, description = "The rebuild's id")),
-    security(("admin_token" = [])), responses(
+    responses(
     (status = 200, description = "The rebuild", body = RebuildRecord),
         (status = 401, description = "Missing or wrong bearer token", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 403, description = "ADMIN_TOKEN is not set on the projectors", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not an operator of the platform tenant", body = ProblemDetails, content_type = PROBLEM_JSON),
     (status = 404, description = "No such rebuild", body = ProblemDetails, content_type = PROBLEM_JSON),
 ))]
 pub async fn rebuild_status(
     State(state): State<AdminState>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(id): Path<uuid::Uuid>,
 ) -> Result<Json<RebuildRecord>, Problem> {
-    authorize(&state, &headers)?;
+    caller.require_platform(Role::Operator)?;
     rebuild::find(&state.pool, id)
         .await
         .map_err(|e| Problem::internal(&e))?
@@ -320,9 +327,9 @@ pub async fn rebuild_status(
     info(
         title = "flowline projectors admin",
         description = "Operating the projections: lag, metrics, dead letters and rebuilds. \
-            Endpoints that show payloads or change state need `Authorization: Bearer \
-            <ADMIN_TOKEN>` (403 when ADMIN_TOKEN is unset). Every error is \
-            `application/problem+json` (RFC 9457)."
+            They act on every tenant, so each needs `Authorization: Bearer` with the \
+            credentials of an operator of the platform tenant (AUTH_PLATFORM_TENANT). Every \
+            error is `application/problem+json` (RFC 9457)."
     ),
     tags((name = "admin", description = "Projection operations"))
 )]
@@ -331,9 +338,8 @@ struct ApiDoc;
 /// The admin routes and the routes serving their document (`/openapi.json`, `/docs`).
 pub fn router() -> axum::Router<AdminState> {
     use utoipa::OpenApi;
-    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
     use utoipa_axum::routes;
-    let (router, mut api) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, api) = utoipa_axum::router::OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(lag))
         .routes(routes!(metrics))
         .routes(routes!(dead_letters))
@@ -343,12 +349,6 @@ pub fn router() -> axum::Router<AdminState> {
         .routes(routes!(start_rebuild))
         .routes(routes!(rebuild_status))
         .split_for_parts();
-    api.components
-        .get_or_insert_with(Default::default)
-        .add_security_scheme(
-            "admin_token",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
-        );
     let api = flowline_service_kit::openapi::finish(api, &[]);
     router.merge(flowline_service_kit::openapi::docs(api))
 }

@@ -25,7 +25,7 @@ use flowline_graph::GraphStore;
 pub(crate) struct AdminState {
     pub(crate) pool: PgPool,
     pub(crate) kafka: KafkaSettings,
-    pub(crate) admin_token: Option<String>,
+    pub(crate) access: flowline_access::Access,
     pub(crate) projections: Projections,
     pub(crate) rebuilds: Rebuilds,
     pub(crate) graph: flowline_graph::GraphSettings,
@@ -164,18 +164,23 @@ impl Application {
             rebuilds.launch(record);
         }
         tokio::spawn(drop_retired_tables(pool.clone(), stop.clone()));
+        let access = flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
         let router = Router::new()
             .route("/health", get(|| async { "ok" }))
             .merge(health.routes())
             .merge(admin::router())
             .fallback(|| async { Problem::not_found("no such endpoint") })
+            .layer(axum::middleware::from_fn_with_state(
+                access.clone(),
+                flowline_access::guard,
+            ))
             .layer(axum::middleware::map_response(
                 flowline_service_kit::problem::problem_errors,
             ))
             .with_state(AdminState {
                 pool: pool.clone(),
                 kafka: config.kafka.clone(),
-                admin_token: config.admin_token.clone(),
+                access,
                 projections,
                 rebuilds: rebuilds.clone(),
                 graph: config.graph.clone(),

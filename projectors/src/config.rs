@@ -13,10 +13,12 @@ pub struct Config {
     /// What to do instead of running the projections.
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Bearer token of the admin endpoints that show payloads or change state; they answer
-    /// 403 while it is unset.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// Credentials, roles and rate limits of the admin endpoint.
+    #[command(flatten)]
+    pub access: flowline_access::AccessSettings,
+    /// Redis of the admin endpoint's rate limits.
+    #[command(flatten)]
+    pub redis: flowline_service_kit::redis_settings::RedisSettings,
     /// Address of the admin/metrics HTTP endpoint (port 0 picks a free port).
     #[arg(long, env = "PROJECTOR_ADMIN_ADDR", default_value = "127.0.0.1:8084")]
     pub admin_listen: SocketAddr,

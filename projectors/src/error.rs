@@ -27,6 +27,9 @@ pub enum Error {
     /// The database or the listener could not be prepared at start.
     #[error(transparent)]
     Startup(#[from] flowline_service_kit::Error),
+    /// Access control could not start (an unusable key set).
+    #[error(transparent)]
+    Access(#[from] flowline_access::Error),
     /// The admin address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {

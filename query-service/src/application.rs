@@ -17,7 +17,7 @@ use flowline_service_kit::Problem;
 use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::problem::problem_errors;
-use flowline_service_kit::request::tenant;
+use flowline_access::{Caller, Role};
 use tower_http::trace::TraceLayer;
 
 use crate::audit::AuditAccess;
@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) changes: ChangeFeed,
     /// What bounds a GraphQL request.
     pub(crate) graphql_limits: GraphqlLimits,
+    /// Credentials, roles, rate limits.
+    pub(crate) access: flowline_access::Access,
 }
 
 /// A built, bound query service.
@@ -53,12 +55,13 @@ pub struct Application {
 }
 
 async fn graphiql() -> Html<String> {
-    // Subscriptions have no default tenant; GraphiQL names the one HTTP requests default to.
+    // The page itself is public; its requests need a token, which GraphiQL's headers
+    // editor adds (`{"Authorization": "Bearer …"}`) and subscriptions send as the
+    // connection's `authorization` parameter.
     Html(
         GraphiQLSource::build()
             .endpoint("/graphql")
             .subscription_endpoint("/graphql/ws")
-            .ws_connection_param("tenant", flowline_service_kit::request::DEFAULT_TENANT)
             .finish(),
     )
 }
@@ -99,9 +102,16 @@ async fn graphql_request(
         .map_err(|e| invalid(e.to_string()))
 }
 
-async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn graphql(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let ready = async {
-        let tenant = tenant(&headers)?;
+        // Every operation of the schema reads: the reader role covers them all.
+        caller.require(Role::Reader)?;
+        let tenant = caller.tenant().to_owned();
         let token = token_from_headers(&headers)?;
         let request = graphql_request(&headers, body, state.graphql_limits.max_body_bytes).await?;
         state.reads.gate().wait_for_any(token.as_ref()).await?;
@@ -123,9 +133,12 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Body) 
 
 /// Prometheus text: the counters that show reads stay bounded (checkpoint polls for
 /// consistency waits, re-reads by subscriptions) and the open WebSocket connections.
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+async fn metrics(State(state): State<AppState>, caller: Option<Caller>) -> Response {
     use std::fmt::Write;
-    let mut text = String::new();
+    if let Err(refusal) = state.access.metrics_allowed(caller.as_ref()) {
+        return refusal.into_response();
+    }
+    let mut text = flowline_access::metrics_text(&state.access);
     let counters = [
         (
             "flowline_query_consistency_polls_total",
@@ -164,6 +177,7 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         )],
         text,
     )
+        .into_response()
 }
 
 async fn not_found() -> Problem {
@@ -193,6 +207,8 @@ impl Application {
         let reads = WorkflowReads::new(read_model.clone(), gate.clone(), cache);
         let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
         let graph = config.graph.store(pool.clone());
+        let access =
+            flowline_access::Access::new(&config.access, pool.clone(), &config.cache.redis).await?;
         let state = AppState {
             schema: schema(
                 read_model.clone(),
@@ -211,10 +227,10 @@ impl Application {
             read_model,
             audit: AuditAccess::new(
                 flowline_audit::LogReader::new(&config.kafka.brokers, &config.kafka.topic),
-                config.admin_token.clone(),
                 config.limits.audit_max_concurrent_scans,
             ),
             graphql_limits: config.graphql,
+            access: access.clone(),
         };
         let router = Router::new()
             .merge(api::router())
@@ -224,6 +240,10 @@ impl Application {
             .route("/health", get(|| async { "ok" }))
             .merge(health.routes())
             .fallback(not_found)
+            .layer(axum::middleware::from_fn_with_state(
+                access,
+                flowline_access::guard,
+            ))
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
             .layer(axum::middleware::from_fn(

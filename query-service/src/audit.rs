@@ -1,6 +1,7 @@
 //! Operators' audit endpoints: the event log read directly from Kafka (the same reading as
-//! the `audit` CLI, from `flowline-audit`), behind the bearer `ADMIN_TOKEN`. They are not
-//! tenant-scoped: `tenant` is a filter, and the token is the authority.
+//! the `audit` CLI, from `flowline-audit`), for the operator role. An operator of the
+//! platform tenant reads every tenant (`tenant` is then a filter); any other operator
+//! reads its own tenant only.
 //!
 //! Every call scans the log (from `since`, or from the start), so scans are bounded: at
 //! most `AUDIT_MAX_CONCURRENT_SCANS` run at once (one more is a 429 with `Retry-After`),
@@ -15,7 +16,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use flowline_audit::{EventLine, Filter, Finding, LogReader, Summary, query::parse_time};
 use flowline_service_kit::Problem;
-use flowline_service_kit::request::admin_bearer;
+use flowline_access::{Caller, Role};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
@@ -37,17 +38,15 @@ const NDJSON: &str = "application/x-ndjson";
 #[derive(Debug, Clone)]
 pub(crate) struct AuditAccess {
     reader: LogReader,
-    admin_token: Option<String>,
     scans: Arc<Semaphore>,
     max_scans: usize,
 }
 
 impl AuditAccess {
-    /// Reads with `reader`, for callers with `admin_token`, `max_scans` at a time.
-    pub(crate) fn new(reader: LogReader, admin_token: Option<String>, max_scans: usize) -> Self {
+    /// Reads with `reader`, `max_scans` at a time.
+    pub(crate) fn new(reader: LogReader, max_scans: usize) -> Self {
         Self {
             reader,
-            admin_token,
             scans: Arc::new(Semaphore::new(max_scans)),
             max_scans,
         }
@@ -119,10 +118,17 @@ pub struct Verification {
 #[allow(dead_code)]
 pub struct AuditEvent(serde_json::Value);
 
-/// Checks `Authorization: Bearer <ADMIN_TOKEN>`.
-fn authorize(access: &AuditAccess, headers: &HeaderMap) -> Result<()> {
-    admin_bearer(headers, access.admin_token.as_deref(), "query service")?;
-    Ok(())
+/// The tenant an audit read covers: any (or the `tenant` filter) for an operator of the
+/// platform tenant, else the caller's own (naming another one is 403).
+fn audited_tenant(caller: &Caller, requested: Option<String>) -> Result<Option<String>> {
+    caller.require(Role::Operator)?;
+    if caller.is_platform() {
+        return Ok(requested);
+    }
+    if let Some(requested) = &requested {
+        caller.require_tenant(requested)?;
+    }
+    Ok(Some(caller.tenant().to_owned()))
 }
 
 fn invalid(parameter: &'static str, message: impl Into<String>) -> Error {
@@ -169,32 +175,32 @@ impl EventsParams {
 
 /// The matching events on the log up to its end, oldest first per partition: a JSON
 /// array, or NDJSON when the request accepts `application/x-ndjson`. Operators only
-/// (`Authorization: Bearer <ADMIN_TOKEN>`); not tenant-scoped (`tenant` filters).
+/// (the operator role; the platform tenant's operators read every tenant).
 #[utoipa::path(
     get,
     path = "/v1/audit/events",
     operation_id = "audit_events",
     tag = "audit",
     params(EventsParams),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The events: a JSON array, or one JSON object per line with `Accept: application/x-ndjson`", content(
             (Vec<AuditEvent> = "application/json"),
             (String = "application/x-ndjson"),
         )),
         (status = 400, description = "A parameter is invalid; `parameter` names it", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 401, description = "No or a wrong admin token", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 403, description = "ADMIN_TOKEN is not set on the query service: the audit endpoints are off", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 401, description = "No or invalid credentials", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not an operator, or another tenant named by a tenant's operator", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 429, description = "AUDIT_MAX_CONCURRENT_SCANS scans run already; retry (Retry-After)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 503, description = "The event log cannot be read", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
-    Query(params): Query<EventsParams>,
+    Query(mut params): Query<EventsParams>,
 ) -> Result<Response> {
-    authorize(&state.audit, &headers)?;
+    params.tenant = audited_tenant(&caller, params.tenant.take())?;
     let (filter, limit) = params.parse()?;
     let permit = state.audit.scan_permit()?;
     let reader = state.audit.reader.clone();
@@ -230,22 +236,21 @@ pub async fn events(
     operation_id = "audit_verify",
     tag = "audit",
     params(VerifyParams),
-    security(("admin_token" = [])),
     responses(
         (status = 200, description = "The findings and totals", body = Verification),
-        (status = 401, description = "No or a wrong admin token", body = ProblemDetails, content_type = PROBLEM_JSON),
-        (status = 403, description = "ADMIN_TOKEN is not set on the query service: the audit endpoints are off", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 401, description = "No or invalid credentials", body = ProblemDetails, content_type = PROBLEM_JSON),
+        (status = 403, description = "Not an operator, or another tenant named by a tenant's operator", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 429, description = "AUDIT_MAX_CONCURRENT_SCANS scans run already; retry (Retry-After)", body = ProblemDetails, content_type = PROBLEM_JSON),
         (status = 503, description = "The event log cannot be read", body = ProblemDetails, content_type = PROBLEM_JSON),
     )
 )]
 pub async fn verify(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    caller: Caller,
     Query(params): Query<VerifyParams>,
 ) -> Result<Json<Verification>> {
-    authorize(&state.audit, &headers)?;
     let tenant = crate::rest::text_parameter("tenant", params.tenant)?;
+    let tenant = audited_tenant(&caller, tenant)?;
     let permit = state.audit.scan_permit()?;
     let reader = state.audit.reader.clone();
     let verification = tokio::task::spawn_blocking(move || {

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
+use flowline_access::{Caller, Role};
 use flowline_service_kit::request::valid_tenant;
 use serde::Serialize;
 
@@ -43,9 +44,12 @@ pub struct BudgetView {
 )]
 pub async fn budget(
     State(state): State<AppState>,
+    caller: Caller,
     Path(tenant): Path<String>,
 ) -> Result<Json<BudgetView>> {
+    caller.require(Role::Reader)?;
     let tenant = valid_tenant(&tenant, "parameter", "tenant")?;
+    caller.require_tenant(&tenant)?;
     let month = flowline_domain::budget::month_of(chrono::Utc::now());
     let (limit, spent, reserved, remaining, calls): (
         Option<String>,

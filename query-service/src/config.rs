@@ -23,9 +23,9 @@ pub struct Config {
     /// Kafka settings (the audit endpoints read the log directly).
     #[command(flatten)]
     pub kafka: flowline_event_log::KafkaSettings,
-    /// Bearer token of the operators' audit endpoints (`/v1/audit/*`); unset disables them.
-    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    /// Credentials, roles and rate limits.
+    #[command(flatten)]
+    pub access: flowline_access::AccessSettings,
     /// Graph view settings.
     #[command(flatten)]
     pub graph: flowline_graph::GraphSettings,

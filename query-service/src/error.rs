@@ -123,6 +123,9 @@ pub enum Error {
     /// The database or the listener could not be prepared at start.
     #[error(transparent)]
     Startup(#[from] flowline_service_kit::Error),
+    /// Access control could not start (an unusable key set).
+    #[error(transparent)]
+    Access(#[from] flowline_access::Error),
 }
 
 /// Result of this crate's operations.
@@ -256,7 +259,11 @@ impl Error {
             )
             .with("limit", *limit)
             .retry_after(1),
-            Error::Database(_) | Error::Store(_) | Error::Graph(_) | Error::Startup(_) => {
+            Error::Database(_)
+            | Error::Store(_)
+            | Error::Graph(_)
+            | Error::Startup(_)
+            | Error::Access(_) => {
                 Problem::internal(self)
             }
         }

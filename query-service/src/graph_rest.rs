@@ -3,11 +3,10 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use flowline_graph::{GraphStore, RunPage, RunRef};
-use flowline_service_kit::request::tenant;
+use flowline_access::{Caller, Role};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -121,10 +120,11 @@ fn graph_error(error: flowline_graph::Error) -> Error {
 )]
 pub async fn runs(
     State(state): State<AppState>,
+    caller: Caller,
     Query(query): Query<RunsQuery>,
-    headers: HeaderMap,
 ) -> Result<Json<Value>> {
-    let tenant = tenant(&headers)?;
+    caller.require(Role::Reader)?;
+    let tenant = caller.tenant().to_owned();
     let page = query.page()?;
     let tool = rest::text_parameter("tool", query.tool)?;
     let model = rest::text_parameter("model", query.model)?;
@@ -166,12 +166,13 @@ pub enum Walk {
 
 async fn walk(
     state: &AppState,
-    headers: &HeaderMap,
+    caller: &Caller,
     (id, step): (String, String),
     depth: Option<u32>,
     walk: Walk,
 ) -> Result<Json<Value>> {
-    let tenant = tenant(headers)?;
+    caller.require(Role::Reader)?;
+    let tenant = caller.tenant().to_owned();
     let run = Uuid::parse_str(&id).map_err(|_| Error::NotFound(id.clone()))?;
     let workflow = state
         .read_model
@@ -229,9 +230,9 @@ pub async fn dependencies(
     State(state): State<AppState>,
     Path(path): Path<(String, String)>,
     Query(query): Query<DepthQuery>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>> {
-    walk(&state, &headers, path, query.depth()?, Walk::Dependencies).await
+    walk(&state, &caller, path, query.depth()?, Walk::Dependencies).await
 }
 
 /// The steps depending on a step, transitively.
@@ -255,9 +256,9 @@ pub async fn dependents(
     State(state): State<AppState>,
     Path(path): Path<(String, String)>,
     Query(query): Query<DepthQuery>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>> {
-    walk(&state, &headers, path, query.depth()?, Walk::Dependents).await
+    walk(&state, &caller, path, query.depth()?, Walk::Dependents).await
 }
 
 /// Where a step's output comes from: upstream steps, tools, models and the principal.
@@ -281,7 +282,7 @@ pub async fn lineage(
     State(state): State<AppState>,
     Path(path): Path<(String, String)>,
     Query(query): Query<DepthQuery>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>> {
-    walk(&state, &headers, path, query.depth()?, Walk::Lineage).await
+    walk(&state, &caller, path, query.depth()?, Walk::Lineage).await
 }

@@ -5,7 +5,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
 use flowline_event_store::AsOf;
-use flowline_service_kit::request::tenant;
+use flowline_access::{Caller, Role};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -236,10 +236,12 @@ impl ListParams {
 )]
 pub async fn workflow(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Json<WorkflowView>> {
-    let tenant = tenant(&headers)?;
+    caller.require(Role::Reader)?;
+    let tenant = caller.tenant().to_owned();
     let token = token_from_headers(&headers)?;
     let workflow_id = parse_id(&id)?;
     // Outputs kept by reference (each up to HTTP_MAX_RESPONSE_BYTES) are read one step at a
@@ -271,10 +273,12 @@ pub async fn workflow(
 )]
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<ListParams>,
     headers: HeaderMap,
 ) -> Result<Json<WorkflowPage>> {
-    let tenant = tenant(&headers)?;
+    caller.require(Role::Reader)?;
+    let tenant = caller.tenant().to_owned();
     let token = token_from_headers(&headers)?;
     state.reads.gate().wait_for_any(token.as_ref()).await?;
     let filter = params.into_filter()?;
@@ -299,10 +303,11 @@ pub async fn list(
 )]
 pub async fn step(
     State(state): State<AppState>,
+    caller: Caller,
     Path((id, step)): Path<(String, String)>,
-    headers: HeaderMap,
 ) -> Result<Json<StepDetail>> {
-    let tenant = tenant(&headers)?;
+    caller.require(Role::Reader)?;
+    let tenant = caller.tenant().to_owned();
     let workflow_id = parse_id(&id)?;
     state
         .read_model
@@ -366,11 +371,13 @@ pub struct StateBody {
 )]
 pub async fn events(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(params): Query<EventsParams>,
     headers: HeaderMap,
 ) -> Result<Json<EventsBody>> {
-    let tenant = tenant(&headers)?;
+    caller.require(Role::Reader)?;
+    let tenant = caller.tenant().to_owned();
     let token = token_from_headers(&headers)?;
     let workflow_id = parse_id(&id)?;
     let limit = page_limit(params.limit, MAX_EVENTS_PAGE)?.unwrap_or(MAX_EVENTS_PAGE);
@@ -426,11 +433,12 @@ pub const REPLAYED_EVENTS_HEADER: &str = "x-replayed-events";
 )]
 pub async fn state(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(params): Query<StateParams>,
-    headers: HeaderMap,
 ) -> Result<([(&'static str, String); 2], Json<StateBody>)> {
-    let tenant = tenant(&headers)?;
+    caller.require(Role::Reader)?;
+    let tenant = caller.tenant().to_owned();
     let workflow_id = parse_id(&id)?;
     let as_of = match (&params.as_of, &params.version) {
         (Some(_), Some(_)) => {

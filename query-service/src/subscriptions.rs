@@ -19,8 +19,8 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::SEC_WEBSOCKET_PROTOCOL;
 use axum::response::{IntoResponse, Response};
-use flowline_service_kit::Problem;
-use flowline_service_kit::request::{TENANT_HEADER, valid_tenant};
+use flowline_access::{Access, Caller, Role};
+use flowline_service_kit::request::TENANT_HEADER;
 use futures::{SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
@@ -32,7 +32,7 @@ use crate::graphql::{QuerySchema, Tenant, Workflow};
 use crate::log_cursor::LogCursor;
 use crate::read_model::{EventFilter, EventView, LoggedEvent, ReadModel};
 use crate::step_output::{LiveChannel, StepOutputEvent, StepOutputFollower};
-use crate::{Error, Result};
+use crate::Result;
 
 /// Events read from the database per round trip while catching up.
 const PAGE: i64 = 500;
@@ -48,6 +48,10 @@ mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The tenant holds `WS_MAX_CONNECTIONS_PER_TENANT` connections already.
     pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// The credentials expired while the connection was open.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// `connection_init` carried no valid credentials, or ones granting no reads.
+    pub const FORBIDDEN: u16 = 4403;
 }
 
 /// Open connections per tenant, shared by every connection of the process.
@@ -104,26 +108,23 @@ impl WebSockets {
     }
 }
 
-/// Upgrades to a GraphQL WebSocket. The tenant comes from the `connection_init` payload
-/// (`{"tenant": "acme"}`, what browsers can send) or the upgrade's `X-Tenant-Id` header;
-/// without one the connection is refused, since a subscription has no default tenant to
-/// fall back on silently.
+/// Upgrades to a GraphQL WebSocket. The credentials come with `connection_init`
+/// (`{"authorization": "Bearer <token>"}`, what browsers can send), or with the upgrade's
+/// `Authorization` header; the tenant is the credential's (a platform admin may name
+/// another with `X-Tenant-Id` or the payload's `tenant`). Without valid credentials the
+/// connection is closed (4403) before any subscription starts; when a token expires, the
+/// connection is closed (4401).
 pub(crate) async fn websocket(
     State(state): State<AppState>,
     // Refuses (400) an upgrade naming no GraphQL subprotocol.
     _: GraphQLProtocol,
+    caller: Option<Caller>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
-    let header_tenant = match headers.get(TENANT_HEADER) {
-        None => None,
-        Some(value) => {
-            match valid_tenant(value.to_str().unwrap_or_default(), "header", "X-Tenant-Id") {
-                Ok(tenant) => Some(tenant),
-                Err(problem) => return problem.into_response(),
-            }
-        }
-    };
+    let header_tenant = headers
+        .get(TENANT_HEADER)
+        .map(|value| value.to_str().unwrap_or("\u{0}").to_owned());
     let protocol = headers
         .get(SEC_WEBSOCKET_PROTOCOL)
         .and_then(|value| value.to_str().ok())
@@ -135,6 +136,7 @@ pub(crate) async fn websocket(
         .unwrap_or(WebSocketProtocols::GraphQLWS);
     let schema = state.schema.clone();
     let websockets = state.websockets.clone();
+    let access = state.access.clone();
     let max_message = websockets.limits.ws_max_message_bytes;
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
@@ -143,6 +145,8 @@ pub(crate) async fn websocket(
         .on_upgrade(move |socket| {
             Connection {
                 websockets,
+                access,
+                header_caller: caller,
                 header_tenant,
                 state: Arc::default(),
             }
@@ -162,12 +166,18 @@ struct ConnectionState {
     slot: Option<Slot>,
     /// How the connection must be closed instead of what the protocol library says.
     close: Option<(u16, String)>,
+    /// When the connection's credentials stop being valid.
+    expires_at: Option<tokio::time::Instant>,
 }
 
 /// One WebSocket connection: the protocol (`async_graphql::http::WebSocket`) between a
 /// guarded reading half and a writing half that enforces the connection's limits.
 struct Connection {
     websockets: WebSockets,
+    access: Access,
+    /// The caller the upgrade's `Authorization` header proved, if it had one.
+    header_caller: Option<Caller>,
+    /// The upgrade's `X-Tenant-Id`.
     header_tenant: Option<String>,
     state: Arc<Mutex<ConnectionState>>,
 }
@@ -208,10 +218,21 @@ impl Connection {
         let on_init = {
             let websockets = self.websockets.clone();
             let header_tenant = self.header_tenant.clone();
+            let header_caller = self.header_caller.clone();
+            let access = self.access.clone();
             let state = self.state.clone();
             move |payload: serde_json::Value| async move {
-                let tenant =
-                    connection_tenant(&payload, header_tenant).map_err(|error| error.extend())?;
+                let caller =
+                    connection_caller(&access, &payload, header_caller, header_tenant).await;
+                let caller = match caller {
+                    Ok(caller) => caller,
+                    Err(detail) => {
+                        state.lock().expect("connection state").close =
+                            Some((close::FORBIDDEN, detail.clone()));
+                        return Err(async_graphql::Error::new(detail));
+                    }
+                };
+                let tenant = caller.tenant().to_owned();
                 let Some(slot) = websockets.admit(&tenant) else {
                     // A close reason holds at most 123 bytes: the tenant is not repeated.
                     let reason = format!(
@@ -222,7 +243,14 @@ impl Connection {
                         Some((close::TRY_AGAIN_LATER, reason.clone()));
                     return Err(async_graphql::Error::new(reason));
                 };
-                state.lock().expect("connection state").slot = Some(slot);
+                {
+                    let mut state = state.lock().expect("connection state");
+                    state.slot = Some(slot);
+                    state.expires_at = caller.expires_at().map(|at| {
+                        let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
+                        tokio::time::Instant::now() + left
+                    });
+                }
                 let mut data = Data::default();
                 data.insert(Tenant(tenant));
                 Ok(data)
@@ -234,7 +262,14 @@ impl Connection {
         let init_deadline = tokio::time::sleep(Duration::from_millis(limits.ws_init_timeout_ms));
         futures::pin_mut!(init_deadline);
         loop {
-            let initialized = self.state.lock().expect("connection state").initialized;
+            let (initialized, expires_at) = {
+                let state = self.state.lock().expect("connection state");
+                (state.initialized, state.expires_at)
+            };
+            // Far enough never to fire while no credentials with an expiry were accepted.
+            let expiry = tokio::time::sleep_until(
+                expires_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400)),
+            );
             let outgoing = tokio::select! {
                 message = messages.next() => match message {
                     Some(message) => self.outgoing(message),
@@ -250,6 +285,10 @@ impl Connection {
                 () = &mut init_deadline, if !initialized => closing(
                     close::INIT_TIMEOUT,
                     "Connection initialisation timeout".into(),
+                ),
+                () = expiry, if expires_at.is_some() => closing(
+                    close::UNAUTHORIZED,
+                    "the credentials have expired".into(),
                 ),
             };
             let last = matches!(outgoing, Message::Close(_));
@@ -362,41 +401,42 @@ fn admit_message(
     Some(message)
 }
 
-/// The connection's tenant. Its error text ends up as the WebSocket close reason, which
-/// may hold at most 123 bytes.
-fn connection_tenant(payload: &serde_json::Value, header: Option<String>) -> Result<String> {
-    let given = match payload.get("tenant") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(tenant)) => Some(valid_tenant(
-            tenant,
-            "field",
-            "connection_init payload.tenant",
-        )?),
-        Some(_) => {
-            return Err(invalid_init("payload.tenant must be a string"));
-        }
+/// The caller of a connection: the `connection_init` payload's `authorization` (with
+/// its `tenant` or the upgrade's `X-Tenant-Id`), else the upgrade's own credentials.
+/// Refusals are short enough for a close reason (123 bytes).
+async fn connection_caller(
+    access: &Access,
+    payload: &serde_json::Value,
+    header_caller: Option<Caller>,
+    header_tenant: Option<String>,
+) -> std::result::Result<Caller, String> {
+    let requested = payload
+        .get("tenant")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .or(header_tenant);
+    let caller = match payload.get("authorization").and_then(serde_json::Value::as_str) {
+        Some(authorization) => access
+            .caller(
+                flowline_access::bearer_credential(authorization).unwrap_or(authorization.trim()),
+                requested.as_deref(),
+            )
+            .await
+            .map_err(|refusal| {
+                if refusal.is_unauthenticated() {
+                    "Forbidden: invalid credentials".to_owned()
+                } else {
+                    "Forbidden: the credentials may not act in that tenant".to_owned()
+                }
+            })?,
+        None => header_caller.ok_or_else(|| {
+            "Forbidden: send {\"authorization\": \"Bearer <token>\"} in connection_init".to_owned()
+        })?,
     };
-    match (given, header) {
-        (Some(given), Some(header)) if given != header => Err(invalid_init(
-            "payload.tenant and the X-Tenant-Id header differ",
-        )),
-        (Some(tenant), _) | (None, Some(tenant)) => Ok(tenant),
-        (None, None) => Err(invalid_init(
-            "missing tenant: send {\"tenant\": \"...\"} in connection_init or the X-Tenant-Id header",
-        )),
-    }
-}
-
-fn invalid_init(detail: &str) -> Error {
-    Error::Request(
-        Problem::new(
-            axum::http::StatusCode::BAD_REQUEST,
-            "invalid-connection-init",
-            "Invalid connection_init",
-            detail,
-        )
-        .with("field", "tenant"),
-    )
+    caller
+        .require(Role::Reader)
+        .map_err(|_| "Forbidden: the credentials grant no reads".to_owned())?;
+    Ok(caller)
 }
 
 /// Which events `workflowEvents` yields.
@@ -611,36 +651,4 @@ fn event_updates(reader: EventReader) -> impl Stream<Item = async_graphql::Resul
             Err(error) => Some((Err(error.extend()), None)),
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tenant_from_payload_or_header_never_defaulted() {
-        let payload = serde_json::json!({"tenant": "acme"});
-        assert_eq!(connection_tenant(&payload, None).unwrap(), "acme");
-        assert_eq!(
-            connection_tenant(&serde_json::json!({}), Some("acme".into())).unwrap(),
-            "acme"
-        );
-        assert_eq!(
-            connection_tenant(&payload, Some("acme".into())).unwrap(),
-            "acme"
-        );
-        for (payload, header) in [
-            (serde_json::json!({}), None),
-            (serde_json::Value::Null, None),
-            (serde_json::json!({"tenant": 3}), None),
-            (serde_json::json!({"tenant": "no spaces"}), None),
-            (payload.clone(), Some("other".to_owned())),
-        ] {
-            let error = connection_tenant(&payload, header).unwrap_err();
-            assert!(
-                error.to_problem().detail.len() <= 123,
-                "a close reason holds 123 bytes"
-            );
-        }
-    }
 }

@@ -5,12 +5,11 @@
 
 use axum::Json;
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use flowline_domain::TokenUsage;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
-use flowline_service_kit::request::tenant;
+use flowline_access::{Caller, Role};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use uuid::Uuid;
@@ -346,10 +345,11 @@ fn usage_of(row: &sqlx::postgres::PgRow) -> sqlx::Result<UsageView> {
 )]
 pub async fn usage(
     State(state): State<AppState>,
+    caller: Caller,
     Query(params): Query<UsageParams>,
-    headers: HeaderMap,
 ) -> Result<Json<UsageReport>> {
-    let tenant = tenant(&headers)?;
+    caller.require(Role::Reader)?;
+    let tenant = caller.tenant().to_owned();
     let query = UsageQuery::parse(
         params.group_by.as_deref(),
         params.from.as_deref(),

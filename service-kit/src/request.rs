@@ -1,25 +1,23 @@
-//! Reading what every request carries: the tenant, and a JSON body with errors that name
-//! the offending field.
+//! Reading what every request carries: tenant names, and a JSON body with errors that
+//! name the offending field.
 
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::de::DeserializeOwned;
-use subtle::ConstantTimeEq;
 
 use crate::problem::{Problem, from_rejection};
 
-/// Header naming the tenant a request acts for.
+/// Header naming another tenant a platform admin acts in (ADR 26).
 pub const TENANT_HEADER: &str = "x-tenant-id";
-/// Tenant used when a request names none.
-pub const DEFAULT_TENANT: &str = "default";
 
-/// The request's tenant: `X-Tenant-Id`, or `default`.
-pub fn tenant(headers: &HeaderMap) -> Result<String, Problem> {
-    let Some(value) = headers.get(TENANT_HEADER) else {
-        return Ok(DEFAULT_TENANT.to_owned());
-    };
-    valid_tenant(value.to_str().unwrap_or_default(), "header", "X-Tenant-Id")
+/// Whether `name` is a valid tenant name: 1-64 ASCII letters, digits, `_`, `-` or `.`.
+pub fn is_tenant_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 /// `tenant` if it is a valid tenant name, else a 400 problem naming where it came from
@@ -30,12 +28,7 @@ pub fn valid_tenant(
     name: &'static str,
 ) -> Result<String, Problem> {
     let tenant = tenant.trim();
-    let valid = !tenant.is_empty()
-        && tenant.len() <= 64
-        && tenant
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if valid {
+    if is_tenant_name(tenant) {
         Ok(tenant.to_owned())
     } else {
         Err(Problem::new(
@@ -95,39 +88,5 @@ pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
                 Err(Problem::bad_request(format!("malformed JSON: {inner}")))
             }
         }
-    }
-}
-
-/// Checks `Authorization: Bearer <ADMIN_TOKEN>` for an operators' endpoint of `service`:
-/// 403 while no token is configured (the endpoints are off), 401 for a missing or wrong one.
-pub fn admin_bearer(
-    headers: &HeaderMap,
-    expected: Option<&str>,
-    service: &str,
-) -> Result<(), Problem> {
-    let Some(expected) = expected else {
-        return Err(Problem::new(
-            StatusCode::FORBIDDEN,
-            "admin-disabled",
-            "Admin endpoints disabled",
-            format!("set ADMIN_TOKEN on the {service} to enable this endpoint"),
-        ));
-    };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    // Constant-time, so the answer's timing does not tell how much of a guess was right.
-    let matches =
-        given.is_some_and(|given| bool::from(given.as_bytes().ct_eq(expected.as_bytes())));
-    if matches {
-        Ok(())
-    } else {
-        Err(Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "Unauthorized",
-            "send Authorization: Bearer <ADMIN_TOKEN>",
-        ))
     }
 }

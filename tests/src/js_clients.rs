@@ -31,8 +31,35 @@ fn node(mode: &str, options: &Value) -> Command {
         .current_dir(&dir)
         .arg("client.mjs")
         .arg(mode)
-        .arg(options.to_string());
+        .arg(with_credentials(options).to_string());
     command
+}
+
+/// `options` with the harness's credentials wherever the test named none: the
+/// `authorization` connection parameter of a subscription and the `Authorization` header
+/// of an HTTP request.
+fn with_credentials(options: &Value) -> Value {
+    let mut options = options.clone();
+    let Some(object) = options.as_object_mut() else {
+        return options;
+    };
+    let params = object
+        .entry("connectionParams")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(params) = params.as_object_mut() {
+        params
+            .entry("authorization")
+            .or_insert_with(|| crate::auth::admin_bearer().into());
+    }
+    let headers = object
+        .entry("headers")
+        .or_insert_with(|| serde_json::json!({}));
+    if let Some(headers) = headers.as_object_mut()
+        && !headers.keys().any(|name| name.eq_ignore_ascii_case("authorization"))
+    {
+        headers.insert("authorization".into(), crate::auth::admin_bearer().into());
+    }
+    options
 }
 
 /// A `graphql-ws` client running one subscription in a Node process; killed on drop.

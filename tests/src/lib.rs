@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+pub mod auth;
 pub mod fake_dgraph;
 pub mod js_clients;
 pub mod llm;
@@ -22,8 +23,7 @@ pub mod model_server;
 pub mod step_server;
 pub mod workloads;
 
-/// The projectors' admin token in tests.
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub use auth::{admin_token, client, client_as};
 
 /// Broker of the tests.
 pub fn brokers() -> String {
@@ -117,11 +117,9 @@ impl TestSystem {
         Self {
             database_url,
             kafka,
-            // A hung request fails its test in a minute instead of at nextest's limit.
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("HTTP client"),
+            // A platform admin's client; a hung request fails its test in a minute instead
+            // of at nextest's limit.
+            http: auth::client(),
             pool,
         }
     }
@@ -191,7 +189,7 @@ impl TestSystem {
             listen: "127.0.0.1:0".parse().unwrap(),
             database: self.database(),
             kafka: self.kafka.clone(),
-            admin_token: Some(ADMIN_TOKEN.into()),
+            access: auth::access_settings(),
             graph: flowline_graph::GraphSettings { dgraph_url: None },
             consistency: query_service::consistency::ConsistencySettings {
                 consistency_wait_ms,
@@ -262,7 +260,6 @@ impl TestSystem {
             .send(
                 self.http
                     .post(format!("{projectors_url}/admin/rebuilds"))
-                    .bearer_auth(ADMIN_TOKEN)
                     .json(&body),
             )
             .await;
@@ -275,7 +272,7 @@ impl TestSystem {
         let url = format!("{projectors_url}/admin/rebuilds/{id}");
         eventually(Duration::from_secs(60), || async {
             let record = self
-                .send(self.http.get(&url).bearer_auth(ADMIN_TOKEN))
+                .send(self.http.get(&url))
                 .await
                 .body;
             (record["status"] == status).then_some(record)
@@ -465,6 +462,7 @@ impl TestSystem {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(auth::access_env())
         .collect()
     }
 
@@ -503,7 +501,8 @@ impl TestSystem {
     pub fn projectors_config(&self, database_url: &str, group_prefix: &str) -> ProjectorConfig {
         ProjectorConfig {
             command: None,
-            admin_token: Some(ADMIN_TOKEN.into()),
+            access: auth::access_settings(),
+            redis: self.redis_settings(),
             admin_listen: "127.0.0.1:0".parse().unwrap(),
             group_prefix: group_prefix.to_owned(),
             batch_size: 500,
@@ -561,6 +560,7 @@ impl TestSystem {
         config.database = self.database();
         config.kafka = self.kafka.clone();
         config.redis = self.redis_settings();
+        config.access = auth::access_settings();
         adjust(&mut config);
         let app = executor::Application::build_with(config, runners)
             .await
@@ -939,6 +939,7 @@ impl TestSystem {
             database: self.database(),
             kafka: self.kafka.clone(),
             limits: Default::default(),
+            access: auth::access_settings(),
         };
         adjust(&mut config);
         let app = command_service::Application::build(config)

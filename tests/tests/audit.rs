@@ -10,7 +10,7 @@ use flowline_event_log::{KafkaSettings, LogProducer, OutgoingRecord};
 use flowline_event_store::chain::{self, ChainedEvent};
 use flowline_schemas::EventCodec;
 use serde_json::{Value, json};
-use system_tests::{ADMIN_TOKEN, LogRecord, TestSystem, bin_dir};
+use system_tests::{LogRecord, TestSystem, bin_dir};
 use uuid::Uuid;
 
 fn workflow(name: &str) -> Value {
@@ -435,7 +435,7 @@ async fn audit_endpoint_serves_operators_the_log() {
     let first = submit(&system, &commands.url, "acme", "first").await;
     submit(&system, &commands.url, "globex", "second").await;
     signal(&system, &commands.url, "acme", &first).await;
-    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let bearer = system_tests::auth::admin_bearer();
     let events = format!("{}/v1/audit/events", query.url);
 
     let reply = system

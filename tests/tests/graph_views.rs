@@ -13,11 +13,16 @@ async fn the_graph_answers_which_runs_used_what_and_where_outputs_come_from() {
     let queries = system.query_service().await;
     let _projectors = system.projectors().await;
     let system = &system;
+    // Ana's own token: the principal on the log is the token's subject.
+    let ana = system_tests::auth::client_with(&system_tests::auth::token_for(
+        "ana",
+        system_tests::auth::PLATFORM_TENANT,
+        flowline_access::Role::Submitter,
+        chrono::Duration::hours(1),
+    ));
     let submit = |body: Value| {
-        let request = system
-            .http
+        let request = ana
             .post(format!("{}/v1/workflows", commands.url))
-            .header("x-principal", "ana")
             .json(&body);
         async move {
             let reply = system.send(request).await;
@@ -114,10 +119,8 @@ async fn the_graph_answers_which_runs_used_what_and_where_outputs_come_from() {
     assert_eq!(get("/v1/graph/runs".into()).await.status, 400);
     let other_tenant = system
         .send(
-            system
-                .http
-                .get(format!("{}/v1/graph/runs?model=gpt-x", queries.url))
-                .header("x-tenant-id", "globex"),
+            system_tests::client_as("globex", flowline_access::Role::Reader)
+                .get(format!("{}/v1/graph/runs?model=gpt-x", queries.url)),
         )
         .await;
     assert_eq!(other_tenant.body["runs"], json!([]));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use system_tests::{ADMIN_TOKEN, Reply, Stack, TestSystem};
+use system_tests::{Reply, Stack, TestSystem};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Bytes, Message};
@@ -115,7 +115,7 @@ impl Services {
         let mut socket = self.socket().await;
         send(
             &mut socket,
-            json!({"type": "connection_init", "payload": {"tenant": tenant}}),
+            json!({"type": "connection_init", "payload": {"tenant": tenant, "authorization": system_tests::auth::admin_bearer()}}),
         )
         .await;
         let ack = next_text(&mut socket).await;
@@ -288,7 +288,7 @@ async fn a_tenant_holds_at_most_its_websocket_connections() {
     let mut one_more = services.socket().await;
     send(
         &mut one_more,
-        json!({"type": "connection_init", "payload": {"tenant": "acme"}}),
+        json!({"type": "connection_init", "payload": {"tenant": "acme", "authorization": system_tests::auth::admin_bearer()}}),
     )
     .await;
     let refused = next_message(&mut one_more).await;
@@ -310,7 +310,7 @@ async fn a_tenant_holds_at_most_its_websocket_connections() {
         let mut socket = services.socket().await;
         send(
             &mut socket,
-            json!({"type": "connection_init", "payload": {"tenant": "acme"}}),
+            json!({"type": "connection_init", "payload": {"tenant": "acme", "authorization": system_tests::auth::admin_bearer()}}),
         )
         .await;
         (next_message(&mut socket).await["type"] == "connection_ack").then_some(socket)
@@ -474,7 +474,7 @@ async fn audit_calls_in_a_loop_are_capped_not_piled_up() {
     let calls = (0..8).map(|_| {
         services
             .system
-            .send(services.system.http.get(&verify).bearer_auth(ADMIN_TOKEN))
+            .send(services.system.http.get(&verify).bearer_auth(system_tests::admin_token()))
     });
     let replies = futures::future::join_all(calls).await;
     let busy: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();
@@ -498,7 +498,7 @@ async fn audit_calls_in_a_loop_are_capped_not_piled_up() {
                     .system
                     .http
                     .get(format!("{}/v1/audit/events?limit=5", services.queries.url))
-                    .bearer_auth(ADMIN_TOKEN),
+                    .bearer_auth(system_tests::admin_token()),
             )
             .await;
         assert_eq!(reply.status, 200, "{:?}", reply.body);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use flowline_event_log::{LogProducer, OutgoingRecord};
 use serde_json::{Value, json};
-use system_tests::{ADMIN_TOKEN, TestSystem, bin_dir, eventually};
+use system_tests::{TestSystem, bin_dir, eventually};
 
 async fn submit(system: &TestSystem, url: &str, name: &str) -> String {
     let reply = system
@@ -82,7 +82,7 @@ async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
     let admin = |path: &str| format!("{}{path}", projectors.url);
     let unauthorized = system.get(&admin("/admin/dead-letters")).await;
     assert_eq!(unauthorized.status, 401);
-    let authorized = |request: reqwest::RequestBuilder| request.bearer_auth(ADMIN_TOKEN);
+    let authorized = |request: reqwest::RequestBuilder| request.bearer_auth(system_tests::admin_token());
     let letters = system
         .send(authorized(system.http.get(admin(
             "/admin/dead-letters?projection=workflow_read_model.v1",

@@ -61,7 +61,7 @@ async fn lock_read_model(system: &TestSystem) -> sqlx::Transaction<'static, sqlx
 
 /// Whether a read of `url` is still waiting after three seconds.
 async fn blocks(url: &str) -> bool {
-    reqwest::Client::new()
+    system_tests::client()
         .get(url)
         .timeout(Duration::from_secs(3))
         .send()

@@ -18,7 +18,7 @@ fn workflow() -> Value {
 async fn get_with_token(system: &TestSystem, url: &str, token: &str) -> Reply {
     system
         .send(
-            reqwest::Client::new()
+            system_tests::client()
                 .get(url)
                 .header("X-Consistency-Token", token),
         )
@@ -108,7 +108,7 @@ async fn a_query_with_the_token_sees_the_write_without_polling() {
     assert_eq!(events.body["events"].as_array().unwrap().len(), 2);
     let graphql = system
         .send(
-            reqwest::Client::new()
+            system_tests::client()
                 .post(format!("{}/graphql", queries.url))
                 .header("X-Consistency-Token", token_of(&cancelled))
                 .json(

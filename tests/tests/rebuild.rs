@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use serde_json::json;
-use system_tests::{ADMIN_TOKEN, TestSystem, bin_dir, eventually};
+use system_tests::{TestSystem, bin_dir, eventually};
 
 /// One read of the zero-downtime test: which run it read, when.
 struct Read {
@@ -166,7 +166,7 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
             system
                 .http
                 .post(admin("/admin/rebuilds"))
-                .bearer_auth(ADMIN_TOKEN)
+                .bearer_auth(system_tests::admin_token())
                 .json(&json!({"projection": "nope"})),
         )
         .await;
@@ -593,7 +593,7 @@ async fn a_long_reader_delays_the_swap_without_stalling_every_read_behind_it() {
             system
                 .http
                 .get(format!("{}/admin/rebuilds/{id}", projectors.url))
-                .bearer_auth(ADMIN_TOKEN),
+                .bearer_auth(system_tests::admin_token()),
         )
         .await;
     assert_eq!(

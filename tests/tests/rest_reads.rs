@@ -396,7 +396,7 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
             system
                 .http
                 .get(format!("{}/admin/dead-letters/abc", projectors.url))
-                .bearer_auth(system_tests::ADMIN_TOKEN),
+                .bearer_auth(system_tests::admin_token()),
         )
         .await;
     assert_problem(&bad_path, 400);
@@ -405,7 +405,7 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
             system
                 .http
                 .post(format!("{}/admin/rebuilds", projectors.url))
-                .bearer_auth(system_tests::ADMIN_TOKEN)
+                .bearer_auth(system_tests::admin_token())
                 .header("content-type", "application/json")
                 .body("{"),
         )
@@ -600,6 +600,8 @@ async fn the_documents_validate_and_schemathesis_finds_no_server_error_or_answer
     // Every service's document, fuzzed: the query service, the command service, and the
     // projectors' admin API.
     let mut problems = Vec::new();
+    // With a platform admin's credentials, so every operation is open to the fuzzer.
+    let authorization = format!("Authorization: {}", system_tests::auth::admin_bearer());
     for (service, url) in [
         ("query service", &queries.url),
         ("command service", &commands.url),
@@ -612,6 +614,8 @@ async fn the_documents_validate_and_schemathesis_finds_no_server_error_or_answer
             config.to_str().unwrap(),
             "run",
             &format!("{url}/openapi.json"),
+            "--header",
+            &authorization,
             "--checks",
             "not_a_server_error,response_schema_conformance,content_type_conformance,status_code_conformance",
             "--phases",

@@ -21,9 +21,8 @@ const OTHER_TENANT: &str = "globex";
 async fn usage(system: &TestSystem, queries: &Running, tenant: &str, query: &str) -> Value {
     let reply = system
         .send(
-            reqwest::Client::new()
-                .get(format!("{}/v1/usage?{query}", queries.url))
-                .header("X-Tenant-Id", tenant),
+            system_tests::client_as(tenant, flowline_access::Role::Reader)
+                .get(format!("{}/v1/usage?{query}", queries.url)),
         )
         .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
