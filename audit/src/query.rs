@@ -41,7 +41,12 @@ impl Filter {
 
 /// Parses an RFC 3339 time, naming `flag` when it is not one.
 pub fn parse_time(flag: &str, text: &str) -> Result<DateTime<Utc>, String> {
-    DateTime::parse_from_rfc3339(text)
+    let time = DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
-        .map_err(|_| format!("{flag}: not an RFC 3339 time: {text:?}"))
+        .map_err(|_| format!("{flag}: not an RFC 3339 time: {text:?}"))?;
+    // The log's timestamps count milliseconds from 1970; the broker refuses earlier ones.
+    if time.timestamp_millis() < 0 {
+        return Err(format!("{flag}: before 1970-01-01, where the log's timestamps start"));
+    }
+    Ok(time)
 }

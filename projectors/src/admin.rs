@@ -278,11 +278,20 @@ pub async fn start_rebuild(
     }
     let at = match &request.from {
         None => StartAt::Beginning,
-        Some(text) => StartAt::Time(
-            chrono::DateTime::parse_from_rfc3339(text)
+        Some(text) => {
+            let time = chrono::DateTime::parse_from_rfc3339(text)
                 .map_err(|e| invalid("from", format!("not an RFC 3339 time: {e}")))?
-                .with_timezone(&chrono::Utc),
-        ),
+                .with_timezone(&chrono::Utc);
+            // The log's timestamps count milliseconds from 1970; the broker refuses
+            // earlier ones.
+            if time.timestamp_millis() < 0 {
+                return Err(invalid(
+                    "from",
+                    "before 1970-01-01, where the log's timestamps start".into(),
+                ));
+            }
+            StartAt::Time(time)
+        }
     };
     let (record, _resumed) = rebuild::start(&state.pool, &state.kafka, projection, at)
         .await

@@ -245,12 +245,17 @@ impl Error {
                 Self::read_timed_out(&Error::ReadTimedOut)
             }
             Error::Request(problem) => problem.clone(),
-            Error::Audit(_) => Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "log-unavailable",
-                "Event log unavailable",
-                self.to_string(),
-            ),
+            Error::Audit(error) => {
+                // The broker's words stay in the log, not in the answer.
+                tracing::error!(%error, "reading the event log failed");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "log-unavailable",
+                    "Event log unavailable",
+                    "the event log cannot be read right now; retry later",
+                )
+                .retry_after(5)
+            }
             Error::AuditBusy { limit } => Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "audit-busy",

@@ -37,27 +37,32 @@ fn node(mode: &str, options: &Value) -> Command {
 
 /// `options` with the harness's credentials wherever the test named none: the
 /// `authorization` connection parameter of a subscription and the `Authorization` header
-/// of an HTTP request.
+/// of an HTTP request. A test sends none by naming it `null`.
 fn with_credentials(options: &Value) -> Value {
     let mut options = options.clone();
     let Some(object) = options.as_object_mut() else {
         return options;
     };
-    let params = object
-        .entry("connectionParams")
-        .or_insert_with(|| serde_json::json!({}));
-    if let Some(params) = params.as_object_mut() {
-        params
-            .entry("authorization")
-            .or_insert_with(|| crate::auth::admin_bearer().into());
-    }
-    let headers = object
-        .entry("headers")
-        .or_insert_with(|| serde_json::json!({}));
-    if let Some(headers) = headers.as_object_mut()
-        && !headers.keys().any(|name| name.eq_ignore_ascii_case("authorization"))
-    {
-        headers.insert("authorization".into(), crate::auth::admin_bearer().into());
+    for (member, name) in [("connectionParams", "authorization"), ("headers", "authorization")] {
+        let members = object
+            .entry(member)
+            .or_insert_with(|| serde_json::json!({}));
+        let Some(members) = members.as_object_mut() else {
+            continue;
+        };
+        let named = members
+            .keys()
+            .find(|key| key.eq_ignore_ascii_case(name))
+            .cloned();
+        match named {
+            Some(key) if members[&key].is_null() => {
+                members.remove(&key);
+            }
+            Some(_) => {}
+            None => {
+                members.insert(name.into(), crate::auth::admin_bearer().into());
+            }
+        }
     }
     options
 }

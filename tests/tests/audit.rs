@@ -477,7 +477,7 @@ async fn audit_endpoint_serves_operators_the_log() {
     printed.sort_by_key(position);
     assert_eq!(served, printed);
 
-    let unauthorized = system.get(&events).await;
+    let unauthorized = system.send(reqwest::Client::new().get(&events)).await;
     assert_eq!(unauthorized.status, 401);
     assert_eq!(
         unauthorized.header("content-type"),

@@ -442,6 +442,8 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/workflows/{id}/resume",
                 "/v1/workflows/{id}/steps/{step}/retry",
                 "/v1/budgets/{tenant}",
+                "/v1/api-keys",
+                "/v1/api-keys/{id}",
             ],
         ),
         (

@@ -252,7 +252,7 @@ async fn a_resubscription_after_a_query_service_restart_gets_exactly_the_missed_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_subscription_without_a_tenant_or_with_a_foreign_cursor_is_refused_clearly() {
+async fn a_subscription_without_credentials_or_with_a_foreign_cursor_is_refused_clearly() {
     let system = TestSystem::new(1).await;
     let queries = system.query_service().await;
 
@@ -260,6 +260,8 @@ async fn a_subscription_without_a_tenant_or_with_a_foreign_cursor_is_refused_cle
         "url": ws_url(&queries.url),
         "query": WORKFLOW_EVENTS,
         "variables": {},
+        "connectionParams": {"authorization": null},
+        "headers": {"authorization": null},
     }));
     let refusal = loop {
         let line = anonymous.line().await;
@@ -269,15 +271,17 @@ async fn a_subscription_without_a_tenant_or_with_a_foreign_cursor_is_refused_cle
     };
     let reason = refusal["error"]["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("missing tenant"),
-        "expected a refusal naming the missing tenant, got {refusal}"
+        reason.contains("authorization"),
+        "expected a refusal asking for credentials, got {refusal}"
     );
+    assert_eq!(refusal["error"]["code"], 4403, "{refusal}");
 
-    // The header of the upgrade request is enough.
+    // The credentials of the upgrade request are enough.
     let mut by_header = JsSubscription::start(&json!({
         "url": ws_url(&queries.url),
         "query": WORKFLOW_EVENTS,
         "variables": {"after": "not a cursor!"},
+        "connectionParams": {"authorization": null},
         "headers": {"x-tenant-id": "acme"},
     }));
     let refusal = loop {
