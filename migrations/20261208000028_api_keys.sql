@@ -1,4 +1,4 @@
--- API keys for service-to-service calls (ADR 26): a public id, the SHA-256 of the secret
+-- API keys for service-to-service calls (ADR 27): a public id, the SHA-256 of the secret
 -- (never the secret), the tenant and role the key acts with, and its life.
 CREATE TABLE api_keys (
     id            text PRIMARY KEY,

@@ -1,5 +1,5 @@
 //! Who may act, in which tenant, and how often: every service's access control, written
-//! once (ADR 26).
+//! once (ADR 27).
 //!
 //! A request proves who it is with `Authorization: Bearer <credential>`: a JWT signed by a
 //! key of the configured JWKS, or an API key (`flk_…`). The [`guard`] middleware verifies

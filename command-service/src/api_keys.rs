@@ -1,4 +1,4 @@
-//! `POST/GET/DELETE /v1/api-keys`: a tenant's admins manage its API keys (ADR 26).
+//! `POST/GET/DELETE /v1/api-keys`: a tenant's admins manage its API keys (ADR 27).
 
 use axum::Json;
 use axum::extract::rejection::BytesRejection;

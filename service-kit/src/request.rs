@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::{Problem, from_rejection};
 
-/// Header naming another tenant a platform admin acts in (ADR 26).
+/// Header naming another tenant a platform admin acts in (ADR 27).
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
 /// Whether `name` is a valid tenant name: 1-64 ASCII letters, digits, `_`, `-` or `.`.

@@ -69,16 +69,26 @@ pub fn admin_bearer() -> String {
     format!("Bearer {}", admin_token())
 }
 
-/// An HTTP client sending `token` with every request (a one-minute timeout, as the
-/// harness's own).
-pub fn client_with(token: &str) -> reqwest::Client {
+/// `Authorization: Bearer <token>` as default headers of a client.
+pub fn headers_with(token: &str) -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
         format!("Bearer {token}").parse().expect("header value"),
     );
+    headers
+}
+
+/// The harness's credentials as default headers of a client of a test's own.
+pub fn admin_headers() -> reqwest::header::HeaderMap {
+    headers_with(admin_token())
+}
+
+/// An HTTP client sending `token` with every request (a one-minute timeout, as the
+/// harness's own).
+pub fn client_with(token: &str) -> reqwest::Client {
     reqwest::Client::builder()
-        .default_headers(headers)
+        .default_headers(headers_with(token))
         .timeout(std::time::Duration::from_secs(60))
         .build()
         .expect("HTTP client")

@@ -25,6 +25,7 @@ impl Load {
         let acknowledged = Arc::new(Mutex::new(Vec::new()));
         let failures = Arc::new(Mutex::new(0));
         let http = reqwest::Client::builder()
+            .default_headers(system_tests::auth::admin_headers())
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap();

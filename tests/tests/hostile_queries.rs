@@ -493,7 +493,8 @@ async fn projectors_and_queries_work_on_the_dgraph_adapter() {
             ],
             "tools": ["web/search"],
             "models": ["claude", "gpt-x"],
-            "submitted_by": null
+            // The harness's token's subject.
+            "submitted_by": "system-tests"
         })
     );
     let dependents = walked(

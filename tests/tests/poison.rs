@@ -80,7 +80,9 @@ async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
     visible(&system, &queries.url, &after, 1).await;
 
     let admin = |path: &str| format!("{}{path}", projectors.url);
-    let unauthorized = system.get(&admin("/admin/dead-letters")).await;
+    let unauthorized = system
+        .send(reqwest::Client::new().get(admin("/admin/dead-letters")))
+        .await;
     assert_eq!(unauthorized.status, 401);
     let authorized = |request: reqwest::RequestBuilder| request.bearer_auth(system_tests::admin_token());
     let letters = system

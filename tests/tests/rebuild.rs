@@ -155,9 +155,10 @@ async fn queries_keep_answering_during_a_rebuild_and_across_the_swap() {
 
     let admin = |path: &str| format!("{}{path}", projectors.url);
     let refused = system
-        .post(
-            &admin("/admin/rebuilds"),
-            &json!({"projection": "workflow_read_model"}),
+        .send(
+            reqwest::Client::new()
+                .post(admin("/admin/rebuilds"))
+                .json(&json!({"projection": "workflow_read_model"})),
         )
         .await;
     assert_eq!(refused.status, 401);
@@ -576,6 +577,7 @@ async fn a_long_reader_delays_the_swap_without_stalling_every_read_behind_it() {
     // Meanwhile runs nobody read yet (nothing cached) are answered, each well within a
     // bound: behind a DDL queued on the reader they would wait as long as the reader.
     let bounded = reqwest::Client::builder()
+            .default_headers(system_tests::auth::admin_headers())
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
