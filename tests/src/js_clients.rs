@@ -104,6 +104,14 @@ impl JsSubscription {
             .unwrap_or(Value::Null)
     }
 
+    /// The next line the client prints within `wait`, if any (for what must not arrive).
+    pub async fn line_within(&mut self, wait: Duration) -> Option<Value> {
+        tokio::time::timeout(wait, self.lines.recv())
+            .await
+            .ok()
+            .map(|line| line.unwrap_or(Value::Null))
+    }
+
     /// The next subscription result (`data` of the next `next` message), skipping the
     /// connection notice; panics on anything else.
     pub async fn next_data(&mut self) -> Value {

@@ -75,7 +75,7 @@ fn cases() -> Vec<Case> {
         answers,
         target,
     };
-    let workflow = json!({"name": "matrix", "steps": [{"id": "a", "kind": "template"}]});
+    let workflow = json!({"name": "matrix", "steps": [{"id": "a", "kind": "template", "config": {"template": "done"}}]});
     vec![
         // The command service: run commands for submitters, budgets and keys for admins.
         case("POST", "/v1/workflows", Commands, Some(workflow), Tenant(Role::Submitter), Status(201), Fixed),
@@ -244,7 +244,7 @@ async fn every_role_gets_exactly_what_it_may_on_every_endpoint() {
         .submit_in(
             &commands.url,
             TENANT,
-            &json!({"name": "matrix", "steps": [{"id": "call", "kind": "template"}]}),
+            &json!({"name": "matrix", "steps": [{"id": "call", "kind": "template", "config": {"template": "done"}}]}),
         )
         .await;
     system
