@@ -28,6 +28,8 @@ pub(crate) struct AppState {
     pub(crate) parked: ParkedEvents,
     /// The database, for what is not a run's event (budgets).
     pub(crate) pool: sqlx::PgPool,
+    /// Personal data keys and privacy configs (ADR 26).
+    pub(crate) vault: flowline_personal_data::Vault,
 }
 
 /// How long a stopping service waits for its relay to finish what it is publishing.
@@ -72,8 +74,10 @@ impl Application {
             relay.clone().run(stop.clone())
         });
 
+        let vault = flowline_personal_data::Vault::new(pool.clone());
         let handler = CommandHandler::new(
             repository,
+            vault.clone(),
             publications,
             config.publish_timeout(),
             config.limits.clone(),
@@ -89,6 +93,7 @@ impl Application {
             answers,
             parked,
             pool,
+            vault,
         };
         let router = Router::new()
             .merge(api::router())

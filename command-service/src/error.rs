@@ -88,6 +88,10 @@ pub enum Error {
     /// The log could not be prepared at start.
     #[error(transparent)]
     Log(#[from] flowline_event_log::Error),
+    /// The personal data keys could not be read or written: nothing was stored, so a
+    /// personal field is never appended unsealed.
+    #[error(transparent)]
+    PersonalData(#[from] flowline_personal_data::Error),
 }
 
 /// Result of this crate's operations.
@@ -235,6 +239,16 @@ impl IntoResponse for Error {
                 error.to_string(),
             )
             .retry_after(1),
+            Error::PersonalData(error) => {
+                tracing::error!(%error, "personal data store failed");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "personal-data-unavailable",
+                    "Personal data keys unavailable",
+                    "the personal data key store could not be reached; nothing was stored or changed",
+                )
+                .retry_after(1)
+            }
             Error::Request(problem) => problem,
             Error::Store(error) => Problem::internal(&error),
             error @ (Error::Startup(_) | Error::Log(_)) => Problem::internal(&error),

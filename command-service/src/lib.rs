@@ -11,6 +11,7 @@ mod commands;
 pub mod config;
 mod error;
 mod idempotency;
+mod privacy;
 mod routes;
 
 pub use application::Application;

@@ -25,6 +25,7 @@ use crate::{audit, graph_rest, rest, usage};
         (name = "graph", description = "Questions answered by the graph view"),
         (name = "audit", description = "Operators' reads of the event log itself (bearer ADMIN_TOKEN)"),
         (name = "budgets", description = "Tenants' monthly budgets for model calls and this month's spend"),
+        (name = "personal data", description = "Which fields are personal; every answer shows them decrypted, or `\"[erased]\"` once their subject is erased"),
     )
 )]
 struct ApiDoc;
@@ -45,6 +46,7 @@ pub(crate) fn router() -> Router<AppState> {
         .routes(routes!(audit::events))
         .routes(routes!(audit::verify))
         .routes(routes!(crate::budgets::budget))
+        .routes(routes!(crate::personal::privacy))
         .split_for_parts();
     router.merge(openapi::docs(openapi::finish(
         with_admin_token(api),

@@ -43,6 +43,8 @@ pub(crate) struct AppState {
     pub(crate) changes: ChangeFeed,
     /// What bounds a GraphQL request.
     pub(crate) graphql_limits: GraphqlLimits,
+    /// Opens personal fields at the edge (ADR 26).
+    pub(crate) vault: flowline_personal_data::Vault,
 }
 
 /// A built, bound query service.
@@ -193,6 +195,7 @@ impl Application {
         let reads = WorkflowReads::new(read_model.clone(), gate.clone(), cache);
         let repository = WorkflowRepository::new(EventStore::new(pool.clone()), pool.clone(), 0);
         let graph = config.graph.store(pool.clone());
+        let vault = flowline_personal_data::Vault::new(pool.clone());
         let state = AppState {
             schema: schema(
                 read_model.clone(),
@@ -203,7 +206,7 @@ impl Application {
                 reads.clone(),
                 LiveChannel(config.cache.redis.clone()),
             ),
-            websockets: subscriptions::WebSockets::new(config.limits),
+            websockets: subscriptions::WebSockets::new(config.limits, vault.clone()),
             changes,
             graph,
             repository,
@@ -215,6 +218,7 @@ impl Application {
                 config.limits.audit_max_concurrent_scans,
             ),
             graphql_limits: config.graphql,
+            vault: vault.clone(),
         };
         let router = Router::new()
             .merge(api::router())
@@ -224,6 +228,11 @@ impl Application {
             .route("/health", get(|| async { "ok" }))
             .merge(health.routes())
             .fallback(not_found)
+            // Innermost: every JSON answer, cached or not, is opened as it leaves.
+            .layer(axum::middleware::from_fn_with_state(
+                vault,
+                crate::personal::open_answers,
+            ))
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
             .layer(axum::middleware::from_fn(

@@ -198,7 +198,7 @@ pub async fn events(
     let (filter, limit) = params.parse()?;
     let permit = state.audit.scan_permit()?;
     let reader = state.audit.reader.clone();
-    let lines = tokio::task::spawn_blocking(move || {
+    let mut lines = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut lines: Vec<EventLine> = Vec::new();
         flowline_audit::query_log(&reader, &filter, Some(limit), |line| lines.push(line))
@@ -206,6 +206,12 @@ pub async fn events(
     })
     .await
     .map_err(|e| Error::Request(Problem::internal(&e)))??;
+    // Operators read every tenant's events: each line is opened with its own tenant's keys.
+    for line in &mut lines {
+        if let Some(data) = &mut line.data {
+            crate::personal::open(&state.vault, &line.tenant, data).await?;
+        }
+    }
     let wants_ndjson = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

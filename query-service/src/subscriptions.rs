@@ -55,6 +55,8 @@ mod close {
 pub(crate) struct WebSockets {
     limits: ReadLimits,
     per_tenant: Arc<Mutex<HashMap<String, usize>>>,
+    /// Opens the personal fields of what subscriptions send (ADR 26).
+    vault: flowline_personal_data::Vault,
 }
 
 /// One tenant's connection counted for as long as it is held.
@@ -77,10 +79,11 @@ impl Drop for Slot {
 }
 
 impl WebSockets {
-    pub(crate) fn new(limits: ReadLimits) -> Self {
+    pub(crate) fn new(limits: ReadLimits, vault: flowline_personal_data::Vault) -> Self {
         Self {
             limits,
             per_tenant: Arc::default(),
+            vault,
         }
     }
 
@@ -162,6 +165,8 @@ struct ConnectionState {
     slot: Option<Slot>,
     /// How the connection must be closed instead of what the protocol library says.
     close: Option<(u16, String)>,
+    /// The tenant `connection_init` admitted: whose keys open what is sent.
+    tenant: Option<String>,
 }
 
 /// One WebSocket connection: the protocol (`async_graphql::http::WebSocket`) between a
@@ -222,7 +227,11 @@ impl Connection {
                         Some((close::TRY_AGAIN_LATER, reason.clone()));
                     return Err(async_graphql::Error::new(reason));
                 };
-                state.lock().expect("connection state").slot = Some(slot);
+                {
+                    let mut state = state.lock().expect("connection state");
+                    state.slot = Some(slot);
+                    state.tenant = Some(tenant.clone());
+                }
                 let mut data = Data::default();
                 data.insert(Tenant(tenant));
                 Ok(data)
@@ -237,7 +246,7 @@ impl Connection {
             let initialized = self.state.lock().expect("connection state").initialized;
             let outgoing = tokio::select! {
                 message = messages.next() => match message {
-                    Some(message) => self.outgoing(message),
+                    Some(message) => self.opened(self.outgoing(message)).await,
                     None => {
                         let close = self.state.lock().expect("connection state").close.take();
                         match close {
@@ -263,6 +272,26 @@ impl Connection {
             }
         }
         let _ = sink.close().await;
+    }
+
+    /// `message` with its personal fields opened in the connection's tenant; a message
+    /// whose fields cannot be opened is replaced by closing the connection (retryable).
+    async fn opened(&self, message: Message) -> Message {
+        let Message::Text(text) = message else {
+            return message;
+        };
+        let tenant = self.state.lock().expect("connection state").tenant.clone();
+        let Some(tenant) = tenant else {
+            return Message::Text(text);
+        };
+        match crate::personal::open_text(&self.websockets.vault, &tenant, text.as_str().to_owned()).await
+        {
+            Ok(opened) => Message::Text(opened.into()),
+            Err(_) => closing(
+                close::TRY_AGAIN_LATER,
+                "personal data keys unavailable".into(),
+            ),
+        }
     }
 
     /// What the protocol sends, as this connection sends it: a subscription that
