@@ -57,10 +57,7 @@ pub(crate) async fn set_privacy(
     config
         .validate()
         .map_err(|errors| Error::Domain(flowline_domain::DomainError::Invalid(errors)))?;
-    state
-        .vault
-        .set_privacy_config(&tenant, &config)
-        .await?;
+    state.vault.set_privacy_config(&tenant, &config).await?;
     Ok(Json(config))
 }
 
@@ -93,9 +90,6 @@ pub(crate) async fn erase_subject(
     errors
         .into_result()
         .map_err(|errors| Error::Domain(flowline_domain::DomainError::Invalid(errors)))?;
-    state
-        .vault
-        .erase_subject(&tenant, &subject)
-        .await?;
+    state.vault.erase_subject(&tenant, &subject).await?;
     Ok(StatusCode::NO_CONTENT)
 }

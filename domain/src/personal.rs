@@ -99,7 +99,10 @@ impl PrivacyConfig {
         let mut errors = ValidationErrors::default();
         check_paths(&self.input, "input", &mut errors);
         if self.signals.len() > MAX_SIGNALS {
-            errors.push("signals", format!("must name at most {MAX_SIGNALS} signals"));
+            errors.push(
+                "signals",
+                format!("must name at most {MAX_SIGNALS} signals"),
+            );
         }
         for (name, paths) in &self.signals {
             let field = format!("signals.{}", crate::validation::shown(name));
@@ -201,10 +204,19 @@ mod tests {
             "items": [{"owner": "x"}, {"owner": "y"}, {}]
         });
         let mut seen = Vec::new();
-        for path in ["customer.email", "customer.name", "customer.phone", "items.*.owner", "items.0"] {
+        for path in [
+            "customer.email",
+            "customer.name",
+            "customer.phone",
+            "items.*.owner",
+            "items.0",
+        ] {
             for_each_at_path(&mut input, path, &mut |node| seen.push(node.clone()));
         }
-        assert_eq!(seen, vec![json!("a@b"), json!("x"), json!("y"), json!({"owner": "x"})]);
+        assert_eq!(
+            seen,
+            vec![json!("a@b"), json!("x"), json!("y"), json!({"owner": "x"})]
+        );
     }
 
     #[test]

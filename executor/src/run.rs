@@ -148,7 +148,7 @@ pub(crate) fn spawn(
         in_flight: HashMap::new(),
         queued: HashMap::new(),
         outputs: HashMap::new(),
-            personal: HashMap::new(),
+        personal: HashMap::new(),
         wake_at: None,
         orphans_pending: false,
         shared,
@@ -922,7 +922,10 @@ impl RunActor {
                 .chars()
                 .take(PERSONAL_MESSAGE_CHARS)
                 .collect();
-            match self.sealed(step_id, &Value::String(bounded::message(&shortened))).await {
+            match self
+                .sealed(step_id, &Value::String(bounded::message(&shortened)))
+                .await
+            {
                 Some(Value::String(sealed)) => sealed,
                 Some(_) => flowline_domain::personal::ERASED.to_owned(),
                 None => return Recorded::Stopped,

@@ -18,7 +18,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chacha20poly1305::aead::rand_core::RngCore;
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
-use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use flowline_domain::WorkflowEvent;
 use flowline_domain::personal::{
     ERASED, Envelope, PrivacyConfig, UNREADABLE, for_each_at_path, is_envelope, run_subject,
@@ -107,6 +107,10 @@ impl DataKey {
         self.id
     }
 
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new_from_slice(&self.key[..]).expect("keys are 32 bytes")
+    }
+
     /// What binds a ciphertext to its place: a value sealed for one tenant or subject does
     /// not open as another's even with the same key bytes.
     fn associated_data(&self) -> Vec<u8> {
@@ -122,7 +126,7 @@ impl DataKey {
     /// The envelope of `value`.
     pub fn seal(&self, value: &Value) -> String {
         let plaintext = Zeroizing::new(serde_json::to_vec(value).expect("JSON values serialize"));
-        let cipher = XChaCha20Poly1305::new(Key::from_slice(&self.key[..]));
+        let cipher = self.cipher();
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let aad = self.associated_data();
         let ciphertext = cipher
@@ -152,12 +156,12 @@ impl DataKey {
             return Err(Unreadable);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
-        let cipher = XChaCha20Poly1305::new(Key::from_slice(&self.key[..]));
+        let cipher = self.cipher();
         let aad = self.associated_data();
         let plaintext = Zeroizing::new(
             cipher
                 .decrypt(
-                    XNonce::from_slice(nonce),
+                    &XNonce::from(<[u8; NONCE_BYTES]>::try_from(nonce).map_err(|_| Unreadable)?),
                     Payload {
                         msg: ciphertext,
                         aad: &aad,
@@ -513,7 +517,9 @@ fn replace(value: &mut Value, with: &mut impl FnMut(&str) -> Option<Value>) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|item| replace(item, with)),
-        Value::Object(members) => members.values_mut().for_each(|member| replace(member, with)),
+        Value::Object(members) => members
+            .values_mut()
+            .for_each(|member| replace(member, with)),
         _ => {}
     }
 }

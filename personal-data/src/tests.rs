@@ -9,7 +9,11 @@ fn sealed_parts(text: &str) -> Envelope<'_> {
 #[test]
 fn values_round_trip_and_hide_their_text() {
     let key = DataKey::generate("acme", "ana");
-    for value in [json!("ana@example.com"), json!({"n": 1.5, "l": [true, null]}), json!(7)] {
+    for value in [
+        json!("ana@example.com"),
+        json!({"n": 1.5, "l": [true, null]}),
+        json!(7),
+    ] {
         let sealed = key.seal(&value);
         assert!(!sealed.contains("example"), "{sealed}");
         assert_eq!(key.open(&sealed_parts(&sealed)), Ok(value));
@@ -64,7 +68,11 @@ async fn keys_are_made_once_per_subject_and_erasure_is_for_ever() {
         vault.key_for_subject("acme", "ana")
     );
     let key = a.unwrap();
-    assert_eq!(key.id, b.unwrap().id, "concurrent first uses agree on one key");
+    assert_eq!(
+        key.id,
+        b.unwrap().id,
+        "concurrent first uses agree on one key"
+    );
     let bob = vault.key_for_subject("acme", "bob").await.unwrap();
     let theirs = vault.key_for_subject("globex", "ana").await.unwrap();
     assert_ne!(key.id, theirs.id);
@@ -72,7 +80,10 @@ async fn keys_are_made_once_per_subject_and_erasure_is_for_ever() {
     let mut doc = json!({"ana": key.seal(&json!({"email": "ana@x"})), "bob": bob.seal(&json!("bob@x")), "plain": 1});
     let mut opened = doc.clone();
     let met = vault.open("acme", &mut opened).await.unwrap();
-    assert_eq!(opened, json!({"ana": {"email": "ana@x"}, "bob": "bob@x", "plain": 1}));
+    assert_eq!(
+        opened,
+        json!({"ana": {"email": "ana@x"}, "bob": "bob@x", "plain": 1})
+    );
     assert_eq!(met.keys, BTreeSet::from([key.id, bob.id]));
 
     // Another tenant cannot use acme's key ids.
@@ -81,7 +92,11 @@ async fn keys_are_made_once_per_subject_and_erasure_is_for_ever() {
     assert_eq!(foreign["ana"], json!(ERASED));
 
     assert_eq!(vault.erase_subject("acme", "ana").await.unwrap(), 1);
-    assert_eq!(vault.erase_subject("acme", "ana").await.unwrap(), 0, "idempotent");
+    assert_eq!(
+        vault.erase_subject("acme", "ana").await.unwrap(),
+        0,
+        "idempotent"
+    );
     let stored: Option<Vec<u8>> =
         sqlx::query_scalar("SELECT key FROM personal_data_keys WHERE key_id = $1")
             .bind(key.id)
@@ -120,16 +135,20 @@ async fn derived_data_is_sealed_with_every_key_it_came_from() {
     vault.open("acme", &mut erased).await.unwrap();
     assert_eq!(erased, json!(ERASED));
     // Sealing with an erased key never stores the value readable.
-    let late = vault.seal_with("acme", &keys, &json!("late")).await.unwrap();
+    let late = vault
+        .seal_with("acme", &keys, &json!("late"))
+        .await
+        .unwrap();
     assert_eq!(late, json!(ERASED));
 }
 
 #[tokio::test]
 async fn events_carry_only_envelopes_for_personal_fields() {
     let vault = vault().await;
-    let config: PrivacyConfig =
-        serde_json::from_value(json!({"input": ["customer.email"], "signals": {"approve": ["note"]}}))
-            .unwrap();
+    let config: PrivacyConfig = serde_json::from_value(
+        json!({"input": ["customer.email"], "signals": {"approve": ["note"]}}),
+    )
+    .unwrap();
     vault.set_privacy_config("acme", &config).await.unwrap();
     assert_eq!(vault.privacy_config("acme").await.unwrap(), config);
     let id = Uuid::now_v7();
@@ -151,7 +170,10 @@ async fn events_carry_only_envelopes_for_personal_fields() {
         name: "approve".into(),
         payload: json!({"note": "call c@x", "ok": true}),
     });
-    vault.seal_event("acme", id, &mut signal, None).await.unwrap();
+    vault
+        .seal_event("acme", id, &mut signal, None)
+        .await
+        .unwrap();
     let WorkflowEvent::SignalReceived(sealed) = &signal else {
         unreachable!()
     };
@@ -160,8 +182,15 @@ async fn events_carry_only_envelopes_for_personal_fields() {
     vault.erase_subject("acme", "customer-7").await.unwrap();
     let mut value = serde_json::to_value(&event).unwrap();
     vault.open("acme", &mut value).await.unwrap();
-    assert_eq!(value["input"], json!({"customer": {"email": ERASED, "tier": "gold"}}));
-    assert_eq!(value["submitted_by"], json!("ana"), "the submitter is another subject");
+    assert_eq!(
+        value["input"],
+        json!({"customer": {"email": ERASED, "tier": "gold"}})
+    );
+    assert_eq!(
+        value["submitted_by"],
+        json!("ana"),
+        "the submitter is another subject"
+    );
     let mut payload = sealed.payload.clone();
     vault.open("acme", &mut payload).await.unwrap();
     assert_eq!(payload, json!({"note": ERASED, "ok": true}));

@@ -284,7 +284,8 @@ impl Connection {
         let Some(tenant) = tenant else {
             return Message::Text(text);
         };
-        match crate::personal::open_text(&self.websockets.vault, &tenant, text.as_str().to_owned()).await
+        match crate::personal::open_text(&self.websockets.vault, &tenant, text.as_str().to_owned())
+            .await
         {
             Ok(opened) => Message::Text(opened.into()),
             Err(_) => closing(

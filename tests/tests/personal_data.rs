@@ -99,7 +99,10 @@ async fn audit_events(system: &TestSystem, queries: &Running) -> Reply {
         .send(
             system
                 .http
-                .get(format!("{}/v1/audit/events?tenant=default&limit=1000", queries.url))
+                .get(format!(
+                    "{}/v1/audit/events?tenant=default&limit=1000",
+                    queries.url
+                ))
                 .header("authorization", format!("Bearer {ADMIN_TOKEN}")),
         )
         .await;
@@ -129,7 +132,10 @@ fn assert_plain(view: &Value, graphql: &Value, person: &Person) {
     assert_eq!(graphql["input"]["customer"]["email"], person.email);
     let greet = format!("Dear {} <{}>", person.name, person.email);
     assert_eq!(graphql["steps"][0]["output"], greet.as_str());
-    assert_eq!(graphql["steps"][1]["output"], json!({"note": person.note, "ok": true}));
+    assert_eq!(
+        graphql["steps"][1]["output"],
+        json!({"note": person.note, "ok": true})
+    );
 }
 
 fn assert_erased(view: &Value, graphql: &Value) {
@@ -144,19 +150,28 @@ fn assert_erased(view: &Value, graphql: &Value) {
     assert_eq!(graphql["input"]["customer"]["tier"], "gold");
     assert_eq!(graphql["input"]["customer"]["email"], ERASED);
     assert_eq!(graphql["steps"][0]["output"], ERASED);
-    assert_eq!(graphql["steps"][1]["output"], json!({"note": ERASED, "ok": true}));
+    assert_eq!(
+        graphql["steps"][1]["output"],
+        json!({"note": ERASED, "ok": true})
+    );
 }
 
 fn assert_no_plaintext(what: &str, bytes: &[u8], person: &Person) {
     let text = String::from_utf8_lossy(bytes);
     for secret in person.secrets() {
-        assert!(!text.contains(secret), "{what} holds {secret:?} in plaintext");
+        assert!(
+            !text.contains(secret),
+            "{what} holds {secret:?} in plaintext"
+        );
     }
 }
 
 async fn audit_cli(system: &TestSystem, args: &[&str]) -> (i32, Vec<Value>) {
     let binary = bin_dir().join("audit");
-    assert!(binary.exists(), "build the binaries first (cargo build --bins)");
+    assert!(
+        binary.exists(),
+        "build the binaries first (cargo build --bins)"
+    );
     let kafka = system.kafka.clone();
     let database_url = system.database_url.clone();
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
@@ -187,7 +202,8 @@ async fn erasing_a_subject_shreds_its_personal_fields_everywhere_and_nothing_els
     let projectors = system.projectors().await;
     let _executor = system.executor().await;
 
-    let config = json!({"input": ["customer.email", "customer.name"], "signals": {"approve": ["note"]}});
+    let config =
+        json!({"input": ["customer.email", "customer.name"], "signals": {"approve": ["note"]}});
     let set = system
         .send(
             system
@@ -197,7 +213,13 @@ async fn erasing_a_subject_shreds_its_personal_fields_everywhere_and_nothing_els
         )
         .await;
     assert_eq!(set.status, 200, "{:?}", set.body);
-    assert_eq!(system.get(&format!("{}/v1/privacy", queries.url)).await.body, config);
+    assert_eq!(
+        system
+            .get(&format!("{}/v1/privacy", queries.url))
+            .await
+            .body,
+        config
+    );
     let refused = system
         .send(
             system
@@ -256,7 +278,11 @@ async fn erasing_a_subject_shreds_its_personal_fields_everywhere_and_nothing_els
     })
     .await
     .expect("projected");
-    assert_plain(&ana_view, &graphql_view(&system, &queries, &ana).await, &ANA);
+    assert_plain(
+        &ana_view,
+        &graphql_view(&system, &queries, &ana).await,
+        &ANA,
+    );
 
     // Only ciphertext in the event store, the snapshots, the read model and on the log.
     let payloads: Vec<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM event_store")
@@ -290,7 +316,11 @@ async fn erasing_a_subject_shreds_its_personal_fields_everywhere_and_nothing_els
 
     // Operators' audit reads show plaintext before the erasure.
     let before = audit_events(&system, &queries).await;
-    assert!(Value::Array(lines_of(&before, &ana)).to_string().contains(ANA.email));
+    assert!(
+        Value::Array(lines_of(&before, &ana))
+            .to_string()
+            .contains(ANA.email)
+    );
 
     let erase = |subject: &'static str| {
         let request = system
@@ -300,31 +330,57 @@ async fn erasing_a_subject_shreds_its_personal_fields_everywhere_and_nothing_els
     };
     assert_eq!(erase(ANA.principal).await.status, 204);
     assert_eq!(erase(ANA.principal).await.status, 204, "idempotent");
-    assert_eq!(erase("nobody-ever").await.status, 204, "unknown subjects too");
+    assert_eq!(
+        erase("nobody-ever").await.status,
+        204,
+        "unknown subjects too"
+    );
 
     // Erased at once, also for the answer the read cache holds from before.
     let ana_view = run_view(&system, &queries, &ana).await;
     assert_erased(&ana_view, &graphql_view(&system, &queries, &ana).await);
     let bob_view = run_view(&system, &queries, &bob).await;
-    assert_plain(&bob_view, &graphql_view(&system, &queries, &bob).await, &BOB);
+    assert_plain(
+        &bob_view,
+        &graphql_view(&system, &queries, &bob).await,
+        &BOB,
+    );
     let greet = step_status(&system, &queries, &ana, "greet").await;
     assert_eq!(greet["output"], ERASED);
     assert_eq!(greet["status"], "succeeded");
     let state = system
         .get(&format!("{}/v1/workflows/{ana}/state", queries.url))
         .await;
-    assert_eq!(state.body["state"]["submitted_by"], ERASED, "{:?}", state.body);
+    assert_eq!(
+        state.body["state"]["submitted_by"], ERASED,
+        "{:?}",
+        state.body
+    );
     assert_eq!(state.body["state"]["input"]["customer"]["email"], ERASED);
 
     // The graph names the principal by its key; its name reads as erased.
     let lineage = system
-        .get(&format!("{}/v1/workflows/{ana}/steps/approve/lineage", queries.url))
+        .get(&format!(
+            "{}/v1/workflows/{ana}/steps/approve/lineage",
+            queries.url
+        ))
         .await;
-    assert_eq!(lineage.body["result"]["submitted_by"], ERASED, "{:?}", lineage.body);
+    assert_eq!(
+        lineage.body["result"]["submitted_by"], ERASED,
+        "{:?}",
+        lineage.body
+    );
     let lineage = system
-        .get(&format!("{}/v1/workflows/{bob}/steps/approve/lineage", queries.url))
+        .get(&format!(
+            "{}/v1/workflows/{bob}/steps/approve/lineage",
+            queries.url
+        ))
         .await;
-    assert_eq!(lineage.body["result"]["submitted_by"], BOB.principal, "{:?}", lineage.body);
+    assert_eq!(
+        lineage.body["result"]["submitted_by"], BOB.principal,
+        "{:?}",
+        lineage.body
+    );
 
     // The audit tools: erased for ana, readable for bob, and the chain still verifies.
     let after = audit_events(&system, &queries).await;
@@ -362,16 +418,25 @@ async fn erasing_a_subject_shreds_its_personal_fields_everywhere_and_nothing_els
     let ana_view = run_view(&system, &queries, &ana).await;
     assert_erased(&ana_view, &graphql_view(&system, &queries, &ana).await);
     let bob_view = run_view(&system, &queries, &bob).await;
-    assert_plain(&bob_view, &graphql_view(&system, &queries, &bob).await, &BOB);
+    assert_plain(
+        &bob_view,
+        &graphql_view(&system, &queries, &bob).await,
+        &BOB,
+    );
 
     // A later run about the same subject gets a new key: readable, the old one stays erased.
     let again = submit_as(&system, &commands, &ANA).await;
     let view = eventually(WITHIN, || async {
-        let reply = system.get(&format!("{}/v1/workflows/{again}", queries.url)).await;
+        let reply = system
+            .get(&format!("{}/v1/workflows/{again}", queries.url))
+            .await;
         (reply.status == 200).then_some(reply.body)
     })
     .await
     .expect("projected");
     assert_eq!(view["input"]["customer"]["email"], ANA.email);
-    assert_erased(&run_view(&system, &queries, &ana).await, &graphql_view(&system, &queries, &ana).await);
+    assert_erased(
+        &run_view(&system, &queries, &ana).await,
+        &graphql_view(&system, &queries, &ana).await,
+    );
 }
