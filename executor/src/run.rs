@@ -618,7 +618,7 @@ impl RunActor {
         let deadline = self.attempt_deadline(index, now);
         let input = rendered.as_ref().map_or_else(
             |_| self.state.state.steps[index].config.clone(),
-            |rendered| bounded::text_of(rendered.clone()),
+            |rendered| bounded::without_envelopes(bounded::text_of(rendered.clone())),
         );
         // The event carries what the attempt ran with (sealed when personal); a large
         // rendered config is kept by reference, as large outputs are, so the event always
@@ -797,7 +797,8 @@ impl RunActor {
         elapsed: Duration,
     ) {
         match result {
-            Ok(output) => {
+            Ok(mut output) => {
+                output.value = bounded::without_envelopes(output.value);
                 self.record_success(step_id, attempt_id, output, elapsed)
                     .await;
             }

@@ -50,7 +50,7 @@ pub(crate) fn router() -> Router<AppState> {
         .split_for_parts();
     router.merge(openapi::docs(openapi::finish(
         with_admin_token(api),
-        &["/v1/workflows", "/v1/graph", "/v1/usage"],
+        &["/v1/workflows", "/v1/graph", "/v1/usage", "/v1/privacy"],
     )))
 }
 
