@@ -4,11 +4,12 @@
 //! plaintext; `DELETE /v1/subjects/{id}` makes one subject's fields read as erased
 //! everywhere, through the read cache, the graph, the audit tools and a rebuild, while the
 //! other subject's data and the rest of every event stay readable and the hash chain still
-//! verifies.
+//! verifies. GraphQL subscriptions go through the same opening.
 
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use system_tests::js_clients::JsSubscription;
 use system_tests::{ADMIN_TOKEN, Reply, Running, TestSystem, bin_dir, eventually};
 
 const WITHIN: Duration = Duration::from_secs(60);
@@ -92,6 +93,22 @@ async fn graphql_view(system: &TestSystem, queries: &Running, id: &str) -> Value
         .await;
     assert!(answer.get("errors").is_none(), "{answer}");
     answer["data"]["workflow"].clone()
+}
+
+/// The run's first event as a `workflowEvents` subscription (graphql-ws from npm) replays it.
+async fn subscribed_submission(queries: &Running, id: &str) -> Value {
+    let mut client = JsSubscription::start(&json!({
+        "url": format!("{}/graphql/ws", queries.url.replacen("http://", "ws://", 1)),
+        "query": "subscription ($filter: WorkflowEventFilter, $after: String) { workflowEvents(filter: $filter, after: $after) { workflowId version type data } }",
+        "variables": {"filter": {"workflowId": id}, "after": ""},
+        "connectionParams": {"tenant": "default"},
+    }));
+    let data = client.next_data().await;
+    assert_eq!(
+        data["workflowEvents"]["type"], "WorkflowSubmitted",
+        "{data}"
+    );
+    data["workflowEvents"]["data"].clone()
 }
 
 async fn audit_events(system: &TestSystem, queries: &Running) -> Reply {
@@ -314,6 +331,12 @@ async fn erasing_a_subject_shreds_its_personal_fields_everywhere_and_nothing_els
         assert_no_plaintext("the log", &log, person);
     }
 
+    let submitted = subscribed_submission(&queries, &ana).await;
+    assert_eq!(
+        submitted["input"]["customer"]["email"], ANA.email,
+        "{submitted}"
+    );
+
     // Operators' audit reads show plaintext before the erasure.
     let before = audit_events(&system, &queries).await;
     assert!(
@@ -357,6 +380,15 @@ async fn erasing_a_subject_shreds_its_personal_fields_everywhere_and_nothing_els
         state.body
     );
     assert_eq!(state.body["state"]["input"]["customer"]["email"], ERASED);
+
+    let submitted = subscribed_submission(&queries, &ana).await;
+    assert_eq!(
+        submitted["input"]["customer"]["email"], ERASED,
+        "{submitted}"
+    );
+    assert_eq!(submitted["input"]["customer"]["tier"], "gold");
+    let submitted = subscribed_submission(&queries, &bob).await;
+    assert_eq!(submitted["input"]["customer"]["email"], BOB.email);
 
     // The graph names the principal by its key; its name reads as erased.
     let lineage = system

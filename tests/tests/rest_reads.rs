@@ -430,6 +430,7 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/audit/verify",
                 "/v1/budgets/{tenant}",
                 "/v1/usage",
+                "/v1/privacy",
             ],
         ),
         (
@@ -442,6 +443,8 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/workflows/{id}/resume",
                 "/v1/workflows/{id}/steps/{step}/retry",
                 "/v1/budgets/{tenant}",
+                "/v1/privacy",
+                "/v1/subjects/{id}",
             ],
         ),
         (
