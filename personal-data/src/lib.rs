@@ -209,26 +209,27 @@ impl Vault {
         let hash = subject_hash(tenant, subject);
         loop {
             let fresh = DataKey::generate(tenant, subject);
-            sqlx::query(
-                "INSERT INTO personal_data_keys (key_id, tenant, subject_hash, key) \
-                 VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (tenant, subject_hash) WHERE erased_at IS NULL DO NOTHING",
+            // One round trip: the insert wins, or the live key committed before is read.
+            let live: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
+                "WITH made AS ( \
+                     INSERT INTO personal_data_keys (key_id, tenant, subject_hash, key) \
+                     VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (tenant, subject_hash) WHERE erased_at IS NULL DO NOTHING \
+                     RETURNING key_id, key) \
+                 SELECT key_id, key FROM made \
+                 UNION ALL \
+                 SELECT key_id, key FROM personal_data_keys \
+                 WHERE tenant = $2 AND subject_hash = $3 AND erased_at IS NULL \
+                 LIMIT 1",
             )
             .bind(fresh.id)
             .bind(tenant)
             .bind(&hash[..])
             .bind(&fresh.key[..])
-            .execute(&self.pool)
-            .await?;
-            let live: Option<(Uuid, Vec<u8>)> = sqlx::query_as(
-                "SELECT key_id, key FROM personal_data_keys \
-                 WHERE tenant = $1 AND subject_hash = $2 AND erased_at IS NULL",
-            )
-            .bind(tenant)
-            .bind(&hash[..])
             .fetch_optional(&self.pool)
             .await?;
-            // None: erased between the two statements; the next round makes a new key.
+            // None: a concurrent first use committed after this statement's snapshot, or the
+            // key was erased meanwhile; the next round reads or makes it.
             if let Some((id, key)) = live
                 && let Some(key) = key_bytes(key)
             {

@@ -60,7 +60,7 @@ async fn vault() -> Vault {
     Vault::new(pool)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_are_made_once_per_subject_and_erasure_is_for_ever() {
     let vault = vault().await;
     let (a, b) = tokio::join!(
