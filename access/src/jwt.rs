@@ -149,7 +149,11 @@ impl Jwk {
     /// (encryption keys, other curves or algorithms): an identity provider's set may hold
     /// those, and they must not stop the others from working.
     fn verifying_key(&self) -> Option<VerifyingKey> {
-        if self.key_use.as_deref().is_some_and(|key_use| key_use != "sig") {
+        if self
+            .key_use
+            .as_deref()
+            .is_some_and(|key_use| key_use != "sig")
+        {
             return None;
         }
         let (default, key) = match self.kty.as_str() {
@@ -219,8 +223,7 @@ impl JwtVerifier {
         let keys = read_key_set(&source, &http).await?;
         if keys.is_empty() {
             return Err(TokenError::KeySet(
-                "the key set holds no usable signing key (HS256 ≥ 32 bytes, RS256, Ed25519)"
-                    .into(),
+                "the key set holds no usable signing key (HS256 ≥ 32 bytes, RS256, Ed25519)".into(),
             ));
         }
         Ok(Self {
@@ -478,7 +481,8 @@ mod tests {
     async fn rs256_and_eddsa_tokens_of_the_key_set_verify() {
         let verifier = verifier(rules()).await;
         for (alg, kid) in [(Algorithm::RS256, "rsa-1"), (Algorithm::EdDSA, "ed-1")] {
-            let identity = verifier.verify(&sign(alg, kid, &claims(serde_json::json!({}))))
+            let identity = verifier
+                .verify(&sign(alg, kid, &claims(serde_json::json!({}))))
                 .await
                 .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
             assert_eq!(identity.subject, "ana");
@@ -493,14 +497,26 @@ mod tests {
         let verifier = verifier(rules()).await;
         let now = Utc::now().timestamp();
         let cases = [
-            ("expired past the leeway", serde_json::json!({"exp": now - 120})),
+            (
+                "expired past the leeway",
+                serde_json::json!({"exp": now - 120}),
+            ),
             ("not valid yet", serde_json::json!({"nbf": now + 600})),
-            ("another issuer", serde_json::json!({"iss": "https://evil.example"})),
-            ("another audience", serde_json::json!({"aud": "someone-else"})),
+            (
+                "another issuer",
+                serde_json::json!({"iss": "https://evil.example"}),
+            ),
+            (
+                "another audience",
+                serde_json::json!({"aud": "someone-else"}),
+            ),
             ("no subject", serde_json::json!({"sub": null})),
             ("no expiry", serde_json::json!({"exp": null})),
             ("no tenant", serde_json::json!({"tenant": null})),
-            ("a tenant that is no name", serde_json::json!({"tenant": "a b"})),
+            (
+                "a tenant that is no name",
+                serde_json::json!({"tenant": "a b"}),
+            ),
             ("no known role", serde_json::json!({"roles": ["superuser"]})),
         ];
         for (case, extra) in cases {
@@ -508,7 +524,11 @@ mod tests {
             assert!(verifier.verify(&token).await.is_err(), "{case}");
         }
         // Within the leeway an expired token still passes (clock skew).
-        let token = sign(Algorithm::RS256, "rsa-1", &claims(serde_json::json!({"exp": now - 5})));
+        let token = sign(
+            Algorithm::RS256,
+            "rsa-1",
+            &claims(serde_json::json!({"exp": now - 5})),
+        );
         assert!(verifier.verify(&token).await.is_ok());
     }
 
@@ -525,7 +545,10 @@ mod tests {
             &EncodingKey::from_secret(&public),
         )
         .unwrap();
-        assert!(matches!(verifier.verify(&forged).await, Err(TokenError::UnknownKey)));
+        assert!(matches!(
+            verifier.verify(&forged).await,
+            Err(TokenError::UnknownKey)
+        ));
         // An EdDSA token naming the RSA key's id.
         let token = sign(Algorithm::EdDSA, "rsa-1", &claims(serde_json::json!({})));
         assert!(verifier.verify(&token).await.is_err());
@@ -569,7 +592,11 @@ mod tests {
     async fn an_unusable_key_set_stops_the_start() {
         let empty = std::env::temp_dir().join(format!("empty-jwks-{}.json", std::process::id()));
         std::fs::write(&empty, r#"{"keys": [{"kty": "oct", "k": "c2hvcnQ"}]}"#).unwrap();
-        assert!(JwtVerifier::new(KeySource::File(empty.clone()), rules()).await.is_err());
+        assert!(
+            JwtVerifier::new(KeySource::File(empty.clone()), rules())
+                .await
+                .is_err()
+        );
         let _ = std::fs::remove_file(empty);
         assert!(
             JwtVerifier::new(KeySource::File("/nonexistent/jwks.json".into()), rules())

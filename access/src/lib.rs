@@ -109,7 +109,11 @@ impl Caller {
     pub fn credential_key(&self) -> String {
         match &self.credential {
             Credential::Token { issuer, subject } => {
-                format!("token:{}:{}:{subject}", issuer.as_deref().unwrap_or(""), self.home_tenant)
+                format!(
+                    "token:{}:{}:{subject}",
+                    issuer.as_deref().unwrap_or(""),
+                    self.home_tenant
+                )
             }
             Credential::ApiKey(id) => format!("key:{id}"),
         }
@@ -470,8 +474,7 @@ pub fn metrics_text(access: &Access) -> String {
 }
 
 fn set_rate_headers(headers: &mut HeaderMap, policy: &str, limit: &str) {
-    if let (Ok(policy), Ok(limit)) = (HeaderValue::from_str(policy), HeaderValue::from_str(limit))
-    {
+    if let (Ok(policy), Ok(limit)) = (HeaderValue::from_str(policy), HeaderValue::from_str(limit)) {
         headers.insert("ratelimit-policy", policy);
         headers.insert("ratelimit", limit);
     }
@@ -500,10 +503,7 @@ pub async fn guard(State(access): State<Access>, mut request: Request, next: Nex
         .headers()
         .get(TENANT_HEADER)
         .map(|value| value.to_str().unwrap_or("\u{0}").to_owned());
-    let caller = match access
-        .caller(credential, requested_tenant.as_deref())
-        .await
-    {
+    let caller = match access.caller(credential, requested_tenant.as_deref()).await {
         Ok(caller) => caller,
         Err(refusal) => return refusal.into_response(),
     };

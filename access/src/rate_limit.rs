@@ -89,9 +89,7 @@ impl FromStr for Quota {
         let (requests, window) = text.trim().split_once('/').ok_or_else(bad)?;
         let requests: u32 = requests.trim().parse().map_err(|_| bad())?;
         let window = window.trim();
-        let split = window
-            .find(|c: char| !c.is_ascii_digit())
-            .ok_or_else(bad)?;
+        let split = window.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let (amount, unit) = window.split_at(split);
         let amount: u64 = if amount.is_empty() {
             1
@@ -238,7 +236,10 @@ impl RateLimiter {
         let mut invocation = self.inner.script.prepare_invoke();
         for limit in limits {
             invocation
-                .key(format!("{}:ratelimit:{}:{}", self.inner.prefix, limit.name, limit.key))
+                .key(format!(
+                    "{}:ratelimit:{}:{}",
+                    self.inner.prefix, limit.name, limit.key
+                ))
                 .arg(limit.quota.interval_micros())
                 .arg(limit.quota.window.as_micros() as u64);
         }
@@ -269,7 +270,14 @@ impl RateLimiter {
 pub fn headers(standings: &[Standing]) -> (String, String) {
     let policy = standings
         .iter()
-        .map(|s| format!("\"{}\";q={};w={}", s.name, s.quota.requests, s.quota.window.as_secs()))
+        .map(|s| {
+            format!(
+                "\"{}\";q={};w={}",
+                s.name,
+                s.quota.requests,
+                s.quota.window.as_secs()
+            )
+        })
         .collect::<Vec<_>>()
         .join(", ");
     let limit = standings
@@ -300,7 +308,10 @@ mod tests {
                 window: Duration::from_secs(10)
             }
         );
-        assert_eq!("600/m".parse::<Quota>().unwrap().window, Duration::from_secs(60));
+        assert_eq!(
+            "600/m".parse::<Quota>().unwrap().window,
+            Duration::from_secs(60)
+        );
         assert_eq!("5000/1h".parse::<Quota>().unwrap().requests, 5000);
         for bad in ["", "100", "0/1s", "10/0s", "10/1d", "ten/1s", "10/2y"] {
             assert!(bad.parse::<Quota>().is_err(), "{bad}");

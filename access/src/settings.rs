@@ -68,7 +68,12 @@ pub struct AccessSettings {
     /// What a request gets while the rate limits' Redis does not answer within 250 ms:
     /// `admit` (served without a limit, logged and counted in
     /// `flowline_rate_limit_unavailable_total`) or `refuse` (503 with `Retry-After: 1`).
-    #[arg(long, env = "RATE_LIMIT_WHEN_REDIS_DOWN", value_enum, default_value = "admit")]
+    #[arg(
+        long,
+        env = "RATE_LIMIT_WHEN_REDIS_DOWN",
+        value_enum,
+        default_value = "admit"
+    )]
     pub when_redis_down: WhenRedisDown,
 }
 

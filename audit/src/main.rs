@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
-use flowline_audit::{AuditRecord, Filter, LogReader, Start, query::parse_time};
+use flowline_audit::{AuditRecord, EventLine, Filter, LogReader, Start, query::parse_time};
 use flowline_event_log::KafkaSettings;
 use flowline_schemas::EventCodec;
 use uuid::Uuid;
@@ -18,8 +18,46 @@ use uuid::Uuid;
 struct Cli {
     #[command(flatten)]
     kafka: KafkaSettings,
+    /// The database holding the personal data keys (ADR 26). When given, `tail` and
+    /// `query` print personal fields decrypted, or `"[erased]"` once their subject was
+    /// erased; without it they print them as the log has them, encrypted.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Opens the personal fields of printed lines, when the keys' database was given.
+struct Opener {
+    runtime: tokio::runtime::Runtime,
+    vault: flowline_personal_data::Vault,
+}
+
+impl Opener {
+    fn connect(url: Option<&str>) -> anyhow::Result<Option<Self>> {
+        let Some(url) = url else { return Ok(None) };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let pool = runtime.block_on(
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect(url),
+        )?;
+        Ok(Some(Self {
+            runtime,
+            vault: flowline_personal_data::Vault::new(pool),
+        }))
+    }
+
+    fn open(opener: Option<&Self>, mut line: EventLine) -> anyhow::Result<EventLine> {
+        if let (Some(opener), Some(data)) = (opener, &mut line.data) {
+            opener
+                .runtime
+                .block_on(opener.vault.open(&line.tenant, data))?;
+        }
+        Ok(line)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +129,11 @@ fn main() -> anyhow::Result<ExitCode> {
         | Command::Query { topic, .. } => topic.name.clone().unwrap_or(cli.kafka.topic),
     };
     let reader = LogReader::new(&cli.kafka.brokers, &topic);
+    let opener = match &cli.command {
+        Command::Verify { .. } => None,
+        _ => Opener::connect(cli.database_url.as_deref())?,
+    };
+    let opener = opener.as_ref();
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::Verify { tenant, .. } => {
@@ -111,9 +154,16 @@ fn main() -> anyhow::Result<ExitCode> {
             } else {
                 Start::End
             };
+            let mut failed = None;
             reader.follow(start, |message| {
                 match AuditRecord::parse(message, &codec) {
-                    Ok(record) => print(&mut out, &record.to_line(&codec)),
+                    Ok(record) => match Opener::open(opener, record.to_line(&codec)) {
+                        Ok(line) => print(&mut out, &line),
+                        Err(error) => {
+                            failed = Some(error);
+                            return ControlFlow::Break(());
+                        }
+                    },
                     Err(unreadable) => eprintln!(
                         "skipping {}/{}: {}",
                         unreadable.partition, unreadable.offset, unreadable.reason
@@ -122,7 +172,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 let _ = out.flush();
                 ControlFlow::Continue(())
             })?;
-            Ok(ExitCode::SUCCESS)
+            failed.map_or(Ok(ExitCode::SUCCESS), Err)
         }
         Command::Query {
             topic: _,
@@ -139,8 +189,16 @@ fn main() -> anyhow::Result<ExitCode> {
                 since,
                 until,
             };
-            flowline_audit::query_log(&reader, &filter, None, |line| print(&mut out, &line))?;
-            Ok(ExitCode::SUCCESS)
+            let mut failed = None;
+            flowline_audit::query_log(&reader, &filter, None, |line| {
+                if failed.is_none() {
+                    match Opener::open(opener, line) {
+                        Ok(line) => print(&mut out, &line),
+                        Err(error) => failed = Some(error),
+                    }
+                }
+            })?;
+            failed.map_or(Ok(ExitCode::SUCCESS), Err)
         }
     }
 }

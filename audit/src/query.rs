@@ -46,7 +46,9 @@ pub fn parse_time(flag: &str, text: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|_| format!("{flag}: not an RFC 3339 time: {text:?}"))?;
     // The log's timestamps count milliseconds from 1970; the broker refuses earlier ones.
     if time.timestamp_millis() < 0 {
-        return Err(format!("{flag}: before 1970-01-01, where the log's timestamps start"));
+        return Err(format!(
+            "{flag}: before 1970-01-01, where the log's timestamps start"
+        ));
     }
     Ok(time)
 }

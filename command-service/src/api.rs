@@ -172,6 +172,12 @@ pub(crate) struct SubmitDoc {
     /// fails.
     #[schema(pattern = "^[0-9]+(ms|s|m|h)$", example = "30m")]
     timeout: Option<String>,
+    /// Whom the personal input fields (`PUT /v1/privacy`) and signal fields of this run are
+    /// about: they are encrypted with this subject's key, and `DELETE /v1/subjects/{id}`
+    /// erases them. Never stored in plaintext. Defaults to the submitter (`X-Principal`),
+    /// else to `run:<workflow id>`. 1-200 characters, no control characters.
+    #[schema(min_length = 1, max_length = 200, example = "customer-4711")]
+    subject: Option<String>,
 }
 
 /// `POST /v1/workflows/{id}/pause` body (optional).
@@ -207,7 +213,8 @@ pub(crate) struct CancelDoc {
     tags(
         (name = "commands", description = "Submit, cancel, signal, pause and resume runs; retry failed steps"),
         (name = "budgets", description = "Monthly budgets of tenants for model calls (admins)"),
-        (name = "api-keys", description = "API keys of the caller's tenant for service-to-service calls (admins)")
+        (name = "api-keys", description = "API keys of the caller's tenant for service-to-service calls (admins)"),
+        (name = "personal data", description = "Which fields are personal, and erasing a data subject (crypto-shredding; admins)")
     )
 )]
 struct ApiDoc;
@@ -224,6 +231,8 @@ fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(crate::budgets::set_budget))
         .routes(routes!(crate::api_keys::create, crate::api_keys::list))
         .routes(routes!(crate::api_keys::revoke))
+        .routes(routes!(crate::privacy::set_privacy))
+        .routes(routes!(crate::privacy::erase_subject))
         .split_for_parts();
     (router, openapi::finish(api, &["/v1"]))
 }

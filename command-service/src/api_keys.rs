@@ -61,7 +61,10 @@ pub(crate) async fn create(
     let request: CreateKey = json_body(&body)?;
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > 200 || name.chars().any(char::is_control) {
-        return Err(invalid("name", "must be 1-200 characters without control characters"));
+        return Err(invalid(
+            "name",
+            "must be 1-200 characters without control characters",
+        ));
     }
     if request.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(invalid("expires_at", "must be in the future"));

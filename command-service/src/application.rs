@@ -30,6 +30,8 @@ pub(crate) struct AppState {
     pub(crate) pool: sqlx::PgPool,
     /// Credentials, roles, API keys.
     pub(crate) access: flowline_access::Access,
+    /// Personal data keys and privacy configs (ADR 26).
+    pub(crate) vault: flowline_personal_data::Vault,
 }
 
 /// How long a stopping service waits for its relay to finish what it is publishing.
@@ -74,8 +76,10 @@ impl Application {
             relay.clone().run(stop.clone())
         });
 
+        let vault = flowline_personal_data::Vault::new(pool.clone());
         let handler = CommandHandler::new(
             repository,
+            vault.clone(),
             publications,
             config.publish_timeout(),
             config.limits.clone(),
@@ -86,13 +90,15 @@ impl Application {
             &config.redis.redis_key_prefix,
         )
         .await;
-        let access = flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
+        let access =
+            flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
         let state = AppState {
             handler: Arc::new(handler),
             answers,
             parked,
             pool,
             access: access.clone(),
+            vault,
         };
         let router = Router::new()
             .merge(api::router())

@@ -7,10 +7,10 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use bytes::Bytes;
+use flowline_access::{Caller, Role};
 use flowline_service_kit::Problem;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
-use flowline_access::{Caller, Role};
 use flowline_service_kit::request::{body_bytes, json_body, valid_tenant};
 use serde::{Deserialize, Serialize};
 

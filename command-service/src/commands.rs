@@ -97,6 +97,7 @@ impl StreamTurns {
 pub struct CommandHandler {
     turns: StreamTurns,
     repository: WorkflowRepository,
+    vault: flowline_personal_data::Vault,
     publications: Arc<Publications>,
     publish_timeout: Duration,
     limits: CommandLimits,
@@ -116,6 +117,7 @@ impl CommandHandler {
     /// store's, checked on the encoding it stores).
     pub fn new(
         repository: WorkflowRepository,
+        vault: flowline_personal_data::Vault,
         publications: Arc<Publications>,
         publish_timeout: Duration,
         limits: CommandLimits,
@@ -123,6 +125,7 @@ impl CommandHandler {
         Self {
             turns: StreamTurns::default(),
             repository,
+            vault,
             publications,
             publish_timeout,
             limits,
@@ -173,8 +176,17 @@ impl CommandHandler {
                     current: current.version,
                 });
             }
-            let event = current.state.decide(&command)?;
+            let mut event = current.state.decide(&command)?;
             check_stream_room(&event, current.version, self.limits.max_stream_events)?;
+            // Sealed before anything is stored: no personal field reaches the store, the
+            // snapshots or the log in plaintext, and the size check sees the stored bytes.
+            let subject = match &command {
+                WorkflowCommand::Submit(submit) => submit.subject.as_deref(),
+                _ => None,
+            };
+            self.vault
+                .seal_event(&context.tenant, workflow_id, &mut event, subject)
+                .await?;
             let envelope = EventEnvelope {
                 metadata: EventMetadata {
                     event_id: Uuid::now_v7(),

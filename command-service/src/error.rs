@@ -91,6 +91,10 @@ pub enum Error {
     /// Access control could not start (an unusable key set).
     #[error(transparent)]
     Access(#[from] flowline_access::Error),
+    /// The personal data keys could not be read or written: nothing was stored, so a
+    /// personal field is never appended unsealed.
+    #[error(transparent)]
+    PersonalData(#[from] flowline_personal_data::Error),
 }
 
 /// Result of this crate's operations.
@@ -238,6 +242,16 @@ impl IntoResponse for Error {
                 error.to_string(),
             )
             .retry_after(1),
+            Error::PersonalData(error) => {
+                tracing::error!(%error, "personal data store failed");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "personal-data-unavailable",
+                    "Personal data keys unavailable",
+                    "the personal data key store could not be reached; nothing was stored or changed",
+                )
+                .retry_after(1)
+            }
             Error::Request(problem) => problem,
             Error::Store(error) => Problem::internal(&error),
             error @ (Error::Startup(_) | Error::Log(_) | Error::Access(_)) => {

@@ -12,6 +12,7 @@ mod commands;
 pub mod config;
 mod error;
 mod idempotency;
+mod privacy;
 mod routes;
 
 pub use application::Application;

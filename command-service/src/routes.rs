@@ -6,6 +6,7 @@ use axum::extract::{OriginalUri, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use flowline_access::{Caller, Role};
 use flowline_domain::command::MAX_ID_CHARS;
 use flowline_domain::{
     CancelWorkflow, DomainError, PauseWorkflow, SendSignal, StepCommand, SubmitWorkflow,
@@ -14,7 +15,6 @@ use flowline_domain::{
 use flowline_event_log::ConsistencyToken;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
-use flowline_access::{Caller, Role};
 use flowline_service_kit::request::{body_bytes, json_body};
 use flowline_service_kit::{Problem, telemetry};
 use serde::Serialize;
@@ -166,18 +166,30 @@ fn no_body(body: &[u8]) -> Result<(), Problem> {
     json_body::<Option<serde_json::Map<String, serde_json::Value>>>(body).map(drop)
 }
 
+/// What a command's request brings besides the command: who sends it, its headers, its
+/// path and its body (the idempotency fingerprint covers the last two).
+struct CommandRequest<'a> {
+    caller: &'a Caller,
+    headers: &'a HeaderMap,
+    path: &'a str,
+    body: &'a [u8],
+}
+
 /// Runs a parsed command for a request: answers a keyed retry from the cache, otherwise
 /// executes and caches the first answer.
 async fn dispatch(
     state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    path: &str,
-    body: &[u8],
+    request: CommandRequest<'_>,
     stream: Stream,
     command: WorkflowCommand,
     status: StatusCode,
 ) -> Result<Response> {
+    let CommandRequest {
+        caller,
+        headers,
+        path,
+        body,
+    } = request;
     telemetry::adopt_remote_parent(headers);
     let (traceparent, tracestate) = telemetry::current_trace_context();
     caller.require(Role::Submitter)?;
@@ -256,10 +268,12 @@ pub async fn submit(
     let command = WorkflowCommand::Submit(command);
     dispatch(
         &state,
-        &caller,
-        &headers,
-        uri.path(),
-        &body,
+        CommandRequest {
+            caller: &caller,
+            headers: &headers,
+            path: uri.path(),
+            body: &body,
+        },
         stream,
         command,
         StatusCode::CREATED,
@@ -310,10 +324,12 @@ pub async fn cancel(
     let command = WorkflowCommand::Cancel(command.unwrap_or_default());
     dispatch(
         &state,
-        &caller,
-        &headers,
-        uri.path(),
-        &body,
+        CommandRequest {
+            caller: &caller,
+            headers: &headers,
+            path: uri.path(),
+            body: &body,
+        },
         stream,
         command,
         StatusCode::OK,
@@ -365,10 +381,12 @@ pub async fn signal(
     let command = WorkflowCommand::Signal(SendSignal { name, payload });
     dispatch(
         &state,
-        &caller,
-        &headers,
-        uri.path(),
-        &body,
+        CommandRequest {
+            caller: &caller,
+            headers: &headers,
+            path: uri.path(),
+            body: &body,
+        },
         stream,
         command,
         StatusCode::OK,
@@ -419,10 +437,12 @@ pub async fn pause(
     let command = WorkflowCommand::Pause(command.unwrap_or_default());
     dispatch(
         &state,
-        &caller,
-        &headers,
-        uri.path(),
-        &body,
+        CommandRequest {
+            caller: &caller,
+            headers: &headers,
+            path: uri.path(),
+            body: &body,
+        },
         stream,
         command,
         StatusCode::OK,
@@ -473,10 +493,12 @@ pub async fn resume(
     no_body(&body)?;
     dispatch(
         &state,
-        &caller,
-        &headers,
-        uri.path(),
-        &body,
+        CommandRequest {
+            caller: &caller,
+            headers: &headers,
+            path: uri.path(),
+            body: &body,
+        },
         stream,
         WorkflowCommand::Resume,
         StatusCode::OK,
@@ -535,10 +557,12 @@ pub async fn retry_step(
     };
     dispatch(
         &state,
-        &caller,
-        &headers,
-        uri.path(),
-        &body,
+        CommandRequest {
+            caller: &caller,
+            headers: &headers,
+            path: uri.path(),
+            body: &body,
+        },
         stream,
         command,
         StatusCode::OK,

@@ -66,6 +66,16 @@ fn walk<'a>(
         Value::String(text) => {
             if text.contains('\0') {
                 errors.push(json_path(field, path), NUL_MESSAGE);
+            } else if crate::personal::is_envelope(text) {
+                // Only the service seals values; a caller's look-alike could otherwise
+                // ask the edge to decrypt a value copied from elsewhere (ADR 26).
+                errors.push(
+                    json_path(field, path),
+                    format!(
+                        "must not start with '{}': reserved for encrypted personal data",
+                        crate::personal::ENVELOPE_PREFIX
+                    ),
+                );
             }
             return;
         }

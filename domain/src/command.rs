@@ -51,6 +51,11 @@ pub struct SubmitWorkflow {
     /// The run's timeout, start to end (`30s`, `5m`…); none when absent.
     #[serde(default)]
     pub timeout: Option<String>,
+    /// Whom the run's personal input fields are about (an id of the caller's choosing,
+    /// 1-200 characters); the submitter when absent. Never on the log: it names the key
+    /// those fields are encrypted with (ADR 26).
+    #[serde(default)]
+    pub subject: Option<String>,
     /// Who submits it; set by the service from the request, never from the body.
     #[serde(skip)]
     pub submitted_by: Option<String>,
@@ -223,6 +228,9 @@ impl SubmitWorkflow {
         let name = self.name.trim();
         check_name(name, "name", MAX_NAME_CHARS, &mut errors);
         let input = object_or_empty(&self.input, "input", &mut errors);
+        if let Some(subject) = &self.subject {
+            check_name(subject, "subject", MAX_NAME_CHARS, &mut errors);
+        }
         let timeout_ms = match self.timeout.as_deref().map(parse_duration) {
             None => None,
             Some(Ok(timeout)) if !timeout.is_zero() => Some(timeout.as_millis() as u64),

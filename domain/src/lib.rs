@@ -14,6 +14,7 @@ pub mod change;
 pub mod command;
 pub mod event;
 pub mod llm;
+pub mod personal;
 pub mod policy;
 pub mod schedule;
 pub mod usage;

@@ -306,6 +306,7 @@ mod tests {
                 input: Some(json!({"n": 1})),
                 steps,
                 timeout: timeout.map(str::to_owned),
+                subject: None,
                 submitted_by: None,
             }));
             run

@@ -869,6 +869,7 @@ mod tests {
             input: Some(json!({"topic": "rust"})),
             steps,
             timeout: None,
+            subject: None,
             submitted_by: Some("ana".into()),
         })
     }
@@ -1013,6 +1014,7 @@ mod tests {
             input: Some(json!([1])),
             steps: vec![step("a", "http", &["missing"]), step("a", "teleport", &[])],
             timeout: None,
+            subject: None,
             submitted_by: None,
         });
         assert_eq!(

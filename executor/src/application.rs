@@ -107,7 +107,8 @@ impl Application {
                 feed::run(Arc::clone(&shared), leases.clone(), ttl, stop.clone())
             })
         };
-        let access = flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
+        let access =
+            flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
         let router = admin::router(AdminState {
             shared,
             access: access.clone(),

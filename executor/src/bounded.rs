@@ -13,6 +13,25 @@ fn clean(text: &str) -> String {
     text.replace('\u{0}', "\u{FFFD}")
 }
 
+/// `value` with every string shaped like an encrypted value replaced by `[unreadable]`:
+/// what a server answers or a template makes is never taken for one of our envelopes,
+/// which the query service would open for the run's reader (ADR 26).
+pub fn without_envelopes(value: Value) -> Value {
+    match value {
+        Value::String(text) if flowline_domain::personal::is_envelope(&text) => {
+            Value::from(flowline_domain::personal::UNREADABLE)
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(without_envelopes).collect()),
+        Value::Object(fields) => Value::Object(
+            fields
+                .into_iter()
+                .map(|(key, value)| (key, without_envelopes(value)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
 /// `value` with every NUL in its strings and keys replaced by U+FFFD.
 pub fn text_of(value: Value) -> Value {
     match value {

@@ -57,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) default_http_timeout: Duration,
     pub(crate) live: LiveHub,
+    /// Opens personal fields for templates and seals what steps derive from them (ADR 26).
+    pub(crate) vault: flowline_personal_data::Vault,
     registry: Mutex<Registry>,
     wakers: HashMap<i32, Arc<Notify>>,
 }
@@ -78,6 +80,7 @@ impl Shared {
     pub(crate) fn new(parts: Parts) -> Arc<Self> {
         Arc::new(Self {
             repository: parts.repository,
+            vault: flowline_personal_data::Vault::new(parts.pool.clone()),
             pool: parts.pool,
             dispatcher: parts.dispatcher,
             runners: parts.runners,

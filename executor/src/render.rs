@@ -40,6 +40,12 @@ fn is_template(text: &str) -> bool {
     text.contains("{{") || text.contains("{%")
 }
 
+/// Whether any string of `config` is a template: only then can what a step runs with, and
+/// so what it makes, be derived from the run's data.
+pub fn has_templates(config: &Value) -> bool {
+    count_templates(config) > 0
+}
+
 fn count_templates(value: &Value) -> u64 {
     match value {
         Value::String(text) => u64::from(is_template(text)),

@@ -3,7 +3,7 @@
 //! store (expected version = the state it decided on), and owns the run's in-flight
 //! attempts. Events of other writers (cancel, signal, pause) reach it from the feed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -31,6 +31,10 @@ use crate::dispatch::Slot;
 use crate::feed::Shared;
 use crate::metrics::Metrics;
 use crate::runners::{AttemptFailure, AttemptInput, StepOutput};
+
+/// Longest error text of a personal step kept (sealed) on its event: its envelope is
+/// about twice its bytes and must stay within the event's bounds.
+const PERSONAL_MESSAGE_CHARS: usize = 500;
 
 /// What an actor hears.
 #[derive(Debug)]
@@ -97,8 +101,13 @@ pub(crate) struct RunActor {
     last_event_id: Uuid,
     in_flight: HashMap<String, InFlight>,
     queued: HashMap<String, oneshot::Receiver<Slot>>,
-    /// Outputs of succeeded steps, resolved (references loaded), for templates.
+    /// Outputs of succeeded steps, resolved (references loaded), for templates; personal
+    /// ones sealed as on their events, opened anew for each rendering so that an erasure
+    /// holds at once.
     outputs: HashMap<String, Value>,
+    /// Per step, the data keys its running attempt's input came from: its outcome is
+    /// sealed with them (ADR 26). Absent: the step saw no personal data.
+    personal: HashMap<String, BTreeSet<Uuid>>,
     wake_at: Option<chrono::DateTime<Utc>>,
     /// The state was reloaded or another writer started an attempt: look for attempts
     /// running with no actor.
@@ -139,6 +148,7 @@ pub(crate) fn spawn(
         in_flight: HashMap::new(),
         queued: HashMap::new(),
         outputs: HashMap::new(),
+        personal: HashMap::new(),
         wake_at: None,
         orphans_pending: false,
         shared,
@@ -586,23 +596,37 @@ impl RunActor {
         let Some(index) = self.step_index(step_id).filter(|_| runnable) else {
             return; // drops the slot
         };
-        let rendered = match self.context().await {
-            Ok(context) => self
-                .shared
-                .renderer
-                .render_config(&self.state.state.steps[index].config, &context)
-                .map_err(|e| AttemptFailure::permanent(e.kind, e.message)),
-            Err(failure) => Err(failure),
+        let config = self.state.state.steps[index].config.clone();
+        let (rendered, personal) = match self.context().await {
+            Ok((context, opened)) => (
+                self.shared
+                    .renderer
+                    .render_config(&config, &context)
+                    .map_err(|e| AttemptFailure::permanent(e.kind, e.message)),
+                // A template over a context holding personal data may put it anywhere in
+                // what the attempt runs with and makes: all of it is sealed with every key
+                // met (erasing any one of those subjects erases it).
+                (opened.personal && crate::render::has_templates(&config)).then_some(opened.keys),
+            ),
+            Err(failure) => (Err(failure), None),
+        };
+        match personal {
+            Some(keys) => self.personal.insert(step_id.to_owned(), keys),
+            None => self.personal.remove(step_id),
         };
         let attempt_id = Uuid::now_v7();
         let deadline = self.attempt_deadline(index, now);
         let input = rendered.as_ref().map_or_else(
             |_| self.state.state.steps[index].config.clone(),
-            |rendered| bounded::text_of(rendered.clone()),
+            |rendered| bounded::without_envelopes(bounded::text_of(rendered.clone())),
         );
-        // The event carries what the attempt ran with; a large rendered config is kept by
-        // reference, as large outputs are, so the event always fits the log.
-        let Some((inline, reference)) = self.stored(input.clone()).await else {
+        // The event carries what the attempt ran with (sealed when personal); a large
+        // rendered config is kept by reference, as large outputs are, so the event always
+        // fits the log.
+        let Some(recorded) = self.sealed(step_id, &input).await else {
+            return;
+        };
+        let Some((inline, reference)) = self.stored(recorded).await else {
             return;
         };
         let recorded_input = reference.map_or(inline, |reference| json!({ "$ref": reference }));
@@ -697,8 +721,9 @@ impl RunActor {
             .insert(step_id.to_owned(), InFlight { attempt_id, task });
     }
 
-    /// `{input, steps.<id>.output}` for templates.
-    async fn context(&mut self) -> Result<Value, AttemptFailure> {
+    /// `{input, steps.<id>.output}` for templates, personal fields opened, and what opening
+    /// them met.
+    async fn context(&mut self) -> Result<(Value, flowline_personal_data::Opened), AttemptFailure> {
         let mut steps = serde_json::Map::new();
         let succeeded: Vec<(String, Option<String>)> = self
             .state
@@ -734,7 +759,34 @@ impl RunActor {
             }
             steps.insert(step_id.clone(), json!({"output": self.outputs[&step_id]}));
         }
-        Ok(json!({"input": self.state.state.input, "steps": steps}))
+        let mut context = json!({"input": self.state.state.input, "steps": steps});
+        let opened = self
+            .shared
+            .vault
+            .open(&self.tenant, &mut context)
+            .await
+            .map_err(|e| AttemptFailure::transient("personal_data_unavailable", e.to_string()))?;
+        Ok((context, opened))
+    }
+
+    /// `value` as step `step_id`'s events may carry it: sealed with the keys its attempt's
+    /// input came from, or as it is when it saw no personal data (`None`: stopped while
+    /// the key store was down).
+    async fn sealed(&self, step_id: &str, value: &Value) -> Option<Value> {
+        let Some(keys) = self.personal.get(step_id) else {
+            return Some(value.clone());
+        };
+        loop {
+            match self.shared.vault.seal_with(&self.tenant, keys, value).await {
+                Ok(sealed) => return Some(sealed),
+                Err(error) => {
+                    warn!(workflow_id = %self.id, %error, "personal data not sealed; retrying");
+                    if self.pause(Duration::from_millis(500)).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 
     async fn record_outcome(
@@ -745,7 +797,8 @@ impl RunActor {
         elapsed: Duration,
     ) {
         match result {
-            Ok(output) => {
+            Ok(mut output) => {
+                output.value = bounded::without_envelopes(output.value);
                 self.record_success(step_id, attempt_id, output, elapsed)
                     .await;
             }
@@ -774,6 +827,9 @@ impl RunActor {
     ) -> Recorded {
         let StepOutput { value, calls } = output;
         let output = bounded::text_of(value);
+        let Some(output) = self.sealed(step_id, &output).await else {
+            return Recorded::Stopped;
+        };
         let Some((inline, output_ref)) = self.stored(output.clone()).await else {
             return Recorded::Stopped;
         };
@@ -860,6 +916,24 @@ impl RunActor {
             failure.retryable,
             failure.retry_after,
         );
+        // An error text may quote what a personal step ran with (a server's answer).
+        let message = if self.personal.contains_key(step_id) {
+            let shortened: String = failure
+                .message
+                .chars()
+                .take(PERSONAL_MESSAGE_CHARS)
+                .collect();
+            match self
+                .sealed(step_id, &Value::String(bounded::message(&shortened)))
+                .await
+            {
+                Some(Value::String(sealed)) => sealed,
+                Some(_) => flowline_domain::personal::ERASED.to_owned(),
+                None => return Recorded::Stopped,
+            }
+        } else {
+            bounded::message(&failure.message)
+        };
         let recorded = self
             .record(WorkflowCommand::Step {
                 step_id: step_id.to_owned(),
@@ -867,7 +941,7 @@ impl RunActor {
                     attempt_id,
                     error: StepError {
                         kind: bounded::message(&failure.kind),
-                        message: bounded::message(&failure.message),
+                        message,
                     },
                     retryable: failure.retryable,
                     next_attempt_at,

@@ -102,9 +102,15 @@ pub mod xid {
     pub fn model(tenant: &str, model: &str) -> String {
         format!("model:{tenant}/{model}")
     }
-    /// A principal.
+    /// A principal. An encrypted `submitted_by` (ADR 26) is a new ciphertext on every
+    /// run, so its node is named by the data key instead: one node per subject key, which
+    /// groups a principal's runs without naming the principal, and whose name (the
+    /// ciphertext) reads as erased once the key is destroyed.
     pub fn principal(tenant: &str, principal: &str) -> String {
-        format!("principal:{tenant}/{principal}")
+        match flowline_domain::personal::Envelope::parse(principal) {
+            Some(envelope) => format!("principal:{tenant}/key:{}", envelope.key_id.simple()),
+            None => format!("principal:{tenant}/{principal}"),
+        }
     }
 }
 

@@ -164,7 +164,8 @@ impl Application {
             rebuilds.launch(record);
         }
         tokio::spawn(drop_retired_tables(pool.clone(), stop.clone()));
-        let access = flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
+        let access =
+            flowline_access::Access::new(&config.access, pool.clone(), &config.redis).await?;
         let router = Router::new()
             .route("/health", get(|| async { "ok" }))
             .merge(health.routes())

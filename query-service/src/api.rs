@@ -27,6 +27,7 @@ use crate::{audit, graph_rest, rest, usage};
         (name = "graph", description = "Questions answered by the graph view"),
         (name = "audit", description = "Operators' reads of the event log itself (operators)"),
         (name = "budgets", description = "Tenants' monthly budgets for model calls and this month's spend"),
+        (name = "personal data", description = "Which fields are personal; every answer shows them decrypted, or `\"[erased]\"` once their subject is erased"),
     )
 )]
 struct ApiDoc;
@@ -47,10 +48,17 @@ pub(crate) fn router() -> Router<AppState> {
         .routes(routes!(audit::events))
         .routes(routes!(audit::verify))
         .routes(routes!(crate::budgets::budget))
+        .routes(routes!(crate::personal::privacy))
         .split_for_parts();
     router.merge(openapi::docs(openapi::finish(
         api,
-        &["/v1/workflows", "/v1/graph", "/v1/usage", "/v1/audit", "/v1/budgets"],
+        &[
+            "/v1/workflows",
+            "/v1/graph",
+            "/v1/usage",
+            "/v1/audit",
+            "/v1/budgets",
+            "/v1/privacy",
+        ],
     )))
 }
-

@@ -11,13 +11,13 @@ use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use flowline_access::{Caller, Role};
 use flowline_event_store::{EventStore, WorkflowRepository};
 use flowline_graph::AnyGraph;
 use flowline_service_kit::Problem;
 use flowline_service_kit::health::Health;
 use flowline_service_kit::http::HttpServer;
 use flowline_service_kit::problem::problem_errors;
-use flowline_access::{Caller, Role};
 use tower_http::trace::TraceLayer;
 
 use crate::audit::AuditAccess;
@@ -45,6 +45,8 @@ pub(crate) struct AppState {
     pub(crate) graphql_limits: GraphqlLimits,
     /// Credentials, roles, rate limits.
     pub(crate) access: flowline_access::Access,
+    /// Opens personal fields at the edge (ADR 26).
+    pub(crate) vault: flowline_personal_data::Vault,
 }
 
 /// A built, bound query service.
@@ -209,6 +211,7 @@ impl Application {
         let graph = config.graph.store(pool.clone());
         let access =
             flowline_access::Access::new(&config.access, pool.clone(), &config.cache.redis).await?;
+        let vault = flowline_personal_data::Vault::new(pool.clone());
         let state = AppState {
             schema: schema(
                 read_model.clone(),
@@ -219,7 +222,7 @@ impl Application {
                 reads.clone(),
                 LiveChannel(config.cache.redis.clone()),
             ),
-            websockets: subscriptions::WebSockets::new(config.limits),
+            websockets: subscriptions::WebSockets::new(config.limits, vault.clone()),
             changes,
             graph,
             repository,
@@ -231,6 +234,7 @@ impl Application {
             ),
             graphql_limits: config.graphql,
             access: access.clone(),
+            vault: vault.clone(),
         };
         let router = Router::new()
             .merge(api::router())
@@ -240,6 +244,11 @@ impl Application {
             .route("/health", get(|| async { "ok" }))
             .merge(health.routes())
             .fallback(not_found)
+            // Innermost: every JSON answer, cached or not, is opened as it leaves.
+            .layer(axum::middleware::from_fn_with_state(
+                vault,
+                crate::personal::open_answers,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 access,
                 flowline_access::guard,

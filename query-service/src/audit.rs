@@ -14,9 +14,9 @@ use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use flowline_access::{Caller, Role};
 use flowline_audit::{EventLine, Filter, Finding, LogReader, Summary, query::parse_time};
 use flowline_service_kit::Problem;
-use flowline_access::{Caller, Role};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
@@ -204,7 +204,7 @@ pub async fn events(
     let (filter, limit) = params.parse()?;
     let permit = state.audit.scan_permit()?;
     let reader = state.audit.reader.clone();
-    let lines = tokio::task::spawn_blocking(move || {
+    let mut lines = tokio::task::spawn_blocking(move || {
         let _permit = permit;
         let mut lines: Vec<EventLine> = Vec::new();
         flowline_audit::query_log(&reader, &filter, Some(limit), |line| lines.push(line))
@@ -212,6 +212,12 @@ pub async fn events(
     })
     .await
     .map_err(|e| Error::Request(Problem::internal(&e)))??;
+    // Operators read every tenant's events: each line is opened with its own tenant's keys.
+    for line in &mut lines {
+        if let Some(data) = &mut line.data {
+            crate::personal::open(&state.vault, &line.tenant, data).await?;
+        }
+    }
     let wants_ndjson = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())

@@ -4,9 +4,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
+use flowline_access::{Caller, Role};
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
-use flowline_access::{Caller, Role};
 use flowline_service_kit::request::valid_tenant;
 use serde::Serialize;
 

@@ -126,6 +126,10 @@ pub enum Error {
     /// Access control could not start (an unusable key set).
     #[error(transparent)]
     Access(#[from] flowline_access::Error),
+    /// Personal fields could not be opened (the key store failed): the answer is refused
+    /// rather than sent with its personal fields sealed or half open.
+    #[error("personal data: {0}")]
+    PersonalData(String),
 }
 
 /// Result of this crate's operations.
@@ -264,13 +268,21 @@ impl Error {
             )
             .with("limit", *limit)
             .retry_after(1),
+            Error::PersonalData(_) => {
+                tracing::error!(error = %self, "personal data could not be opened");
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "personal-data-unavailable",
+                    "Personal data keys unavailable",
+                    "the answer's personal fields could not be decrypted; retry later",
+                )
+                .retry_after(1)
+            }
             Error::Database(_)
             | Error::Store(_)
             | Error::Graph(_)
             | Error::Startup(_)
-            | Error::Access(_) => {
-                Problem::internal(self)
-            }
+            | Error::Access(_) => Problem::internal(self),
         }
     }
 }

@@ -16,6 +16,7 @@ mod error;
 mod graph_rest;
 mod graphql;
 mod log_cursor;
+mod personal;
 mod read_model;
 mod rest;
 mod step_output;

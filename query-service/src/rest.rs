@@ -4,8 +4,8 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use chrono::{DateTime, Utc};
-use flowline_event_store::AsOf;
 use flowline_access::{Caller, Role};
+use flowline_event_store::AsOf;
 use serde::Deserialize;
 use uuid::Uuid;
 

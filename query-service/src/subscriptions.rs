@@ -25,6 +25,7 @@ use futures::{SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
+use crate::Result;
 use crate::application::AppState;
 use crate::changes::{Change, ChangeFeed, Changes};
 use crate::config::ReadLimits;
@@ -32,7 +33,6 @@ use crate::graphql::{QuerySchema, Tenant, Workflow};
 use crate::log_cursor::LogCursor;
 use crate::read_model::{EventFilter, EventView, LoggedEvent, ReadModel};
 use crate::step_output::{LiveChannel, StepOutputEvent, StepOutputFollower};
-use crate::Result;
 
 /// Events read from the database per round trip while catching up.
 const PAGE: i64 = 500;
@@ -59,6 +59,8 @@ mod close {
 pub(crate) struct WebSockets {
     limits: ReadLimits,
     per_tenant: Arc<Mutex<HashMap<String, usize>>>,
+    /// Opens the personal fields of what subscriptions send (ADR 26).
+    vault: flowline_personal_data::Vault,
 }
 
 /// One tenant's connection counted for as long as it is held.
@@ -81,10 +83,11 @@ impl Drop for Slot {
 }
 
 impl WebSockets {
-    pub(crate) fn new(limits: ReadLimits) -> Self {
+    pub(crate) fn new(limits: ReadLimits, vault: flowline_personal_data::Vault) -> Self {
         Self {
             limits,
             per_tenant: Arc::default(),
+            vault,
         }
     }
 
@@ -168,6 +171,8 @@ struct ConnectionState {
     close: Option<(u16, String)>,
     /// When the connection's credentials stop being valid.
     expires_at: Option<tokio::time::Instant>,
+    /// The tenant `connection_init` admitted: whose keys open what is sent.
+    tenant: Option<String>,
 }
 
 /// One WebSocket connection: the protocol (`async_graphql::http::WebSocket`) between a
@@ -250,6 +255,7 @@ impl Connection {
                         let left = (at - chrono::Utc::now()).to_std().unwrap_or_default();
                         tokio::time::Instant::now() + left
                     });
+                    state.tenant = Some(tenant.clone());
                 }
                 let mut data = Data::default();
                 data.insert(Tenant(tenant));
@@ -268,11 +274,12 @@ impl Connection {
             };
             // Far enough never to fire while no credentials with an expiry were accepted.
             let expiry = tokio::time::sleep_until(
-                expires_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400)),
+                expires_at
+                    .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(86_400)),
             );
             let outgoing = tokio::select! {
                 message = messages.next() => match message {
-                    Some(message) => self.outgoing(message),
+                    Some(message) => self.opened(self.outgoing(message)).await,
                     None => {
                         let close = self.state.lock().expect("connection state").close.take();
                         match close {
@@ -302,6 +309,27 @@ impl Connection {
             }
         }
         let _ = sink.close().await;
+    }
+
+    /// `message` with its personal fields opened in the connection's tenant; a message
+    /// whose fields cannot be opened is replaced by closing the connection (retryable).
+    async fn opened(&self, message: Message) -> Message {
+        let Message::Text(text) = message else {
+            return message;
+        };
+        let tenant = self.state.lock().expect("connection state").tenant.clone();
+        let Some(tenant) = tenant else {
+            return Message::Text(text);
+        };
+        match crate::personal::open_text(&self.websockets.vault, &tenant, text.as_str().to_owned())
+            .await
+        {
+            Ok(opened) => Message::Text(opened.into()),
+            Err(_) => closing(
+                close::TRY_AGAIN_LATER,
+                "personal data keys unavailable".into(),
+            ),
+        }
     }
 
     /// What the protocol sends, as this connection sends it: a subscription that
@@ -415,7 +443,10 @@ async fn connection_caller(
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned)
         .or(header_tenant);
-    let caller = match payload.get("authorization").and_then(serde_json::Value::as_str) {
+    let caller = match payload
+        .get("authorization")
+        .and_then(serde_json::Value::as_str)
+    {
         Some(authorization) => access
             .caller(
                 flowline_access::bearer_credential(authorization).unwrap_or(authorization.trim()),

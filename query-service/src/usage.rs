@@ -6,10 +6,10 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use chrono::{DateTime, NaiveDate, Utc};
+use flowline_access::{Caller, Role};
 use flowline_domain::TokenUsage;
 use flowline_service_kit::openapi::PROBLEM_JSON;
 use flowline_service_kit::problem::ProblemDetails;
-use flowline_access::{Caller, Role};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use uuid::Uuid;

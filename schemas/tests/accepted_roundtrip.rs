@@ -76,6 +76,7 @@ proptest! {
                 config: Some(config),
             }],
             timeout: None,
+            subject: None,
             submitted_by: Some("ana".into()),
         };
         // Policy members are checked on their own; a generated config is not one.

@@ -43,7 +43,10 @@ fn with_credentials(options: &Value) -> Value {
     let Some(object) = options.as_object_mut() else {
         return options;
     };
-    for (member, name) in [("connectionParams", "authorization"), ("headers", "authorization")] {
+    for (member, name) in [
+        ("connectionParams", "authorization"),
+        ("headers", "authorization"),
+    ] {
         let members = object
             .entry(member)
             .or_insert_with(|| serde_json::json!({}));

@@ -271,10 +271,7 @@ impl TestSystem {
     pub async fn rebuild_reaches(&self, projectors_url: &str, id: &str, status: &str) -> Value {
         let url = format!("{projectors_url}/admin/rebuilds/{id}");
         eventually(Duration::from_secs(60), || async {
-            let record = self
-                .send(self.http.get(&url))
-                .await
-                .body;
+            let record = self.send(self.http.get(&url)).await.body;
             (record["status"] == status).then_some(record)
         })
         .await

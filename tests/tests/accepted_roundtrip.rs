@@ -77,6 +77,7 @@ fn generate() -> Vec<Case> {
                 config: Some(case.config.clone()),
             }],
             timeout: None,
+            subject: None,
             submitted_by: None,
         };
         if submit.validate().is_ok() {

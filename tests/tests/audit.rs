@@ -465,7 +465,18 @@ async fn audit_endpoint_serves_operators_the_log() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.header("content-type"), Some("application/x-ndjson"));
     let text = reply.body.as_str().unwrap();
-    let cli = audit(&system.kafka, &["query", "--tenant", "acme"]).await;
+    // With the keys' database, as the endpoint reads it: personal fields decrypted.
+    let cli = audit(
+        &system.kafka,
+        &[
+            "query",
+            "--tenant",
+            "acme",
+            "--database-url",
+            &system.database_url,
+        ],
+    )
+    .await;
     let mut served: Vec<Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -472,9 +472,13 @@ async fn audit_calls_in_a_loop_are_capped_not_piled_up() {
     services.still_serves().await;
     let verify = format!("{}/v1/audit/verify", services.queries.url);
     let calls = (0..8).map(|_| {
-        services
-            .system
-            .send(services.system.http.get(&verify).bearer_auth(system_tests::admin_token()))
+        services.system.send(
+            services
+                .system
+                .http
+                .get(&verify)
+                .bearer_auth(system_tests::admin_token()),
+        )
     });
     let replies = futures::future::join_all(calls).await;
     let busy: Vec<&Reply> = replies.iter().filter(|r| r.status == 429).collect();

@@ -84,7 +84,8 @@ async fn poison_records_are_dead_lettered_and_redriven_after_a_fix() {
         .send(reqwest::Client::new().get(admin("/admin/dead-letters")))
         .await;
     assert_eq!(unauthorized.status, 401);
-    let authorized = |request: reqwest::RequestBuilder| request.bearer_auth(system_tests::admin_token());
+    let authorized =
+        |request: reqwest::RequestBuilder| request.bearer_auth(system_tests::admin_token());
     let letters = system
         .send(authorized(system.http.get(admin(
             "/admin/dead-letters?projection=workflow_read_model.v1",

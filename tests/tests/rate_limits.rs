@@ -38,7 +38,12 @@ async fn list(system: &TestSystem, client: &reqwest::Client, queries: &Running) 
 }
 
 fn reader(subject: &str, tenant: &str) -> reqwest::Client {
-    client_with(&token_for(subject, tenant, Role::Reader, chrono::Duration::hours(1)))
+    client_with(&token_for(
+        subject,
+        tenant,
+        Role::Reader,
+        chrono::Duration::hours(1),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,13 +66,24 @@ async fn a_burst_up_to_the_quota_passes_then_429_until_it_refills() {
     }
     let refused = list(&system, &ana, &queries).await;
     assert_eq!(refused.status, 429, "{}", refused.body);
-    assert_eq!(refused.header("content-type"), Some("application/problem+json"));
+    assert_eq!(
+        refused.header("content-type"),
+        Some("application/problem+json")
+    );
     assert_eq!(refused.body["type"], "/problems/rate-limited");
     let retry_after: u64 = refused.header("retry-after").unwrap().parse().unwrap();
     assert!((1..=3).contains(&retry_after), "Retry-After {retry_after}");
-    assert!(refused.header("ratelimit").unwrap().contains("\"credential\";r=0;"));
+    assert!(
+        refused
+            .header("ratelimit")
+            .unwrap()
+            .contains("\"credential\";r=0;")
+    );
     // Another credential of the same tenant is not held back by ana's burst.
-    assert_eq!(list(&system, &reader("bob", "acme"), &queries).await.status, 200);
+    assert_eq!(
+        list(&system, &reader("bob", "acme"), &queries).await.status,
+        200
+    );
     // After Retry-After, one request's worth has refilled.
     tokio::time::sleep(Duration::from_secs(retry_after)).await;
     assert_eq!(list(&system, &ana, &queries).await.status, 200);
@@ -85,7 +101,12 @@ async fn a_tenants_credentials_share_its_quota_and_other_tenants_are_unaffected(
     // Ana's own quota is spent.
     let refused = list(&system, &ana, &queries).await;
     assert_eq!(refused.status, 429);
-    assert!(refused.header("ratelimit").unwrap().contains("\"credential\";r=0;"));
+    assert!(
+        refused
+            .header("ratelimit")
+            .unwrap()
+            .contains("\"credential\";r=0;")
+    );
     // Bob has his own, but the tenant's 6 run out after two more.
     for _ in 0..2 {
         assert_eq!(list(&system, &bob, &queries).await.status, 200);
@@ -96,7 +117,12 @@ async fn a_tenants_credentials_share_its_quota_and_other_tenants_are_unaffected(
     assert!(limit.contains("\"tenant\";r=0;"), "{limit}");
     assert!(!limit.contains("\"credential\";r=0;"), "{limit}");
     // Another tenant is not touched.
-    assert_eq!(list(&system, &client_as("globex", Role::Reader), &queries).await.status, 200);
+    assert_eq!(
+        list(&system, &client_as("globex", Role::Reader), &queries)
+            .await
+            .status,
+        200
+    );
     queries.stop().await;
 }
 
@@ -109,14 +135,25 @@ struct OwnRedis {
 impl OwnRedis {
     fn start(port: u16) -> Self {
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (apt-get install redis-server)");
+        // Owned from here on: dropping it kills and reaps the process.
+        let redis = Self { port, child };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Self { port, child };
+                return redis;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -143,7 +180,14 @@ impl Drop for OwnRedis {
 async fn with_redis_down_requests_are_admitted_or_refused_as_configured() {
     let system = TestSystem::new(1).await;
     let mut redis = OwnRedis::start(free_port());
-    let queries = limited(&system, "3/1m", "1000/1m", Some(redis.url()), WhenRedisDown::Admit).await;
+    let queries = limited(
+        &system,
+        "3/1m",
+        "1000/1m",
+        Some(redis.url()),
+        WhenRedisDown::Admit,
+    )
+    .await;
     let ana = reader("ana", "acme");
     for _ in 0..3 {
         assert_eq!(list(&system, &ana, &queries).await.status, 200);
@@ -182,7 +226,14 @@ async fn with_redis_down_requests_are_admitted_or_refused_as_configured() {
 
     // `refuse`: 503 with Retry-After while Redis is down.
     let nothing_listens = format!("redis://127.0.0.1:{}", free_port());
-    let strict = limited(&system, "3/1m", "1000/1m", Some(nothing_listens), WhenRedisDown::Refuse).await;
+    let strict = limited(
+        &system,
+        "3/1m",
+        "1000/1m",
+        Some(nothing_listens),
+        WhenRedisDown::Refuse,
+    )
+    .await;
     let refused = list(&system, &ana, &strict).await;
     assert_eq!(refused.status, 503, "{}", refused.body);
     assert_eq!(refused.body["type"], "/problems/rate-limits-unavailable");

@@ -577,7 +577,7 @@ async fn a_long_reader_delays_the_swap_without_stalling_every_read_behind_it() {
     // Meanwhile runs nobody read yet (nothing cached) are answered, each well within a
     // bound: behind a DDL queued on the reader they would wait as long as the reader.
     let bounded = reqwest::Client::builder()
-            .default_headers(system_tests::auth::admin_headers())
+        .default_headers(system_tests::auth::admin_headers())
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();

@@ -430,6 +430,7 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/audit/verify",
                 "/v1/budgets/{tenant}",
                 "/v1/usage",
+                "/v1/privacy",
             ],
         ),
         (
@@ -444,6 +445,8 @@ async fn every_service_answers_errors_as_problems_and_documents_its_api() {
                 "/v1/budgets/{tenant}",
                 "/v1/api-keys",
                 "/v1/api-keys/{id}",
+                "/v1/privacy",
+                "/v1/subjects/{id}",
             ],
         ),
         (

@@ -78,44 +78,332 @@ fn cases() -> Vec<Case> {
     let workflow = json!({"name": "matrix", "steps": [{"id": "a", "kind": "template", "config": {"template": "done"}}]});
     vec![
         // The command service: run commands for submitters, budgets and keys for admins.
-        case("POST", "/v1/workflows", Commands, Some(workflow), Tenant(Role::Submitter), Status(201), Fixed),
-        case("POST", "/v1/workflows/{run}/cancel", Commands, None, Tenant(Role::Submitter), Status(200), Pending),
-        case("POST", "/v1/workflows/{run}/signals/go", Commands, Some(json!({})), Tenant(Role::Submitter), Status(200), Pending),
-        case("POST", "/v1/workflows/{run}/pause", Commands, None, Tenant(Role::Submitter), Status(200), Pending),
-        case("POST", "/v1/workflows/{run}/resume", Commands, None, Tenant(Role::Submitter), Status(200), Paused),
-        case("POST", "/v1/workflows/{run}/steps/call/retry", Commands, None, Tenant(Role::Submitter), Status(200), Failed),
-        case("PUT", "/v1/budgets/acme", Commands, Some(json!({"monthly_limit_usd": "10"})), Tenant(Role::Admin), Status(200), Fixed),
-        case("POST", "/v1/api-keys", Commands, Some(json!({"name": "ci", "role": "reader"})), Tenant(Role::Admin), Status(201), Fixed),
-        case("GET", "/v1/api-keys", Commands, None, Tenant(Role::Admin), Status(200), Fixed),
-        case("DELETE", "/v1/api-keys/{key}", Commands, None, Tenant(Role::Admin), Status(204), ApiKey),
-        case("GET", "/metrics", Commands, None, Platform(Role::Operator), Status(200), Fixed),
+        case(
+            "POST",
+            "/v1/workflows",
+            Commands,
+            Some(workflow),
+            Tenant(Role::Submitter),
+            Status(201),
+            Fixed,
+        ),
+        case(
+            "POST",
+            "/v1/workflows/{run}/cancel",
+            Commands,
+            None,
+            Tenant(Role::Submitter),
+            Status(200),
+            Pending,
+        ),
+        case(
+            "POST",
+            "/v1/workflows/{run}/signals/go",
+            Commands,
+            Some(json!({})),
+            Tenant(Role::Submitter),
+            Status(200),
+            Pending,
+        ),
+        case(
+            "POST",
+            "/v1/workflows/{run}/pause",
+            Commands,
+            None,
+            Tenant(Role::Submitter),
+            Status(200),
+            Pending,
+        ),
+        case(
+            "POST",
+            "/v1/workflows/{run}/resume",
+            Commands,
+            None,
+            Tenant(Role::Submitter),
+            Status(200),
+            Paused,
+        ),
+        case(
+            "POST",
+            "/v1/workflows/{run}/steps/call/retry",
+            Commands,
+            None,
+            Tenant(Role::Submitter),
+            Status(200),
+            Failed,
+        ),
+        case(
+            "PUT",
+            "/v1/budgets/acme",
+            Commands,
+            Some(json!({"monthly_limit_usd": "10"})),
+            Tenant(Role::Admin),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "POST",
+            "/v1/api-keys",
+            Commands,
+            Some(json!({"name": "ci", "role": "reader"})),
+            Tenant(Role::Admin),
+            Status(201),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/api-keys",
+            Commands,
+            None,
+            Tenant(Role::Admin),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "DELETE",
+            "/v1/api-keys/{key}",
+            Commands,
+            None,
+            Tenant(Role::Admin),
+            Status(204),
+            ApiKey,
+        ),
+        case(
+            "GET",
+            "/metrics",
+            Commands,
+            None,
+            Platform(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
         // The query service: reads for readers, the audit log for operators.
-        case("GET", "/v1/workflows", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/workflows/{run}", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/workflows/{run}/events", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/workflows/{run}/state?version=1", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/workflows/{run}/steps/call", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/workflows/{run}/steps/call/dependencies", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/workflows/{run}/steps/call/dependents", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/workflows/{run}/steps/call/lineage", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/graph/runs?model=gpt-x", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/usage", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/budgets/acme", Queries, None, Tenant(Role::Reader), Status(200), Fixed),
-        case("POST", "/graphql", Queries, Some(json!({"query": "{ workflows(first: 1) { edges { node { id } } } }"})), Tenant(Role::Reader), Status(200), Fixed),
-        case("GET", "/v1/audit/events?limit=5", Queries, None, Tenant(Role::Operator), Status(200), Fixed),
-        case("GET", "/v1/audit/verify", Queries, None, Tenant(Role::Operator), Status(200), Fixed),
-        case("GET", "/metrics", Queries, None, Platform(Role::Operator), Status(200), Fixed),
+        case(
+            "GET",
+            "/v1/workflows",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/workflows/{run}",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/workflows/{run}/events",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/workflows/{run}/state?version=1",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/workflows/{run}/steps/call",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/workflows/{run}/steps/call/dependencies",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/workflows/{run}/steps/call/dependents",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/workflows/{run}/steps/call/lineage",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/graph/runs?model=gpt-x",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/usage",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/budgets/acme",
+            Queries,
+            None,
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "POST",
+            "/graphql",
+            Queries,
+            Some(json!({"query": "{ workflows(first: 1) { edges { node { id } } } }"})),
+            Tenant(Role::Reader),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/audit/events?limit=5",
+            Queries,
+            None,
+            Tenant(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/v1/audit/verify",
+            Queries,
+            None,
+            Tenant(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/metrics",
+            Queries,
+            None,
+            Platform(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
         // The projectors and the executor act on every tenant.
-        case("GET", "/admin/lag", Projectors, None, Platform(Role::Operator), Status(200), Fixed),
-        case("GET", "/metrics", Projectors, None, Platform(Role::Operator), Status(200), Fixed),
-        case("GET", "/admin/dead-letters", Projectors, None, Platform(Role::Operator), Status(200), Fixed),
-        case("GET", "/admin/dead-letters/999999", Projectors, None, Platform(Role::Operator), NotFound, Fixed),
-        case("POST", "/admin/dead-letters/999999/redrive", Projectors, None, Platform(Role::Operator), NotFound, Fixed),
-        case("POST", "/admin/dead-letters/redrive", Projectors, None, Platform(Role::Operator), Status(200), Fixed),
-        case("POST", "/admin/rebuilds", Projectors, Some(json!({"projection": "usage"})), Platform(Role::Operator), Status(202), Fixed),
-        case("GET", "/admin/rebuilds/00000000-0000-0000-0000-000000000000", Projectors, None, Platform(Role::Operator), NotFound, Fixed),
-        case("GET", "/admin/runs", Executor, None, Platform(Role::Operator), Status(200), Fixed),
-        case("GET", "/metrics", Executor, None, Platform(Role::Operator), Status(200), Fixed),
+        case(
+            "GET",
+            "/admin/lag",
+            Projectors,
+            None,
+            Platform(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/metrics",
+            Projectors,
+            None,
+            Platform(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/admin/dead-letters",
+            Projectors,
+            None,
+            Platform(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/admin/dead-letters/999999",
+            Projectors,
+            None,
+            Platform(Role::Operator),
+            NotFound,
+            Fixed,
+        ),
+        case(
+            "POST",
+            "/admin/dead-letters/999999/redrive",
+            Projectors,
+            None,
+            Platform(Role::Operator),
+            NotFound,
+            Fixed,
+        ),
+        case(
+            "POST",
+            "/admin/dead-letters/redrive",
+            Projectors,
+            None,
+            Platform(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "POST",
+            "/admin/rebuilds",
+            Projectors,
+            Some(json!({"projection": "usage"})),
+            Platform(Role::Operator),
+            Status(202),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/admin/rebuilds/00000000-0000-0000-0000-000000000000",
+            Projectors,
+            None,
+            Platform(Role::Operator),
+            NotFound,
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/admin/runs",
+            Executor,
+            None,
+            Platform(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
+        case(
+            "GET",
+            "/metrics",
+            Executor,
+            None,
+            Platform(Role::Operator),
+            Status(200),
+            Fixed,
+        ),
     ]
 }
 
@@ -184,8 +472,12 @@ impl Services {
                 let created = self
                     .system
                     .send(
-                        admin(self.system.http.post(format!("{}/v1/api-keys", self.commands.url)))
-                            .json(&json!({"name": "to revoke", "role": "reader"})),
+                        admin(
+                            self.system
+                                .http
+                                .post(format!("{}/v1/api-keys", self.commands.url)),
+                        )
+                        .json(&json!({"name": "to revoke", "role": "reader"})),
                     )
                     .await;
                 assert_eq!(created.status, 201, "{}", created.body);
@@ -196,7 +488,10 @@ impl Services {
 
     async fn call(&self, client: &reqwest::Client, case: &Case) -> (String, Reply) {
         let target = self.target(case.target).await;
-        let path = case.path.replace("{run}", &target).replace("{key}", &target);
+        let path = case
+            .path
+            .replace("{run}", &target)
+            .replace("{key}", &target);
         let url = format!("{}{path}", self.url(case.service));
         let request = match case.method {
             "GET" => client.get(&url),
@@ -209,7 +504,10 @@ impl Services {
             Some(body) => request.json(body),
             None => request,
         };
-        (format!("{} {path}", case.method), self.system.send(request).await)
+        (
+            format!("{} {path}", case.method),
+            self.system.send(request).await,
+        )
     }
 }
 
@@ -279,7 +577,11 @@ async fn every_role_gets_exactly_what_it_may_on_every_endpoint() {
         let platform_client = client_as(PLATFORM_TENANT, role);
         for case in &cases {
             let (allowed, client, who) = match case.needs {
-                Needs::Tenant(needed) => (role >= needed, &tenant_client, format!("{role} of {TENANT}")),
+                Needs::Tenant(needed) => (
+                    role >= needed,
+                    &tenant_client,
+                    format!("{role} of {TENANT}"),
+                ),
                 // A tenant's own credentials never reach what acts on every tenant ...
                 Needs::Platform(_) => (false, &tenant_client, format!("{role} of {TENANT}")),
             };
@@ -289,7 +591,13 @@ async fn every_role_gets_exactly_what_it_may_on_every_endpoint() {
             // ... the platform tenant's do, from the role named.
             if let Needs::Platform(needed) = case.needs {
                 let (call, reply) = services.call(&platform_client, case).await;
-                expect(case, role >= needed, &call, &format!("{role} of the platform"), &reply);
+                expect(
+                    case,
+                    role >= needed,
+                    &call,
+                    &format!("{role} of the platform"),
+                    &reply,
+                );
                 checked += 1;
             }
         }
@@ -298,10 +606,17 @@ async fn every_role_gets_exactly_what_it_may_on_every_endpoint() {
         .iter()
         .filter(|case| matches!(case.needs, Needs::Platform(_)))
         .count();
-    assert_eq!(checked, 4 * (cases.len() + platform), "every role met every endpoint");
+    assert_eq!(
+        checked,
+        4 * (cases.len() + platform),
+        "every role met every endpoint"
+    );
 
     // Subscriptions are reads: a reader's connection is acknowledged.
-    let ws = format!("{}/graphql/ws", services.queries.url.replacen("http", "ws", 1));
+    let ws = format!(
+        "{}/graphql/ws",
+        services.queries.url.replacen("http", "ws", 1)
+    );
     let acknowledged = system_tests::js_clients::JsSubscription::start(&json!({
         "url": ws,
         "query": "subscription { workflowEvents { workflowId version } }",

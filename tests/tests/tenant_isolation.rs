@@ -36,7 +36,8 @@ impl Tenants {
 
     /// `path` on the query service as `client`.
     async fn read(&self, client: &reqwest::Client, path: &str) -> Reply {
-        self.send(client.get(format!("{}{path}", self.queries.url))).await
+        self.send(client.get(format!("{}{path}", self.queries.url)))
+            .await
     }
 
     async fn graphql(&self, client: &reqwest::Client, query: &str) -> Value {
@@ -62,7 +63,11 @@ impl Tenants {
 
 /// The answer about B's `id` is the answer about `ghost`, a run nobody has.
 fn same_as_nothing(about_b: &Reply, about_ghost: &Reply, id: &str, ghost: &str, what: &str) {
-    assert_eq!(about_b.status, about_ghost.status, "{what}: {}", about_b.body);
+    assert_eq!(
+        about_b.status, about_ghost.status,
+        "{what}: {}",
+        about_b.body
+    );
     assert!(
         about_b.status == 404 || about_b.status == 200,
         "{what}: {} {}",
@@ -71,7 +76,10 @@ fn same_as_nothing(about_b: &Reply, about_ghost: &Reply, id: &str, ghost: &str, 
     );
     let b = about_b.body.to_string().replace(id, "<id>");
     let nothing = about_ghost.body.to_string().replace(ghost, "<id>");
-    assert_eq!(b, nothing, "{what}: the answer differs from one about no run");
+    assert_eq!(
+        b, nothing,
+        "{what}: the answer differs from one about no run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -146,7 +154,10 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_runs() {
         "/v1/workflows/{id}",
         "/v1/workflows/{id}/events",
         "/v1/workflows/{id}/state?version=1",
-        &format!("/v1/workflows/{{id}}/state?as_of={}", chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        &format!(
+            "/v1/workflows/{{id}}/state?as_of={}",
+            chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
         "/v1/workflows/{id}/steps/wait",
         "/v1/workflows/{id}/steps/wait/dependencies",
         "/v1/workflows/{id}/steps/wait/dependents",
@@ -169,17 +180,31 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_runs() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|item| item["workflow_id"].as_str().or(item["id"].as_str()).unwrap().to_owned())
+            .map(|item| {
+                item["workflow_id"]
+                    .as_str()
+                    .or(item["id"].as_str())
+                    .unwrap()
+                    .to_owned()
+            })
             .collect()
     };
-    assert_eq!(ids(&t.read(&t.a, "/v1/workflows").await), vec![a_run.clone()]);
+    assert_eq!(
+        ids(&t.read(&t.a, "/v1/workflows").await),
+        vec![a_run.clone()]
+    );
     assert!(ids(&t.read(&t.a, "/v1/workflows?name=b-secret").await).is_empty());
     assert!(ids(&t.read(&t.a, "/v1/workflows?status=failed").await).is_empty());
-    assert_eq!(ids(&t.read(&t.b, "/v1/workflows?name=b-secret").await), vec![b_run.clone()]);
+    assert_eq!(
+        ids(&t.read(&t.b, "/v1/workflows?name=b-secret").await),
+        vec![b_run.clone()]
+    );
     let first_page = t.read(&t.b, "/v1/workflows?limit=1").await;
     if let Some(cursor) = first_page.body["next_cursor"].as_str() {
         // B's own cursor, in A's hands, pages A's runs only.
-        let page = t.read(&t.a, &format!("/v1/workflows?limit=1&cursor={cursor}")).await;
+        let page = t
+            .read(&t.a, &format!("/v1/workflows?limit=1&cursor={cursor}"))
+            .await;
         assert!(
             page.status == 400 || ids(&page).iter().all(|id| *id == a_run),
             "{}",
@@ -193,13 +218,15 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_runs() {
     .await;
     assert!(b_graph.is_some(), "B's graph never showed its tool");
     assert_eq!(
-        t.read(&t.a, "/v1/graph/runs?tool=b-web/b-search").await.body["runs"],
+        t.read(&t.a, "/v1/graph/runs?tool=b-web/b-search")
+            .await
+            .body["runs"],
         json!([])
     );
 
     // GraphQL: one run, asOf, lists, counts, federation.
     for query in [
-        format!("{{ workflow(id: \"{{id}}\") {{ id name }} }}"),
+        "{ workflow(id: \"{id}\") { id name } }".to_owned(),
         format!(
             "{{ workflow(id: \"{{id}}\", asOf: \"{}\") {{ id name }} }}",
             chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -221,10 +248,17 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_runs() {
         assert!(by_b.to_string().contains("b-secret-research"), "B reads {query}: {by_b}");
     }
     let listed = t
-        .graphql(&t.a, "{ workflows(first: 50) { edges { node { id } } } workflowCounts { total } }")
+        .graphql(
+            &t.a,
+            "{ workflows(first: 50) { edges { node { id } } } workflowCounts { total } }",
+        )
         .await;
     assert_eq!(listed["data"]["workflowCounts"]["total"], 1, "{listed}");
-    assert_eq!(listed["data"]["workflows"]["edges"][0]["node"]["id"], a_run.as_str(), "{listed}");
+    assert_eq!(
+        listed["data"]["workflows"]["edges"][0]["node"]["id"],
+        a_run.as_str(),
+        "{listed}"
+    );
     let counted_by_b = t.graphql(&t.b, "{ workflowCounts { total } }").await;
     assert_eq!(counted_by_b["data"]["workflowCounts"]["total"], 2);
 
@@ -247,7 +281,9 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_runs() {
         .await;
     assert_eq!(b_key.status, 201);
     let b_key_id = b_key.body["id"].as_str().unwrap();
-    let a_keys = t.send(t.a.get(format!("{}/v1/api-keys", t.commands.url))).await;
+    let a_keys = t
+        .send(t.a.get(format!("{}/v1/api-keys", t.commands.url)))
+        .await;
     assert_eq!(a_keys.body, json!([]), "A lists B's keys");
     let revoke = t
         .send(t.a.delete(format!("{}/v1/api-keys/{b_key_id}", t.commands.url)))
@@ -272,9 +308,14 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_runs() {
         .iter()
         .map(|line| line["tenant"].as_str().unwrap())
         .collect();
-    assert!(!tenants.is_empty() && tenants.iter().all(|tenant| *tenant == A), "{tenants:?}");
+    assert!(
+        !tenants.is_empty() && tenants.iter().all(|tenant| *tenant == A),
+        "{tenants:?}"
+    );
     assert_eq!(
-        t.read(&t.a, &format!("/v1/audit/events?tenant={B}")).await.status,
+        t.read(&t.a, &format!("/v1/audit/events?tenant={B}"))
+            .await
+            .status,
         403
     );
     let verified = t.read(&t.a, "/v1/audit/verify").await;
@@ -324,14 +365,25 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_runs() {
         same_as_nothing(&about_b, &about_ghost, id, &ghost, path);
         assert_eq!(about_b.status, 404, "{path}");
     }
-    assert_eq!(t.stored_events(&b_run).await, before_live, "B's live run changed");
-    assert_eq!(t.stored_events(&b_failed).await, before_failed, "B's failed run changed");
+    assert_eq!(
+        t.stored_events(&b_run).await,
+        before_live,
+        "B's live run changed"
+    );
+    assert_eq!(
+        t.stored_events(&b_failed).await,
+        before_failed,
+        "B's failed run changed"
+    );
 
     // B's run moves on; A's feed shows A's next event and nothing of B's before it.
     let signalled = t
         .send(
-            t.b.post(format!("{}/v1/workflows/{b_run}/signals/approve", t.commands.url))
-                .json(&json!({"ok": true})),
+            t.b.post(format!(
+                "{}/v1/workflows/{b_run}/signals/approve",
+                t.commands.url
+            ))
+            .json(&json!({"ok": true})),
         )
         .await;
     assert_eq!(signalled.status, 200, "{}", signalled.body);
@@ -339,13 +391,24 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_runs() {
     let marker = submit(&t.a, json!({"name": "a-marker", "steps": [{"id": "only", "kind": "template", "config": {"template": "done"}}]})).await;
     loop {
         let event = a_events.next_data().await;
-        let id = event["workflowEvents"]["workflowId"].as_str().unwrap().to_owned();
-        assert!(id != b_run && id != b_failed, "A received B's event: {event}");
+        let id = event["workflowEvents"]["workflowId"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            id != b_run && id != b_failed,
+            "A received B's event: {event}"
+        );
         if id == marker {
             break;
         }
     }
     // B's wait step finished meanwhile; A's subscription to its output got nothing.
     assert_eq!(output_of_b.line_within(Duration::from_secs(2)).await, None);
-    assert_eq!(output_of_ghost.line_within(Duration::from_millis(100)).await, None);
+    assert_eq!(
+        output_of_ghost
+            .line_within(Duration::from_millis(100))
+            .await,
+        None
+    );
 }

@@ -212,7 +212,10 @@ async fn main() -> anyhow::Result<()> {
                     println!("{}", created.key);
                 }
                 KeyAction::List { tenant } => {
-                    println!("{}", serde_json::to_string_pretty(&keys.list(&tenant).await?)?);
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&keys.list(&tenant).await?)?
+                    );
                 }
                 KeyAction::Revoke { tenant, id } => {
                     if !keys.revoke(&tenant, &id).await? {
