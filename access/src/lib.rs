@@ -323,6 +323,84 @@ impl Access {
         }
     }
 
+    /// The CORS layer for `CORS_ALLOWED_ORIGINS`, or `None` (no cross-origin calls) when
+    /// it names none. Put it outside [`guard`]: preflights carry no credentials.
+    pub fn cors(&self) -> Option<tower_http::cors::CorsLayer> {
+        use axum::http::{HeaderName, Method};
+        let origins: Vec<HeaderValue> = self
+            .inner
+            .settings
+            .cors_allowed_origins
+            .iter()
+            .filter_map(|origin| HeaderValue::from_str(origin.trim()).ok())
+            .collect();
+        if origins.is_empty() {
+            return None;
+        }
+        let names = |names: &[&'static str]| -> Vec<HeaderName> {
+            names
+                .iter()
+                .map(|name| HeaderName::from_static(name))
+                .collect()
+        };
+        Some(
+            tower_http::cors::CorsLayer::new()
+                .allow_origin(origins)
+                .allow_methods([Method::GET, Method::POST, Method::PUT, Method::DELETE])
+                .allow_headers(names(&[
+                    "authorization",
+                    "content-type",
+                    "if-match",
+                    "idempotency-key",
+                    "x-consistency-token",
+                    "x-correlation-id",
+                    "x-tenant-id",
+                    "traceparent",
+                ]))
+                .expose_headers(names(&[
+                    "etag",
+                    "location",
+                    "retry-after",
+                    "ratelimit",
+                    "ratelimit-policy",
+                    "x-consistency-token",
+                ]))
+                .max_age(std::time::Duration::from_secs(600)),
+        )
+    }
+
+    /// 403 for a WebSocket upgrade whose `Origin` is neither the service's own (its
+    /// `Host`) nor one of `WS_ALLOWED_ORIGINS`: a page of another site must not ride on
+    /// a browser's credentials (cross-site WebSocket hijacking).
+    pub fn check_websocket_origin(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or_default().trim();
+        let own = headers
+            .get(header::HOST)
+            .and_then(|host| host.to_str().ok())
+            .is_some_and(|host| {
+                origin
+                    .split_once("://")
+                    .is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(host))
+            });
+        let listed = self
+            .inner
+            .settings
+            .ws_allowed_origins
+            .iter()
+            .any(|allowed| allowed.trim().eq_ignore_ascii_case(origin));
+        if own || listed {
+            Ok(())
+        } else {
+            Err(forbidden(format!(
+                "WebSocket connections from the origin {origin:?} are not allowed (WS_ALLOWED_ORIGINS)"
+            ))
+            .into())
+        }
+    }
+
     /// Rate-limit checks that found Redis unavailable since the start.
     pub fn rate_limit_unavailable(&self) -> u64 {
         self.inner.limiter.unavailable_checks()

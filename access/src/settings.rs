@@ -65,6 +65,15 @@ pub struct AccessSettings {
     /// Requests per admin credential.
     #[arg(long, env = "RATE_LIMIT_ADMIN", default_value = "2400/1m")]
     pub rate_limit_admin: Quota,
+    /// Origins (`https://app.example.com`, comma-separated) whose pages may call the HTTP
+    /// APIs from a browser (CORS). Empty, the default: no cross-origin calls at all.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub cors_allowed_origins: Vec<String>,
+    /// Origins (comma-separated) whose pages may open WebSockets besides the service's
+    /// own; an upgrade from any other `Origin` is refused with 403 (clients that send no
+    /// `Origin`, which browsers always do, are not concerned).
+    #[arg(long, env = "WS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub ws_allowed_origins: Vec<String>,
     /// What a request gets while the rate limits' Redis does not answer within 250 ms:
     /// `admit` (served without a limit, logged and counted in
     /// `flowline_rate_limit_unavailable_total`) or `refuse` (503 with `Retry-After: 1`).
@@ -111,6 +120,8 @@ impl Default for AccessSettings {
             rate_limit_operator: quota("2400/1m"),
             rate_limit_admin: quota("2400/1m"),
             when_redis_down: WhenRedisDown::Admit,
+            cors_allowed_origins: Vec::new(),
+            ws_allowed_origins: Vec::new(),
         }
     }
 }

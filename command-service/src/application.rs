@@ -107,7 +107,7 @@ impl Application {
             .merge(health.routes())
             .fallback(routes::not_found)
             .layer(axum::middleware::from_fn_with_state(
-                access,
+                access.clone(),
                 flowline_access::guard,
             ))
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -117,6 +117,11 @@ impl Application {
                 flowline_service_kit::telemetry::trace_requests,
             ))
             .with_state(state);
+        // Outermost: a preflight carries no credentials and is answered here.
+        let router = match access.cors() {
+            Some(cors) => router.layer(cors),
+            None => router,
+        };
         let server = HttpServer::bind(config.listen, router).await?;
         Ok(Self {
             server,

@@ -250,7 +250,7 @@ impl Application {
                 crate::personal::open_answers,
             ))
             .layer(axum::middleware::from_fn_with_state(
-                access,
+                access.clone(),
                 flowline_access::guard,
             ))
             .layer(axum::middleware::map_response(problem_errors))
@@ -259,6 +259,11 @@ impl Application {
                 flowline_service_kit::telemetry::trace_requests,
             ))
             .with_state(state);
+        // Outermost: a preflight carries no credentials and is answered here.
+        let router = match access.cors() {
+            Some(cors) => router.layer(cors),
+            None => router,
+        };
         let server = HttpServer::bind(config.listen, router).await?;
         Ok(Self {
             server,

@@ -125,6 +125,9 @@ pub(crate) async fn websocket(
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
+    if let Err(refusal) = state.access.check_websocket_origin(&headers) {
+        return refusal.into_response();
+    }
     let header_tenant = headers
         .get(TENANT_HEADER)
         .map(|value| value.to_str().unwrap_or("\u{0}").to_owned());

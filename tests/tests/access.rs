@@ -558,3 +558,92 @@ async fn a_subscription_ends_when_its_token_expires() {
     };
     assert_eq!(refused["error"]["code"], 4403, "{refused}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_of_other_origins_get_no_cors_and_no_websocket_unless_allowed() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let system = TestSystem::new(1).await;
+    let mut config = system.query_config(5_000, Default::default(), Default::default());
+    config.access.cors_allowed_origins = vec!["https://app.example".into()];
+    config.access.ws_allowed_origins = vec!["https://app.example".into()];
+    let queries = system.query_service_from(config).await;
+    let defaults = system.query_service().await;
+    let preflight = |url: String, origin: &'static str| {
+        reqwest::Client::new()
+            .request(reqwest::Method::OPTIONS, url)
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header("access-control-request-headers", "authorization")
+    };
+    // Allowed origin: the preflight is answered, credentials headers allowed.
+    let allowed = system
+        .send(preflight(
+            format!("{}/v1/workflows", queries.url),
+            "https://app.example",
+        ))
+        .await;
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(
+        allowed
+            .header("access-control-allow-headers")
+            .unwrap()
+            .contains("authorization")
+    );
+    // Another origin, and every origin by default: no CORS grant.
+    for (url, origin) in [
+        (
+            format!("{}/v1/workflows", queries.url),
+            "https://evil.example",
+        ),
+        (
+            format!("{}/v1/workflows", defaults.url),
+            "https://app.example",
+        ),
+    ] {
+        let reply = system.send(preflight(url.clone(), origin)).await;
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            None,
+            "{url} {origin}"
+        );
+    }
+
+    let upgrade = |base: &str, origin: Option<&str>| {
+        let mut request = format!("{}/graphql/ws", base.replacen("http", "ws", 1))
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "sec-websocket-protocol",
+            "graphql-transport-ws".parse().unwrap(),
+        );
+        if let Some(origin) = origin {
+            request
+                .headers_mut()
+                .insert("origin", origin.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request)
+    };
+    let refused = |result: Result<_, tokio_tungstenite::tungstenite::Error>| match result {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => response.status() == 403,
+        _ => false,
+    };
+    assert!(refused(
+        upgrade(&queries.url, Some("https://evil.example")).await
+    ));
+    assert!(refused(
+        upgrade(&defaults.url, Some("https://app.example")).await
+    ));
+    // The listed origin, the service's own, and clients sending none are let through.
+    // The service's own origin: the scheme and the `Host` it is reached at.
+    let own = defaults.url.clone();
+    assert!(
+        upgrade(&queries.url, Some("https://app.example"))
+            .await
+            .is_ok()
+    );
+    assert!(upgrade(&defaults.url, Some(own.as_str())).await.is_ok());
+    assert!(upgrade(&defaults.url, None).await.is_ok());
+}

@@ -612,13 +612,14 @@ async fn the_documents_validate_and_schemathesis_finds_no_server_error_or_answer
         ("command service", &commands.url),
         ("projectors", &projectors.url),
     ] {
-        let (passed, output) = run_python(&[
+        let document = format!("{url}/openapi.json");
+        let args = [
             "-m",
             "schemathesis.cli",
             "--config-file",
             config.to_str().unwrap(),
             "run",
-            &format!("{url}/openapi.json"),
+            &document,
             "--header",
             &authorization,
             "--checks",
@@ -634,8 +635,14 @@ async fn the_documents_validate_and_schemathesis_finds_no_server_error_or_answer
             "--generation-database",
             "none",
             "--no-color",
-        ])
-        .await;
+        ];
+        let (mut passed, mut output) = run_python(&args).await;
+        // An error of the tool itself (a "Runtime Error" section and no finding, as
+        // Hypothesis's lambda-source cache raised once in CI) gets one more run; a finding
+        // about the service never does.
+        if !passed && output.contains("Runtime Error") && !output.contains("FAILURES") {
+            (passed, output) = run_python(&args).await;
+        }
         // What it tested, so a run that checked nothing cannot pass unnoticed.
         assert!(
             output.contains("passed") || output.contains("failed"),

@@ -160,6 +160,13 @@ async fn main() -> anyhow::Result<()> {
             let token = key.sign(&Claims::new(&subject, &tenant, role, ttl(&validity)?))?;
             let path = dir.join("token");
             std::fs::write(&path, &token).with_context(|| path.display().to_string())?;
+            // A credential: its owner's only, like the key beside it.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .with_context(|| path.display().to_string())?;
+            }
             eprintln!(
                 "development token for tenant {tenant} ({role}) in {}: \
                  curl -H \"Authorization: Bearer $(cat {})\" …",
