@@ -111,6 +111,9 @@ impl Application {
                 flowline_access::guard,
             ))
             .layer(DefaultBodyLimit::max(config.max_body_bytes))
+            .layer(axum::middleware::from_fn(
+                flowline_service_kit::request::require_json_bodies,
+            ))
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
             .layer(axum::middleware::from_fn(

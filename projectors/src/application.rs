@@ -171,6 +171,9 @@ impl Application {
             .merge(health.routes())
             .merge(admin::router())
             .fallback(|| async { Problem::not_found("no such endpoint") })
+            .layer(axum::middleware::from_fn(
+                flowline_service_kit::request::require_json_bodies,
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 access.clone(),
                 flowline_access::guard,

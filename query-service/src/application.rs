@@ -253,6 +253,9 @@ impl Application {
                 access.clone(),
                 flowline_access::guard,
             ))
+            .layer(axum::middleware::from_fn(
+                flowline_service_kit::request::require_json_bodies,
+            ))
             .layer(axum::middleware::map_response(problem_errors))
             .layer(TraceLayer::new_for_http())
             .layer(axum::middleware::from_fn(

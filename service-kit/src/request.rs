@@ -41,6 +41,54 @@ pub fn valid_tenant(
     }
 }
 
+/// Whether `content_type` names JSON: `application/json` or `application/<name>+json`,
+/// parameters (`; charset=utf-8`) allowed.
+fn is_json_media_type(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || essence
+            .strip_prefix("application/")
+            .is_some_and(|subtype| subtype.ends_with("+json"))
+}
+
+/// Middleware of the JSON APIs: a request that carries a body must say it is JSON, else
+/// 415 naming `Content-Type`. Besides the clear error, it keeps plain HTML forms (which can
+/// only post `text/plain`, `multipart/form-data` or `application/x-www-form-urlencoded`)
+/// from reaching a command. Requests without a body (`curl -X POST`) pass.
+pub async fn require_json_bodies(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::header;
+    let headers = request.headers();
+    let declared_length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.trim().parse::<u64>().ok());
+    let has_body = declared_length.is_some_and(|length| length > 0)
+        || (declared_length.is_none() && headers.contains_key(header::TRANSFER_ENCODING));
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(is_json_media_type);
+    if has_body && !json {
+        return Problem::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "the body must be JSON: send Content-Type: application/json",
+        )
+        .with("header", "Content-Type")
+        .into_response();
+    }
+    next.run(request).await
+}
+
 /// The request body, or the problem explaining why it could not be read (413 when over
 /// the configured limit).
 pub fn body_bytes(body: Result<bytes::Bytes, BytesRejection>) -> Result<bytes::Bytes, Problem> {
@@ -87,6 +135,31 @@ pub fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, Problem> {
             } else {
                 Err(Problem::bad_request(format!("malformed JSON: {inner}")))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_json_media_type;
+
+    #[test]
+    fn json_media_types_are_told_from_the_others() {
+        for json in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "application/merge-patch+json",
+        ] {
+            assert!(is_json_media_type(json), "{json}");
+        }
+        for other in [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/jsonp",
+            "",
+        ] {
+            assert!(!is_json_media_type(other), "{other}");
         }
     }
 }

@@ -647,3 +647,79 @@ async fn browsers_of_other_origins_get_no_cors_and_no_websocket_unless_allowed()
     assert!(upgrade(&defaults.url, Some(own.as_str())).await.is_ok());
     assert!(upgrade(&defaults.url, None).await.is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_apis_refuse_bodies_that_are_not_json() {
+    let system = TestSystem::new(1).await;
+    let commands = system.command_service().await;
+    let queries = system.query_service().await;
+    let projectors = system.projectors().await;
+    let submit = format!("{}/v1/workflows", commands.url);
+    let body = workflow().to_string();
+    for (url, content_type, body) in [
+        (submit.clone(), "text/plain", body.clone()),
+        (
+            submit.clone(),
+            "application/x-www-form-urlencoded",
+            body.clone(),
+        ),
+        (
+            submit.clone(),
+            "multipart/form-data; boundary=x",
+            body.clone(),
+        ),
+        (
+            format!("{}/graphql", queries.url),
+            "text/plain",
+            json!({"query": "{ __typename }"}).to_string(),
+        ),
+        (
+            format!("{}/admin/rebuilds", projectors.url),
+            "text/plain",
+            json!({"projection": "usage"}).to_string(),
+        ),
+    ] {
+        let reply = system
+            .send(
+                system
+                    .http
+                    .post(&url)
+                    .header("content-type", content_type)
+                    .body(body),
+            )
+            .await;
+        assert_eq!(reply.status, 415, "{url} as {content_type}: {}", reply.body);
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(reply.body["header"], "Content-Type");
+    }
+    assert_eq!(system.stored_events().await, 0);
+    assert_eq!(
+        system
+            .count("SELECT count(*) FROM projection_rebuilds")
+            .await,
+        0
+    );
+    // JSON with parameters passes, and so does a command without any body.
+    let reply = system
+        .send(
+            system
+                .http
+                .post(&submit)
+                .header("content-type", "application/json; charset=utf-8")
+                .body(body),
+        )
+        .await;
+    assert_eq!(reply.status, 201, "{}", reply.body);
+    let id = reply.body["workflow_id"].as_str().unwrap();
+    let cancelled = system
+        .send(
+            system
+                .http
+                .post(format!("{}/v1/workflows/{id}/cancel", commands.url)),
+        )
+        .await;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+}

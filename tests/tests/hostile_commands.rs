@@ -394,7 +394,28 @@ async fn a_command_past_the_publish_timeout_is_pending_and_then_published_once()
     let commands = system
         .command_service_adjusted(|config| config.publish_timeout_ms = 1_000)
         .await;
-    let id = system.submit(&commands.url, &plain()).await;
+    // The first record to a fresh broker may take longer than the short timeout under a
+    // loaded machine: then it is pending, and published once the relay gets through.
+    let first = system
+        .post(&format!("{}/v1/workflows", commands.url), &plain())
+        .await;
+    assert!(
+        first.status == 201 || first.body["outcome"] == "pending",
+        "{}",
+        first.body
+    );
+    let id = first.body["workflow_id"]
+        .as_str()
+        .expect("run id")
+        .to_owned();
+    let first_published = eventually(Duration::from_secs(60), || async {
+        (!system.read_log().await.is_empty()).then_some(())
+    })
+    .await;
+    assert!(
+        first_published.is_some(),
+        "the submission never reached the log"
+    );
 
     broker.kill();
     let signal_url = format!("{}/v1/workflows/{id}/signals/late", commands.url);

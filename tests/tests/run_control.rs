@@ -236,7 +236,13 @@ async fn a_step_retry_is_refused_naming_the_step_unless_it_and_its_run_failed() 
     assert_eq!(while_paused.body["step"], "fetch");
 
     let malformed_body = system
-        .send(system.http.post(retry("fetch")).body("{not json"))
+        .send(
+            system
+                .http
+                .post(retry("fetch"))
+                .header("content-type", "application/json")
+                .body("{not json"),
+        )
         .await;
     assert_problem(&malformed_body, 400, "malformed-request");
 
