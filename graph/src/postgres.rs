@@ -482,13 +482,18 @@ async fn insert_runs(
             &["xid", "tenant", "kind", "name", "status", "version"],
         )
         .await?;
-    // One row per node, or the insert would touch a row twice.
-    shared.sort_by(|a, b| a.0.cmp(&b.0));
+    // One row per node, or the insert would touch a row twice. A principal node named by
+    // a data key (ADR 26) is met with a different ciphertext of the same name on every run:
+    // the smallest one is kept, here and against the table, so the node reads the same
+    // whatever order runs were applied in (a rebuild equals the live view).
+    shared.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.3.cmp(b.3)));
     shared.dedup_by(|a, b| a.0 == b.0);
     if !shared.is_empty() {
         sqlx::query(
             "INSERT INTO graph_nodes (xid, tenant, kind, name) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) ON CONFLICT (xid) DO NOTHING",
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+             ON CONFLICT (xid) DO UPDATE SET name = EXCLUDED.name \
+             WHERE EXCLUDED.name < graph_nodes.name",
         )
         .bind(shared.iter().map(|n| n.0.as_str()).collect::<Vec<_>>())
         .bind(shared.iter().map(|n| n.1).collect::<Vec<_>>())
